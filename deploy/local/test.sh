@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `make test`: start the real local stack, run every test tier against it, stop the stack even
+# when tests fail. Tiers run in order so a broken foundation fails fast:
+#   1. generated code is current (make proto-check) and ruff is clean
+#   2. unit and contract tests (no stack needed)
+#   3. integration tests (real Kafka, Redis, Prometheus, PostgreSQL)
+#   4. end-to-end tests (the whole loop)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PY=.venv/bin/python
+PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
+
+started_here=0
+cleanup() {
+    local rc=$?
+    if ((started_here)); then
+        echo "== stopping the local stack"
+        bash deploy/local/stack.sh down || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT INT TERM
+
+echo "== generated code is current"
+make --no-print-directory proto-check
+echo "== lint"
+$PY -m ruff check --quiet .
+
+echo "== unit and contract tests"
+"${PYTEST[@]}" -m "not integration and not e2e" -q
+
+echo "== starting the local stack (Kafka, Redis, Prometheus, PostgreSQL)"
+if ! bash deploy/local/stack.sh status >/dev/null 2>&1; then
+    started_here=1
+fi
+STACK_WITH_POSTGRES=1 bash deploy/local/stack.sh up
+$PY -m driftline.services.cli topics create
+
+echo "== integration tests"
+"${PYTEST[@]}" -m integration -q
+echo "== end-to-end tests"
+"${PYTEST[@]}" -m e2e -q

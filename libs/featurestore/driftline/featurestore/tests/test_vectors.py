@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from driftline.featurestore.aggregation import Computed
+from driftline.featurestore.online import _Layout
+from driftline.featurestore.testing import SMALL_SET
+from driftline.featurestore.vectors import (
+    FeatureStatus,
+    StalenessPolicy,
+    computed_to_proto,
+    entity_features_from_proto,
+)
+from driftline.kit.errors import InvalidArgument
+
+NAMES = SMALL_SET.feature_names
+
+
+def raw(values: list[float | None], times: list[float | None]) -> list[bytes | None]:
+    return [None if v is None else repr(v).encode() for v in values] + [
+        None if t is None else repr(t).encode() for t in times
+    ]
+
+
+def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    # last_amount has ttl 30 s, the rest 60 s; read 45 s after the event.
+    got = layout.parse("c1", raw([2.0] * n, [1000.0] * n), 1045.0, StalenessPolicy.SERVE)
+    statuses = {v.name: v.status for v in got.values}
+    assert statuses["last_amount"] is FeatureStatus.STALE
+    assert {s for k, s in statuses.items() if k != "last_amount"} == {FeatureStatus.OK}
+    assert got.status is FeatureStatus.STALE
+    assert not got.ok
+    assert got.as_dict()["last_amount"] == 2.0  # SERVE keeps the value
+    defaulted = layout.parse("c1", raw([2.0] * n, [1000.0] * n), 1045.0, StalenessPolicy.DEFAULT)
+    assert defaulted.as_dict()["last_amount"] == 0.0
+    assert defaulted.values[NAMES.index("last_amount")].age_seconds == 45.0
+
+
+def test_missing_values_get_defaults_and_the_vector_has_no_nan() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    got = layout.parse("c1", raw([None] * n, [None] * n), 1.0, StalenessPolicy.SERVE)
+    assert got.status is FeatureStatus.MISSING
+    vector = got.vector()
+    assert vector.shape == (n,)
+    assert not np.isnan(vector).any()
+    assert vector[NAMES.index("mean_20s")] == -1.0
+    assert got.max_age_seconds is None
+    assert got.event_time is None
+
+
+def test_writes_refuse_nan_and_wrong_shapes() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    with pytest.raises(InvalidArgument, match="nan"):
+        layout.write_args(("c1", [float("nan")] * len(NAMES), 1.0))
+    with pytest.raises(InvalidArgument, match="expected"):
+        layout.write_args(("c1", [1.0], 1.0))
+    with pytest.raises(InvalidArgument, match="missing feature"):
+        layout.write_args(("c1", {"count_10s": 1.0}, 1.0))
+
+
+def test_published_vector_round_trips_through_protobuf() -> None:
+    computed = Computed(
+        event_time=1_700_000_000.25, event_id="e1", values=tuple(float(i) for i in range(len(NAMES)))
+    )
+    message = computed_to_proto(SMALL_SET, "c1", computed, now=1_700_000_001.25)
+    assert message.event_id == "e1"
+    assert message.feature_set == "small"
+    assert message.feature_set_version == 1
+    back = entity_features_from_proto(message)
+    assert back.vector().tolist() == list(computed.values)
+    assert back.event_time == 1_700_000_000.25
+    assert {v.status for v in back.values} == {FeatureStatus.OK}
+    assert back.values[0].age_seconds == 1.0
+    assert entity_features_from_proto(back.to_proto("e1")) == back

@@ -1,0 +1,1 @@
+"""Shared plumbing for every Driftline service: settings, logging, errors, Kafka, gRPC, metrics."""

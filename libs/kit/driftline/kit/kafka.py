@@ -1,0 +1,430 @@
+"""Kafka producer and consumer loop with at-least-once delivery and dead-letter routing.
+
+The producer is idempotent (``acks=all``, ``enable.idempotence``) and never fire-and-forget:
+every send returns a future, and ``flush`` raises when any message was not acknowledged.
+
+The consumer loop handles a batch of messages, sends every output, waits until the broker has
+acknowledged all of them, and only then commits the batch's offsets. A message that cannot be
+processed goes to its topic's dead-letter topic with the reason in headers; the loop goes on.
+A process killed between output and commit reprocesses the batch when it restarts: effects
+must therefore be idempotent, which keys and event ids make them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from driftline.kit.settings import KafkaSettings
+from driftline.kit.topics import Topic
+
+log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+# Header names on dead-letter records (the same names Kafka Connect users look for, namespaced).
+DLQ_REASON = "dlq.reason"
+DLQ_DETAIL = "dlq.detail"
+DLQ_SOURCE_TOPIC = "dlq.source.topic"
+DLQ_SOURCE_PARTITION = "dlq.source.partition"
+DLQ_SOURCE_OFFSET = "dlq.source.offset"
+DLQ_SOURCE_TIMESTAMP = "dlq.source.timestamp"
+DLQ_SERVICE = "dlq.service"
+CONTENT_TYPE = "content-type"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+CONSUMED = Counter("driftline_kafka_consumed_total", "Messages consumed.", ["group", "topic"])
+DEAD_LETTERED = Counter(
+    "driftline_kafka_dead_lettered_total",
+    "Messages sent to a dead-letter topic.",
+    ["group", "topic", "reason"],
+)
+PRODUCED = Counter("driftline_kafka_produced_total", "Messages acknowledged by the broker.", ["topic"])
+DELIVERY_FAILURES = Counter(
+    "driftline_kafka_delivery_failures_total", "Messages the broker did not acknowledge.", ["topic"]
+)
+HANDLER_RETRIES = Counter(
+    "driftline_kafka_handler_retries_total", "Batches retried after a transient error.", ["group"]
+)
+CONSUMER_LAG = Gauge(
+    "driftline_kafka_consumer_lag",
+    "Messages between the committed position and the end of the partition.",
+    ["group", "topic", "partition"],
+)
+BATCH_SECONDS = Histogram(
+    "driftline_kafka_batch_seconds",
+    "Time to handle, deliver and commit one batch.",
+    ["group"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class DeliveryError(KafkaException):
+    """The broker did not acknowledge a message."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One message a handler wants sent."""
+
+    topic: str
+    value: bytes
+    key: bytes | str | None = None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A handler's verdict that a message is poison: it goes to the dead-letter topic."""
+
+    reason: str
+    detail: str = ""
+
+
+Outcome = Sequence[Output] | DeadLetter
+
+
+class PoisonMessage(Exception):
+    """Raised by a per-message handler for input that will never succeed."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class BatchHandler(Protocol):
+    """Turns a batch of consumed messages into one outcome per message, in order."""
+
+    def __call__(self, messages: Sequence[Message]) -> Sequence[Outcome]: ...
+
+
+def per_message(handler: Callable[[Message], Iterable[Output]]) -> BatchHandler:
+    """Adapt a one-message handler; ``PoisonMessage`` becomes a ``DeadLetter`` outcome."""
+
+    def handle(messages: Sequence[Message]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for message in messages:
+            try:
+                outcomes.append(list(handler(message)))
+            except PoisonMessage as err:
+                outcomes.append(DeadLetter(err.reason, err.detail))
+        return outcomes
+
+    return handle
+
+
+def _key_bytes(key: bytes | str | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+class KafkaProducer:
+    """An idempotent producer whose sends are acknowledged or reported, never lost silently."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        transactional_id: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "client.id": settings.client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "delivery.timeout.ms": settings.delivery_timeout_ms,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+        if transactional_id:
+            conf["transactional.id"] = transactional_id
+        conf.update(config or {})
+        self._producer = Producer(conf)
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def send(
+        self,
+        topic: Topic | str,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+    ) -> concurrent.futures.Future[Message]:
+        """Queue one message; the future resolves on acknowledgement or fails with DeliveryError."""
+        name = topic if isinstance(topic, str) else topic.name
+        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                DELIVERY_FAILURES.labels(name).inc()
+                future.set_exception(DeliveryError(err))
+            else:
+                PRODUCED.labels(name).inc()
+                future.set_result(msg)
+
+        while True:
+            try:
+                self._producer.produce(
+                    name,
+                    value=value,
+                    key=_key_bytes(key),
+                    headers=cast(Any, headers or None),
+                    on_delivery=on_delivery,
+                )
+                return future
+            except BufferError:
+                # Local queue full: let deliveries drain, then try again (back-pressure, not loss).
+                self._producer.poll(0.1)
+
+    async def send_async(
+        self,
+        topic: Topic | str,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+    ) -> Message:
+        """Send and await the broker's acknowledgement from asyncio code."""
+        return await asyncio.wrap_future(self.send(topic, value, key, headers))
+
+    def send_all(self, outputs: Iterable[Output]) -> list[concurrent.futures.Future[Message]]:
+        return [self.send(o.topic, o.value, o.key, o.headers) for o in outputs]
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every queued message is acknowledged; raise if any is still pending."""
+        remaining = self._producer.flush(timeout_s if timeout_s is not None else -1)
+        if remaining:
+            raise DeliveryError(KafkaError(KafkaError._TIMED_OUT, f"{remaining} messages not delivered"))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._stop.set()
+            self._poller.join(timeout=2)
+
+    @property
+    def raw(self) -> Producer:
+        """The confluent-kafka producer, for transactions."""
+        return self._producer
+
+
+def wait_all(futures: Iterable[concurrent.futures.Future[Message]], timeout_s: float) -> None:
+    """Block until every future is acknowledged; raise the first delivery failure."""
+    for future in futures:
+        future.result(timeout=timeout_s)
+
+
+@dataclass
+class ConsumerHooks:
+    """Test seams. ``before_commit`` runs after outputs are acknowledged, before the commit."""
+
+    before_commit: Callable[[Sequence[Message]], None] | None = None
+
+
+class ConsumerLoop:
+    """Consume, handle, deliver, then commit: at-least-once with dead-lettering.
+
+    The loop stops after the batch in flight when ``stop()`` is called or SIGTERM arrives
+    (see ``install_signal_handlers``), commits what it delivered, and leaves the group.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        group_id: str,
+        topics: Sequence[Topic],
+        handler: BatchHandler,
+        producer: KafkaProducer,
+        service: str = "",
+        max_retries: int = 5,
+        retry_backoff_s: float = 0.5,
+        hooks: ConsumerHooks | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "client.id": settings.client_id,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "isolation.level": "read_committed",
+            "statistics.interval.ms": 5000,
+            "stats_cb": lambda _stats: None,
+        }
+        conf.update(config or {})
+        self._settings = settings
+        self._group = group_id
+        self._topics = {t.name: t for t in topics}
+        self._handler = handler
+        self._producer = producer
+        self._service = service or group_id
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        self._hooks = hooks or ConsumerHooks()
+        self._consumer = Consumer(conf)
+        self._stopping = threading.Event()
+        self.batches = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit and return."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        """Run until ``stop()``. Raises only when a batch cannot be delivered at all."""
+        self._consumer.subscribe(list(self._topics))
+        log.info("consumer_started", group=self._group, topics=list(self._topics))
+        try:
+            while not self._stopping.is_set():
+                messages = self._consumer.consume(
+                    num_messages=self._settings.batch_size, timeout=self._settings.poll_timeout_s
+                )
+                batch = [m for m in messages if not self._is_partition_event(m)]
+                if batch:
+                    self._process(batch)
+                self._report_lag()
+        finally:
+            self._consumer.close()
+            log.info("consumer_stopped", group=self._group, batches=self.batches)
+
+    def _is_partition_event(self, message: Message) -> bool:
+        err = message.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consumer_error", group=self._group, error=str(err))
+        return True
+
+    def _process(self, batch: list[Message]) -> None:
+        started = time.perf_counter()
+        outcomes = self._handle_with_retries(batch)
+        futures: list[concurrent.futures.Future[Message]] = []
+        for message, outcome in zip(batch, outcomes, strict=True):
+            CONSUMED.labels(self._group, message.topic()).inc()
+            if isinstance(outcome, DeadLetter):
+                futures.append(self._dead_letter(message, outcome))
+            else:
+                futures.extend(self._producer.send_all(outcome))
+        # Commit only what the broker has acknowledged; a failure here leaves offsets uncommitted.
+        self._producer.flush(self._settings.delivery_timeout_ms / 1000)
+        wait_all(futures, timeout_s=1.0)
+        if self._hooks.before_commit is not None:
+            self._hooks.before_commit(batch)
+        self._commit(batch)
+        self.batches += 1
+        BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
+
+    def _handle_with_retries(self, batch: list[Message]) -> Sequence[Outcome]:
+        attempt = 0
+        while True:
+            try:
+                outcomes = self._handler(batch)
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} messages")
+                return outcomes
+            except Exception as err:
+                attempt += 1
+                if attempt > self._max_retries or self._stopping.is_set():
+                    if len(batch) > 1:
+                        # Isolate the culprit: retry each message alone, dead-letter only those that fail.
+                        return [o for m in batch for o in self._handle_with_retries([m])]
+                    log.exception("handler_failed", group=self._group, attempts=attempt)
+                    return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
+                HANDLER_RETRIES.labels(self._group).inc()
+                log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
+                time.sleep(self._retry_backoff_s * attempt)
+
+    def _dead_letter(self, message: Message, verdict: DeadLetter) -> concurrent.futures.Future[Message]:
+        source = self._topics[message.topic()]
+        DEAD_LETTERED.labels(self._group, source.name, verdict.reason).inc()
+        _, timestamp = message.timestamp()
+        headers: Headers = list(cast(Headers, message.headers() or []))
+        headers += [
+            (DLQ_REASON, verdict.reason.encode()),
+            (DLQ_DETAIL, verdict.detail[:2000].encode("utf-8", "replace")),
+            (DLQ_SOURCE_TOPIC, source.name.encode()),
+            (DLQ_SOURCE_PARTITION, str(message.partition()).encode()),
+            (DLQ_SOURCE_OFFSET, str(message.offset()).encode()),
+            (DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()),
+            (DLQ_SERVICE, self._service.encode()),
+        ]
+        log.info(
+            "dead_lettered",
+            topic=source.name,
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=verdict.reason,
+        )
+        return self._producer.send(source.dead_letter_topic(), message.value() or b"", message.key(), headers)
+
+    def _commit(self, batch: list[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for message in batch:
+            last[(cast(str, message.topic()), cast(int, message.partition()))] = cast(int, message.offset())
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _report_lag(self) -> None:
+        try:
+            assignment = self._consumer.assignment()
+            if not assignment:
+                return
+            positions = self._consumer.position(assignment)
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0 or tp.offset < 0:
+                continue
+            CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def install_signal_handlers(on_stop: Callable[[], None]) -> None:
+    """Call ``on_stop`` on SIGTERM or SIGINT (from the main thread)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        on_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def header(message: Message, name: str) -> bytes | None:
+    """The last value of a header, or None."""
+    found = None
+    for key, value in cast(Headers, message.headers() or []):
+        if key == name:
+            found = value
+    return found

@@ -1,0 +1,81 @@
+"""Typed settings shared by several services.
+
+Each component reads its own environment prefix (``DRIFTLINE_KAFKA_``, ``DRIFTLINE_REDIS_`` ...).
+Services compose these classes into their own ``Settings``; nothing else reads ``os.environ``.
+Defaults work on a laptop against the stack that ``make up`` starts.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseSettings, Field
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka broker."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:19092", description="Comma-separated host:port list of brokers."
+    )
+    client_id: str = Field("driftline", description="Client id reported to the broker.")
+    delivery_timeout_ms: int = Field(
+        120_000,
+        description="How long a producer retries one message before reporting failure.",
+    )
+    session_timeout_ms: int = Field(
+        10_000, description="Consumer group session timeout; a dead consumer is evicted after it."
+    )
+    poll_timeout_s: float = Field(0.5, description="Longest a consumer poll blocks.")
+    batch_size: int = Field(
+        500, description="Most messages a consumer loop handles before it flushes and commits."
+    )
+
+    class Config:
+        env_prefix = "DRIFTLINE_KAFKA_"
+
+
+class RedisSettings(BaseSettings):
+    """How to reach Redis, the online feature store and de-duplication memory."""
+
+    url: str = Field(
+        "redis://driftline:driftline-dev@127.0.0.1:16379/0",
+        description="redis:// URL with the ACL user and password.",
+    )
+    socket_timeout_s: float = Field(2.0, description="Per-command socket timeout.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_REDIS_"
+
+
+class LogSettings(BaseSettings):
+    """Logging output."""
+
+    format: str = Field("json", description='"json" for deployments, "console" for a terminal.')
+    level: str = Field("INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_LOG_"
+
+
+class MetricsSettings(BaseSettings):
+    """The Prometheus /metrics endpoint of a service."""
+
+    host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds.")
+    enabled: bool = Field(True, description="Serve /metrics at all.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_METRICS_"
+
+
+class GrpcServerSettings(BaseSettings):
+    """A gRPC server's transport limits. Services subclass it to set their prefix and port."""
+
+    host: str = Field("127.0.0.1", description="Address the server binds; 127.0.0.1 by default.")
+    port: int = Field(50050, description="Port the server binds.")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, description="Largest request or response message accepted."
+    )
+    default_deadline_s: float = Field(5.0, description="Deadline applied to calls whose client sets none.")
+    drain_s: float = Field(10.0, description="How long SIGTERM waits for in-flight calls.")
+    max_concurrent_rpcs: int = Field(
+        1000, description="Calls beyond this are refused with RESOURCE_EXHAUSTED."
+    )

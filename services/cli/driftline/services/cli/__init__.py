@@ -1,0 +1,1 @@
+"""The ``driftline`` command line: subcommands are contributed by packages via entry points."""

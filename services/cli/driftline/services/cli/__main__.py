@@ -1,0 +1,3 @@
+from driftline.services.cli.main import main
+
+main()

@@ -1,0 +1,185 @@
+"""The one place the inference service is constructed and wired."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from driftline.kit.grpc import GrpcServer, wait_for_signal
+from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS, Topic
+from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
+from driftline.inference.v1 import inference_pb2_grpc
+from driftline.services.inference import kserve, metrics, servicer
+from driftline.services.inference.batcher import BatchingOptions
+from driftline.services.inference.config import Settings
+from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
+from driftline.services.inference.model_events import ModelEventsListener
+from driftline.services.inference.models import ModelSlots, Role, RoutingOptions
+from driftline.services.inference.prediction_log import PredictionLogger, Producer
+from driftline.services.inference.predictor import FeatureSource, Predictor
+from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
+
+log = structlog.get_logger(__name__)
+
+
+class InferenceApp:
+    """The inference server: gRPC (v1 + KServe v2), models kept in step with the registry,
+    predictions logged to Kafka. ``start`` binds and returns the port; ``stop`` drains."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        features: FeatureSource,
+        source: ModelSource,
+        producer: Producer,
+        default_feature_names: tuple[str, ...] = (),
+        predictions_topic: Topic = PREDICTIONS,
+        model_events_topic: Topic = MODEL_EVENTS,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._features = features
+        self._source = source
+        self._producer = producer
+        self._default_features = default_feature_names
+        self._model_events_topic = model_events_topic
+        self.sessions = session_factory or SessionFactory(
+            RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads)
+        )
+        self.slots = ModelSlots(
+            model_name=settings.model_name,
+            batching=BatchingOptions(
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_us=settings.max_queue_delay_us,
+                queue_capacity=settings.queue_capacity,
+                concurrency=settings.batch_concurrency,
+            ),
+            routing=RoutingOptions(shadow=settings.shadow, canary_share=settings.canary_share),
+            on_change=self._models_changed,
+        )
+        self.prediction_log = PredictionLogger(
+            producer, predictions_topic, capacity=settings.prediction_log_capacity
+        )
+        self.predictor = Predictor(
+            slots=self.slots,
+            features=features,
+            sink=self.prediction_log,
+            policy=settings.staleness_policy,
+            threshold=settings.decision_threshold,
+            max_entities=settings.max_entities_per_call,
+        )
+        self.server = GrpcServer(settings.grpc, service_names=[servicer.SERVICE_NAME, kserve.SERVICE_NAME])
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            servicer.InferenceServicer(self.predictor, default_deadline_s=settings.grpc.default_deadline_s),
+            self.server.server,
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            kserve.KServeServicer(self.slots, default_deadline_s=settings.grpc.default_deadline_s),
+            self.server.server,
+        )
+        self._aliases = {settings.alias: Role.CHAMPION}
+        if settings.shadow or settings.canary_share > 0:
+            self._aliases[settings.challenger_alias] = Role.CHALLENGER
+        # Loads are slow and blocking (download, session, warm-up): never on the event loop.
+        self._loads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+        self.loader: ModelLoader | None = None
+        self.listener: ModelEventsListener | None = None
+        self._startup: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.port = 0
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.loader = ModelLoader(
+            source=self._source,
+            load_runtime=self.sessions.load,
+            slots=self.slots,
+            loop=loop,
+            aliases=self._aliases,
+            default_feature_names=self._default_features,
+            warm_up=WarmUp(tuple(self.settings.warmup_batch_sizes), self.settings.warmup_runs),
+        )
+        self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
+        self.prediction_log.start()
+        self.listener = ModelEventsListener(
+            self.settings.kafka,
+            self._model_events_topic,
+            self.loader.apply,
+            group_prefix=self.settings.model_events_group_prefix,
+        )
+        self.listener.start()
+        self._startup = loop.create_task(self._load_initial_models())
+        return self.port
+
+    async def _load_initial_models(self) -> None:
+        """Resolve the aliases once events can no longer be missed; retry the champion until live."""
+        assert self.loader is not None and self.listener is not None
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._loads, self.listener.wait_assigned, 30.0):
+            log.warning("model_events_not_assigned", topic=self._model_events_topic.name)
+        for alias, role in self._aliases.items():
+            while self.slots.serving(role) is None:
+                if await loop.run_in_executor(self._loads, self.loader.load_alias, alias):
+                    break
+                if role is not Role.CHAMPION:
+                    break  # a missing challenger is not an outage; its alias event will load it
+                await asyncio.sleep(self.settings.startup_retry_s)
+
+    async def _models_changed(self) -> None:
+        ready = self.slots.ready
+        await self.server.set_serving(ready)
+        metrics.SERVING.set(1 if ready else 0)
+        if ready:
+            provider = self.sessions.provider
+            if provider is not None and not self._ready.is_set():
+                metrics.EXECUTION_PROVIDER.labels(provider).set(1)
+                log.info("execution_provider", provider=provider)
+            self._ready.set()
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Until a champion is live (tests and benchmarks)."""
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        """SIGTERM: NOT_SERVING, let in-flight calls finish, then close models and flush the log."""
+        if self._startup is not None:
+            self._startup.cancel()
+        if self.listener is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
+        await self.server.stop()
+        await self.predictor.drain()
+        await self.slots.close()
+        self._loads.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
+        log.info("inference_stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Build the production dependencies, run until SIGTERM, drain."""
+    from driftline.featurestore import AsyncOnlineStore, feature_set_by_key
+    from driftline.kit.kafka import KafkaProducer
+    from driftline.kit.metrics import serve_metrics
+    from driftline.services.inference.registry_source import RegistryModelSource
+
+    feature_set = feature_set_by_key(settings.feature_set)
+    store = AsyncOnlineStore.from_settings(settings.redis, feature_set)
+    producer = KafkaProducer(settings.kafka)
+    source = RegistryModelSource.connect(settings.registry_address, settings.registry_token)
+    serve_metrics(settings.metrics_port, settings.metrics, service="inference")
+    app = InferenceApp(
+        settings,
+        features=store,
+        source=source,
+        producer=producer,
+        default_feature_names=tuple(feature_set.feature_names),
+    )
+    await app.start()
+    try:
+        await wait_for_signal()
+    finally:
+        await app.stop()
+        await store.close()
+        source.close()

@@ -1,0 +1,123 @@
+"""gRPC adapter for ``driftline.inference.v1.InferenceService``: wire types in, core call, wire out."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from driftline.features.v1 import features_pb2
+from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
+from driftline.kit.errors import DriftlineError, grpc_errors
+from driftline.services.inference import metrics
+from driftline.featurestore.vectors import FeatureValue
+from driftline.services.inference.predictor import PredictInput, PredictionResult, Predictor
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def observed(method: str) -> Callable[[F], F]:
+    """Count each call by gRPC status and time it (stage ``total``). Goes under ``@grpc_errors``."""
+    total = metrics.STAGE_SECONDS.labels("total")
+
+    def decorate(handler: F) -> F:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await handler(self, request, context)
+            except DriftlineError as err:
+                code = err.status.name
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                raise
+            finally:
+                total.observe(time.perf_counter() - started)
+                metrics.REQUESTS.labels(method, code).inc()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def deadline_of(context: grpc.aio.ServicerContext, default_s: float) -> float:
+    """The call's deadline in ``loop.time()`` seconds: the client's, else the server default."""
+    remaining = context.time_remaining()
+    if remaining is None or not math.isfinite(remaining) or remaining > default_s * 1000:
+        remaining = default_s
+    return asyncio.get_running_loop().time() + remaining
+
+
+def _timestamp(epoch_s: float | None) -> Timestamp | None:
+    if epoch_s is None:
+        return None
+    seconds = int(epoch_s // 1)
+    return Timestamp(seconds=seconds, nanos=int((epoch_s - seconds) * 1e9))
+
+
+def _feature(value: FeatureValue) -> features_pb2.FeatureValue:
+    # FeatureStatus uses the proto enum's numbers.
+    return features_pb2.FeatureValue(
+        name=value.name,
+        value=value.value,
+        event_time=_timestamp(value.event_time),
+        status=int(value.status),
+        age_seconds=value.age_seconds or 0.0,
+    )
+
+
+def to_proto(result: PredictionResult) -> inference_pb2.Prediction:
+    return inference_pb2.Prediction(
+        prediction_id=result.prediction_id,
+        entity_id=result.entity_id,
+        score=result.score,
+        label=result.label,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        max_feature_age_seconds=result.max_feature_age_seconds,
+        features=[_feature(f) for f in result.features],
+        served_by=result.served_by.value,
+    )
+
+
+def _input(request: inference_pb2.PredictRequest) -> PredictInput:
+    return PredictInput(entity_id=request.entity_id, event_id=request.event_id, model_name=request.model_name)
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Predict and PredictBatch by entity id."""
+
+    def __init__(self, predictor: Predictor, *, default_deadline_s: float) -> None:
+        self._predictor = predictor
+        self._default_deadline_s = default_deadline_s
+
+    @grpc_errors
+    @observed("Predict")
+    async def Predict(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        deadline = deadline_of(context, self._default_deadline_s)
+        results = await self._predictor.predict([_input(request)], deadline=deadline)
+        return inference_pb2.PredictResponse(prediction=to_proto(results[0]))
+
+    @grpc_errors
+    @observed("PredictBatch")
+    async def PredictBatch(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.PredictBatchRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.PredictBatchResponse:
+        deadline = deadline_of(context, self._default_deadline_s)
+        results = await self._predictor.predict([_input(r) for r in request.requests], deadline=deadline)
+        return inference_pb2.PredictBatchResponse(predictions=[to_proto(r) for r in results])

@@ -1,0 +1,1 @@
+"""Ingestion: the gate between producers and the clean transaction stream."""

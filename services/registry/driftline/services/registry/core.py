@@ -1,0 +1,640 @@
+"""The registry's core: every operation, transport-free. Adapters (gRPC servicer, CLI via the
+client) convert wire types to the domain types of ``domain.py`` and call ``Registry``.
+
+Each change runs in one database transaction that (1) locks the rows it depends on, (2) makes the
+change with a conditional statement, (3) appends to the audit chain and (4) writes the outbox
+event. Either all four happen or none does. Methods are synchronous; the servicer runs them in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from driftline.kit.codec import utcnow
+from driftline.kit.errors import (
+    Aborted,
+    DataLoss,
+    DriftlineError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from driftline.services.registry import security
+from driftline.services.registry.artifacts import ArtifactStore
+from driftline.services.registry.audit import AuditLog
+from driftline.services.registry.domain import (
+    Action,
+    AliasChange,
+    AuditRecord,
+    AuditVerification,
+    Lineage,
+    ModelEvent,
+    ModelLock,
+    ModelVersion,
+    NewVersion,
+    ReferenceSample,
+    Run,
+    RunOutcome,
+    Signature,
+    TensorSpec,
+)
+from driftline.services.registry.outbox import Outbox, new_event_id
+from driftline.services.registry.security import OnnxValidator
+from driftline.services.registry.store import Database
+from driftline.services.registry.store import repository as repo
+
+log = structlog.get_logger(__name__)
+
+TRIGGERS = frozenset({"", "initial", "drift", "degradation", "manual"})
+MAX_MAP_ENTRIES = 256
+MAX_KEY_CHARS = 128
+MAX_VALUE_CHARS = 4096
+MAX_REASON_CHARS = 2000
+MAX_LIST = 1000
+_RETRIES = 3
+
+REGISTERED = Counter("driftline_registry_versions_registered_total", "Model versions registered.")
+ALIAS_MOVES = Counter("driftline_registry_alias_moves_total", "Alias compare-and-swap attempts.", ["result"])
+REJECTED = Counter("driftline_registry_uploads_rejected_total", "Uploads refused.", ["reason"])
+
+
+class Registry:
+    """Models, versions, aliases, locks, runs and the audit trail, over a metadata database and
+    an artifact store."""
+
+    def __init__(
+        self,
+        database: Database,
+        artifacts: ArtifactStore,
+        validator: OnnxValidator,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = database
+        self._artifacts = artifacts
+        self._validator = validator
+        self._audit = audit
+        self._clock = clock
+        self._on_change = on_change or (lambda: None)
+
+    # --- Versions -------------------------------------------------------------------------------
+
+    def register(self, new: NewVersion, actor: str) -> ModelVersion:
+        """Validate, store the artifact, and record a new version (numbered 1, 2, ...).
+
+        A retry of the same run's registration (same lineage.run_id and artifact) returns the
+        version registered the first time instead of adding another.
+        """
+        name = security.validate_name(new.name)
+        reason = _reason(new.reason)
+        try:
+            summary = self._validator.validate(new.artifact)
+        except DriftlineError as err:
+            REJECTED.labels(err.code).inc()
+            log.info("upload_rejected", model=name, reason=err.code, detail=str(err))
+            raise
+        signature = merge_signature(new.signature, summary.signature)
+        _check_floats(new.metrics, "metrics")
+        _check_strings(new.params, "params")
+        _check_strings(new.tags, "tags")
+        _check_lineage(new.lineage)
+        reference = _check_reference(new.reference, signature)
+        digest = self._artifacts.put(new.artifact)
+
+        def change(conn: Connection, now: datetime) -> ModelVersion:
+            # Serialise registrations of this model first, so a retried run is found, not duplicated.
+            repo.lock_model_row(conn, name)
+            if new.lineage.run_id:
+                existing = repo.find_version_for_run(conn, name, new.lineage.run_id, digest)
+                if existing is not None:
+                    found = repo.get_version(conn, name, existing, with_reference=False)
+                    assert found is not None
+                    return found
+            parent = new.lineage.parent_version
+            if parent and not repo.version_exists(conn, name, parent):
+                raise InvalidArgument(f"lineage.parent_version {parent} of {name} does not exist")
+            version = repo.allocate_version(conn, name, repo.to_us(now))
+            registered = ModelVersion(
+                name=name,
+                version=version,
+                artifact_sha256=digest,
+                artifact_size=len(new.artifact),
+                signature=signature,
+                feature_set=new.feature_set,
+                feature_set_version=new.feature_set_version,
+                metrics=dict(new.metrics),
+                params=dict(new.params),
+                lineage=new.lineage,
+                reference=reference,
+                tags=dict(new.tags),
+                created_at=now,
+                created_by=actor,
+            )
+            repo.insert_version(conn, registered)
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.VERSION_REGISTERED,
+                model_name=name,
+                subject=str(version),
+                reason=reason,
+                before=None,
+                after={
+                    "version": version,
+                    "artifact_sha256": digest,
+                    "artifact_size": len(new.artifact),
+                    "feature_set": new.feature_set,
+                    "feature_set_version": new.feature_set_version,
+                    "run_id": new.lineage.run_id,
+                    "parent_version": parent,
+                    "trigger": new.lineage.trigger,
+                },
+            )
+            self._announce(
+                conn,
+                record,
+                version=version,
+                artifact_sha256=digest,
+                run_id=new.lineage.run_id,
+            )
+            REGISTERED.inc()
+            log.info("version_registered", model=name, version=version, sha256=digest, actor=actor)
+            return registered
+
+        return self._write(change)
+
+    def get_version(
+        self, name: str, *, version: int = 0, alias: str = "", include_reference: bool = True
+    ) -> ModelVersion:
+        """A version by number, by alias, or (neither given) the latest one."""
+        security.validate_name(name)
+        with self._db.read() as conn:
+            if alias:
+                security.validate_name(alias, "alias")
+                number = repo.alias_version(conn, name, alias)
+                if number == 0:
+                    raise NotFound(f"model {name} has no alias {alias}")
+            elif version:
+                number = version
+            else:
+                number = repo.latest_version_number(conn, name)
+                if number == 0:
+                    raise NotFound(f"no model {name}")
+            found = repo.get_version(conn, name, number, with_reference=include_reference)
+        if found is None:
+            raise NotFound(f"model {name} has no version {number}")
+        return found
+
+    def list_versions(self, name: str = "") -> list[ModelVersion]:
+        """Every version of ``name`` (of every model when empty), without reference samples."""
+        if name:
+            security.validate_name(name)
+        with self._db.read() as conn:
+            if name and not repo.model_exists(conn, name):
+                raise NotFound(f"no model {name}")
+            return repo.list_versions(conn, name or None)
+
+    def get_artifact(self, name: str, version: int) -> tuple[str, bytes]:
+        """The artifact's digest and bytes, verified against the digest (DataLoss otherwise)."""
+        if version <= 0:
+            raise InvalidArgument("version must be a positive number")
+        found = self.get_version(name, version=version, include_reference=False)
+        try:
+            content = self._artifacts.get(found.artifact_sha256)
+        except NotFound as err:
+            raise DataLoss(f"artifact of {name} v{version} is missing from the store") from err
+        return found.artifact_sha256, content
+
+    # --- Aliases --------------------------------------------------------------------------------
+
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        expected_version: int,
+        reason: str = "",
+        lock_owner: str = "",
+        actor: str,
+    ) -> AliasChange:
+        """Point ``alias`` at ``version`` if it points at ``expected_version`` now (0: unset).
+
+        Exactly one of several concurrent movers with the same expectation wins; the others get
+        Aborted and may re-read and retry.
+        """
+        security.validate_name(name)
+        security.validate_name(alias, "alias")
+        if version <= 0:
+            raise InvalidArgument("version must be a positive number")
+        if expected_version < 0:
+            raise InvalidArgument("expected_version must be 0 (unset) or a version number")
+        reason = _reason(reason)
+
+        def change(conn: Connection, now: datetime) -> AliasChange:
+            self._check_lock(self._model(conn, name), lock_owner)
+            if not repo.version_exists(conn, name, version):
+                raise NotFound(f"model {name} has no version {version}")
+            current = repo.alias_version(conn, name, alias)
+            if not repo.alias_swap(conn, name, alias, expected_version, version, repo.to_us(now)):
+                raise _lost_race(name, alias, expected_version, current)
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.ALIAS_SET,
+                model_name=name,
+                subject=alias,
+                reason=reason,
+                before={"alias": alias, "version": expected_version},
+                after={"alias": alias, "version": version},
+            )
+            self._announce(conn, record, version=version, alias=alias, previous_version=expected_version)
+            log.info("alias_set", model=name, alias=alias, version=version, previous=expected_version)
+            return AliasChange(name, alias, expected_version, version, record.seq)
+
+        return self._alias_write(change)
+
+    def delete_alias(
+        self,
+        name: str,
+        alias: str,
+        *,
+        expected_version: int,
+        reason: str = "",
+        lock_owner: str = "",
+        actor: str,
+    ) -> AliasChange:
+        """Unset ``alias`` if it points at ``expected_version`` now."""
+        security.validate_name(name)
+        security.validate_name(alias, "alias")
+        if expected_version <= 0:
+            raise InvalidArgument("expected_version must be the version the alias points at")
+        reason = _reason(reason)
+
+        def change(conn: Connection, now: datetime) -> AliasChange:
+            self._check_lock(self._model(conn, name), lock_owner)
+            current = repo.alias_version(conn, name, alias)
+            if not repo.alias_remove(conn, name, alias, expected_version):
+                raise _lost_race(name, alias, expected_version, current)
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.ALIAS_DELETED,
+                model_name=name,
+                subject=alias,
+                reason=reason,
+                before={"alias": alias, "version": expected_version},
+                after={"alias": alias, "version": 0},
+            )
+            self._announce(conn, record, alias=alias, previous_version=expected_version)
+            log.info("alias_deleted", model=name, alias=alias, previous=expected_version)
+            return AliasChange(name, alias, expected_version, 0, record.seq)
+
+        return self._alias_write(change)
+
+    def resolve_alias_at(self, name: str, alias: str, at: datetime) -> int:
+        """The version ``alias`` pointed at, at time ``at``, from the audit log (0: nowhere)."""
+        security.validate_name(name)
+        security.validate_name(alias, "alias")
+        with self._db.read() as conn:
+            return self._audit.alias_at(conn, model_name=name, alias=alias, at=at)
+
+    # --- Deployment lock ------------------------------------------------------------------------
+
+    def lock(self, name: str, owner: str, *, reason: str = "", actor: str) -> ModelLock:
+        """Lock the model's aliases for ``owner``; idempotent for the same owner."""
+        security.validate_name(name)
+        security.validate_owner(owner)
+        reason = _reason(reason)
+
+        def change(conn: Connection, now: datetime) -> ModelLock:
+            model = self._model(conn, name)
+            if model.locked:
+                if model.lock_owner == owner:
+                    return ModelLock(name, owner, True)
+                raise FailedPrecondition(f"model {name} is already locked by {model.lock_owner}")
+            if not repo.take_lock(conn, name, owner):
+                raise Aborted(f"model {name} was locked concurrently")
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.LOCKED,
+                model_name=name,
+                subject=owner,
+                reason=reason,
+                before={"locked": False, "owner": ""},
+                after={"locked": True, "owner": owner},
+            )
+            self._announce(conn, record)
+            return ModelLock(name, owner, True)
+
+        return self._write(change)
+
+    def unlock(self, name: str, owner: str, *, reason: str = "", actor: str) -> ModelLock:
+        """Release the lock ``owner`` holds; idempotent when the model is not locked."""
+        security.validate_name(name)
+        security.validate_owner(owner)
+        reason = _reason(reason)
+
+        def change(conn: Connection, now: datetime) -> ModelLock:
+            model = self._model(conn, name)
+            if not model.locked:
+                return ModelLock(name, "", False)
+            if model.lock_owner != owner:
+                raise FailedPrecondition(f"model {name} is locked by {model.lock_owner}, not {owner}")
+            if not repo.release_lock(conn, name, owner):
+                raise Aborted(f"the lock on {name} changed concurrently")
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.UNLOCKED,
+                model_name=name,
+                subject=owner,
+                reason=reason,
+                before={"locked": True, "owner": owner},
+                after={"locked": False, "owner": ""},
+            )
+            self._announce(conn, record)
+            return ModelLock(name, "", False)
+
+        return self._write(change)
+
+    # --- Audit ----------------------------------------------------------------------------------
+
+    def list_audit(self, model_name: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+        if model_name:
+            security.validate_name(model_name)
+        with self._db.read() as conn:
+            return self._audit.list(conn, model_name=model_name, after_seq=after_seq, limit=_limit(limit))
+
+    def verify_audit(self) -> AuditVerification:
+        with self._db.read() as conn:
+            result = self._audit.verify(conn)
+        if not result.ok:
+            log.error("audit_chain_broken", broken_at=result.broken_at, records=result.records)
+        return result
+
+    # --- Runs -----------------------------------------------------------------------------------
+
+    def record_run(self, run: Run, actor: str) -> Run:
+        """Create or update an experiment run; recording the same content again changes nothing."""
+        run = replace(run, run_id=run.run_id or uuid.uuid4().hex)
+        security.validate_name(run.run_id, "run id")
+        security.validate_name(run.model_name)
+        _check_floats(run.metrics, "metrics")
+        _check_strings(run.params, "params")
+        if run.trigger not in TRIGGERS:
+            raise InvalidArgument(f"trigger must be one of {sorted(TRIGGERS - {''})}")
+        if not math.isfinite(run.duration_seconds) or run.duration_seconds < 0:
+            raise InvalidArgument("duration_seconds must be a finite, non-negative number")
+        if run.version < 0:
+            raise InvalidArgument("version must be 0 (none registered) or a version number")
+        if len(run.outcome_reason) > MAX_VALUE_CHARS:
+            raise InvalidArgument(f"outcome_reason is longer than {MAX_VALUE_CHARS} characters")
+
+        def change(conn: Connection, now: datetime) -> Run:
+            existing = repo.get_run(conn, run.run_id, for_update=True)
+            if existing is not None and repo.run_document(existing) == repo.run_document(run):
+                return existing
+            if existing is not None and existing.model_name != run.model_name:
+                raise FailedPrecondition(f"run {run.run_id} belongs to model {existing.model_name}")
+            repo.save_run(conn, run, exists=existing is not None, now_us=repo.to_us(now))
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.RUN_RECORDED,
+                model_name=run.model_name,
+                subject=run.run_id,
+                reason=run.outcome_reason[:MAX_REASON_CHARS],
+                before=None if existing is None else repo.run_document(existing),
+                after=repo.run_document(run),
+            )
+            self._announce(conn, record, version=run.version, run_id=run.run_id)
+            return run
+
+        return self._write(change)
+
+    def list_runs(self, model_name: str = "", limit: int = 100) -> list[Run]:
+        if model_name:
+            security.validate_name(model_name)
+        with self._db.read() as conn:
+            return repo.list_runs(conn, model_name or None, _limit(limit))
+
+    def get_run(self, run_id: str) -> Run:
+        security.validate_name(run_id, "run id")
+        with self._db.read() as conn:
+            found = repo.get_run(conn, run_id)
+        if found is None:
+            raise NotFound(f"no run {run_id}")
+        return found
+
+    # --- Plumbing -------------------------------------------------------------------------------
+
+    def _write(self, change: Callable[[Connection, datetime], Any]) -> Any:
+        """Run ``change`` in a write transaction; retry when a concurrent first insert collided."""
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self._db.write() as conn:
+                    result = change(conn, self._clock())
+            except IntegrityError as err:
+                if attempt == _RETRIES:
+                    raise Aborted("the change collided with concurrent ones; retry") from err
+                continue
+            self._on_change()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _alias_write(self, change: Callable[[Connection, datetime], AliasChange]) -> AliasChange:
+        try:
+            with self._db.write() as conn:
+                result = change(conn, self._clock())
+        except Aborted:
+            ALIAS_MOVES.labels("aborted").inc()
+            raise
+        except IntegrityError as err:
+            # Two movers both found the alias unset; the primary key let one insert win.
+            ALIAS_MOVES.labels("aborted").inc()
+            raise Aborted("the alias was set concurrently; re-read it and retry") from err
+        ALIAS_MOVES.labels("moved").inc()
+        self._on_change()
+        return result
+
+    @staticmethod
+    def _model(conn: Connection, name: str) -> Row[Any]:
+        model = repo.lock_model_row(conn, name)
+        if model is None:
+            raise NotFound(f"no model {name}")
+        return model
+
+    @staticmethod
+    def _check_lock(model: Row[Any], lock_owner: str) -> None:
+        if model.locked and lock_owner != model.lock_owner:
+            raise FailedPrecondition(
+                f"model {model.name} is locked by {model.lock_owner}; only that lock_owner may move aliases"
+            )
+
+    @staticmethod
+    def _announce(
+        conn: Connection,
+        record: AuditRecord,
+        *,
+        version: int = 0,
+        alias: str = "",
+        previous_version: int = 0,
+        artifact_sha256: str = "",
+        run_id: str = "",
+    ) -> None:
+        Outbox.enqueue(
+            conn,
+            ModelEvent(
+                event_id=new_event_id(),
+                type=Action(record.action).event_type,
+                model_name=record.model_name,
+                occurred_at=record.at,
+                audit_seq=record.seq,
+                actor=record.actor,
+                reason=record.reason,
+                version=version,
+                alias=alias,
+                previous_version=previous_version,
+                artifact_sha256=artifact_sha256,
+                run_id=run_id,
+            ),
+        )
+
+
+# --- Validation helpers -------------------------------------------------------------------------
+
+
+def merge_signature(given: Signature, found: Signature) -> Signature:
+    """The caller's signature checked against the model's graph, or the graph's own when none is given.
+
+    Names and datatypes must agree with the graph; a caller's shapes may be more specific.
+    """
+    if not given.inputs and not given.outputs:
+        merged = replace(found, feature_names=given.feature_names)
+    else:
+        merged = Signature(
+            inputs=_merge_specs(given.inputs, found.inputs, "input"),
+            outputs=_merge_specs(given.outputs, found.outputs, "output"),
+            feature_names=given.feature_names,
+        )
+    if merged.feature_names:
+        if len(set(merged.feature_names)) != len(merged.feature_names):
+            raise InvalidArgument("signature.feature_names has duplicates")
+        if len(merged.inputs) == 1 and len(merged.inputs[0].shape) == 2:
+            width = merged.inputs[0].shape[1]
+            if width > 0 and width != len(merged.feature_names):
+                raise InvalidArgument(
+                    f"signature names {len(merged.feature_names)} features but input "
+                    f"{merged.inputs[0].name!r} has {width} columns"
+                )
+    return merged
+
+
+def _merge_specs(given: Iterable[TensorSpec], found: Iterable[TensorSpec], kind: str) -> tuple[TensorSpec, ...]:
+    by_name = {spec.name: spec for spec in found}
+    given = tuple(given)
+    if {s.name for s in given} != set(by_name):
+        raise InvalidArgument(
+            f"signature {kind}s {sorted(s.name for s in given)} do not match the model's {sorted(by_name)}"
+        )
+    merged = []
+    for spec in given:
+        actual = by_name[spec.name]
+        if spec.datatype and spec.datatype != actual.datatype:
+            raise InvalidArgument(
+                f"signature {kind} {spec.name!r} is {spec.datatype} but the model's is {actual.datatype}"
+            )
+        merged.append(TensorSpec(spec.name, actual.datatype, spec.shape or actual.shape))
+    return tuple(merged)
+
+
+def _check_reference(reference: ReferenceSample | None, signature: Signature) -> ReferenceSample | None:
+    if reference is None or (reference.rows == 0 and not reference.values):
+        return None
+    width = len(reference.feature_names)
+    if reference.rows <= 0 or width == 0:
+        raise InvalidArgument("reference sample needs rows > 0 and feature_names")
+    if len(reference.values) != reference.rows * width:
+        raise InvalidArgument(
+            f"reference sample has {len(reference.values)} values; rows * features = {reference.rows * width}"
+        )
+    if reference.scores and len(reference.scores) != reference.rows:
+        raise InvalidArgument(f"reference sample has {len(reference.scores)} scores for {reference.rows} rows")
+    if signature.feature_names and tuple(reference.feature_names) != tuple(signature.feature_names):
+        raise InvalidArgument("reference sample feature_names differ from signature.feature_names")
+    if not all(math.isfinite(v) for v in reference.values) or not all(math.isfinite(v) for v in reference.scores):
+        raise InvalidArgument("reference sample holds NaN or infinite values")
+    return reference
+
+
+def _check_lineage(lineage: Lineage) -> None:
+    if lineage.trigger not in TRIGGERS:
+        raise InvalidArgument(f"lineage.trigger must be one of {sorted(TRIGGERS - {''})}")
+    if lineage.parent_version < 0:
+        raise InvalidArgument("lineage.parent_version must be 0 (none) or a version number")
+    if lineage.run_id:
+        security.validate_name(lineage.run_id, "lineage.run_id")
+    if lineage.data_start and lineage.data_end and lineage.data_start > lineage.data_end:
+        raise InvalidArgument("lineage.data_start is after lineage.data_end")
+
+
+def _check_floats(values: Mapping[str, float], what: str) -> None:
+    _check_keys(values, what)
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{what}[{key!r}] is not a finite number")
+
+
+def _check_strings(values: Mapping[str, str], what: str) -> None:
+    _check_keys(values, what)
+    for key, value in values.items():
+        if len(value) > MAX_VALUE_CHARS:
+            raise InvalidArgument(f"{what}[{key!r}] is longer than {MAX_VALUE_CHARS} characters")
+
+
+def _check_keys(values: Mapping[str, Any], what: str) -> None:
+    if len(values) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(f"{what} has more than {MAX_MAP_ENTRIES} entries")
+    for key in values:
+        if not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
+            raise InvalidArgument(f"{what} key {key[:40]!r} must be 1-{MAX_KEY_CHARS} characters, no NUL")
+
+
+def _reason(reason: str) -> str:
+    if len(reason) > MAX_REASON_CHARS or "\x00" in reason:
+        raise InvalidArgument(f"reason must be at most {MAX_REASON_CHARS} characters, without NUL")
+    return reason
+
+
+def _limit(limit: int) -> int:
+    return MAX_LIST if limit <= 0 or limit > MAX_LIST else limit
+
+
+def _lost_race(name: str, alias: str, expected: int, current: int) -> Aborted:
+    now = f"v{current}" if current else "nothing"
+    wanted = f"v{expected}" if expected else "nothing (unset)"
+    return Aborted(f"alias {alias} of {name} points at {now}, not {wanted}; re-read and retry")
+
+
+__all__ = ["Registry", "RunOutcome", "merge_signature"]

@@ -1,0 +1,366 @@
+"""One retrain, start to finish, and the record of why it ended as it did.
+
+build the set -> train -> convert to ONNX and check parity -> score challenger and champion on
+the same holdout -> register the challenger with lineage and a reference sample -> promote by
+compare-and-swap (or leave pending) -> record the run, whatever happened.
+
+Every run, failed ones included, is recorded in the registry with its outcome and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import structlog
+
+from driftline.kit.codec import to_timestamp, utcnow
+from driftline.kit.errors import Aborted, DataLoss, DriftlineError, InvalidArgument, NotFound
+from driftline.registry.v1 import registry_pb2
+from driftline.services.trainer import convert, gate
+from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
+from driftline.services.trainer.registry import Registry
+from driftline.services.trainer.train import TrainParams, predict_native, train_model
+from driftline.services.trainer.triggers import TriggerBatch
+
+log = structlog.get_logger(__name__)
+
+#: Param keys (besides the hyper-parameters) that ``--reproduce`` reads back.
+P_LABELS_UNTIL = "labels_ingested_until"
+P_HOLDOUT = "holdout_fraction"
+
+OUTCOME_NAMES = {
+    registry_pb2.RUN_OUTCOME_PROMOTED: "promoted",
+    registry_pb2.RUN_OUTCOME_REJECTED: "rejected",
+    registry_pb2.RUN_OUTCOME_PENDING_APPROVAL: "pending_approval",
+    registry_pb2.RUN_OUTCOME_FAILED: "failed",
+}
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    model_name: str = "fraud"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    holdout_fraction: float = 0.25
+    parity_tolerance: float = 1e-5
+    reference_rows: int = 500
+    train: TrainParams = field(default_factory=TrainParams)
+    gate: gate.GateConfig = field(default_factory=gate.GateConfig)
+    code_revision: str = "unknown"
+    actor: str = "driftline-trainer"
+
+
+@dataclass
+class RunResult:
+    """What one retrain did; ``outcome`` is a ``registry_pb2.RunOutcome`` value."""
+
+    run_id: str
+    outcome: int
+    reason: str
+    trigger: str
+    trigger_id: str
+    version: int = 0
+    champion_before: int = 0
+    champion_after: int = 0
+    data_hash: str = ""
+    data_start: datetime | None = None
+    data_end: datetime | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    duration_s: float = 0.0
+    recorded: bool = False
+
+    @property
+    def outcome_name(self) -> str:
+        return OUTCOME_NAMES.get(self.outcome, "unspecified")
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == registry_pb2.RUN_OUTCOME_PROMOTED
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """A trained, converted, parity-checked model and what it was trained on."""
+
+    artifact: bytes
+    training_set: TrainingSet
+    holdout: np.ndarray
+    holdout_scores: np.ndarray
+    parity_max_abs_diff: float
+    reference: registry_pb2.ReferenceSample
+
+
+def fit_challenger(
+    training_set: TrainingSet,
+    params: TrainParams,
+    *,
+    holdout_fraction: float,
+    parity_tolerance: float,
+    reference_rows: int,
+    stages: dict[str, float] | None = None,
+) -> Challenger:
+    """Train on the older rows, convert, and check ONNX parity on the holdout (raises ParityError)."""
+    stages = stages if stages is not None else {}
+    train_idx, holdout_idx = training_set.split(holdout_fraction)
+    x, y = training_set.features, training_set.labels
+    with _timed(stages, "train"):
+        model = train_model(x[train_idx], y[train_idx], params)
+    with _timed(stages, "convert"):
+        artifact = convert.to_onnx(model, x.shape[1])
+        scorer = convert.OnnxScorer(artifact)
+        holdout_scores = scorer.predict(x[holdout_idx])
+        diff = convert.check_parity(predict_native(model, x[holdout_idx]), holdout_scores, parity_tolerance)
+    rng = np.random.default_rng(params.seed)
+    picked = np.sort(rng.choice(train_idx, size=min(reference_rows, len(train_idx)), replace=False))
+    reference = registry_pb2.ReferenceSample(
+        feature_names=list(training_set.feature_names),
+        rows=len(picked),
+        values=x[picked].astype(np.float32).astype(np.float64).ravel().tolist(),
+        scores=scorer.predict(x[picked]).tolist(),
+    )
+    return Challenger(artifact, training_set, holdout_idx, holdout_scores, diff, reference)
+
+
+class RetrainRunner:
+    """Runs retrains against a dataset builder and a registry; one call is one recorded run."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        dataset: DatasetBuilder,
+        registry: Registry,
+        *,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self._dataset = dataset
+        self._registry = registry
+        self._now = now
+
+    def run(self, batch: TriggerBatch) -> RunResult:
+        """Retrain on the recent horizon for a batch of coalesced triggers."""
+        extra = {"coalesced_triggers": ",".join(batch.ids)} if len(batch.triggers) > 1 else {}
+        return self.run_with(
+            self._dataset.build_recent, trigger=batch.primary.kind, trigger_id=batch.primary.trigger_id, extra_params=extra
+        )
+
+    def run_with(
+        self,
+        build: Callable[[], TrainingSet],
+        *,
+        trigger: str,
+        trigger_id: str,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Retrain on the set ``build`` returns; never raises for a failed run, records it instead."""
+        cfg = self.config
+        started_at = self._now()
+        t0 = time.perf_counter()
+        result = RunResult(
+            run_id=uuid.uuid4().hex, outcome=registry_pb2.RUN_OUTCOME_FAILED, reason="", trigger=trigger,
+            trigger_id=trigger_id,
+        )
+        result.params = {
+            **cfg.train.to_params(),
+            P_HOLDOUT: repr(cfg.holdout_fraction),
+            "gate_metric": cfg.gate.metric,
+            "gate_margin": repr(cfg.gate.margin),
+            **(extra_params or {}),
+        }
+        log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
+        try:
+            self._run(build, result)
+        except DriftlineError as err:
+            result.outcome = registry_pb2.RUN_OUTCOME_FAILED
+            result.reason = f"failed: {err.code}: {err}"
+        except Exception as err:
+            # A failed run must still be recorded; the traceback goes to the log.
+            log.exception("retrain_error", run_id=result.run_id)
+            result.outcome = registry_pb2.RUN_OUTCOME_FAILED
+            result.reason = f"failed: {type(err).__name__}: {err}"
+        result.duration_s = time.perf_counter() - t0
+        result.metrics["duration_seconds"] = result.duration_s
+        self._record(result, started_at)
+        log.info(
+            "retrain_finished",
+            run_id=result.run_id,
+            outcome=result.outcome_name,
+            reason=result.reason,
+            version=result.version,
+            seconds=round(result.duration_s, 3),
+        )
+        return result
+
+    def _run(self, build: Callable[[], TrainingSet], result: RunResult) -> None:
+        cfg = self.config
+        stages = result.stage_seconds
+        with _timed(stages, "dataset"):
+            training_set = build()
+        result.data_hash = training_set.content_hash
+        result.data_start, result.data_end = training_set.data_start, training_set.data_end
+        result.params[P_LABELS_UNTIL] = training_set.labels_ingested_until.isoformat()
+        challenger = fit_challenger(
+            training_set,
+            cfg.train,
+            holdout_fraction=cfg.holdout_fraction,
+            parity_tolerance=cfg.parity_tolerance,
+            reference_rows=cfg.reference_rows,
+            stages=stages,
+        )
+        y_holdout = training_set.labels[challenger.holdout]
+        with _timed(stages, "evaluate"):
+            mine = gate.evaluate(y_holdout, challenger.holdout_scores)
+            champion_version, theirs, problem = self._score_champion(training_set, challenger.holdout)
+        verdict = gate.decide(
+            cfg.gate, mine, theirs, champion_version=champion_version, champion_problem=problem
+        )
+        result.champion_before = result.champion_after = champion_version
+        result.metrics.update({f"holdout_{k}": v for k, v in mine.items()})
+        if theirs is not None:
+            result.metrics.update({f"champion_holdout_{k}": v for k, v in theirs.items()})
+        result.metrics.update(
+            {
+                "train_rows": float(len(training_set) - len(challenger.holdout)),
+                "holdout_rows": float(len(challenger.holdout)),
+                "holdout_positives": float(y_holdout.sum()),
+                "dropped_rows": float(training_set.dropped_rows),
+                "parity_max_abs_diff": challenger.parity_max_abs_diff,
+            }
+        )
+        with _timed(stages, "register"):
+            version = self._register(challenger, result, champion_version, verdict.reason)
+        result.version = version
+        with _timed(stages, "promote"):
+            self._apply(verdict, result, version, champion_version)
+        result.metrics.update({f"stage_{k}_seconds": v for k, v in stages.items()})
+
+    def _score_champion(
+        self, training_set: TrainingSet, holdout: np.ndarray
+    ) -> tuple[int, dict[str, float] | None, str]:
+        cfg = self.config
+        try:
+            champion = self._registry.get_version(cfg.model_name, alias=cfg.champion_alias)
+        except NotFound:
+            return 0, None, ""
+        version = champion.version
+        try:
+            names = list(champion.signature.feature_names) or list(training_set.feature_names)
+            columns = convert.feature_matrix(list(training_set.frame.columns), names)
+            rows = training_set.frame.iloc[holdout, columns].to_numpy(dtype=np.float64)
+            scorer = convert.OnnxScorer(self._registry.fetch_artifact(cfg.model_name, version))
+            scores = scorer.predict(rows)
+        except (InvalidArgument, DataLoss) as err:
+            # The champion itself is unusable here (corrupt, or needs features that are gone);
+            # transient errors (registry unavailable) propagate and fail the run instead.
+            log.warning("champion_not_scored", version=version, error=str(err))
+            return version, None, f"champion v{version} cannot be scored on this holdout ({err})"
+        return version, gate.evaluate(training_set.labels[holdout], scores), ""
+
+    def _register(self, challenger: Challenger, result: RunResult, parent: int, reason: str) -> int:
+        cfg = self.config
+        ts = challenger.training_set
+        inputs, outputs = convert.signature(len(ts.feature_names))
+        features = self._dataset.features
+        request = registry_pb2.RegisterModelVersionRequest(
+            name=cfg.model_name,
+            artifact=challenger.artifact,
+            signature=registry_pb2.Signature(
+                inputs=[registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
+                outputs=[registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
+                feature_names=list(ts.feature_names),
+            ),
+            feature_set=features.feature_set,
+            feature_set_version=features.feature_set_version,
+            metrics=result.metrics,
+            params=result.params,
+            lineage=registry_pb2.Lineage(
+                data_start=to_timestamp(ts.data_start),
+                data_end=to_timestamp(ts.data_end),
+                data_hash=ts.content_hash,
+                code_revision=cfg.code_revision,
+                parent_version=parent,
+                trigger=result.trigger,
+                trigger_id=result.trigger_id,
+                run_id=result.run_id,
+            ),
+            reference=challenger.reference,
+            tags={"trainer": cfg.actor},
+            reason=f"{result.trigger} retrain {result.run_id}: {reason}",
+        )
+        registered = self._registry.register(request)
+        log.info("challenger_registered", version=registered.version, run_id=result.run_id)
+        return int(registered.version)
+
+    def _apply(self, verdict: gate.GateVerdict, result: RunResult, version: int, champion: int) -> None:
+        cfg = self.config
+        if verdict.decision is gate.Decision.REJECT:
+            result.outcome, result.reason = registry_pb2.RUN_OUTCOME_REJECTED, verdict.reason
+            return
+        if verdict.decision is gate.Decision.PENDING_APPROVAL:
+            result.outcome, result.reason = registry_pb2.RUN_OUTCOME_PENDING_APPROVAL, verdict.reason
+            self._mark_challenger(version, verdict.reason)
+            return
+        try:
+            self._registry.set_alias(cfg.model_name, cfg.champion_alias, version, champion, verdict.reason)
+        except Aborted as err:
+            # Someone moved the champion while this run evaluated against the old one: the
+            # comparison no longer holds, so the challenger is not promoted.
+            result.outcome = registry_pb2.RUN_OUTCOME_REJECTED
+            result.reason = f"not promoted: champion moved from v{champion} during the run ({err}); {verdict.reason}"
+            return
+        result.outcome, result.reason, result.champion_after = registry_pb2.RUN_OUTCOME_PROMOTED, verdict.reason, version
+        log.info("challenger_promoted", version=version, previous=champion, reason=verdict.reason)
+
+    def _mark_challenger(self, version: int, reason: str) -> None:
+        cfg = self.config
+        try:
+            current = self._registry.get_version(cfg.model_name, alias=cfg.challenger_alias).version
+        except NotFound:
+            current = 0
+        try:
+            self._registry.set_alias(cfg.model_name, cfg.challenger_alias, version, current, reason)
+        except Aborted:
+            log.warning("challenger_alias_moved", version=version)
+
+    def _record(self, result: RunResult, started_at: datetime) -> None:
+        cfg = self.config
+        run = registry_pb2.Run(
+            run_id=result.run_id,
+            model_name=cfg.model_name,
+            params=result.params,
+            metrics=result.metrics,
+            data_hash=result.data_hash,
+            code_revision=cfg.code_revision,
+            duration_seconds=result.duration_s,
+            outcome=result.outcome,  # type: ignore[arg-type]
+            outcome_reason=result.reason,
+            version=result.version,
+            trigger=result.trigger,
+            trigger_id=result.trigger_id,
+            started_at=to_timestamp(started_at),
+        )
+        if result.data_start is not None and result.data_end is not None:
+            run.data_start.CopyFrom(to_timestamp(result.data_start))
+            run.data_end.CopyFrom(to_timestamp(result.data_end))
+        try:
+            self._registry.record_run(run)
+            result.recorded = True
+        except DriftlineError as err:
+            log.error("run_not_recorded", run_id=result.run_id, error=str(err))
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,186 @@
+"""The kit's Kafka plumbing against the real broker: round trip, at-least-once, dead letters,
+and a broker restart mid-stream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from driftline.kit import kafka
+from driftline.kit.settings import KafkaSettings
+from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix
+from driftline.kit.topics import Topic
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def topics(kafka_settings: KafkaSettings):
+    prefix = unique_prefix()
+    source = Topic(
+        name=f"{prefix}kit.source.v1",
+        key="k",
+        message=None,
+        partitions=2,
+        dead_letter=Topic(name=f"{prefix}kit.source-dlq.v1", key="k", message=None, partitions=1),
+    )
+    sink = Topic(name=f"{prefix}kit.sink.v1", key="k", message=None, partitions=2)
+    create_test_topics(kafka_settings, [source, sink])
+    yield source, sink
+    delete_topics(kafka_settings, [source, sink])
+
+
+def _produce(settings: KafkaSettings, topic: str, values: list[bytes]) -> None:
+    producer = kafka.KafkaProducer(settings)
+    futures = [producer.send(topic, v, key=v) for v in values]
+    producer.flush(30)
+    kafka.wait_all(futures, 30)
+    producer.close()
+
+
+def _run_loop(loop: kafka.ConsumerLoop) -> threading.Thread:
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_produce_then_consume_round_trip(kafka_settings, topics):
+    source, _ = topics
+    values = [f"m{i}".encode() for i in range(50)]
+    _produce(kafka_settings, source.name, values)
+    got = consume(kafka_settings, source.name, expected=50, timeout_s=30)
+    assert sorted(m.value() for m in got) == sorted(values)
+
+
+def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(kafka_settings, topics):
+    source, sink = topics
+
+    def handler(message):
+        if message.value().startswith(b"poison"):
+            raise kafka.PoisonMessage("bad_value", "value starts with poison")
+        return [kafka.Output(sink.name, message.value().upper(), message.key())]
+
+    _produce(kafka_settings, source.name, [b"a", b"poison-1", b"b", b"c"])
+    producer = kafka.KafkaProducer(kafka_settings)
+    loop = kafka.ConsumerLoop(
+        kafka_settings,
+        group_id=f"{source.name}-g",
+        topics=[source],
+        handler=kafka.per_message(handler),
+        producer=producer,
+    )
+    thread = _run_loop(loop)
+    try:
+        out = consume(kafka_settings, sink.name, expected=3, timeout_s=30)
+        dead = consume(kafka_settings, source.dead_letter_topic().name, expected=1, timeout_s=30)
+        _produce(kafka_settings, source.name, [b"after"])  # still consuming after the poison
+        out += [
+            m for m in consume(kafka_settings, sink.name, expected=4, timeout_s=30) if m.value() == b"AFTER"
+        ]
+    finally:
+        loop.stop()
+        thread.join(15)
+        producer.close()
+    assert sorted(m.value() for m in out) == [b"A", b"AFTER", b"B", b"C"]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers())
+    assert dead[0].value() == b"poison-1"
+    assert headers[kafka.DLQ_REASON] == b"bad_value"
+    assert headers[kafka.DLQ_SOURCE_TOPIC] == source.name.encode()
+    assert int(headers[kafka.DLQ_SOURCE_PARTITION]) in range(source.partitions)
+    assert int(headers[kafka.DLQ_SOURCE_OFFSET]) >= 0
+
+
+_CRASHING_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from driftline.kit import kafka
+    from driftline.kit.settings import KafkaSettings
+    from driftline.kit.topics import Topic
+
+    source_name, sink_name, group, crash = sys.argv[1:5]
+    settings = KafkaSettings()
+    source = Topic(name=source_name, key="k", message=None)
+    producer = kafka.KafkaProducer(settings)
+
+    def die_before_commit(batch):
+        if crash == "crash":
+            os._exit(17)  # outputs are acknowledged, offsets are not committed
+
+    loop = kafka.ConsumerLoop(
+        settings, group_id=group, topics=[source], producer=producer,
+        handler=kafka.per_message(lambda m: [kafka.Output(sink_name, m.value(), m.key())]),
+        hooks=kafka.ConsumerHooks(before_commit=die_before_commit),
+    )
+    kafka.install_signal_handlers(loop.stop)
+    loop.run()
+    producer.close()
+    """
+)
+
+
+def test_consumer_killed_before_commit_reprocesses_its_batch(kafka_settings, topics):
+    source, sink = topics
+    values = [f"e{i}".encode() for i in range(20)]
+    _produce(kafka_settings, source.name, values)
+    group = f"{source.name}-crash"
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers}
+    cmd = [sys.executable, "-c", _CRASHING_WORKER, source.name, sink.name, group]
+
+    crashed = subprocess.run([*cmd, "crash"], env=env, timeout=120, check=False)
+    assert crashed.returncode == 17
+    first = consume(kafka_settings, sink.name, expected=20, timeout_s=30)
+    assert sorted(m.value() for m in first) == sorted(values)
+
+    worker = subprocess.Popen([*cmd, "ok"], env=env)
+    try:
+        # The restarted worker starts from the last commit (none), so everything comes again.
+        both = consume(kafka_settings, sink.name, expected=40, timeout_s=60)
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+    counts = {v: sum(1 for m in both if m.value() == v) for v in values}
+    assert all(n == 2 for n in counts.values()), counts
+
+
+def test_broker_restart_mid_stream_loses_no_acknowledged_message(kafka_settings, topics):
+    source, _ = topics
+    producer = kafka.KafkaProducer(kafka_settings)
+    acknowledged: list[bytes] = []
+    failed: list[bytes] = []
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        i = 0
+        while not stop.is_set():
+            value = f"r{i}".encode()
+            future = producer.send(source.name, value, key=value)
+            future.add_done_callback(lambda f, v=value: (failed if f.exception() else acknowledged).append(v))
+            i += 1
+            time.sleep(0.005)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    time.sleep(1.0)
+    restart = subprocess.run(
+        ["bash", str(ROOT / "deploy/local/stack.sh"), "restart-kafka"], timeout=180, check=False
+    )
+    time.sleep(2.0)
+    stop.set()
+    sender.join(10)
+    producer.flush(120)
+    producer.close()
+    assert restart.returncode == 0
+    assert acknowledged, "nothing was acknowledged"
+    got = {m.value() for m in consume(kafka_settings, source.name, expected=len(acknowledged), timeout_s=60)}
+    missing = [v for v in acknowledged if v not in got]
+    assert missing == []
