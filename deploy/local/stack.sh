@@ -209,14 +209,23 @@ launch() {
     pidfile=$(pid_file "$name")
     logfile=$(log_file "$name")
     rm -f "$pidfile"
+    # Checked last thing before the start (a first Kafka start downloads for a minute first): a
+    # readiness probe would otherwise take a stranger on the port for our server.
+    local port
+    for port in $(component_ports "$name"); do
+        if port_in_use "$port"; then
+            die "port $port, wanted by $name, is taken by a process this stack did not start"
+        fi
+    done
     printf '\n===== %s: starting %s =====\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$name" >>"$logfile"
     local detach=()
     if command -v setsid >/dev/null 2>&1; then
         detach=(setsid)
     fi
     # shellcheck disable=SC2016 # $$ and $@ belong to the inner sh.
+    # 9>&-: the server must not inherit the run-directory lock, or it would hold it forever.
     nohup ${detach[@]+"${detach[@]}"} sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
-        >>"$logfile" 2>&1 </dev/null &
+        >>"$logfile" 2>&1 </dev/null 9>&- &
     local waited=0
     until [[ -s $pidfile ]]; do
         ((waited++ < 50)) || die "$name did not start; see $logfile"
@@ -272,17 +281,23 @@ stop() {
     rm -f "$(pid_file "$name")"
 }
 
+# Every port a component binds (component_port is the one clients use).
+component_ports() {
+    case $1 in
+    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    *) component_port "$1" ;;
+    esac
+}
+
 start() {
     local name=$1 pid
     if pid=$(running_pid "$name"); then
+        # Still wait: an interrupted `up` may have left it started but not yet ready.
         log "$name already running (pid $pid)"
+        wait_ready "$name"
         return 0
     fi
     rm -f "$(pid_file "$name")"
-    local port
-    port=$(component_port "$name")
-    port_in_use "$port" &&
-        die "port $port, wanted by $name, is taken by a process this stack did not start"
     "start_$name"
     wait_ready "$name"
     if declare -F "after_ready_$name" >/dev/null; then
@@ -368,10 +383,13 @@ start_kafka() {
     launch kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$props"
 }
 
-# A metadata request, not an open port: see wait_kafka.py.
+# A metadata request, not an open port, answered by the cluster formatted here: see wait_kafka.py.
 ready_kafka() {
+    local cluster_id
+    cluster_id=$(sed -n 's/^cluster\.id=//p' "$KAFKA_DATA_DIR/meta.properties" 2>/dev/null)
     "$PYTHON" "$SCRIPT_DIR/wait_kafka.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --timeout 5 \
-        --libs "$KAFKA_LIBS" >"$RUN_DIR/kafka/ready.txt" 2>/dev/null || return 1
+        --libs "$KAFKA_LIBS" ${cluster_id:+--cluster-id "$cluster_id"} \
+        >"$RUN_DIR/kafka/ready.txt" 2>/dev/null || return 1
     log "$(<"$RUN_DIR/kafka/ready.txt")"
 }
 
@@ -421,28 +439,31 @@ ready_prometheus() {
 
 # --- Postgres -----------------------------------------------------------------------------------
 
+# The first directory that holds the server binaries: POSTGRES_BIN_DIR, where initdb on PATH
+# really lives, Debian's per-version directories (kept off PATH), then pg_config's answer.
 pg_bin_dir() {
-    local dir
-    if [[ -n ${POSTGRES_BIN_DIR:-} ]]; then
-        echo "$POSTGRES_BIN_DIR"
-        return
+    local candidates=() dir tool found
+    [[ -n ${POSTGRES_BIN_DIR:-} ]] && candidates+=("$POSTGRES_BIN_DIR")
+    if command -v initdb >/dev/null 2>&1; then
+        candidates+=("$(dirname "$(readlink -f "$(command -v initdb)" 2>/dev/null || command -v initdb)")")
     fi
-    if command -v pg_ctl >/dev/null 2>&1; then
-        dirname "$(command -v pg_ctl)"
-        return
-    fi
-    # Debian and Ubuntu keep the server binaries off PATH, one directory per major version.
     # shellcheck disable=SC2012 # version-sorted directory names without spaces
     for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-        if [[ -x $dir/postgres ]]; then
-            echo "$dir"
-            return
-        fi
+        candidates+=("$dir")
     done
     if command -v pg_config >/dev/null 2>&1; then
-        pg_config --bindir
-        return
+        candidates+=("$(pg_config --bindir)")
     fi
+    for dir in ${candidates[@]+"${candidates[@]}"}; do
+        found=1
+        for tool in initdb postgres psql pg_isready; do
+            [[ -x $dir/$tool ]] || found=0
+        done
+        if ((found)); then
+            echo "$dir"
+            return 0
+        fi
+    done
     return 1
 }
 
@@ -456,11 +477,8 @@ as_pg() {
 }
 
 require_postgres() {
-    PG_BIN=$(pg_bin_dir) || die "no PostgreSQL server binaries (set POSTGRES_BIN_DIR)"
-    local tool
-    for tool in initdb postgres psql pg_isready; do
-        [[ -x $PG_BIN/$tool ]] || die "no $PG_BIN/$tool (set POSTGRES_BIN_DIR)"
-    done
+    PG_BIN=$(pg_bin_dir) ||
+        die "no directory with initdb, postgres, psql and pg_isready found (set POSTGRES_BIN_DIR)"
     if ((EUID == 0)); then
         require_commands setpriv
         id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server"
@@ -581,14 +599,15 @@ cmd_down() {
     ((purge)) || return 0
     [[ -f $RUN_DIR/$RUN_DIR_MARKER ]] ||
         die "$RUN_DIR has no $RUN_DIR_MARKER: not deleting a directory this script did not create"
+    for c in "${names[@]}"; do
+        log "purging $c data"
+        rm -rf "${RUN_DIR:?}/$c" "${CONF_DIR:?}/$c" "$(log_file "$c")"
+    done
     if ((${#names[@]} == ${#STOP_ORDER[@]})); then
-        log "purging $RUN_DIR"
-        rm -rf "$RUN_DIR"
-    else
-        for c in "${names[@]}"; do
-            log "purging $c data"
-            rm -rf "${RUN_DIR:?}/$c" "${CONF_DIR:?}/$c"
-        done
+        # Only what this script made: services keep their own state under the run directory
+        # too (the registry's default data_dir is .run/registry), and that is not ours to delete.
+        rm -rf "${CONF_DIR:?}" "${PID_DIR:?}" "${LOG_DIR:?}" "${RUN_DIR:?}/.lock" "${RUN_DIR:?}/$RUN_DIR_MARKER"
+        rmdir "$RUN_DIR" 2>/dev/null || log "kept $RUN_DIR: it holds data of other programs"
     fi
 }
 

@@ -1,11 +1,13 @@
 """Wait until a Kafka broker answers a metadata request, then report it.
 
-    python deploy/local/wait_kafka.py --bootstrap 127.0.0.1:19092 --timeout 90 [--libs DIR]
+    python deploy/local/wait_kafka.py --bootstrap 127.0.0.1:19092 --timeout 90 \
+        [--libs DIR] [--cluster-id ID]
 
 A listening port is not a ready broker: a KRaft node accepts connections before its controller
 has elected itself and before it serves metadata. This asks for the cluster metadata until the
-deadline and exits 0 once an answer names at least one broker, 1 on timeout. With --libs (the
-broker's classpath directory) it also prints the broker version read from the kafka-clients jar.
+deadline and exits 0 once an answer names at least one broker (of cluster --cluster-id, when
+given), 1 on timeout. With --libs (the broker's classpath directory) it also prints the broker
+version read from the kafka-clients jar.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def broker_version(libs: Path | None) -> str:
     return "unknown"
 
 
-def wait(bootstrap: str, timeout_s: float) -> tuple[int, int]:
-    """Block until a metadata request succeeds; return (broker count, topic count)."""
+def wait(bootstrap: str, timeout_s: float, cluster_id: str | None = None) -> tuple[int, int]:
+    """Block until a metadata request succeeds; return (broker count, topic count).
+
+    With cluster_id, an answer from another cluster (a stranger on the port) does not count.
+    """
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -56,9 +61,12 @@ def wait(bootstrap: str, timeout_s: float) -> tuple[int, int]:
         except KafkaException as err:
             last_error = str(err.args[0]) if err.args else repr(err)
         else:
-            if metadata.brokers:
+            if not metadata.brokers:
+                last_error = "metadata named no broker"
+            elif cluster_id is not None and metadata.cluster_id != cluster_id:
+                last_error = f"cluster {metadata.cluster_id} answers, not {cluster_id}"
+            else:
                 return len(metadata.brokers), len(metadata.topics)
-            last_error = "metadata named no broker"
         time.sleep(0.5)
 
 
@@ -67,15 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:19092", help="host:port of the broker")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait at most")
     parser.add_argument("--libs", type=Path, default=None, help="broker classpath directory")
+    parser.add_argument("--cluster-id", default=None, help="only this cluster counts as ready")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     try:
-        brokers, topics = wait(args.bootstrap, args.timeout)
+        brokers, topics = wait(args.bootstrap, args.timeout, args.cluster_id)
     except TimeoutError as err:
-        sys.stderr.write(
-            f"kafka at {args.bootstrap} not ready after {args.timeout:.0f}s: {err}\n"
-        )
+        sys.stderr.write(f"kafka at {args.bootstrap} not ready after {args.timeout:.0f}s: {err}\n")
         return 1
     sys.stdout.write(
         f"kafka {broker_version(args.libs)} ready at {args.bootstrap} "

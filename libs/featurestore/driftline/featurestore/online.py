@@ -245,6 +245,12 @@ class OnlineStore:
             self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
         return [int(n) for n in pipe.execute()] if writes else []
 
+    def stage_writes(self, pipeline: redis.client.Pipeline, writes: Sequence[FeatureWrite]) -> None:
+        """Queue guarded writes on the caller's pipeline, to commit them with its other commands."""
+        layout = self._layout
+        for write in writes:
+            self._write(keys=[layout.key(write.entity_id)], args=layout.write_args(write), client=pipeline)
+
     def delete(self, entity_ids: Sequence[str]) -> int:
         return int(self._client.delete(*[self._layout.key(e) for e in entity_ids])) if entity_ids else 0
 
@@ -315,6 +321,14 @@ class AsyncOnlineStore:
             entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
             await self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
         return [int(n) for n in await pipe.execute()] if writes else []
+
+    async def stage_writes(self, pipeline: aioredis.client.Pipeline, writes: Sequence[FeatureWrite]) -> None:
+        """Queue guarded writes on the caller's pipeline, to commit them with its other commands."""
+        layout = self._layout
+        for write in writes:
+            await self._write(
+                keys=[layout.key(write.entity_id)], args=layout.write_args(write), client=pipeline
+            )
 
     async def delete(self, entity_ids: Sequence[str]) -> int:
         return int(await self._client.delete(*[self._layout.key(e) for e in entity_ids])) if entity_ids else 0

@@ -272,7 +272,9 @@ class _Run:
             amount *= _COVARIATE_AMOUNT_FACTOR
         return self._emit(t, card, merchant, amount, channel, label=0)
 
-    def _emit(self, t: float, card: Card, merchant: Merchant, amount: float, channel: str, label: int) -> SimEvent:
+    def _emit(
+        self, t: float, card: Card, merchant: Merchant, amount: float, channel: str, label: int
+    ) -> SimEvent:
         start = self.config.start
         event_time = start + timedelta(microseconds=round(t * 1e6))
         delay = self.config.label_delay_s * self.rng.uniform(0.5, 1.5)

@@ -19,7 +19,20 @@ HOME_COUNTRIES: tuple[tuple[str, str, float], ...] = (
     ("AU", "AUD", 0.05),
 )
 #: Countries that only ever appear as the merchant's country of a foreign transaction.
-DESTINATION_COUNTRIES: tuple[str, ...] = ("BR", "MX", "NG", "TH", "TR", "AE", "ID", "PH", "JP", "SG", "ZA", "AR")
+DESTINATION_COUNTRIES: tuple[str, ...] = (
+    "BR",
+    "MX",
+    "NG",
+    "TH",
+    "TR",
+    "AE",
+    "ID",
+    "PH",
+    "JP",
+    "SG",
+    "ZA",
+    "AR",
+)
 ALL_COUNTRIES: tuple[str, ...] = tuple(c for c, _, _ in HOME_COUNTRIES) + DESTINATION_COUNTRIES
 
 #: Everyday spending; the bulk of legitimate transactions.

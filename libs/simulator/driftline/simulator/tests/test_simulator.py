@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 import statistics
 from datetime import UTC, datetime, timedelta
 
@@ -72,11 +74,12 @@ def test_events_follow_the_data_contract_shape(stationary: list[SimEvent]) -> No
             "contract_version",
         }
         assert e["contract_version"] == "1"
-        assert 0 < e["amount"] < 1_000_000 and math.isfinite(e["amount"])
+        assert 0 < e["amount"] < 1_000_000
+        assert math.isfinite(e["amount"])
         assert e["merchant_category"] in MERCHANT_CATEGORIES
         assert e["channel"] in CHANNELS
-        assert len(e["country"]) == 2 and e["country"].isupper()
-        assert len(e["currency"]) == 3 and e["currency"].isupper()
+        assert re.fullmatch("[A-Z]{2}", e["country"])
+        assert re.fullmatch("[A-Z]{3}", e["currency"])
         assert datetime.fromisoformat(e["event_time"]) == ev.event_time
         assert ev.label in (0, 1)
         assert ev.label_time >= ev.event_time
@@ -88,7 +91,7 @@ def test_events_follow_the_data_contract_shape(stationary: list[SimEvent]) -> No
 
 def test_event_time_never_goes_back_and_gaps_average_the_configured_mean(stationary: list[SimEvent]) -> None:
     times = [ev.event_time for ev in stationary]
-    assert all(a <= b for a, b in zip(times, times[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(times))
     assert times[0] >= SimulatorConfig().start
     mean_gap = (times[-1] - times[0]).total_seconds() / (len(times) - 1)
     assert mean_gap == pytest.approx(0.05, rel=0.05)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -88,6 +88,8 @@ class Verdict:
     window_start: float = math.nan
     window_end: float = math.nan
     reason: str = ""
+    #: Index, in the batch passed to ``Detector.update``, of the row that completed the evaluation.
+    row: int = -1
 
     @property
     def drifted_features(self) -> list[str]:
@@ -199,15 +201,6 @@ class OnlineConfig:
     #: "greater", "less" or "both" (two detectors, each at twice the ERT).
     fet_alternative: str = "both"
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class StreamDetectors:
-    """What to build for one stream."""
-
-    window: bool = True
-    online: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class DetectorFactory(Protocol):

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import GrpcServer, wait_for_signal
 from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS, Topic
 from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
-from driftline.inference.v1 import inference_pb2_grpc
 from driftline.services.inference import kserve, metrics, servicer
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
@@ -89,6 +89,7 @@ class InferenceApp:
         self.listener: ModelEventsListener | None = None
         self._startup: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._stopped = False
         self.port = 0
 
     async def start(self) -> int:
@@ -116,7 +117,8 @@ class InferenceApp:
 
     async def _load_initial_models(self) -> None:
         """Resolve the aliases once events can no longer be missed; retry the champion until live."""
-        assert self.loader is not None and self.listener is not None
+        assert self.loader is not None
+        assert self.listener is not None
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(self._loads, self.listener.wait_assigned, 30.0):
             log.warning("model_events_not_assigned", topic=self._model_events_topic.name)
@@ -145,6 +147,9 @@ class InferenceApp:
 
     async def stop(self) -> None:
         """SIGTERM: NOT_SERVING, let in-flight calls finish, then close models and flush the log."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._startup is not None:
             self._startup.cancel()
         if self.listener is not None:
@@ -162,12 +167,14 @@ async def serve(settings: Settings) -> None:
     from driftline.featurestore import AsyncOnlineStore, feature_set_by_key
     from driftline.kit.kafka import KafkaProducer
     from driftline.kit.metrics import serve_metrics
+    from driftline.kit.registry_client import RegistryClient
     from driftline.services.inference.registry_source import RegistryModelSource
 
     feature_set = feature_set_by_key(settings.feature_set)
     store = AsyncOnlineStore.from_settings(settings.redis, feature_set)
     producer = KafkaProducer(settings.kafka)
-    source = RegistryModelSource.connect(settings.registry_address, settings.registry_token)
+    client = RegistryClient(settings.registry_address, settings.registry_token or None)
+    source = RegistryModelSource(client, asyncio.get_running_loop())
     serve_metrics(settings.metrics_port, settings.metrics, service="inference")
     app = InferenceApp(
         settings,
@@ -182,4 +189,4 @@ async def serve(settings: Settings) -> None:
     finally:
         await app.stop()
         await store.close()
-        source.close()
+        await source.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseSettings, Field, root_validator
 
+from driftline.featurestore.vectors import StalenessPolicy
 from driftline.kit.settings import (
     GrpcServerSettings,
     KafkaSettings,
@@ -11,7 +12,6 @@ from driftline.kit.settings import (
     MetricsSettings,
     RedisSettings,
 )
-from driftline.featurestore.vectors import StalenessPolicy
 from driftline.services.inference.runtime import Device
 
 
@@ -20,7 +20,8 @@ class InferenceGrpcSettings(GrpcServerSettings):
 
     port: int = Field(50052, description="Port the server binds (INFERENCE_GRPC_PORT).")
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, description="Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."
+        4 * 1024 * 1024,
+        description="Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED.",
     )
     default_deadline_s: float = Field(2.0, description="Deadline for calls whose client sets none.")
 
@@ -32,7 +33,9 @@ class Settings(BaseSettings):
     """Everything the inference service reads from its environment."""
 
     grpc: InferenceGrpcSettings = Field(default_factory=InferenceGrpcSettings, description="gRPC server.")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Broker for model events and logs.")
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Broker for model events and logs."
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Online feature store.")
     log: LogSettings = Field(default_factory=LogSettings, description="Log format and level.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="/metrics endpoint.")
@@ -41,7 +44,8 @@ class Settings(BaseSettings):
     model_name: str = Field("fraud", description="Registered model this server serves.")
     alias: str = Field("champion", description="Alias whose version answers requests.")
     challenger_alias: str = Field(
-        "challenger", description="Alias of the shadow or canary model; used only when shadow or canary is on."
+        "challenger",
+        description="Alias of the shadow or canary model; used only when shadow or canary is on.",
     )
     registry_address: str = Field(
         "127.0.0.1:50051",
@@ -61,22 +65,31 @@ class Settings(BaseSettings):
         description="Longest a request waits for a batch to fill, in µs. 0: batch only what queued up "
         "while the model was busy (lowest latency; batches still fill under load).",
     )
-    queue_capacity: int = Field(2048, description="Requests that may wait for a batch; more get RESOURCE_EXHAUSTED.")
+    queue_capacity: int = Field(
+        2048, description="Requests that may wait for a batch; more get RESOURCE_EXHAUSTED."
+    )
     batch_concurrency: int = Field(1, description="Batches that may run at the same time per model.")
     staleness_policy: StalenessPolicy = Field(
-        StalenessPolicy.SERVE, description='Stale features: "serve" them, use the "default", or "fail" the call.'
+        StalenessPolicy.SERVE,
+        description='Stale features: "serve" them, use the "default", or "fail" the call.',
     )
     decision_threshold: float = Field(
         0.5, description="Score at or above which the label is 1 (a version's decision_threshold param wins)."
     )
     shadow: bool = Field(False, description="Score the challenger on every request, log it, never return it.")
-    canary_share: float = Field(0.0, description="Share of entities (sticky by hash) served by the challenger.")
+    canary_share: float = Field(
+        0.0, description="Share of entities (sticky by hash) served by the challenger."
+    )
     max_entities_per_call: int = Field(1024, description="Most entities one PredictBatch may ask for.")
     prediction_log_capacity: int = Field(
         10_000, description="Prediction-log records buffered before new ones are dropped (and counted)."
     )
-    feature_set: str = Field("card_transactions.v1", description="Feature set (name.vN) read from the online store.")
-    warmup_batch_sizes: list[int] = Field([1, 64], description="Batch sizes each new model runs before it serves.")
+    feature_set: str = Field(
+        "card_transactions.v1", description="Feature set (name.vN) read from the online store."
+    )
+    warmup_batch_sizes: list[int] = Field(
+        [1, 64], description="Batch sizes each new model runs before it serves."
+    )
     warmup_runs: int = Field(3, description="Runs per warm-up batch size.")
     startup_retry_s: float = Field(2.0, description="Pause between attempts to load the champion at start.")
     model_events_group_prefix: str = Field(

@@ -52,7 +52,9 @@ def _version(text: str) -> int | None:
 
 
 def _metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.wire_shape)
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.wire_shape
+    )
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -65,13 +67,19 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         if tensor.name in feeds:
             raise InvalidArgument(f"input {tensor.name} given twice")
         if raw:
-            feeds[tensor.name] = decode_tensor(tensor.name, tensor.datatype, list(tensor.shape), raw=raw[i], values=())
+            feeds[tensor.name] = decode_tensor(
+                tensor.name, tensor.datatype, list(tensor.shape), raw=raw[i], values=()
+            )
             continue
         field = _CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
-            raise InvalidArgument(f"input {tensor.name}: datatype {tensor.datatype!r} needs raw_input_contents")
+            raise InvalidArgument(
+                f"input {tensor.name}: datatype {tensor.datatype!r} needs raw_input_contents"
+            )
         values = getattr(tensor.contents, field)
-        feeds[tensor.name] = decode_tensor(tensor.name, tensor.datatype, list(tensor.shape), raw=None, values=values)
+        feeds[tensor.name] = decode_tensor(
+            tensor.name, tensor.datatype, list(tensor.shape), raw=None, values=values
+        )
     return feeds
 
 
@@ -90,7 +98,9 @@ def encode_outputs(
         datatype = NUMPY_TO_KSERVE[array.dtype]
         tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if raw:
-            response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            response.raw_output_contents.append(
+                array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            )
         else:
             getattr(tensor.contents, _CONTENTS_FIELD[datatype]).extend(array.ravel().tolist())
     return response
@@ -104,7 +114,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._default_deadline_s = default_deadline_s
 
     @grpc_errors
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:  # noqa: N802
+    async def ServerLive(  # noqa: N802
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @grpc_errors
@@ -114,7 +126,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._slots.ready)
 
     @grpc_errors
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:  # noqa: N802
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         self._slots.check_name(request.name)
         version = _version(request.version)
         live = {m.version for m in self._slots.models().values()}
@@ -144,7 +158,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     @observed("ModelInfer")
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # noqa: N802
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         self._slots.check_name(request.model_name)
         model = self._slots.by_version(_version(request.model_version))
         deadline = deadline_of(context, self._default_deadline_s)

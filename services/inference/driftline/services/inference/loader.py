@@ -12,10 +12,10 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -156,7 +156,9 @@ class ModelLoader:
                 digest = hashlib.sha256(data).hexdigest()
                 for wanted in (ref.sha256, expected_sha256):
                     if wanted and wanted != digest:
-                        raise DigestMismatch(f"artifact of {ref.name} v{ref.version} has sha256 {digest}, expected {wanted}")
+                        raise DigestMismatch(
+                            f"artifact of {ref.name} v{ref.version} has sha256 {digest}, expected {wanted}"
+                        )
                 runtime = self._load_runtime(data)
                 warm_s = runtime.warm_up(self._warm_up.batch_sizes, self._warm_up.runs)
                 meta = ModelMeta(
@@ -182,9 +184,8 @@ class ModelLoader:
             )
             return True
 
-    def _swap(self, coro: object) -> None:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-        future.result(timeout=self._swap_timeout_s)
+    def _swap(self, coro: Coroutine[Any, Any, object]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=self._swap_timeout_s)
 
     @staticmethod
     def _failed(role: Role, reason: str, err: BaseException, **context: object) -> None:

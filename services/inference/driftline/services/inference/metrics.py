@@ -58,7 +58,9 @@ MODEL_INFO = Gauge(
     ["model", "alias", "version", "sha256"],
 )
 MODEL_LOADED_TIMESTAMP = Gauge(
-    "driftline_inference_model_loaded_timestamp_seconds", "When the alias's current model went live.", ["alias"]
+    "driftline_inference_model_loaded_timestamp_seconds",
+    "When the alias's current model went live.",
+    ["alias"],
 )
 MODEL_SWAPS = Counter("driftline_inference_model_swaps_total", "Models put live, by alias.", ["alias"])
 MODEL_LOAD_FAILURES = Counter(
@@ -84,5 +86,7 @@ SHADOW_SKIPPED = Counter(
     "driftline_inference_shadow_skipped_total", "Shadow scorings skipped because too many were pending."
 )
 MODEL_EVENTS = Counter(
-    "driftline_inference_model_events_total", "Model events read, by type and whether they applied.", ["type", "applied"]
+    "driftline_inference_model_events_total",
+    "Model events read, by type and whether they applied.",
+    ["type", "applied"],
 )

@@ -87,7 +87,9 @@ class ModelEventsListener:
             pinned.append(TopicPartition(partition.topic, partition.partition, high))
         consumer.assign(pinned)
         self._assigned.set()
-        log.info("model_events_assigned", group=self.group_id, offsets={p.partition: p.offset for p in pinned})
+        log.info(
+            "model_events_assigned", group=self.group_id, offsets={p.partition: p.offset for p in pinned}
+        )
 
     def _run(self) -> None:
         try:

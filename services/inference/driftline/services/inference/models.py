@@ -118,7 +118,8 @@ class ServingModel:
         width = inputs[0].shape[1]
         if names and width is not None and width != len(names):
             raise ModelLoadError(
-                f"model input {inputs[0].name} has {width} columns but the version lists {len(names)} features",
+                f"model input {inputs[0].name} has {width} columns "
+                f"but the version lists {len(names)} features",
                 code="signature_mismatch",
             )
         return inputs[0]

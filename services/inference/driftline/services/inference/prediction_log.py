@@ -61,12 +61,14 @@ class PredictionLogger:
         *,
         capacity: int = 10_000,
         batch: int = 500,
+        flush_interval_s: float = 0.005,
         encoder: Callable[[PredictionResult], bytes] = encode,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._capacity = capacity
         self._batch = batch
+        self._flush_interval_s = flush_interval_s
         self._encode = encoder
         self._buffer: deque[PredictionResult] = deque()
         self._cond = threading.Condition()
@@ -86,7 +88,7 @@ class PredictionLogger:
                 metrics.PREDICTION_LOG_DROPPED.labels("buffer_full").inc()
                 return
             self._buffer.append(result)
-            if len(self._buffer) == 1:
+            if len(self._buffer) in (1, self._batch):
                 self._cond.notify()
 
     @property
@@ -94,9 +96,13 @@ class PredictionLogger:
         return len(self._buffer)
 
     def _take(self) -> list[PredictionResult]:
+        # The sender wakes every flush interval (or when a full batch waits) and sends in bulk:
+        # waking once per record would bounce the GIL between it and the event loop per call.
         with self._cond:
             while not self._buffer and not self._stopping:
                 self._cond.wait(0.5)
+            if len(self._buffer) < self._batch and not self._stopping:
+                self._cond.wait(self._flush_interval_s)
             count = min(self._batch, len(self._buffer))
             taken = [self._buffer.popleft() for _ in range(count)]
         metrics.PREDICTION_LOG_BUFFERED.set(len(self._buffer))

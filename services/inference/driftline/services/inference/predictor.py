@@ -93,7 +93,9 @@ class Predictor:
         self._features_seconds = metrics.STAGE_SECONDS.labels("features")
         self._index_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
 
-    async def predict(self, inputs: Sequence[PredictInput], *, deadline: float | None = None) -> list[PredictionResult]:
+    async def predict(
+        self, inputs: Sequence[PredictInput], *, deadline: float | None = None
+    ) -> list[PredictionResult]:
         """One result per input, in order. ``deadline`` is in ``loop.time()`` seconds."""
         if not inputs:
             raise InvalidArgument("no entities to score")
@@ -118,7 +120,10 @@ class Predictor:
                 groups.setdefault(id(route.model), (route.model, []))[1].append(i)
             results: list[PredictionResult | None] = [None] * len(inputs)
             scored = await asyncio.gather(
-                *(self._score(model, [readings[i] for i in rows], deadline) for model, rows in groups.values())
+                *(
+                    self._score(model, [readings[i] for i in rows], deadline)
+                    for model, rows in groups.values()
+                )
             )
             now = utcnow()
             for (model, rows), (scores, used) in zip(groups.values(), scored, strict=True):
@@ -130,13 +135,17 @@ class Predictor:
             metrics.PREDICTIONS.labels(result.served_by.value).inc()
         shadows = [(r.shadow, i) for i, r in enumerate(routes) if r.shadow is not None]
         if shadows:
-            self._spawn_shadow(shadows[0][0], [inputs[i] for _, i in shadows], [readings[i] for _, i in shadows])
+            self._spawn_shadow(
+                shadows[0][0], [inputs[i] for _, i in shadows], [readings[i] for _, i in shadows]
+            )
         return final
 
     def _check(self, readings: Sequence[EntityFeatures]) -> None:
         unknown = [r.entity_id for r in readings if not _found(r)]
         if unknown:
-            raise UnknownEntity(f"no features for entity {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
+            raise UnknownEntity(
+                f"no features for entity {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
+            )
         if self._policy is StalenessPolicy.FAIL:
             for reading in readings:
                 for feature in reading.values:
@@ -156,7 +165,9 @@ class Predictor:
             position = {name: i for i, name in enumerate(have)}
             missing = [name for name in want if name not in position]
             if missing:
-                raise FailedPrecondition(f"model {model.name} v{model.version} needs features {missing} the store lacks")
+                raise FailedPrecondition(
+                    f"model {model.name} v{model.version} needs features {missing} the store lacks"
+                )
             index = [position[name] for name in want]
             self._index_cache[key] = index
         return index
@@ -202,7 +213,9 @@ class Predictor:
             predicted_at=now,
         )
 
-    def _spawn_shadow(self, model: ServingModel, inputs: list[PredictInput], readings: list[EntityFeatures]) -> None:
+    def _spawn_shadow(
+        self, model: ServingModel, inputs: list[PredictInput], readings: list[EntityFeatures]
+    ) -> None:
         if len(self._shadows) >= self._max_pending_shadows:
             metrics.SHADOW_SKIPPED.inc()
             return

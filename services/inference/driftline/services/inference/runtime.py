@@ -131,10 +131,14 @@ class SessionFactory:
         so.log_severity_level = 3
         return so
 
-    def _create(self, model_bytes: bytes, providers: list[str | tuple[str, dict[str, str]]]) -> ort.InferenceSession:
+    def _create(
+        self, model_bytes: bytes, providers: list[str | tuple[str, dict[str, str]]]
+    ) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(model_bytes, sess_options=self._session_options(), providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            return ort.InferenceSession(
+                model_bytes, sess_options=self._session_options(), providers=providers
+            )
+        except Exception as err:
             raise ModelLoadError(f"onnxruntime cannot load the model: {err}", code="invalid_model") from err
 
     def load(self, model_bytes: bytes) -> OnnxModel:
@@ -150,7 +154,9 @@ class SessionFactory:
         else:
             self._cuda_works = False
         if self.options.device is Device.CUDA:
-            raise ModelLoadError("device=cuda but the CUDA execution provider does not work here", code="no_cuda")
+            raise ModelLoadError(
+                "device=cuda but the CUDA execution provider does not work here", code="no_cuda"
+            )
         return OnnxModel(self._create(model_bytes, [CPU]))
 
     @property

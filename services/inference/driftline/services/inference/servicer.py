@@ -13,10 +13,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.features.v1 import features_pb2
+from driftline.featurestore.vectors import FeatureValue
 from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
 from driftline.kit.errors import DriftlineError, grpc_errors
 from driftline.services.inference import metrics
-from driftline.featurestore.vectors import FeatureValue
 from driftline.services.inference.predictor import PredictInput, PredictionResult, Predictor
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name

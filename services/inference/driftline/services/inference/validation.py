@@ -14,7 +14,9 @@ from driftline.services.inference.errors import InvalidInput
 from driftline.services.inference.tensors import KSERVE_TO_NUMPY, TensorSpec
 
 
-def decode_tensor(name: str, datatype: str, shape: Sequence[int], *, raw: bytes | None, values: Sequence) -> np.ndarray:
+def decode_tensor(
+    name: str, datatype: str, shape: Sequence[int], *, raw: bytes | None, values: Sequence
+) -> np.ndarray:
     """A KServe v2 tensor from raw little-endian bytes or from a typed ``contents`` list."""
     dtype = KSERVE_TO_NUMPY.get(datatype)
     if dtype is None:

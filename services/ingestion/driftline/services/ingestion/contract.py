@@ -100,7 +100,9 @@ class UnknownFields(StrEnum):
 
 
 _NORMALIZERS: dict[str, Callable[[str], str]] = {"trim": str.strip, "upper": str.upper, "lower": str.lower}
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 _FIELD_KEYS = {
     "type",
     "required",
@@ -224,12 +226,12 @@ class FieldSpec:
             if max_future is not None and moment > now + max_future:
                 return fail(
                     Reason.EVENT_TIME_IN_FUTURE,
-                    f"{moment.isoformat()} is more than {max_future.total_seconds():g}s after {now.isoformat()}",
+                    f"{moment.isoformat()} is over {max_future.total_seconds():g}s after {now.isoformat()}",
                 )
             if max_age is not None and moment < now - max_age:
                 return fail(
                     Reason.EVENT_TIME_TOO_OLD,
-                    f"{moment.isoformat()} is more than {max_age.total_seconds():g}s before {now.isoformat()}",
+                    f"{moment.isoformat()} is over {max_age.total_seconds():g}s before {now.isoformat()}",
                 )
             return moment, None
 
@@ -273,7 +275,7 @@ class Contract:
 
     @classmethod
     def from_mapping(cls, document: Any, *, source: str = "<mapping>") -> Contract:
-        """Build and sanity-check a contract; a mistake in the file is a ContractError, not a surprise later."""
+        """Build and check a contract: a mistake in the file is a ContractError now, not a surprise later."""
         if not isinstance(document, Mapping):
             raise ContractError(f"{source}: a contract is a mapping")
         _no_unknown_keys(document, _CONTRACT_KEYS, source)
@@ -319,7 +321,9 @@ class Contract:
             extra = event.keys() - self._names
             if extra:
                 listed = ", ".join(sorted(map(str, extra)))
-                violations.append(Violation(None, Reason.UNKNOWN_FIELD, f"fields not in the contract: {_clip(listed)}"))
+                violations.append(
+                    Violation(None, Reason.UNKNOWN_FIELD, f"fields not in the contract: {_clip(listed)}")
+                )
         return Validated(values, violations)
 
     @cached_property
@@ -337,7 +341,7 @@ def _field_spec(name: str, spec: Any, source: str) -> FieldSpec:
         raise ContractError(f"{where}: a field is a mapping of rules")
     _no_unknown_keys(spec, _FIELD_KEYS, where)
     try:
-        kind = FieldType(spec.get("type"))
+        kind = FieldType(str(spec.get("type")))
     except ValueError as err:
         raise ContractError(f"{where}: type must be one of {[t.value for t in FieldType]}") from err
     normalize = tuple(spec.get("normalize", ()))
@@ -346,7 +350,11 @@ def _field_spec(name: str, spec: Any, source: str) -> FieldSpec:
     string_rules = {"normalize", "min_length", "max_length", "pattern", "enum"}
     number_rules = {"minimum", "maximum", "exclusive_minimum", "exclusive_maximum"}
     time_rules = {"max_future_s", "max_age_s"}
-    allowed = {FieldType.STRING: string_rules, FieldType.NUMBER: number_rules, FieldType.TIMESTAMP: time_rules}[kind]
+    allowed = {
+        FieldType.STRING: string_rules,
+        FieldType.NUMBER: number_rules,
+        FieldType.TIMESTAMP: time_rules,
+    }[kind]
     misplaced = (string_rules | number_rules | time_rules) - allowed
     if misplaced & set(spec):
         raise ContractError(f"{where}: {sorted(misplaced & set(spec))} do not apply to a {kind} field")

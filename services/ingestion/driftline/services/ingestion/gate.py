@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -62,6 +62,17 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
     return obj
 
 
+# Built once: json.loads would build a decoder per call when given a hook.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf Timestamp of an aware datetime (Timestamp.FromDatetime is several times slower)."""
+    delta = moment - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
 def media_type(content_type: str | bytes | None) -> str:
     """``application/json; charset=utf-8`` -> ``application/json``; absent or empty -> JSON."""
     if content_type is None:
@@ -112,7 +123,7 @@ class Gate:
         except UnicodeDecodeError as err:
             return Rejected(Reason.INVALID_UTF8, f"byte {err.start}: {err.reason}")
         try:
-            obj = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+            obj = _DECODER.decode(text)
         except _DuplicateKey as err:
             return Rejected(Reason.DUPLICATE_KEY, str(err))
         except json.JSONDecodeError as err:
@@ -140,8 +151,8 @@ class Gate:
         unknown = UnknownFieldSet(message)
         if len(unknown):
             # Surface them to the contract as fields it does not know, so its unknown_fields policy applies.
-            for item in unknown:
-                obj[f"#{item.field_number}"] = None
+            for i in range(len(unknown)):
+                obj[f"#{unknown[i].field_number}"] = None
         return obj
 
 
@@ -154,16 +165,12 @@ def _rejection(violations: list[Violation]) -> Rejected:
 def to_clean(
     values: dict[str, Any],
     *,
-    ingested_at: datetime,
+    ingested_at: Timestamp,
     source_topic: str,
     source_partition: int,
     source_offset: int,
 ) -> transaction_pb2.CleanTransaction:
     """The clean event for an accepted one, with its lineage."""
-    event_time = Timestamp()
-    event_time.FromDatetime(values["event_time"])
-    ingested = Timestamp()
-    ingested.FromDatetime(ingested_at)
     text = values.get
     return transaction_pb2.CleanTransaction(
         event_id=values["event_id"],
@@ -174,8 +181,8 @@ def to_clean(
         merchant_category=text("merchant_category", ""),
         country=text("country", ""),
         channel=text("channel", ""),
-        event_time=event_time,
-        ingested_at=ingested,
+        event_time=timestamp(values["event_time"]),
+        ingested_at=ingested_at,
         contract_version=text("contract_version", ""),
         source_topic=source_topic,
         source_partition=source_partition,

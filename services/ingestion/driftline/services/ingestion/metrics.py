@@ -16,7 +16,9 @@ class IngestionMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.consumed = Counter(
-            "driftline_ingestion_consumed_total", "Raw messages whose outcome was delivered.", registry=registry
+            "driftline_ingestion_consumed_total",
+            "Raw messages whose outcome was delivered.",
+            registry=registry,
         )
         self.clean = Counter(
             "driftline_ingestion_clean_total", "Messages published as clean transactions.", registry=registry

@@ -116,7 +116,9 @@ class AuditLog:
             hash=digest,
         )
 
-    def list(self, conn: Connection, *, model_name: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+    def list(
+        self, conn: Connection, *, model_name: str = "", after_seq: int = 0, limit: int = 100
+    ) -> list[AuditRecord]:
         query = select(audit).where(audit.c.seq > after_seq).order_by(audit.c.seq).limit(limit)
         if model_name:
             query = query.where(audit.c.model_name == model_name)

@@ -7,6 +7,7 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.kit.codec import from_timestamp, to_timestamp
+from driftline.kit.errors import InvalidArgument
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.services.registry.domain import (
     AliasChange,
@@ -173,8 +174,8 @@ def verification_to_pb(result: AuditVerification) -> pb.VerifyAuditResponse:
 def run_from_pb(message: pb.Run) -> Run:
     try:
         outcome = RunOutcome(message.outcome)
-    except ValueError:
-        outcome = RunOutcome.UNSPECIFIED
+    except ValueError as err:
+        raise InvalidArgument(f"unknown run outcome {message.outcome}") from err
     return Run(
         run_id=message.run_id,
         model_name=message.model_name,

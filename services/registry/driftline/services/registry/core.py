@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,7 @@ from driftline.kit.errors import (
     InvalidArgument,
     NotFound,
 )
-from driftline.services.registry import security
+from driftline.services.registry import security, validation
 from driftline.services.registry.artifacts import ArtifactStore
 from driftline.services.registry.audit import AuditLog
 from driftline.services.registry.domain import (
@@ -38,16 +38,11 @@ from driftline.services.registry.domain import (
     AliasChange,
     AuditRecord,
     AuditVerification,
-    Lineage,
     ModelEvent,
     ModelLock,
     ModelVersion,
     NewVersion,
-    ReferenceSample,
     Run,
-    RunOutcome,
-    Signature,
-    TensorSpec,
 )
 from driftline.services.registry.outbox import Outbox, new_event_id
 from driftline.services.registry.security import OnnxValidator
@@ -56,12 +51,6 @@ from driftline.services.registry.store import repository as repo
 
 log = structlog.get_logger(__name__)
 
-TRIGGERS = frozenset({"", "initial", "drift", "degradation", "manual"})
-MAX_MAP_ENTRIES = 256
-MAX_KEY_CHARS = 128
-MAX_VALUE_CHARS = 4096
-MAX_REASON_CHARS = 2000
-MAX_LIST = 1000
 _RETRIES = 3
 
 REGISTERED = Counter("driftline_registry_versions_registered_total", "Model versions registered.")
@@ -99,19 +88,19 @@ class Registry:
         version registered the first time instead of adding another.
         """
         name = security.validate_name(new.name)
-        reason = _reason(new.reason)
+        reason = validation.check_reason(new.reason)
         try:
             summary = self._validator.validate(new.artifact)
         except DriftlineError as err:
             REJECTED.labels(err.code).inc()
             log.info("upload_rejected", model=name, reason=err.code, detail=str(err))
             raise
-        signature = merge_signature(new.signature, summary.signature)
-        _check_floats(new.metrics, "metrics")
-        _check_strings(new.params, "params")
-        _check_strings(new.tags, "tags")
-        _check_lineage(new.lineage)
-        reference = _check_reference(new.reference, signature)
+        signature = validation.merge_signature(new.signature, summary.signature)
+        validation.check_floats(new.metrics, "metrics")
+        validation.check_strings(new.params, "params")
+        validation.check_strings(new.tags, "tags")
+        validation.check_lineage(new.lineage)
+        reference = validation.check_reference(new.reference, signature)
         digest = self._artifacts.put(new.artifact)
 
         def change(conn: Connection, now: datetime) -> ModelVersion:
@@ -243,7 +232,7 @@ class Registry:
             raise InvalidArgument("version must be a positive number")
         if expected_version < 0:
             raise InvalidArgument("expected_version must be 0 (unset) or a version number")
-        reason = _reason(reason)
+        reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> AliasChange:
             self._check_lock(self._model(conn, name), lock_owner)
@@ -284,7 +273,7 @@ class Registry:
         security.validate_name(alias, "alias")
         if expected_version <= 0:
             raise InvalidArgument("expected_version must be the version the alias points at")
-        reason = _reason(reason)
+        reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> AliasChange:
             self._check_lock(self._model(conn, name), lock_owner)
@@ -321,7 +310,7 @@ class Registry:
         """Lock the model's aliases for ``owner``; idempotent for the same owner."""
         security.validate_name(name)
         security.validate_owner(owner)
-        reason = _reason(reason)
+        reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> ModelLock:
             model = self._model(conn, name)
@@ -351,7 +340,7 @@ class Registry:
         """Release the lock ``owner`` holds; idempotent when the model is not locked."""
         security.validate_name(name)
         security.validate_owner(owner)
-        reason = _reason(reason)
+        reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> ModelLock:
             model = self._model(conn, name)
@@ -383,7 +372,9 @@ class Registry:
         if model_name:
             security.validate_name(model_name)
         with self._db.read() as conn:
-            return self._audit.list(conn, model_name=model_name, after_seq=after_seq, limit=_limit(limit))
+            return self._audit.list(
+                conn, model_name=model_name, after_seq=after_seq, limit=validation.list_limit(limit)
+            )
 
     def verify_audit(self) -> AuditVerification:
         with self._db.read() as conn:
@@ -399,16 +390,16 @@ class Registry:
         run = replace(run, run_id=run.run_id or uuid.uuid4().hex)
         security.validate_name(run.run_id, "run id")
         security.validate_name(run.model_name)
-        _check_floats(run.metrics, "metrics")
-        _check_strings(run.params, "params")
-        if run.trigger not in TRIGGERS:
-            raise InvalidArgument(f"trigger must be one of {sorted(TRIGGERS - {''})}")
+        validation.check_floats(run.metrics, "metrics")
+        validation.check_strings(run.params, "params")
+        if run.trigger not in validation.TRIGGERS:
+            raise InvalidArgument(f"trigger must be one of {sorted(validation.TRIGGERS - {''})}")
         if not math.isfinite(run.duration_seconds) or run.duration_seconds < 0:
             raise InvalidArgument("duration_seconds must be a finite, non-negative number")
         if run.version < 0:
             raise InvalidArgument("version must be 0 (none registered) or a version number")
-        if len(run.outcome_reason) > MAX_VALUE_CHARS:
-            raise InvalidArgument(f"outcome_reason is longer than {MAX_VALUE_CHARS} characters")
+        if len(run.outcome_reason) > validation.MAX_VALUE_CHARS:
+            raise InvalidArgument(f"outcome_reason is longer than {validation.MAX_VALUE_CHARS} characters")
 
         def change(conn: Connection, now: datetime) -> Run:
             existing = repo.get_run(conn, run.run_id, for_update=True)
@@ -424,7 +415,7 @@ class Registry:
                 action=Action.RUN_RECORDED,
                 model_name=run.model_name,
                 subject=run.run_id,
-                reason=run.outcome_reason[:MAX_REASON_CHARS],
+                reason=run.outcome_reason[: validation.MAX_REASON_CHARS],
                 before=None if existing is None else repo.run_document(existing),
                 after=repo.run_document(run),
             )
@@ -437,7 +428,7 @@ class Registry:
         if model_name:
             security.validate_name(model_name)
         with self._db.read() as conn:
-            return repo.list_runs(conn, model_name or None, _limit(limit))
+            return repo.list_runs(conn, model_name or None, validation.list_limit(limit))
 
     def get_run(self, run_id: str) -> Run:
         security.validate_name(run_id, "run id")
@@ -522,119 +513,10 @@ class Registry:
         )
 
 
-# --- Validation helpers -------------------------------------------------------------------------
-
-
-def merge_signature(given: Signature, found: Signature) -> Signature:
-    """The caller's signature checked against the model's graph, or the graph's own when none is given.
-
-    Names and datatypes must agree with the graph; a caller's shapes may be more specific.
-    """
-    if not given.inputs and not given.outputs:
-        merged = replace(found, feature_names=given.feature_names)
-    else:
-        merged = Signature(
-            inputs=_merge_specs(given.inputs, found.inputs, "input"),
-            outputs=_merge_specs(given.outputs, found.outputs, "output"),
-            feature_names=given.feature_names,
-        )
-    if merged.feature_names:
-        if len(set(merged.feature_names)) != len(merged.feature_names):
-            raise InvalidArgument("signature.feature_names has duplicates")
-        if len(merged.inputs) == 1 and len(merged.inputs[0].shape) == 2:
-            width = merged.inputs[0].shape[1]
-            if width > 0 and width != len(merged.feature_names):
-                raise InvalidArgument(
-                    f"signature names {len(merged.feature_names)} features but input "
-                    f"{merged.inputs[0].name!r} has {width} columns"
-                )
-    return merged
-
-
-def _merge_specs(given: Iterable[TensorSpec], found: Iterable[TensorSpec], kind: str) -> tuple[TensorSpec, ...]:
-    by_name = {spec.name: spec for spec in found}
-    given = tuple(given)
-    if {s.name for s in given} != set(by_name):
-        raise InvalidArgument(
-            f"signature {kind}s {sorted(s.name for s in given)} do not match the model's {sorted(by_name)}"
-        )
-    merged = []
-    for spec in given:
-        actual = by_name[spec.name]
-        if spec.datatype and spec.datatype != actual.datatype:
-            raise InvalidArgument(
-                f"signature {kind} {spec.name!r} is {spec.datatype} but the model's is {actual.datatype}"
-            )
-        merged.append(TensorSpec(spec.name, actual.datatype, spec.shape or actual.shape))
-    return tuple(merged)
-
-
-def _check_reference(reference: ReferenceSample | None, signature: Signature) -> ReferenceSample | None:
-    if reference is None or (reference.rows == 0 and not reference.values):
-        return None
-    width = len(reference.feature_names)
-    if reference.rows <= 0 or width == 0:
-        raise InvalidArgument("reference sample needs rows > 0 and feature_names")
-    if len(reference.values) != reference.rows * width:
-        raise InvalidArgument(
-            f"reference sample has {len(reference.values)} values; rows * features = {reference.rows * width}"
-        )
-    if reference.scores and len(reference.scores) != reference.rows:
-        raise InvalidArgument(f"reference sample has {len(reference.scores)} scores for {reference.rows} rows")
-    if signature.feature_names and tuple(reference.feature_names) != tuple(signature.feature_names):
-        raise InvalidArgument("reference sample feature_names differ from signature.feature_names")
-    if not all(math.isfinite(v) for v in reference.values) or not all(math.isfinite(v) for v in reference.scores):
-        raise InvalidArgument("reference sample holds NaN or infinite values")
-    return reference
-
-
-def _check_lineage(lineage: Lineage) -> None:
-    if lineage.trigger not in TRIGGERS:
-        raise InvalidArgument(f"lineage.trigger must be one of {sorted(TRIGGERS - {''})}")
-    if lineage.parent_version < 0:
-        raise InvalidArgument("lineage.parent_version must be 0 (none) or a version number")
-    if lineage.run_id:
-        security.validate_name(lineage.run_id, "lineage.run_id")
-    if lineage.data_start and lineage.data_end and lineage.data_start > lineage.data_end:
-        raise InvalidArgument("lineage.data_start is after lineage.data_end")
-
-
-def _check_floats(values: Mapping[str, float], what: str) -> None:
-    _check_keys(values, what)
-    for key, value in values.items():
-        if not math.isfinite(value):
-            raise InvalidArgument(f"{what}[{key!r}] is not a finite number")
-
-
-def _check_strings(values: Mapping[str, str], what: str) -> None:
-    _check_keys(values, what)
-    for key, value in values.items():
-        if len(value) > MAX_VALUE_CHARS:
-            raise InvalidArgument(f"{what}[{key!r}] is longer than {MAX_VALUE_CHARS} characters")
-
-
-def _check_keys(values: Mapping[str, Any], what: str) -> None:
-    if len(values) > MAX_MAP_ENTRIES:
-        raise InvalidArgument(f"{what} has more than {MAX_MAP_ENTRIES} entries")
-    for key in values:
-        if not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
-            raise InvalidArgument(f"{what} key {key[:40]!r} must be 1-{MAX_KEY_CHARS} characters, no NUL")
-
-
-def _reason(reason: str) -> str:
-    if len(reason) > MAX_REASON_CHARS or "\x00" in reason:
-        raise InvalidArgument(f"reason must be at most {MAX_REASON_CHARS} characters, without NUL")
-    return reason
-
-
-def _limit(limit: int) -> int:
-    return MAX_LIST if limit <= 0 or limit > MAX_LIST else limit
-
-
 def _lost_race(name: str, alias: str, expected: int, current: int) -> Aborted:
     now = f"v{current}" if current else "nothing"
     wanted = f"v{expected}" if expected else "nothing (unset)"
     return Aborted(f"alias {alias} of {name} points at {now}, not {wanted}; re-read and retry")
 
 
-__all__ = ["Registry", "RunOutcome", "merge_signature"]
+__all__ = ["Registry"]

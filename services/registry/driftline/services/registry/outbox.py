@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -254,10 +255,8 @@ class OutboxRelay:
                     log.warning("outbox_database_error", error=str(err))
                 if self._stopping:
                     break
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
-                except TimeoutError:
-                    pass
         finally:
             try:
                 await asyncio.to_thread(self._outbox.release_lease, self.owner)

@@ -13,7 +13,7 @@ import pickletools
 import re
 import unicodedata
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -78,10 +78,10 @@ def validate_name(value: str, kind: str = "model name") -> str:
         raise InvalidArgument(f"{kind} {value!r} contains percent-encoding", code="invalid_name")
     if value.startswith(("/", "\\", "~")) or _WINDOWS_DRIVE.match(value):
         raise InvalidArgument(f"{kind} {value!r} is an absolute path", code="invalid_name")
-    if "/" in value or "\\" in value:
-        raise InvalidArgument(f"{kind} {value!r} contains a path separator", code="invalid_name")
     if ".." in value:
         raise InvalidArgument(f"{kind} {value!r} contains '..'", code="invalid_name")
+    if "/" in value or "\\" in value:
+        raise InvalidArgument(f"{kind} {value!r} contains a path separator", code="invalid_name")
     if not _NAME.fullmatch(value):
         raise InvalidArgument(f"{kind} {value!r} is not valid: {NAME_RULE}", code="invalid_name")
     return value
@@ -100,7 +100,7 @@ def validate_owner(value: str, kind: str = "lock owner") -> str:
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 # ONNX element types -> KServe v2 datatype names.
-_DATATYPES = {
+_DATATYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "FP32",
     onnx.TensorProto.DOUBLE: "FP64",
     onnx.TensorProto.FLOAT16: "FP16",
@@ -218,7 +218,9 @@ def _parse(data: bytes) -> onnx.ModelProto:
     except DecodeError as err:
         raise InvalidArgument(f"artifact is not a valid ONNX model: {err}", code="corrupt_artifact") from err
     if not model.HasField("graph") or model.ir_version <= 0:
-        raise InvalidArgument("artifact is not a valid ONNX model: no graph or IR version", code="corrupt_artifact")
+        raise InvalidArgument(
+            "artifact is not a valid ONNX model: no graph or IR version", code="corrupt_artifact"
+        )
     return model
 
 
@@ -289,8 +291,8 @@ def _reject_custom_domains(model: onnx.ModelProto) -> None:
     for opset in model.opset_import:
         if opset.domain not in ALLOWED_DOMAINS:
             raise InvalidArgument(
-                f"opset domain {opset.domain!r} is not allowed (only the standard ai.onnx and "
-                "ai.onnx.ml domains)",
+                f"opset domain {opset.domain!r} is a custom-op domain; only the standard ai.onnx "
+                "and ai.onnx.ml domains are allowed",
                 code="custom_op",
             )
     for function in model.functions:
@@ -306,18 +308,16 @@ def _reject_custom_domains(model: onnx.ModelProto) -> None:
             )
 
 
-def _specs(values: Iterator[onnx.ValueInfoProto] | object, skip: set[str]) -> tuple[TensorSpec, ...]:
+def _specs(values: Iterable[onnx.ValueInfoProto], skip: set[str]) -> tuple[TensorSpec, ...]:
     specs = []
-    for value in values:  # type: ignore[attr-defined]
+    for value in values:
         if value.name in skip:
             continue
         kind = value.type.WhichOneof("value")
         if kind == "tensor_type":
             tensor = value.type.tensor_type
-            datatype = _DATATYPES.get(tensor.elem_type, onnx.TensorProto.DataType.Name(tensor.elem_type))
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim
-            )
+            datatype = _DATATYPES.get(tensor.elem_type) or onnx.TensorProto.DataType.Name(tensor.elem_type)
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
             specs.append(TensorSpec(value.name, datatype, shape))
         else:
             specs.append(TensorSpec(value.name, onnx.helper.printable_type(value.type), ()))

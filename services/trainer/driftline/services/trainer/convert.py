@@ -45,7 +45,7 @@ def signature(n_features: int) -> tuple[list[TensorSpecDef], list[TensorSpecDef]
     )
 
 
-def to_onnx(model: lgb.LGBMClassifier, n_features: int) -> bytes:
+def to_onnx(model: lgb.Booster, n_features: int) -> bytes:
     """Serialise a fitted binary classifier to ONNX with the simple signature above."""
     converted = onnxmltools.convert_lightgbm(
         model,
@@ -103,7 +103,7 @@ class OnnxScorer:
     def __init__(self, artifact: bytes) -> None:
         try:
             self._session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        except Exception as err:
             raise InvalidArgument(f"not a loadable ONNX model: {err}") from err
         inputs = self._session.get_inputs()
         if len(inputs) != 1:

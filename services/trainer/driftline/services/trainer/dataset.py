@@ -160,7 +160,9 @@ def canonical_hash(frame: pd.DataFrame, feature_names: Sequence[str]) -> str:
     """
     ordered = frame.sort_values(["event_time", "entity_id", "event_id"], kind="mergesort")
     digest = hashlib.sha256()
-    digest.update(("\x1f".join(["entity_id", "event_id", "event_time", "label", *feature_names]) + "\x1e").encode())
+    digest.update(
+        ("\x1f".join(["entity_id", "event_id", "event_time", "label", *feature_names]) + "\x1e").encode()
+    )
     digest.update(("\x1f".join(ordered["entity_id"].astype(str)) + "\x1e").encode())
     digest.update(("\x1f".join(ordered["event_id"].astype(str)) + "\x1e").encode())
     micros = pd.to_datetime(ordered["event_time"], utc=True).dt.as_unit("us").astype("int64").to_numpy()

@@ -147,9 +147,12 @@ class RetrainRunner:
 
     def run(self, batch: TriggerBatch) -> RunResult:
         """Retrain on the recent horizon for a batch of coalesced triggers."""
-        extra = {"coalesced_triggers": ",".join(batch.ids)} if len(batch.triggers) > 1 else {}
+        extra = {"coalesced_triggers": _id_list(batch.ids)} if len(batch.triggers) > 1 else {}
         return self.run_with(
-            self._dataset.build_recent, trigger=batch.primary.kind, trigger_id=batch.primary.trigger_id, extra_params=extra
+            self._dataset.build_recent,
+            trigger=batch.primary.kind,
+            trigger_id=batch.primary.trigger_id,
+            extra_params=extra,
         )
 
     def run_with(
@@ -165,7 +168,10 @@ class RetrainRunner:
         started_at = self._now()
         t0 = time.perf_counter()
         result = RunResult(
-            run_id=uuid.uuid4().hex, outcome=registry_pb2.RUN_OUTCOME_FAILED, reason="", trigger=trigger,
+            run_id=uuid.uuid4().hex,
+            outcome=registry_pb2.RUN_OUTCOME_FAILED,
+            reason="",
+            trigger=trigger,
             trigger_id=trigger_id,
         )
         result.params = {
@@ -273,8 +279,12 @@ class RetrainRunner:
             name=cfg.model_name,
             artifact=challenger.artifact,
             signature=registry_pb2.Signature(
-                inputs=[registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
-                outputs=[registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
+                inputs=[
+                    registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs
+                ],
+                outputs=[
+                    registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs
+                ],
                 feature_names=list(ts.feature_names),
             ),
             feature_set=features.feature_set,
@@ -314,9 +324,15 @@ class RetrainRunner:
             # Someone moved the champion while this run evaluated against the old one: the
             # comparison no longer holds, so the challenger is not promoted.
             result.outcome = registry_pb2.RUN_OUTCOME_REJECTED
-            result.reason = f"not promoted: champion moved from v{champion} during the run ({err}); {verdict.reason}"
+            result.reason = (
+                f"not promoted: champion moved from v{champion} during the run ({err}); {verdict.reason}"
+            )
             return
-        result.outcome, result.reason, result.champion_after = registry_pb2.RUN_OUTCOME_PROMOTED, verdict.reason, version
+        result.outcome, result.reason, result.champion_after = (
+            registry_pb2.RUN_OUTCOME_PROMOTED,
+            verdict.reason,
+            version,
+        )
         log.info("challenger_promoted", version=version, previous=champion, reason=verdict.reason)
 
     def _mark_challenger(self, version: int, reason: str) -> None:
@@ -355,6 +371,19 @@ class RetrainRunner:
             result.recorded = True
         except DriftlineError as err:
             log.error("run_not_recorded", run_id=result.run_id, error=str(err))
+
+
+def _id_list(ids: list[str], limit: int = 3000) -> str:
+    """Comma-joined ids, cut to fit a registry param value (at most 4096 characters)."""
+    joined = ",".join(ids)
+    if len(joined) <= limit:
+        return joined
+    kept: list[str] = []
+    for trigger_id in ids:
+        if len(",".join([*kept, trigger_id])) > limit:
+            break
+        kept.append(trigger_id)
+    return f"{','.join(kept)},(+{len(ids) - len(kept)} more)"
 
 
 @contextmanager

@@ -174,9 +174,7 @@ def _version(conn: Connection, row: Row[Any], *, with_reference: bool) -> ModelV
     reference = None
     if with_reference:
         ref = conn.execute(
-            select(references).where(
-                and_(references.c.name == row.name, references.c.version == row.version)
-            )
+            select(references).where(and_(references.c.name == row.name, references.c.version == row.version))
         ).first()
         if ref is not None:
             reference = ReferenceSample(
@@ -219,7 +217,9 @@ def get_version(
 
 
 def latest_version_number(conn: Connection, name: str) -> int:
-    return int(conn.execute(select(func.max(versions.c.version)).where(versions.c.name == name)).scalar() or 0)
+    return int(
+        conn.execute(select(func.max(versions.c.version)).where(versions.c.name == name)).scalar() or 0
+    )
 
 
 def version_exists(conn: Connection, name: str, version: int) -> bool:

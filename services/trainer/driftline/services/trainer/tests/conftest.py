@@ -26,7 +26,9 @@ class World:
     log: LabelLog
     rows: list[dict[str, object]]
 
-    def add(self, n: int, *, start_s: float, rule: int, seed: int, ingested_at: datetime | None = None) -> None:
+    def add(
+        self, n: int, *, start_s: float, rule: int, seed: int, ingested_at: datetime | None = None
+    ) -> None:
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(n, len(FEATURES)))
         y = (x[:, rule] + 0.3 * rng.normal(size=n) > 0.8).astype(int)
@@ -35,7 +37,9 @@ class World:
             when = T0 + timedelta(seconds=start_s + i)
             entity = f"card-{i % 17}"
             event_id = f"ev-{seed}-{i}"
-            self.rows.append({"entity_id": entity, "event_time": when, **dict(zip(FEATURES, x[i], strict=True))})
+            self.rows.append(
+                {"entity_id": entity, "event_time": when, **dict(zip(FEATURES, x[i], strict=True))}
+            )
             records.append(LabelRecord(entity, event_id, int(y[i]), when, when + timedelta(seconds=5)))
         self.log.append(records, ingested_at=ingested_at)
 
@@ -45,7 +49,9 @@ class World:
         return FrameFeatureSource(frame, FEATURES)
 
     def builder(self, *, horizon_s: float = 10_000, min_rows: int = 100) -> DatasetBuilder:
-        return DatasetBuilder(self.log, self.source(), horizon=timedelta(seconds=horizon_s), min_rows=min_rows)
+        return DatasetBuilder(
+            self.log, self.source(), horizon=timedelta(seconds=horizon_s), min_rows=min_rows
+        )
 
 
 @pytest.fixture

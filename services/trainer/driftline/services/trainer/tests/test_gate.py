@@ -14,14 +14,16 @@ def metrics(auc: float, f1: float = 0.5) -> dict[str, float]:
 def test_challenger_that_beats_the_champion_by_the_margin_is_promoted() -> None:
     verdict = decide(GateConfig(metric="auc", margin=0.01), metrics(0.90), metrics(0.85), champion_version=3)
     assert verdict.decision is Decision.PROMOTE
-    assert "v3" in verdict.reason and "0.9000" in verdict.reason
+    assert "v3" in verdict.reason
+    assert "0.9000" in verdict.reason
 
 
 def test_challenger_worse_than_the_champion_is_refused_with_the_numbers() -> None:
     verdict = decide(GateConfig(metric="auc", margin=0.01), metrics(0.80), metrics(0.85), champion_version=3)
     assert verdict.decision is Decision.REJECT
     assert verdict.reason.startswith("refused")
-    assert "challenger auc=0.8000" in verdict.reason and "champion v3 auc=0.8500" in verdict.reason
+    assert "challenger auc=0.8000" in verdict.reason
+    assert "champion v3 auc=0.8500" in verdict.reason
 
 
 def test_challenger_better_but_within_the_margin_is_refused() -> None:
@@ -62,4 +64,6 @@ def test_evaluate_needs_both_classes() -> None:
 def test_evaluate_scores_a_perfect_ranking_as_auc_one() -> None:
     y = np.array([0, 0, 1, 1])
     result = evaluate(y, np.array([0.1, 0.2, 0.8, 0.9]))
-    assert result["auc"] == 1.0 and result["f1"] == 1.0 and result["accuracy"] == 1.0
+    assert result["auc"] == 1.0
+    assert result["f1"] == 1.0
+    assert result["accuracy"] == 1.0

@@ -17,7 +17,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def label(event: str, t: float, y: int, *, entity: str = "card-1", label_t: float | None = None) -> LabelRecord:
+def label(
+    event: str, t: float, y: int, *, entity: str = "card-1", label_t: float | None = None
+) -> LabelRecord:
     return LabelRecord(entity, event, y, at(t), at(label_t if label_t is not None else t + 5), f"fb-{event}")
 
 
@@ -53,7 +55,9 @@ def feature_rows(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 
 def test_training_rows_get_feature_values_as_of_their_event_never_later(tmp_path) -> None:
     log = LabelLog(tmp_path)
-    log.append([label("e1", 10, 1), label("e2", 25, 0), label("e3", 25, 1, entity="card-2")], ingested_at=at(99))
+    log.append(
+        [label("e1", 10, 1), label("e2", 25, 0), label("e3", 25, 1, entity="card-2")], ingested_at=at(99)
+    )
     features = feature_rows(
         [
             ("card-1", 5, 1.0),
@@ -65,7 +69,9 @@ def test_training_rows_get_feature_values_as_of_their_event_never_later(tmp_path
             ("card-2", 26, 999.0),
         ]
     )
-    builder = DatasetBuilder(log, FrameFeatureSource(features, ["f0"]), horizon=timedelta(hours=1), min_rows=1)
+    builder = DatasetBuilder(
+        log, FrameFeatureSource(features, ["f0"]), horizon=timedelta(hours=1), min_rows=1
+    )
     ts = builder.build(at(0), at(60), at(99))
     assert ts.frame[["event_id", "f0"]].values.tolist() == [["e1", 2.0], ["e2", 3.0], ["e3", 7.0]]
 
@@ -74,7 +80,10 @@ def test_labelled_events_without_features_are_dropped_and_counted(tmp_path) -> N
     log = LabelLog(tmp_path)
     log.append([label("e1", 10, 1), label("e2", 20, 0, entity="card-9")], ingested_at=at(99))
     builder = DatasetBuilder(
-        log, FrameFeatureSource(feature_rows([("card-1", 9, 1.0)]), ["f0"]), horizon=timedelta(hours=1), min_rows=1
+        log,
+        FrameFeatureSource(feature_rows([("card-1", 9, 1.0)]), ["f0"]),
+        horizon=timedelta(hours=1),
+        min_rows=1,
     )
     ts = builder.build(at(0), at(60), at(99))
     assert ts.frame["event_id"].tolist() == ["e1"]
@@ -97,7 +106,9 @@ def test_rebuilding_from_the_recorded_range_and_cutoff_gives_the_same_hash(world
     first = builder.build_recent(now=at(10_000))
     # Labels that arrive after the set was built (late ones for the same range, newer ones) do not change it.
     world.add(50, start_s=200.5, rule=0, seed=2, ingested_at=at(10_001))
-    again = world.builder(horizon_s=150, min_rows=10).build(first.data_start, first.data_end, first.labels_ingested_until)
+    again = world.builder(horizon_s=150, min_rows=10).build(
+        first.data_start, first.data_end, first.labels_ingested_until
+    )
     assert again.content_hash == first.content_hash
     pd.testing.assert_frame_equal(again.frame, first.frame)
     grown = world.builder(horizon_s=150, min_rows=10).build(first.data_start, first.data_end, at(10_001))
@@ -108,7 +119,8 @@ def test_holdout_is_the_most_recent_rows(world) -> None:
     world.add(200, start_s=0, rule=0, seed=1)
     ts = world.builder(min_rows=10).build_recent()
     train, holdout = ts.split(0.25)
-    assert len(holdout) == 50 and len(train) == 150
+    assert len(holdout) == 50
+    assert len(train) == 150
     times = ts.frame["event_time"]
     assert times.iloc[train].max() <= times.iloc[holdout].min()
 

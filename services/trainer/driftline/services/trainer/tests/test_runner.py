@@ -25,7 +25,9 @@ def batch(*ids: str, kind: str = "drift") -> TriggerBatch:
 
 
 def runner(world, registry, *, params=FAST, gate=None, horizon_s=1500) -> RetrainRunner:
-    config = RunnerConfig(train=params, gate=gate or GateConfig(metric="auc", margin=0.01), code_revision="abc123")
+    config = RunnerConfig(
+        train=params, gate=gate or GateConfig(metric="auc", margin=0.01), code_revision="abc123"
+    )
     return RetrainRunner(config, world.builder(horizon_s=horizon_s), registry)
 
 
@@ -33,7 +35,8 @@ def drifted_world(world, registry):
     """Champion v1 trained on the old fraud rule; then 2000 labelled events under a new rule."""
     world.add(2000, start_s=0, rule=0, seed=1, ingested_at=T0 + timedelta(hours=1))
     first = runner(world, registry).run(batch("initial"))
-    assert first.promoted and registry.champion() == 1
+    assert first.promoted
+    assert registry.champion() == 1
     world.add(2000, start_s=2000, rule=1, seed=2, ingested_at=T0 + timedelta(hours=2))
     return first
 
@@ -47,9 +50,11 @@ def test_better_challenger_is_registered_with_lineage_and_promoted(world, regist
     assert result.reason.startswith("wins: challenger auc=")
     assert result.metrics["holdout_auc"] >= result.metrics["champion_holdout_auc"] + 0.01
     mv = registry.get_version("fraud", version=2)
-    assert mv.lineage.trigger == "drift" and mv.lineage.trigger_id == "report-7"
+    assert mv.lineage.trigger == "drift"
+    assert mv.lineage.trigger_id == "report-7"
     assert mv.lineage.parent_version == 1
-    assert mv.lineage.data_hash == result.data_hash and len(result.data_hash) == 64
+    assert mv.lineage.data_hash == result.data_hash
+    assert len(result.data_hash) == 64
     assert mv.lineage.code_revision == "abc123"
     assert mv.lineage.run_id == result.run_id
     assert mv.lineage.data_end.ToDatetime(tzinfo=UTC) == T0 + timedelta(seconds=3999)
@@ -60,7 +65,8 @@ def test_better_challenger_is_registered_with_lineage_and_promoted(world, regist
     assert (mv.feature_set, mv.feature_set_version) == ("test_features", 1)
     # The reference sample's scores are the registered model's own scores on its rows.
     ref = mv.reference
-    assert ref.rows == 500 and len(ref.values) == 500 * 4
+    assert ref.rows == 500
+    assert len(ref.values) == 500 * 4
     scores = OnnxScorer(registry.fetch_artifact("fraud", 2)).predict(np.array(ref.values).reshape(500, 4))
     np.testing.assert_allclose(scores, ref.scores, atol=1e-7)
     # The promotion is an audited compare-and-swap from the old champion, with the reason.
@@ -69,8 +75,10 @@ def test_better_challenger_is_registered_with_lineage_and_promoted(world, regist
     assert promotion.reason == result.reason
     run = registry.runs[-1]
     assert run.outcome == registry_pb2.RUN_OUTCOME_PROMOTED
-    assert run.version == 2 and run.outcome_reason == result.reason
-    assert run.data_hash == result.data_hash and run.trigger_id == "report-7"
+    assert run.version == 2
+    assert run.outcome_reason == result.reason
+    assert run.data_hash == result.data_hash
+    assert run.trigger_id == "report-7"
     assert run.duration_seconds > 0
 
 
@@ -78,7 +86,9 @@ def test_worse_challenger_is_registered_but_not_promoted_and_the_run_says_why(wo
     world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
     assert runner(world, registry).run(batch("initial")).promoted
 
-    result = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0)).run(batch("r1"))
+    result = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0)).run(
+        batch("r1")
+    )
 
     assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
     assert registry.champion() == 1
@@ -104,7 +114,7 @@ def test_champion_moved_during_the_run_is_not_overwritten(world, registry) -> No
     drifted_world(world, registry)
 
     class Racing(type(registry)):  # type: ignore[misc]
-        def set_alias(self, name, alias, version, expected_version, reason):  # noqa: ANN001
+        def set_alias(self, name, alias, version, expected_version, reason):
             raise Aborted("alias champion points at v9, not v1")
 
     racing = Racing(**{f.name: getattr(registry, f.name) for f in dataclasses.fields(registry)})
@@ -127,7 +137,7 @@ def test_unreachable_registry_fails_the_run_instead_of_promoting_blind(world, re
     drifted_world(world, registry)
 
     class Flaky(type(registry)):  # type: ignore[misc]
-        def fetch_artifact(self, name, version):  # noqa: ANN001
+        def fetch_artifact(self, name, version):
             raise Unavailable("registry is down")
 
     flaky = Flaky(**{f.name: getattr(registry, f.name) for f in dataclasses.fields(registry)})

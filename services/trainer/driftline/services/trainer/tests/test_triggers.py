@@ -36,7 +36,8 @@ def test_window_does_not_extend_with_each_trigger() -> None:
     for t in range(0, 10, 2):
         d.offer(trig(f"t{t}", t), now=t)
     batch = d.due(now=10)
-    assert batch is not None and len(batch.triggers) == 5
+    assert batch is not None
+    assert len(batch.triggers) == 5
 
 
 def test_triggers_during_a_retrain_queue_exactly_one_follow_up() -> None:
@@ -71,7 +72,8 @@ def test_replayed_trigger_is_ignored() -> None:
     d.offer(trig("a", 0), now=0)
     assert d.offer(trig("a", 0.5), now=0.5) is Offer.DUPLICATE
     batch = d.due(now=1)
-    assert batch is not None and batch.ids == ["a"]
+    assert batch is not None
+    assert batch.ids == ["a"]
     d.finish(now=2)
     assert d.offer(trig("a", 3), now=3) is Offer.DUPLICATE
     assert d.due(now=100) is None

@@ -1,0 +1,602 @@
+"""Inference benchmark: Predict (batch 1) and PredictBatch (64) against baselines in the same run.
+
+    .venv/bin/python bench/inference.py                      # service + curve, ~1-2 minutes
+    .venv/bin/python bench/inference.py --only curve --device cuda --plot /tmp/curve.png
+
+Service part (needs the local stack: Redis and Kafka). Two servers run, one after the other, each
+in its own process, driven by the same grpc.aio client in this process:
+
+* an echo server of ``driftline.inference.v1.InferenceService`` that answers every call with a
+  canned response of the real size (no Redis, no model): the raw cost of the gRPC call;
+* the inference server (``InferenceApp``: real Redis online store, real Kafka prediction log,
+  the model behind the dynamic batcher), with a static model source in place of the registry.
+
+It reports p50, p99 and max requests/s for each, the ratios to the echo server and to
+onnxruntime called in-process on the same model, and checks the targets:
+p50 <= echo p50 + one Redis read (p50, measured here) + 100 µs; throughput >= 0.7x echo.
+
+Curve part: the device, the execution provider, and the latency/throughput of raw session runs
+over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
+from driftline.services.inference.testing import logistic_model, mlp_model
+
+console = Console()
+N_ENTITIES = 1000
+BATCH = 64
+#: Width of the default feature set (card_transactions.v1); the curve needs no feature store.
+N_FEATURES = 12
+
+
+def features() -> tuple[str, ...]:
+    from driftline.featurestore import TRANSACTION_FEATURES
+
+    names = tuple(TRANSACTION_FEATURES.feature_names)
+    assert len(names) == N_FEATURES
+    return names
+
+
+def bench_model() -> bytes:
+    rng = np.random.default_rng(3)
+    return logistic_model(rng.normal(0, 0.1, N_FEATURES).tolist(), bias=-1.0)
+
+
+# --- servers (run in child processes) -----------------------------------------------------------
+
+
+async def _serve_echo(port_file: Path) -> None:
+    import grpc
+
+    from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
+    from driftline.kit.grpc import channel_options
+
+    def canned(entity: str) -> inference_pb2.Prediction:
+        # Same fields and sizes as a real prediction: 12 features with event times.
+        values = [
+            {
+                "name": n,
+                "value": 1.0,
+                "status": 1,
+                "age_seconds": 1.5,
+                "event_time": {"seconds": 1_800_000_000},
+            }
+            for n in features()
+        ]
+        return inference_pb2.Prediction(
+            prediction_id="5f0c2a1e-8a3b-4c55-9a0d-2f7f3c1e9b11",
+            entity_id=entity,
+            score=0.123456,
+            label=0,
+            model_name="fraud",
+            model_version=1,
+            max_feature_age_seconds=1.5,
+            features=values,
+            served_by="champion",
+        )
+
+    class Echo(inference_pb2_grpc.InferenceServiceServicer):
+        async def Predict(self, request, context):  # noqa: N802
+            return inference_pb2.PredictResponse(prediction=canned(request.entity_id))
+
+        async def PredictBatch(self, request, context):  # noqa: N802
+            return inference_pb2.PredictBatchResponse(
+                predictions=[canned(r.entity_id) for r in request.requests]
+            )
+
+    server = grpc.aio.server(options=channel_options(4 * 1024 * 1024))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+async def _serve_inference(port_file: Path, prefix: str, device: str) -> None:
+    import redis.asyncio as aioredis
+
+    from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore
+    from driftline.kit.kafka import KafkaProducer
+    from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
+    from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
+    from driftline.services.inference.app import InferenceApp
+    from driftline.services.inference.config import InferenceGrpcSettings, Settings
+    from driftline.services.inference.loader import ModelRef
+
+    data = bench_model()
+    names = features()
+
+    class StaticSource:
+        """The registry's part, played by one fixed version."""
+
+        def _ref(self) -> ModelRef:
+            return ModelRef("fraud", 1, hashlib.sha256(data).hexdigest(), names)
+
+        def resolve(self, name: str, alias: str) -> ModelRef:
+            return self._ref()
+
+        def describe(self, name: str, version: int) -> ModelRef:
+            return self._ref()
+
+        def artifact(self, name: str, version: int) -> bytes:
+            return data
+
+    redis_settings = RedisSettings()
+    store = AsyncOnlineStore(
+        aioredis.Redis.from_url(redis_settings.url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
+    )
+    settings = Settings(
+        grpc=InferenceGrpcSettings(port=0),
+        metrics=MetricsSettings(enabled=False),
+        device=Device(device),
+        model_events_group_prefix=f"{prefix}inference",
+    )
+    app = InferenceApp(
+        settings,
+        features=store,
+        source=StaticSource(),
+        producer=KafkaProducer(KafkaSettings()),
+        default_feature_names=names,
+        predictions_topic=PREDICTIONS.namespaced(prefix),
+        model_events_topic=MODEL_EVENTS.namespaced(prefix),
+    )
+    port = await app.start()
+    await app.wait_ready(60)
+    port_file.write_text(f"{port} {app.sessions.provider}")
+    await asyncio.Event().wait()
+
+
+# --- client side --------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    p50_us: float
+    p99_us: float
+    rps: float
+    rows: int = 1
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rps * self.rows
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(
+    name: str, call: Callable[[int], Awaitable[object]], *, rows: int, seconds: float, concurrency: int
+) -> Result:
+    # Latency: one call at a time. Throughput: `concurrency` calls in flight.
+    for i in range(200):
+        await call(i)
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds / 2
+    i = 0
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        await call(i)
+        samples.append((time.perf_counter() - started) * 1e6)
+        i += 1
+    done = 0
+    stop_at = time.perf_counter() + seconds / 2
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        j = w
+        while time.perf_counter() < stop_at:
+            await call(j)
+            done += 1
+            j += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    rps = done / (time.perf_counter() - started)
+    return Result(name, _pct(samples, 0.5), _pct(samples, 0.99), rps, rows)
+
+
+def _spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = Path(f"/tmp/driftline-bench-{os.getpid()}-{args[0]}.port")
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", *args, "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 90
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{args[0]} server did not start")
+        time.sleep(0.1)
+    time.sleep(0.2)
+    text = port_file.read_text()
+    port_file.unlink(missing_ok=True)
+    return proc, text
+
+
+async def _drive(
+    port: int, entities: list[str], label: str, seconds: float, concurrency: int
+) -> list[Result]:
+    import grpc
+
+    from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    singles = [inference_pb2.PredictRequest(entity_id=e) for e in entities]
+    batches = [
+        inference_pb2.PredictBatchRequest(
+            requests=[singles[(k * BATCH + j) % len(singles)] for j in range(BATCH)]
+        )
+        for k in range(len(singles) // BATCH)
+    ]
+
+    async def one(i: int) -> object:
+        return await stub.Predict(singles[i % len(singles)], timeout=10)
+
+    async def many(i: int) -> object:
+        return await stub.PredictBatch(batches[i % len(batches)], timeout=10)
+
+    results = [
+        await _measure(f"{label} Predict", one, rows=1, seconds=seconds, concurrency=concurrency),
+        await _measure(
+            f"{label} PredictBatch({BATCH})",
+            many,
+            rows=BATCH,
+            seconds=seconds,
+            concurrency=max(2, concurrency // 4),
+        ),
+    ]
+    await channel.close()
+    return results
+
+
+async def _redis_read_p50(prefix: str, entities: list[str], rows: int) -> float:
+    import redis.asyncio as aioredis
+
+    from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore
+    from driftline.kit.settings import RedisSettings
+
+    client = aioredis.Redis.from_url(RedisSettings().url)
+    store = AsyncOnlineStore(client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
+    samples = []
+    for i in range(1500):
+        ids = [entities[(i * rows + j) % len(entities)] for j in range(rows)]
+        started = time.perf_counter()
+        await store.read(ids)
+        samples.append((time.perf_counter() - started) * 1e6)
+    await client.aclose()
+    return _pct(samples[300:], 0.5)
+
+
+def _ort_p50(rows: int) -> tuple[float, float]:
+    model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(bench_model())
+    x = {"input": np.random.default_rng(0).normal(size=(rows, N_FEATURES)).astype(np.float32)}
+    for _ in range(200):
+        model.run(x)
+    samples = []
+    for _ in range(3000):
+        started = time.perf_counter()
+        model.run(x)
+        samples.append((time.perf_counter() - started) * 1e6)
+    p50 = _pct(samples, 0.5)
+    return p50, 1e6 / statistics.mean(samples)
+
+
+def _setup(prefix: str) -> list[str]:
+    import redis
+
+    from driftline.featurestore import TRANSACTION_FEATURES, OnlineStore
+    from driftline.kit.settings import KafkaSettings, RedisSettings
+    from driftline.kit.testing import create_test_topics
+    from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
+
+    create_test_topics(KafkaSettings(), [PREDICTIONS.namespaced(prefix), MODEL_EVENTS.namespaced(prefix)])
+    store = OnlineStore(
+        redis.Redis.from_url(RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
+    )
+    entities = [f"card-{i}" for i in range(N_ENTITIES)]
+    rng = np.random.default_rng(1)
+    now = time.time()
+    store.write_many([(e, rng.normal(10, 3, N_FEATURES).tolist(), now) for e in entities])
+    store.close()
+    return entities
+
+
+def _teardown(prefix: str, entities: list[str]) -> None:
+    import redis
+
+    from driftline.featurestore import TRANSACTION_FEATURES, OnlineStore
+    from driftline.kit.settings import KafkaSettings, RedisSettings
+    from driftline.kit.testing import delete_topics
+    from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
+
+    store = OnlineStore(
+        redis.Redis.from_url(RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
+    )
+    store.delete(entities)
+    store.close()
+    delete_topics(KafkaSettings(), [PREDICTIONS.namespaced(prefix), MODEL_EVENTS.namespaced(prefix)])
+
+
+def run_service(seconds: float, concurrency: int, device: str) -> None:
+    from driftline.kit.testing import unique_prefix
+
+    prefix = unique_prefix()
+    entities = _setup(prefix)
+    try:
+        echo, port_text = _spawn(["echo"])
+        try:
+            echo_results = asyncio.run(_drive(int(port_text), entities, "echo", seconds, concurrency))
+        finally:
+            echo.terminate()
+            echo.wait(10)
+        server, text = _spawn(["inference", "--prefix", prefix, "--device", device])
+        port_text, provider = text.split()
+        try:
+            results = asyncio.run(_drive(int(port_text), entities, "inference", seconds, concurrency))
+        finally:
+            server.terminate()
+            server.wait(30)
+        redis_1 = asyncio.run(_redis_read_p50(prefix, entities, 1))
+        redis_64 = asyncio.run(_redis_read_p50(prefix, entities, BATCH))
+        ort_1, ort_rps_1 = _ort_p50(1)
+        ort_64, ort_rps_64 = _ort_p50(BATCH)
+    finally:
+        _teardown(prefix, entities)
+    _report(
+        echo_results,
+        results,
+        provider,
+        {1: redis_1, BATCH: redis_64},
+        {1: (ort_1, ort_rps_1), BATCH: (ort_64, ort_rps_64)},
+        concurrency,
+    )
+
+
+def _report(
+    echo: list[Result],
+    served: list[Result],
+    provider: str,
+    redis_p50: dict[int, float],
+    ort: dict[int, tuple[float, float]],
+    concurrency: int,
+) -> None:
+    table = Table(
+        title=f"inference vs echo vs onnxruntime in-process (provider {provider}, {concurrency} in flight)"
+    )
+    for column in (
+        "call",
+        "p50 µs",
+        "p99 µs",
+        "max req/s",
+        "rows/s",
+        "p50 / echo",
+        "req/s / echo",
+        "p50 / ort",
+    ):
+        table.add_column(column, justify="right" if column != "call" else "left")
+    verdicts = []
+    for e, s in zip(echo, served, strict=True):
+        ort_p50, ort_rps = ort[s.rows]
+        table.add_row(
+            e.name,
+            f"{e.p50_us:.0f}",
+            f"{e.p99_us:.0f}",
+            f"{e.rps:.0f}",
+            f"{e.rows_per_s:.0f}",
+            "1.00",
+            "1.00",
+            "",
+        )
+        table.add_row(
+            s.name,
+            f"{s.p50_us:.0f}",
+            f"{s.p99_us:.0f}",
+            f"{s.rps:.0f}",
+            f"{s.rows_per_s:.0f}",
+            f"{s.p50_us / e.p50_us:.2f}",
+            f"{s.rps / e.rps:.2f}",
+            f"{s.p50_us / ort_p50:.1f}",
+        )
+        table.add_row(
+            f"onnxruntime run({s.rows})",
+            f"{ort_p50:.0f}",
+            "",
+            f"{ort_rps:.0f}",
+            f"{ort_rps * s.rows:.0f}",
+            "",
+            "",
+            "1.0",
+        )
+        budget = e.p50_us + redis_p50[s.rows] + 100
+        verdicts.append(
+            f"{s.name}: p50 {s.p50_us:.0f} µs vs target {budget:.0f} µs (echo {e.p50_us:.0f} + redis read "
+            f"{redis_p50[s.rows]:.0f} + 100) -> {'MET' if s.p50_us <= budget else 'MISSED'}; "
+            f"throughput {s.rps / e.rps:.2f}x echo (target 0.70) -> "
+            f"{'MET' if s.rps >= 0.7 * e.rps else 'MISSED'}"
+        )
+    console.print(table)
+    for line in verdicts:
+        console.print(line)
+
+
+# --- curve over batch sizes -------------------------------------------------------------------
+
+
+def _device_name(provider: str) -> str:
+    if provider == "CUDAExecutionProvider" and shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "CUDA GPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_curve(device: str, max_batch: int, plot: Path, seconds_per_point: float, model_kind: str) -> None:
+    factory = SessionFactory(RuntimeOptions(device=Device(device), intra_op_threads=os.cpu_count() or 1))
+    data = mlp_model(N_FEATURES) if model_kind == "mlp" else bench_model()
+    model = factory.load(data)
+    provider = model.provider
+    description = "MLP 12-256-256-256-1" if model_kind == "mlp" else "logistic regression, 12 features"
+    console.print(
+        f"device: {_device_name(provider)}; provider: {provider}; I/O binding: {model.use_io_binding}; "
+        f"model: {description}"
+    )
+    sizes = [1 << k for k in range(max_batch.bit_length()) if (1 << k) <= max_batch]
+    rng = np.random.default_rng(0)
+    points = []
+    table = Table(title=f"raw session runs on {provider}")
+    columns = ["batch", "p50 ms", "p99 ms", "runs/s", "rows/s"]
+    if model.use_io_binding:
+        columns.append("p50 ms without I/O binding")
+    for column in columns:
+        table.add_column(column, justify="right")
+
+    def timed(run: Callable[[], object]) -> list[float]:
+        for _ in range(5):
+            run()
+        samples: list[float] = []
+        deadline = time.perf_counter() + seconds_per_point
+        while time.perf_counter() < deadline or len(samples) < 5:
+            started = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    for batch in sizes:
+        x = {"input": rng.normal(size=(batch, N_FEATURES)).astype(np.float32)}
+        samples = timed(lambda x=x: model.run(x))
+        p50, p99 = _pct(samples, 0.5), _pct(samples, 0.99)
+        runs = 1 / statistics.mean(samples)
+        points.append((batch, p50, runs * batch))
+        row = [str(batch), f"{p50 * 1e3:.3f}", f"{p99 * 1e3:.3f}", f"{runs:.0f}", f"{runs * batch:.0f}"]
+        if model.use_io_binding:
+            plain = timed(lambda x=x: model._session.run(None, x))
+            row.append(f"{_pct(plain, 0.5) * 1e3:.3f}")
+        table.add_row(*row)
+    console.print(table)
+    _plot(points, provider, _device_name(provider), plot)
+
+
+def _plot(points: list[tuple[int, float, float]], provider: str, device: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = [p[0] for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(batches, [p[1] * 1e3 for p in points], marker="o")
+    left.set(
+        xscale="log", yscale="log", xlabel="batch size (rows)", ylabel="p50 latency (ms)", title="latency"
+    )
+    right.plot(batches, [p[2] for p in points], marker="o", color="tab:green")
+    right.set(xscale="log", yscale="log", xlabel="batch size (rows)", ylabel="rows / s", title="throughput")
+    for ax in (left, right):
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches], rotation=45)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"Driftline inference, raw ONNX Runtime session runs: {device}, {provider}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    console.print(f"plot written to {path}")
+
+
+@click.command()
+@click.option("--only", type=click.Choice(["all", "service", "curve"]), default="all", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice([d.value for d in Device]),
+    default="auto",
+    show_default=True,
+    help="Where models run: auto uses CUDA when a session can be created on it.",
+)
+@click.option(
+    "--seconds",
+    default=8.0,
+    show_default=True,
+    help="Seconds per service measurement (half latency, half load).",
+)
+@click.option(
+    "--concurrency", default=16, show_default=True, help="Calls in flight during the throughput phase."
+)
+@click.option("--max-batch", default=4096, show_default=True, help="Largest batch of the curve.")
+@click.option(
+    "--seconds-per-point", default=0.5, show_default=True, help="Time spent on each batch size of the curve."
+)
+@click.option(
+    "--model", "model_kind", type=click.Choice(["mlp", "logistic"]), default="mlp", show_default=True
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=Path("/tmp/driftline-bench/inference_curve.png"),
+    show_default=True,
+)
+@click.option("--serve", type=click.Choice(["echo", "inference"]), hidden=True)
+@click.option("--port-file", type=click.Path(path_type=Path), hidden=True)
+@click.option("--prefix", default="", hidden=True)
+def main(
+    only: str,
+    device: str,
+    seconds: float,
+    concurrency: int,
+    max_batch: int,
+    seconds_per_point: float,
+    model_kind: str,
+    plot: Path,
+    serve: str | None,
+    port_file: Path | None,
+    prefix: str,
+) -> None:
+    if serve == "echo":
+        assert port_file is not None
+        asyncio.run(_serve_echo(port_file))
+        return
+    if serve == "inference":
+        assert port_file is not None
+        asyncio.run(_serve_inference(port_file, prefix, device))
+        return
+    if only in ("all", "service"):
+        run_service(seconds, concurrency, device)
+    if only in ("all", "curve"):
+        run_curve(device, max_batch, plot, seconds_per_point, model_kind)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`make demo`: the whole Driftline loop on the local stack, with a live view and a report."""

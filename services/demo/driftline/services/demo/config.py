@@ -1,0 +1,36 @@
+"""Settings of the demo (env prefix DRIFTLINE_DEMO_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseSettings, Field
+
+from driftline.kit.settings import KafkaSettings, LogSettings
+
+
+class Settings(BaseSettings):
+    """What the demo drives, and where it writes."""
+
+    rate: float = Field(150.0, description="Events per second the producer publishes.")
+    drift_after_s: float = Field(60.0, description="Seconds of traffic before drift is injected.")
+    drift: str = Field("concept", description='"concept" (the fraud pattern changes) or "covariate".')
+    after_promotion_labels: int = Field(
+        1500, description="Labelled predictions to collect from the new champion before the summary."
+    )
+    max_duration_s: float = Field(420.0, description="The demo ends after this long, loop closed or not.")
+    garbage_rate: float = Field(0.02, description="Share of published messages that are garbage.")
+    duplicate_rate: float = Field(0.01, description="Share of published messages re-sent as duplicates.")
+    seed: int = Field(7, description="Seed of the synthetic transaction stream.")
+    model_name: str = Field("fraud", description="Name of the model the loop keeps correct.")
+    inference_address: str = Field("127.0.0.1:50052", description="host:port of the inference gRPC API.")
+    registry_address: str = Field("127.0.0.1:50051", description="host:port of the registry gRPC API.")
+    prometheus_url: str = Field("http://127.0.0.1:19090", description="Prometheus the live view queries.")
+    run_dir: Path = Field(Path(".run"), description="Where service logs and PID files go.")
+    out_dir: Path = Field(Path("out/demo"), description="Where the report (HTML + PNG) is written.")
+    live: bool = Field(True, description="Show the live terminal view (off in tests).")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    class Config:
+        env_prefix = "DRIFTLINE_DEMO_"

@@ -1,0 +1,77 @@
+"""Hysteresis and cooldown: reports follow lasting changes, not single windows."""
+
+from __future__ import annotations
+
+import pytest
+
+from driftline.services.drift.detectors import Status
+from driftline.services.drift.hysteresis import Hysteresis, HysteresisPolicy
+
+D, N, I = Status.DRIFT, Status.NO_DRIFT, Status.INSUFFICIENT_DATA
+
+
+def _run(policy: HysteresisPolicy, verdicts: list[Status], *, step_s: float = 1.0) -> list[tuple[int, Status]]:
+    h = Hysteresis(policy)
+    due = []
+    for i, verdict in enumerate(verdicts):
+        status = h.observe(verdict, i * step_s)
+        if status is not None:
+            due.append((i, status))
+    return due
+
+
+def test_drift_is_entered_only_after_consecutive_drifted_verdicts() -> None:
+    policy = HysteresisPolicy(enter_after=2, exit_after=3, cooldown_s=0)
+    assert _run(policy, [N, D, N, D, N, D, N]) == [(0, N)]
+    assert _run(policy, [N, D, D, D]) == [(0, N), (2, D), (3, D)]
+
+
+def test_drift_is_left_after_consecutive_clean_verdicts_and_reported_once() -> None:
+    policy = HysteresisPolicy(enter_after=1, exit_after=3, cooldown_s=100)
+    due = _run(policy, [D, N, N, D, N, N, N, N])
+    assert due == [(0, D), (6, N)]
+
+
+def test_cooldown_limits_drift_reports_and_reminds_while_drift_lasts() -> None:
+    policy = HysteresisPolicy(enter_after=1, exit_after=1, cooldown_s=10)
+    due = _run(policy, [D] * 25)
+    assert due == [(0, D), (10, D), (20, D)]
+
+
+def test_drift_entered_during_cooldown_is_reported_when_it_ends() -> None:
+    policy = HysteresisPolicy(enter_after=1, exit_after=1, cooldown_s=10)
+    # Drift at 0, clean at 1 (left), drift again at 2..: reported again only at 10.
+    due = _run(policy, [D, N, D, D, D, D, D, D, D, D, D, D])
+    assert due == [(0, D), (1, N), (10, D)]
+
+
+def test_insufficient_data_holds_a_drift_state() -> None:
+    policy = HysteresisPolicy(enter_after=1, exit_after=2, cooldown_s=100)
+    due = _run(policy, [D, I, I, I, I, N, N])
+    assert due == [(0, D), (6, N)]
+
+
+def test_insufficient_data_is_reported_after_it_persists() -> None:
+    policy = HysteresisPolicy(enter_after=2, exit_after=3, cooldown_s=0)
+    due = _run(policy, [N, I, I, N, I, I, I, N])
+    assert due == [(0, N), (6, I), (7, N)]
+
+
+def test_reset_forgets_the_state_but_not_the_cooldown() -> None:
+    h = Hysteresis(HysteresisPolicy(enter_after=1, exit_after=1, cooldown_s=10))
+    assert h.observe(D, 0.0) is D
+    h.reset()
+    assert h.state is Status.UNSPECIFIED
+    assert h.observe(D, 5.0) is None
+    assert h.observe(D, 11.0) is D
+
+
+@pytest.mark.parametrize("kwargs", [{"enter_after": 0}, {"exit_after": 0}, {"cooldown_s": -1}])
+def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        HysteresisPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unspecified_is_not_a_verdict() -> None:
+    with pytest.raises(ValueError):
+        Hysteresis(HysteresisPolicy()).observe(Status.UNSPECIFIED, 0.0)

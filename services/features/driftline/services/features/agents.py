@@ -1,0 +1,231 @@
+"""Faust adapters: wire bytes in, domain calls, wire bytes out.
+
+Faust acks an event whose handler raised, and acks a ``take()`` batch even when its processing
+was cancelled mid-way. These agents therefore take batches with ``noack_take`` and ack each event
+themselves only once its effects are done: its state and features committed in Redis, its
+vector or dead letter acknowledged by the broker. A handler error never escapes: the batch is
+retried, then each event alone, and what still fails goes to the dead-letter topic with the
+reason in ``dlq.*`` headers (the names ``driftline.kit.kafka`` uses), and is acked after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import structlog
+from faust import Stream
+from faust.types import EventT, TopicT
+
+from driftline.events.v1 import transaction_pb2
+from driftline.features.v1 import features_pb2
+from driftline.featurestore.definitions import FeatureSet
+from driftline.featurestore.events import Event, epoch_seconds, transaction_event
+from driftline.featurestore.offline import FeatureRow
+from driftline.featurestore.vectors import computed_to_proto
+from driftline.kit import kafka
+from driftline.kit.codec import decode
+from driftline.services.features import metrics
+from driftline.services.features.processor import FeatureProcessor, Processed
+from driftline.services.features.sink import OfflineSink
+
+log = structlog.get_logger(__name__)
+
+
+class PoisonEvent(Exception):
+    """An event that will never be processed: it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_transaction(payload: bytes | None) -> Event:
+    """The engine event of a clean transaction's bytes; PoisonEvent when it is not a valid one."""
+    if not payload:
+        raise PoisonEvent("empty_value", "no value bytes")
+    try:
+        tx = decode(transaction_pb2.CleanTransaction, payload)
+    except ValueError as err:
+        raise PoisonEvent("decode_error", str(err)) from err
+    if not tx.event_id or not tx.card_id:
+        raise PoisonEvent("invalid_event", "event_id and card_id are required")
+    if not tx.HasField("event_time"):
+        raise PoisonEvent("invalid_event", "event_time is required")
+    if not math.isfinite(tx.amount):
+        raise PoisonEvent("invalid_event", f"amount is {tx.amount}")
+    return transaction_event(tx)
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if not raw:
+        return []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+
+
+class TransactionsAgent:
+    """Clean transactions -> feature processor -> feature vectors; poison -> dead letters."""
+
+    def __init__(
+        self,
+        processor: FeatureProcessor,
+        *,
+        vectors: TopicT,
+        dead_letters: TopicT,
+        source_name: str,
+        batch_max: int = 500,
+        batch_within_s: float = 0.02,
+        max_retries: int = 3,
+        retry_backoff_s: float = 0.2,
+        service: str = "features",
+    ) -> None:
+        self._processor = processor
+        self._feature_set: FeatureSet = processor.feature_set
+        self._vectors = vectors
+        self._dead_letters = dead_letters
+        self._source_name = source_name
+        self._batch_max = batch_max
+        self._within = batch_within_s
+        self._max_retries = max_retries
+        self._backoff = retry_backoff_s
+        self._service = service.encode()
+        self.batches = 0
+
+    async def __call__(self, stream: Stream) -> None:
+        async for batch in stream.noack_take(self._batch_max, within=self._within):
+            events: Sequence[EventT] = batch  # noack_take yields the events themselves
+            await self.handle(events)
+            for event in events:
+                await stream.ack(event)
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        """Process a batch until every event's effect is durable; never raises on bad input."""
+        started = time.perf_counter()
+        label = self._feature_set.key
+        decoded: list[tuple[EventT, Event]] = []
+        deliveries: list[Awaitable[Any]] = []
+        for item in batch:
+            try:
+                decoded.append((item, decode_transaction(item.message.value)))
+            except PoisonEvent as err:
+                deliveries.append(await self._dead_letter(item, err.reason, err.detail))
+        vectors = 0
+        for item, outcome in await self._process(decoded):
+            if isinstance(outcome, PoisonEvent):
+                deliveries.append(await self._dead_letter(item, outcome.reason, outcome.detail))
+            elif outcome.computed is not None:
+                vectors += 1
+                vector = computed_to_proto(self._feature_set, outcome.event.entity_id, outcome.computed)
+                deliveries.append(
+                    await self._vectors.send(
+                        key=outcome.event.entity_id.encode(), value=vector.SerializeToString(), force=True
+                    )
+                )
+        await self._await_deliveries(deliveries)
+        metrics.VECTORS.labels(label).inc(vectors)
+        metrics.BATCH_SECONDS.labels(label).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(label).observe(len(batch))
+        self.batches += 1
+
+    async def _process(
+        self, decoded: list[tuple[EventT, Event]]
+    ) -> list[tuple[EventT, Processed | PoisonEvent]]:
+        if not decoded:
+            return []
+        attempt = 0
+        while True:
+            try:
+                results = await self._processor.process([e for _, e in decoded])
+                return [(item, r) for (item, _), r in zip(decoded, results, strict=True)]
+            except Exception as err:
+                attempt += 1
+                if attempt > self._max_retries:
+                    if len(decoded) > 1:
+                        # Isolate the culprit: each event alone; only those that still fail are poison.
+                        isolated = []
+                        for pair in decoded:
+                            isolated += await self._process([pair])
+                        return isolated
+                    log.exception("event_failed", event_id=decoded[0][1].event_id, attempts=attempt)
+                    return [(decoded[0][0], PoisonEvent("handler_error", f"{type(err).__name__}: {err}"))]
+                metrics.RETRIES.inc()
+                log.warning("batch_retry", attempt=attempt, events=len(decoded), error=str(err))
+                await asyncio.sleep(self._backoff * attempt)
+
+    async def _dead_letter(self, item: EventT, reason: str, detail: str) -> Awaitable[Any]:
+        message = item.message
+        metrics.DEAD_LETTERED.labels(reason).inc()
+        log.info(
+            "dead_lettered",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+        )
+        headers = _headers(message.headers)
+        headers += [
+            (kafka.DLQ_REASON, reason.encode()),
+            (kafka.DLQ_DETAIL, detail[:2000].encode("utf-8", "replace")),
+            (kafka.DLQ_SOURCE_TOPIC, self._source_name.encode()),
+            (kafka.DLQ_SOURCE_PARTITION, str(message.partition).encode()),
+            (kafka.DLQ_SOURCE_OFFSET, str(message.offset).encode()),
+            (kafka.DLQ_SOURCE_TIMESTAMP, str(round((message.timestamp or 0) * 1000)).encode()),
+            (kafka.DLQ_SERVICE, self._service),
+        ]
+        return await self._dead_letters.send(
+            key=message.key, value=message.value or b"", headers=headers, force=True
+        )
+
+    async def _await_deliveries(self, deliveries: list[Awaitable[Any]]) -> None:
+        # The producer retries on its own. If the broker still refuses, the error propagates and
+        # the worker stops with the batch un-acked: a restart replays it, and its effects are
+        # idempotent. Acking events whose outputs were lost is the one thing not to do.
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+
+class VectorsSinkAgent:
+    """Feature vectors -> offline store; events are acked only once their rows are on disk."""
+
+    def __init__(self, sink: OfflineSink, *, batch_max: int = 20_000, flush_s: float = 5.0) -> None:
+        self._sink = sink
+        self._batch_max = batch_max
+        self._flush_s = flush_s
+
+    async def __call__(self, stream: Stream) -> None:
+        async for batch in stream.noack_take(self._batch_max, within=self._flush_s):
+            events: Sequence[EventT] = batch
+            done = await self.handle(events)
+            for event in done:
+                await stream.ack(event)
+
+    async def handle(self, batch: Sequence[EventT]) -> list[EventT]:
+        """Queue the batch's rows and flush; returns the events whose rows are now durable."""
+        feature_set = self._sink.store.feature_set
+        for item in batch:
+            row = vector_row(item.message.value, feature_set)
+            self._sink.add(item, row)
+        return await asyncio.get_running_loop().run_in_executor(None, self._sink.flush)
+
+
+def vector_row(payload: bytes | None, feature_set: FeatureSet) -> FeatureRow | None:
+    """The offline row of a published vector; None for another feature set or a malformed one."""
+    try:
+        vector = decode(features_pb2.FeatureVector, payload or b"")
+    except ValueError:
+        return None
+    if vector.feature_set != feature_set.name or vector.feature_set_version != feature_set.version:
+        return None
+    if [v.name for v in vector.values] != feature_set.feature_names or not vector.HasField("event_time"):
+        return None
+    return FeatureRow(
+        entity_id=vector.entity_id,
+        event_id=vector.event_id,
+        event_time=epoch_seconds(vector.event_time),
+        values=[v.value for v in vector.values],
+    )

@@ -1,0 +1,143 @@
+"""The one place the features service is constructed and wired.
+
+``FeaturesApp(settings)`` builds the faust app, its topics (declared with the partitions the
+topic declarations give, ``internal=False``: ``driftline topics create`` makes them, faust never
+does), the stores and the agents. Nothing connects until the worker starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+import structlog
+
+from driftline.featurestore.definitions import FeatureSet, feature_set_by_key
+from driftline.featurestore.offline import OfflineStore
+from driftline.featurestore.online import AsyncOnlineStore
+from driftline.kit.metrics import serve_metrics
+from driftline.kit.topics import FEATURE_VECTORS, Topic
+from driftline.services.features.agents import TransactionsAgent, VectorsSinkAgent
+from driftline.services.features.config import Settings
+from driftline.services.features.processor import FeatureProcessor
+from driftline.services.features.sink import OfflineSink
+from driftline.services.features.state import RedisState
+
+log = structlog.get_logger(__name__)
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """The faust app with Driftline's conventions: raw bytes, no topic creation, no leader topic."""
+    brokers = [f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")]
+    return faust.App(
+        settings.app_id,
+        broker=brokers,
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        datadir=str(settings.data_dir / settings.app_id),
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger=0.005,
+        web_enabled=settings.web_enabled,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+
+
+def faust_topic(app: faust.App, topic: Topic) -> Any:
+    """A faust topic of a declared topic, with its partitions; faust never creates it."""
+    return app.topic(
+        topic.name,
+        partitions=topic.partitions,
+        internal=False,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+class FeaturesApp:
+    def __init__(self, settings: Settings, *, feature_set: FeatureSet | None = None) -> None:
+        self.settings = settings
+        self.feature_set = feature_set or feature_set_by_key(settings.feature_set)
+        if self.feature_set.source.dead_letter is None:
+            raise ValueError(f"source topic {self.feature_set.source.name} declares no dead-letter topic")
+        prefix = settings.topic_prefix
+        self.source = self.feature_set.source.namespaced(prefix) if prefix else self.feature_set.source
+        self.vectors_topic = FEATURE_VECTORS.namespaced(prefix) if prefix else FEATURE_VECTORS
+
+        self.faust = faust_app(settings)
+        self.redis = aioredis.Redis.from_url(
+            settings.redis.url, socket_timeout=settings.redis.socket_timeout_s
+        )
+        self.online = AsyncOnlineStore(
+            self.redis, self.feature_set, key_prefix=settings.key_prefix, key_ttl_s=settings.key_ttl_s
+        )
+        self.state = RedisState(
+            self.redis,
+            self.online,
+            self.feature_set,
+            key_prefix=settings.key_prefix,
+            key_ttl_s=settings.key_ttl_s,
+        )
+        self.processor = FeatureProcessor(
+            self.feature_set, self.state, allowed_lateness_s=settings.allowed_lateness_s
+        )
+        source = faust_topic(self.faust, self.source)
+        vectors = faust_topic(self.faust, self.vectors_topic)
+        self.transactions = TransactionsAgent(
+            self.processor,
+            vectors=vectors,
+            dead_letters=faust_topic(self.faust, self.source.dead_letter_topic()),
+            source_name=self.source.name,
+            batch_max=settings.batch_max,
+            batch_within_s=settings.batch_within_s,
+            max_retries=settings.max_retries,
+            retry_backoff_s=settings.retry_backoff_s,
+        )
+        self.faust.agent(source, name="features.transactions")(self.transactions)
+        self.offline: OfflineStore | None = None
+        if settings.offline_enabled:
+            self.offline = OfflineStore(settings.offline_root, self.feature_set)
+            self.sink = OfflineSink(self.offline, max_pending=settings.offline_max_pending)
+            self.sink_agent = VectorsSinkAgent(
+                self.sink, batch_max=settings.offline_batch_max, flush_s=settings.offline_flush_s
+            )
+            self.faust.agent(vectors, name="features.offline-sink")(self.sink_agent)
+        self.faust.on_before_shutdown.connect(self._on_shutdown)
+
+    async def _on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self.offline is not None:
+            # Rows still pending after failed writes get one last try; un-acked events replay anyway.
+            self.sink.flush()
+        await self.redis.aclose()  # type: ignore[attr-defined]
+        log.info("features_stopped", batches=self.transactions.batches)
+
+    def run(self) -> None:
+        """Serve /metrics and run the faust worker until SIGTERM/SIGINT (blocking)."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        serve_metrics(self.settings.metrics_port, self.settings.metrics, service="features")
+        log.info(
+            "features_starting",
+            source=self.source.name,
+            vectors=self.vectors_topic.name,
+            feature_set=self.feature_set.key,
+            offline=str(self.settings.offline_root) if self.offline else None,
+        )
+        worker = faust.Worker(
+            self.faust,
+            loglevel=self.settings.log.level,
+            override_logging=False,
+            quiet=True,
+        )
+        worker.execute_from_commandline()

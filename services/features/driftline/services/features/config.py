@@ -1,0 +1,65 @@
+"""Settings of the features service (env prefix ``DRIFTLINE_FEATURES_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseSettings, Field
+
+from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings, RedisSettings
+
+
+class Settings(BaseSettings):
+    """Everything the features service reads from its environment."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Broker of the source and sinks.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Online store and stream state.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Log format and level.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="/metrics endpoint.")
+
+    app_id: str = Field(
+        "driftline-features", description="Faust app id: the consumer group and the state-dir name."
+    )
+    feature_set: str = Field("card_transactions.v1", description="Feature set computed (name.vVERSION).")
+    topic_prefix: str = Field(
+        "", description="Prefix of every topic name (tests run on namespaced copies of the topics)."
+    )
+    key_prefix: str = Field("dl:fs", description="Prefix of the Redis keys of the online store and state.")
+    key_ttl_s: float = Field(
+        86_400.0,
+        description="Redis expiry of an entity's keys after its last write (garbage collection only).",
+    )
+    allowed_lateness_s: float = Field(
+        30.0,
+        description="Events up to this much older than their card's newest one still count; later: dropped.",
+    )
+    batch_max: int = Field(
+        500, description="Most events handled in one batch (one Redis round trip each way)."
+    )
+    batch_within_s: float = Field(0.02, description="Longest a partial batch waits for more events.")
+    max_retries: int = Field(
+        3, description="Retries of a batch after a transient error before isolating events."
+    )
+    retry_backoff_s: float = Field(0.2, description="Back-off between retries, times the attempt number.")
+
+    offline_enabled: bool = Field(True, description="Append feature vectors to the offline store.")
+    offline_root: Path = Field(
+        Path(".data/offline"), description="Root directory of the offline Parquet store."
+    )
+    offline_flush_s: float = Field(
+        5.0, description="Longest feature vectors wait before they are flushed to Parquet."
+    )
+    offline_batch_max: int = Field(20_000, description="Most vectors written in one Parquet file.")
+    offline_max_pending: int = Field(
+        1_000_000, description="Rows kept in memory while Parquet writes fail; older ones are then dropped."
+    )
+
+    web_enabled: bool = Field(True, description="Serve faust's web endpoints.")
+    web_host: str = Field("127.0.0.1", description="Address faust's web server binds.")
+    web_port: int = Field(6066, description="Port of faust's web server (FEATURES_WEB_PORT).")
+    metrics_port: int = Field(9102, description="Port of /metrics (FEATURES_METRICS_PORT); 0 picks one.")
+    data_dir: Path = Field(Path(".cache/faust"), description="Where faust keeps its local state.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_FEATURES_"
+        env_nested_delimiter = "__"

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+import pytest
+
+from driftline.events.v1 import transaction_pb2
+from driftline.features.v1 import features_pb2
+from driftline.featurestore.definitions import TRANSACTION_FEATURES
+from driftline.featurestore.events import epoch_seconds
+from driftline.kit import kafka
+from driftline.kit.codec import to_timestamp
+from driftline.services.features.agents import PoisonEvent, TransactionsAgent, decode_transaction
+from driftline.services.features.fakes import MemoryState
+from driftline.services.features.processor import FeatureProcessor
+from driftline.services.features.state import EntityState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class FakeMessage:
+    value: bytes | None
+    key: bytes | None = b"c1"
+    topic: str = "transactions.clean.v1"
+    partition: int = 1
+    offset: int = 0
+    timestamp: float = 1_700_000_000.5
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+class FakeTopic:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, **kwargs: Any) -> asyncio.Future[None]:
+        self.sent.append(kwargs)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def tx(event_id: str, card: str = "c1", seconds: float = 0.0, amount: float = 10.0) -> bytes:
+    message = transaction_pb2.CleanTransaction(
+        event_id=event_id,
+        card_id=card,
+        merchant_id="m1",
+        amount=amount,
+        currency="EUR",
+        merchant_category="grocery",
+        country="NL",
+        channel="pos",
+    )
+    message.event_time.CopyFrom(to_timestamp(T0 + timedelta(seconds=seconds)))
+    return message.SerializeToString()
+
+
+def make_agent(state: Any, vectors: FakeTopic, dlq: FakeTopic) -> TransactionsAgent:
+    return TransactionsAgent(
+        FeatureProcessor(TRANSACTION_FEATURES, state, allowed_lateness_s=5.0),
+        vectors=vectors,  # type: ignore[arg-type]
+        dead_letters=dlq,  # type: ignore[arg-type]
+        source_name="transactions.clean.v1",
+        max_retries=1,
+        retry_backoff_s=0.0,
+    )
+
+
+async def test_valid_events_publish_one_vector_each_and_poison_goes_to_dead_letters() -> None:
+    vectors, dlq = FakeTopic(), FakeTopic()
+    agent = make_agent(MemoryState(), vectors, dlq)
+    batch = [
+        FakeEvent(FakeMessage(tx("e1", seconds=0), offset=0)),
+        FakeEvent(FakeMessage(b"\xff\xfenot protobuf", offset=1, headers=[("content-type", b"x")])),
+        FakeEvent(FakeMessage(tx("e2", seconds=1, amount=30.0), offset=2)),
+        FakeEvent(FakeMessage(None, offset=3)),
+    ]
+    await agent.handle(batch)  # type: ignore[arg-type]
+
+    assert [s["key"] for s in vectors.sent] == [b"c1", b"c1"]
+    vector = features_pb2.FeatureVector.FromString(vectors.sent[1]["value"])
+    assert vector.event_id == "e2"
+    assert vector.feature_set == "card_transactions"
+    assert [v.name for v in vector.values] == TRANSACTION_FEATURES.feature_names
+    assert {v.name: v.value for v in vector.values}["amount_mean_10m"] == 20.0
+    assert epoch_seconds(vector.event_time) == epoch_seconds(T0) + 1
+
+    assert len(dlq.sent) == 2
+    poison = dlq.sent[0]
+    headers = dict(poison["headers"])
+    assert poison["value"] == b"\xff\xfenot protobuf"
+    assert headers[kafka.DLQ_REASON] == b"decode_error"
+    assert headers[kafka.DLQ_SOURCE_OFFSET] == b"1"
+    assert headers[kafka.DLQ_SOURCE_PARTITION] == b"1"
+    assert headers[kafka.DLQ_SOURCE_TOPIC] == b"transactions.clean.v1"
+    assert headers[kafka.DLQ_SERVICE] == b"features"
+    assert headers["content-type"] == b"x"  # original headers kept
+    assert dict(dlq.sent[1]["headers"])[kafka.DLQ_REASON] == b"empty_value"
+
+
+class FlakyState(MemoryState):
+    """Fails every load that touches the entity ``bad``; others succeed."""
+
+    async def load(self, entity_ids: Sequence[str]) -> dict[str, EntityState]:
+        if "bad" in entity_ids:
+            raise RuntimeError("state of bad is corrupt")
+        return await super().load(entity_ids)
+
+
+async def test_handler_error_is_retried_then_only_the_culprit_is_dead_lettered() -> None:
+    vectors, dlq = FakeTopic(), FakeTopic()
+    agent = make_agent(FlakyState(), vectors, dlq)
+    batch = [
+        FakeEvent(FakeMessage(tx("e1", card="c1"), offset=0)),
+        FakeEvent(FakeMessage(tx("e2", card="bad"), key=b"bad", offset=1)),
+        FakeEvent(FakeMessage(tx("e3", card="c2"), key=b"c2", offset=2)),
+    ]
+    await agent.handle(batch)  # type: ignore[arg-type]
+    assert sorted(features_pb2.FeatureVector.FromString(s["value"]).event_id for s in vectors.sent) == [
+        "e1",
+        "e3",
+    ]
+    assert len(dlq.sent) == 1
+    headers = dict(dlq.sent[0]["headers"])
+    assert headers[kafka.DLQ_REASON] == b"handler_error"
+    assert b"corrupt" in headers[kafka.DLQ_DETAIL]
+    assert dlq.sent[0]["key"] == b"bad"
+
+
+async def test_transient_error_is_retried_without_dead_letters() -> None:
+    vectors, dlq = FakeTopic(), FakeTopic()
+    state = MemoryState()
+    state.fail_next = 1
+    agent = make_agent(state, vectors, dlq)
+    await agent.handle([FakeEvent(FakeMessage(tx("e1")))])  # type: ignore[arg-type]
+    assert len(vectors.sent) == 1
+    assert dlq.sent == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty_value"),
+        (b"\x08\x96\x01garbage\xff", "decode_error"),
+        (transaction_pb2.CleanTransaction(card_id="c1").SerializeToString(), "invalid_event"),
+        (transaction_pb2.CleanTransaction(event_id="e", card_id="c1").SerializeToString(), "invalid_event"),
+    ],
+)
+def test_bad_transactions_are_poison_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(PoisonEvent) as caught:
+        decode_transaction(payload)
+    assert caught.value.reason == reason
+
+
+def test_nan_amount_is_poison() -> None:
+    message = transaction_pb2.CleanTransaction.FromString(tx("e1"))
+    message.amount = float("nan")
+    with pytest.raises(PoisonEvent, match="amount"):
+        decode_transaction(message.SerializeToString())
+
+
+async def test_agent_processes_its_stream_in_a_faust_test_context() -> None:
+    app = faust.App("features-test", broker="kafka://127.0.0.1:9", store="memory://", value_serializer="raw")
+    source = app.topic("transactions.clean.v1", value_type=bytes, value_serializer="raw")
+    vectors, dlq = FakeTopic(), FakeTopic()
+    handler = make_agent(MemoryState(), vectors, dlq)
+    agent = app.agent(source, name="features-test-agent")(handler)
+    async with agent.test_context() as context:
+        await context.put(tx("e1"), key=b"c1")
+        await context.put(b"garbage", key=b"c1")
+        for _ in range(100):
+            if len(vectors.sent) + len(dlq.sent) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert len(vectors.sent) == 1
+    assert len(dlq.sent) == 1
+    assert handler.batches >= 1

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+from prometheus_client import REGISTRY
+
+from driftline.featurestore.vectors import FeatureStatus, FeatureValue
+from driftline.inference.v1 import inference_pb2
+from driftline.kit.codec import utcnow
+from driftline.kit.kafka import DeliveryError
+from driftline.kit.topics import PREDICTIONS
+from driftline.services.inference.models import Role
+from driftline.services.inference.prediction_log import PredictionLogger
+from driftline.services.inference.predictor import PredictionResult
+
+
+def dropped(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("driftline_inference_prediction_log_dropped_total", {"reason": reason})
+        or 0.0
+    )
+
+
+def result(i: int) -> PredictionResult:
+    return PredictionResult(
+        prediction_id=f"p{i}",
+        entity_id=f"card-{i}",
+        event_id=f"e{i}",
+        score=0.25,
+        label=0,
+        model_name="fraud",
+        model_version=3,
+        max_feature_age_seconds=1.0,
+        features=(FeatureValue("amount", 12.5, 1.0, 1.0, FeatureStatus.OK),),
+        served_by=Role.CHALLENGER,
+        predicted_at=utcnow(),
+    )
+
+
+class FakeProducer:
+    def __init__(self, *, block: threading.Event | None = None, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, str]] = []
+        self.block = block
+        self.fail = fail
+
+    def send(self, topic, value, key=None):
+        if self.block is not None:
+            self.block.wait(10)
+        future: Future = Future()
+        self.sent.append((topic.name, value, key))
+        if self.fail:
+            future.set_exception(DeliveryError("broker gone"))
+        else:
+            future.set_result(None)
+        return future
+
+    def flush(self, timeout_s=None):
+        return None
+
+
+def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_records_are_sent_as_prediction_logs_keyed_by_entity():
+    producer = FakeProducer()
+    logger = PredictionLogger(producer, PREDICTIONS)
+    logger.start()
+    for i in range(5):
+        logger.log(result(i))
+    logger.close()
+    assert [key for _, _, key in producer.sent] == [f"card-{i}" for i in range(5)]
+    record = inference_pb2.PredictionLog.FromString(producer.sent[0][1])
+    assert record.prediction_id == "p0"
+    assert record.event_id == "e0"
+    assert record.model_version == 3
+    assert record.role == "challenger"
+    assert list(record.feature_names) == ["amount"]
+    assert list(record.feature_values) == [12.5]
+    assert record.predicted_at.seconds > 0
+    assert {topic for topic, _, _ in producer.sent} == {PREDICTIONS.name}
+
+
+def test_a_full_buffer_drops_and_counts_instead_of_blocking():
+    gate = threading.Event()
+    producer = FakeProducer(block=gate)
+    logger = PredictionLogger(producer, PREDICTIONS, capacity=10, batch=1)
+    logger.start()
+    before = dropped("buffer_full")
+    started = time.perf_counter()
+    for i in range(100):
+        logger.log(result(i))
+    assert time.perf_counter() - started < 1.0  # never waited on the stuck producer
+    assert dropped("buffer_full") - before >= 89
+    gate.set()
+    logger.close()
+    assert len(producer.sent) + logger.dropped == 100
+
+
+def test_undelivered_records_are_counted_as_dropped():
+    logger = PredictionLogger(FakeProducer(fail=True), PREDICTIONS)
+    logger.start()
+    before = dropped("delivery_failed")
+    for i in range(3):
+        logger.log(result(i))
+    logger.close()
+    wait_for(lambda: dropped("delivery_failed") - before >= 3)
+    assert dropped("delivery_failed") - before == 3

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from driftline.services.inference.errors import ModelLoadError
+from driftline.services.inference.runtime import CPU, CUDA, Device, RuntimeOptions, SessionFactory
+from driftline.services.inference.testing import echo_model, logistic_model, scalar_model
+
+
+def test_the_provider_is_the_one_the_session_really_got():
+    factory = SessionFactory()
+    model = factory.load(logistic_model([1.0, -1.0]))
+    # Whatever get_available_providers() claims, the session decides: CPU here unless CUDA works.
+    assert model.provider in (CPU, CUDA)
+    assert factory.provider == model.provider
+    assert model.use_io_binding == (model.provider == CUDA)
+    if CUDA not in ort.get_available_providers():
+        assert model.provider == CPU
+
+
+def test_cpu_device_never_tries_cuda():
+    factory = SessionFactory(RuntimeOptions(device=Device.CPU))
+    assert factory.load(echo_model(2)).provider == CPU
+
+
+def test_logistic_model_scores_like_numpy():
+    weights = [0.5, -1.0, 2.0]
+    model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(logistic_model(weights, bias=0.1))
+    x = np.random.default_rng(1).normal(size=(7, 3)).astype(np.float32)
+    label, proba = model.run({"input": x})
+    expected = 1 / (1 + np.exp(-(x @ np.array(weights, np.float32) + 0.1)))
+    np.testing.assert_allclose(proba[:, 1], expected, rtol=1e-5)
+    np.testing.assert_array_equal(label, (expected > 0.5).astype(np.int64))
+    assert [o.name for o in model.outputs] == ["label", "probabilities"]
+    assert model.inputs[0].shape == (None, 3)
+    assert model.inputs[0].datatype == "FP32"
+
+
+def test_garbage_bytes_are_a_load_error():
+    with pytest.raises(ModelLoadError) as err:
+        SessionFactory(RuntimeOptions(device=Device.CPU)).load(b"\x80\x04pickle")
+    assert err.value.code == "invalid_model"
+
+
+def test_a_model_that_cannot_be_batched_fails_warm_up():
+    model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(scalar_model(3))
+    with pytest.raises(ModelLoadError, match="batch"):
+        model.warm_up((1, 8), 1)
+
+
+def test_zipmap_outputs_are_refused_at_load():
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    clf = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    zipped = to_onnx(clf, x[:1]).SerializeToString()
+    with pytest.raises(ModelLoadError, match="zipmap"):
+        SessionFactory(RuntimeOptions(device=Device.CPU)).load(zipped)
+    plain = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}).SerializeToString()
+    model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(plain)
+    assert model.warm_up((1, 4), 1) >= 0
+
+
+def test_required_cuda_is_cuda_with_io_binding_or_a_load_error():
+    factory = SessionFactory(RuntimeOptions(device=Device.CUDA))
+    if SessionFactory().load(echo_model(2)).provider == CUDA:
+        model = factory.load(echo_model(2))
+        assert model.provider == CUDA
+        assert model.use_io_binding
+    else:
+        with pytest.raises(ModelLoadError) as err:
+            factory.load(echo_model(2))
+        assert err.value.code == "no_cuda"

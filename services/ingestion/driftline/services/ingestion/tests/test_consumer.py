@@ -1,0 +1,174 @@
+"""The batch handler: outcomes per message and the accounting identity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftline.events.v1 import transaction_pb2
+from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, DeadLetter, Output
+from driftline.kit.testing import FakeMessage
+from driftline.kit.topics import TRANSACTIONS_CLEAN
+from driftline.services.ingestion.consumer import IngestionHandler
+from driftline.services.ingestion.contract import Contract
+from driftline.services.ingestion.dedup import Claim, MemoryDeduplicator
+from driftline.services.ingestion.gate import Gate
+from driftline.services.ingestion.metrics import IngestionMetrics
+from driftline.services.ingestion.quality import QualityWindow
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+CLEAN_TOPIC = TRANSACTIONS_CLEAN.namespaced("unit.")
+
+
+def event(event_id: str, **changes: Any) -> bytes:
+    base = {
+        "event_id": event_id,
+        "card_id": " card-7 ",
+        "merchant_id": "m-1",
+        "amount": 10.0,
+        "currency": "eur",
+        "merchant_category": "travel",
+        "country": "fr",
+        "channel": "online",
+        "event_time": "2025-06-01T11:00:00Z",
+        "contract_version": "1",
+    }
+    base.update(changes)
+    return json.dumps(base).encode()
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        contract = Contract.load()
+        self.quality = QualityWindow(contract.field_names, window=1000)
+        self.dedup = MemoryDeduplicator(ttl_s=3600)
+        self.handler = IngestionHandler(
+            Gate(contract, self.quality),
+            self.dedup,
+            CLEAN_TOPIC,
+            IngestionMetrics(self.registry),
+            clock=lambda: NOW,
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+def messages(values: Sequence[bytes], start: int = 0, partition: int = 0) -> list[FakeMessage]:
+    return [
+        FakeMessage(v, _topic="raw", _partition=partition, _offset=start + i) for i, v in enumerate(values)
+    ]
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+def test_a_valid_event_becomes_a_clean_event_keyed_by_card(harness: Harness) -> None:
+    [outcome] = harness.handler(messages([event("ev-1")]))  # type: ignore[arg-type]
+    assert isinstance(outcome, list)
+    [output] = outcome
+    assert isinstance(output, Output)
+    assert output.topic == CLEAN_TOPIC.name
+    assert output.key == "card-7"
+    assert (CONTENT_TYPE, PROTOBUF.encode()) in output.headers
+    clean = transaction_pb2.CleanTransaction.FromString(output.value)
+    assert (clean.event_id, clean.currency, clean.country) == ("ev-1", "EUR", "FR")
+    assert (clean.source_topic, clean.source_partition, clean.source_offset) == ("raw", 0, 0)
+
+
+def test_bad_input_becomes_a_dead_letter_with_its_reason(harness: Harness) -> None:
+    outcomes = harness.handler(messages([b"{oops", event("ev-2", amount=float("nan"))]))  # type: ignore[arg-type]
+    assert [o.reason for o in outcomes if isinstance(o, DeadLetter)] == ["malformed_json", "not_finite"]
+    assert all(isinstance(o, DeadLetter) and o.detail for o in outcomes)
+
+
+def test_a_protobuf_message_is_decoded_by_its_content_type(harness: Harness) -> None:
+    raw = transaction_pb2.RawTransaction(**json.loads(event("ev-p")))
+    message = FakeMessage(raw.SerializeToString(), _topic="raw", _headers=[(CONTENT_TYPE, PROTOBUF.encode())])
+    [outcome] = harness.handler([message])  # type: ignore[list-item]
+    assert isinstance(outcome, list)
+    assert len(outcome) == 1
+
+
+def test_duplicates_produce_nothing_and_every_message_is_booked_once(harness: Harness) -> None:
+    batch = messages([event("ev-1"), event("ev-2"), b"garbage", event("ev-1"), event("ev-3", channel="x")])
+    outcomes = harness.handler(batch)  # type: ignore[arg-type]
+    assert [len(o) if isinstance(o, list) else o.reason for o in outcomes] == [
+        1,
+        1,
+        "malformed_json",
+        0,
+        "not_in_enum",
+    ]
+    later = messages([event("ev-2")], start=100)
+    assert harness.handler(later) == [[]]  # type: ignore[arg-type]
+    # Nothing is booked before delivery.
+    assert harness.value("driftline_ingestion_consumed_total") == 0
+    harness.handler.on_delivered(batch)  # type: ignore[arg-type]
+    harness.handler.on_delivered(later)  # type: ignore[arg-type]
+    consumed = harness.value("driftline_ingestion_consumed_total")
+    clean = harness.value("driftline_ingestion_clean_total")
+    duplicates = harness.value("driftline_ingestion_duplicates_total")
+    dead = harness.value("driftline_ingestion_dead_lettered_total", reason="malformed_json") + harness.value(
+        "driftline_ingestion_dead_lettered_total", reason="not_in_enum"
+    )
+    assert (consumed, clean, duplicates, dead) == (6, 2, 2, 2)
+
+
+def test_a_replayed_batch_is_clean_again_not_a_duplicate_of_itself(harness: Harness) -> None:
+    batch = messages([event("ev-1"), event("ev-2")], start=10)
+    first = harness.handler(batch)  # type: ignore[arg-type]
+    # The process died before the commit; the same messages come back from the same offsets.
+    replay = harness.handler(messages([event("ev-1"), event("ev-2")], start=10))  # type: ignore[arg-type]
+    assert [len(o) for o in first] == [len(o) for o in replay] == [1, 1]  # type: ignore[arg-type]
+
+
+def test_a_copy_claimed_from_elsewhere_before_the_batch_is_a_duplicate(harness: Harness) -> None:
+    harness.dedup.claim([Claim("ev-1", "raw/2/5")])
+    assert harness.handler(messages([event("ev-1")])) == [[]]  # type: ignore[arg-type]
+
+
+def test_a_retried_batch_is_booked_once(harness: Harness) -> None:
+    batch = messages([event("ev-1"), b"x"])
+    harness.handler(batch)  # type: ignore[arg-type]
+    harness.handler(batch)  # type: ignore[arg-type]
+    harness.handler.on_delivered(batch)  # type: ignore[arg-type]
+    assert harness.value("driftline_ingestion_consumed_total") == 2
+    assert harness.value("driftline_ingestion_clean_total") == 1
+
+
+def test_a_message_the_loop_dead_lettered_itself_is_booked_as_handler_error(harness: Harness) -> None:
+    batch = messages([event("ev-1")])
+    harness.handler.on_delivered(batch)  # type: ignore[arg-type]
+    assert harness.value("driftline_ingestion_dead_lettered_total", reason="handler_error") == 1
+    assert harness.value("driftline_ingestion_consumed_total") == 1
+
+
+def test_a_deduplicator_failure_propagates_so_the_loop_retries(harness: Harness) -> None:
+    class Down:
+        def claim(self, claims: Sequence[Claim]) -> list[bool]:
+            raise ConnectionError("redis is down")
+
+    handler = IngestionHandler(
+        Gate(Contract.load()), Down(), CLEAN_TOPIC, IngestionMetrics(CollectorRegistry()), clock=lambda: NOW
+    )
+    with pytest.raises(ConnectionError):
+        handler(messages([event("ev-1")]))  # type: ignore[arg-type]
+
+
+def test_quality_gauges_follow_the_batch(harness: Harness) -> None:
+    harness.handler(messages([event("ev-1", amount=None), event("ev-2"), event("ev-3", amount=-2)]))  # type: ignore[arg-type]
+    assert harness.value("driftline_ingestion_field_null_ratio", field="amount") == pytest.approx(1 / 3)
+    assert harness.value("driftline_ingestion_field_out_of_range_ratio", field="amount") == pytest.approx(
+        1 / 3
+    )
+    assert harness.value("driftline_ingestion_field_null_ratio", field="card_id") == 0
+    assert harness.value("driftline_ingestion_quality_window_events") == 3

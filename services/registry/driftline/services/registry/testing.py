@@ -1,0 +1,149 @@
+"""Tiny ONNX models and hostile uploads for tests (built in memory, nothing downloaded)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from driftline.registry.v1 import registry_pb2 as pb
+
+FEATURES = ("amount", "hour", "merchant_risk")
+
+
+def tiny_model(weights: tuple[float, ...] = (0.5, -0.25, 1.0), bias: float = 0.1) -> bytes:
+    """score = sigmoid(features @ w + b): input "features" FP32 [-1, 3], output "score" FP32 [-1, 1]."""
+    n = len(weights)
+    w = numpy_helper.from_array(np.array(weights, dtype=np.float32).reshape(n, 1), "w")
+    b = numpy_helper.from_array(np.array([bias], dtype=np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["logit0"]),
+            helper.make_node("Add", ["logit0", "b"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.producer_name = "driftline-tests"
+    return model.SerializeToString()
+
+
+def large_model(floats: int) -> bytes:
+    """A valid model with a weight tensor of ``floats`` values (to exceed a size limit)."""
+    w = numpy_helper.from_array(np.zeros((floats,), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [floats])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])],
+        [w],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    ).SerializeToString()
+
+
+def custom_op_model(domain: str = "com.example.evil") -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Exfiltrate", ["features"], ["score"], domain=domain)],
+        "custom",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)],
+        ir_version=8,
+    )
+    return model.SerializeToString()
+
+
+def external_data_model(location: str = "../../../../etc/passwd") -> bytes:
+    """A model whose weight lives "in another file": loaders would read ``location``."""
+    w = TensorProto()
+    w.name = "w"
+    w.data_type = TensorProto.FLOAT
+    w.dims.extend([3, 1])
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "12")):
+        entry = w.external_data.add()
+        entry.key = key
+        entry.value = value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["score"])],
+        "external",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        [w],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    ).SerializeToString()
+
+
+class _Payload:
+    """Pickling this would run code on load; the registry must refuse it unread."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def pickle_bytes(protocol: int = 4) -> bytes:
+    return pickle.dumps(_Payload(), protocol=protocol)
+
+
+def torch_zip_bytes() -> bytes:
+    """The layout of a torch.save() file: a zip archive with archive/data.pkl inside."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes(2))
+        archive.writestr("archive/version", "3\n")
+    return buffer.getvalue()
+
+
+def joblib_bytes() -> bytes:
+    """A compressed joblib dump (zlib-wrapped pickle)."""
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump({"coef": [1.0, 2.0]}, buffer, compress=3)
+    return buffer.getvalue()
+
+
+def corrupt_bytes() -> bytes:
+    """A valid model cut in half."""
+    data = tiny_model()
+    return data[: len(data) // 2]
+
+
+def register_request(name: str = "fraud", **overrides: object) -> pb.RegisterModelVersionRequest:
+    """A complete registration request for ``tiny_model`` with lineage and a reference sample."""
+    request = pb.RegisterModelVersionRequest(
+        name=name,
+        artifact=tiny_model(),
+        signature=pb.Signature(feature_names=FEATURES),
+        feature_set="card_features",
+        feature_set_version=1,
+        metrics={"auc": 0.91},
+        params={"learning_rate": "0.1"},
+        lineage=pb.Lineage(data_hash="ab" * 32, code_revision="deadbeef", trigger="initial"),
+        reference=pb.ReferenceSample(
+            feature_names=FEATURES, rows=2, values=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], scores=[0.2, 0.8]
+        ),
+        tags={"team": "risk"},
+        reason="first model",
+    )
+    for key, value in overrides.items():
+        field = getattr(request, key)
+        if hasattr(field, "CopyFrom"):
+            field.CopyFrom(value)
+        else:
+            setattr(request, key, value)
+    return request

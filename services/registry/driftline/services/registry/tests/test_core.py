@@ -1,0 +1,360 @@
+"""The registry core over real SQLite: versions, compare-and-swap aliases, locks, runs, and the
+rule that a change, its audit record and its outbox event commit together or not at all."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import func, select
+
+from driftline.kit.errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from driftline.services.registry import convert, testing
+from driftline.services.registry.domain import EventType, Lineage, NewVersion, Run, RunOutcome
+from driftline.services.registry.outbox import Outbox
+from driftline.services.registry.store.schema import aliases, audit, outbox
+
+
+def _new(name: str = "fraud", **changes) -> NewVersion:
+    return replace(convert.new_version_from_pb(testing.register_request(name)), **changes)
+
+
+def _count(database, table) -> int:
+    with database.read() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_versions_are_numbered_per_model_and_keep_their_metadata(registry):
+    v1 = registry.register(_new(), "alice")
+    v2 = registry.register(_new(metrics={"auc": 0.95}), "alice")
+    other = registry.register(_new("churn"), "bob")
+    assert (v1.version, v2.version, other.version) == (1, 2, 1)
+
+    got = registry.get_version("fraud", version=1)
+    assert got.artifact_sha256 == v1.artifact_sha256
+    assert got.signature.feature_names == testing.FEATURES
+    assert got.signature.inputs[0].shape == (-1, 3)
+    assert got.metrics == {"auc": 0.91}
+    assert got.params == {"learning_rate": "0.1"}
+    assert got.tags == {"team": "risk"}
+    assert got.lineage.code_revision == "deadbeef"
+    assert got.reference is not None
+    assert list(got.reference.values) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert got.created_by == "alice"
+    assert registry.get_version("fraud").version == 2
+    assert registry.get_version("fraud", include_reference=False).reference is None
+    assert [v.version for v in registry.list_versions("fraud")] == [1, 2]
+    assert [(v.name, v.version) for v in registry.list_versions()] == [
+        ("churn", 1),
+        ("fraud", 1),
+        ("fraud", 2),
+    ]
+
+
+def test_artifact_is_returned_verified(registry):
+    v1 = registry.register(_new(), "alice")
+    digest, content = registry.get_artifact("fraud", 1)
+    assert digest == v1.artifact_sha256
+    assert content == testing.tiny_model()
+
+
+def test_tampered_artifact_is_data_loss(registry, artifacts):
+    v1 = registry.register(_new(), "alice")
+    path = artifacts.path_for(v1.artifact_sha256)
+    path.chmod(0o644)
+    path.write_bytes(testing.tiny_model(weights=(9.0, 9.0, 9.0)))
+    with pytest.raises(DataLoss):
+        registry.get_artifact("fraud", 1)
+
+
+def test_missing_artifact_file_is_data_loss(registry, artifacts):
+    v1 = registry.register(_new(), "alice")
+    artifacts.path_for(v1.artifact_sha256).unlink()
+    with pytest.raises(DataLoss, match="missing"):
+        registry.get_artifact("fraud", 1)
+
+
+def test_retried_registration_of_the_same_run_returns_the_first_version(registry, database):
+    lineage = Lineage(run_id="run-42", trigger="drift")
+    first = registry.register(_new(lineage=lineage), "trainer")
+    again = registry.register(_new(lineage=lineage), "trainer")
+    assert again.version == first.version == 1
+    assert _count(database, audit) == 1
+    different = registry.register(
+        _new(artifact=testing.tiny_model(weights=(1.0, 1.0, 1.0)), lineage=lineage), "t"
+    )
+    assert different.version == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "../x"}, "'..'"),
+        ({"artifact": testing.pickle_bytes()}, "pickle"),
+        ({"metrics": {"auc": float("nan")}}, "finite"),
+        ({"lineage": Lineage(trigger="because")}, "trigger"),
+        ({"lineage": Lineage(parent_version=7)}, "parent_version 7"),
+        ({"lineage": Lineage(run_id="../../run")}, "run_id"),
+        ({"tags": {"": "x"}}, "key"),
+        ({"params": {"k": "v" * 5000}}, "longer"),
+        ({"reason": "r" * 3000}, "reason"),
+    ],
+)
+def test_invalid_registrations_are_rejected_and_leave_no_trace(registry, database, changes, message):
+    with pytest.raises(InvalidArgument, match=message):
+        registry.register(_new(**changes), "alice")
+    assert _count(database, audit) == 0
+    assert _count(database, outbox) == 0
+
+
+def test_signature_must_agree_with_the_graph(registry):
+    from driftline.services.registry.domain import Signature, TensorSpec
+
+    wrong_name = Signature(inputs=(TensorSpec("x", "FP32", (-1, 3)),), outputs=(TensorSpec("score", "FP32"),))
+    with pytest.raises(InvalidArgument, match="do not match"):
+        registry.register(_new(signature=wrong_name), "alice")
+    wrong_type = Signature(
+        inputs=(TensorSpec("features", "INT64", (-1, 3)),), outputs=(TensorSpec("score", "FP32"),)
+    )
+    with pytest.raises(InvalidArgument, match="INT64"):
+        registry.register(_new(signature=wrong_type), "alice")
+    with pytest.raises(InvalidArgument, match="3 columns"):
+        registry.register(_new(signature=Signature(feature_names=("a", "b")), reference=None), "alice")
+
+
+def test_reference_sample_shape_is_checked(registry):
+    from driftline.services.registry.domain import ReferenceSample
+
+    bad = ReferenceSample(testing.FEATURES, rows=2, values=[1.0] * 5)
+    with pytest.raises(InvalidArgument, match="rows \\* features"):
+        registry.register(_new(reference=bad), "alice")
+    nan = ReferenceSample(testing.FEATURES, rows=1, values=[1.0, float("inf"), 2.0])
+    with pytest.raises(InvalidArgument, match="NaN or infinite"):
+        registry.register(_new(reference=nan), "alice")
+
+
+def test_oversized_artifact_is_resource_exhausted(database, artifacts, clock):
+    from driftline.services.registry.audit import AuditLog
+    from driftline.services.registry.core import Registry
+    from driftline.services.registry.security import OnnxValidator
+
+    small = Registry(database, artifacts, OnnxValidator(100), AuditLog(), clock=clock)
+    with pytest.raises(ResourceExhausted):
+        small.register(_new(), "alice")
+
+
+def test_alias_moves_only_from_the_expected_version(registry):
+    registry.register(_new(), "a")
+    registry.register(_new(), "a")
+    first = registry.set_alias("fraud", "champion", 1, expected_version=0, actor="a")
+    assert (first.previous_version, first.version) == (0, 1)
+    with pytest.raises(Aborted, match="points at v1, not nothing"):
+        registry.set_alias("fraud", "champion", 2, expected_version=0, actor="a")
+    with pytest.raises(Aborted, match="not v2"):
+        registry.set_alias("fraud", "champion", 1, expected_version=2, actor="a")
+    moved = registry.set_alias("fraud", "champion", 2, expected_version=1, reason="better auc", actor="a")
+    assert (moved.previous_version, moved.version) == (1, 2)
+    assert registry.get_version("fraud", alias="champion").version == 2
+    assert registry.get_version("fraud", version=2).aliases == ("champion",)
+
+
+def test_alias_to_a_missing_version_or_model_is_not_found(registry):
+    with pytest.raises(NotFound):
+        registry.set_alias("fraud", "champion", 1, expected_version=0, actor="a")
+    registry.register(_new(), "a")
+    with pytest.raises(NotFound, match="no version 5"):
+        registry.set_alias("fraud", "champion", 5, expected_version=0, actor="a")
+    with pytest.raises(NotFound, match="no alias"):
+        registry.get_version("fraud", alias="champion")
+
+
+def test_delete_alias_is_compare_and_swap_too(registry):
+    registry.register(_new(), "a")
+    registry.set_alias("fraud", "challenger", 1, expected_version=0, actor="a")
+    with pytest.raises(Aborted):
+        registry.delete_alias("fraud", "challenger", expected_version=2, actor="a")
+    deleted = registry.delete_alias("fraud", "challenger", expected_version=1, actor="a")
+    assert (deleted.previous_version, deleted.version) == (1, 0)
+    with pytest.raises(NotFound):
+        registry.get_version("fraud", alias="challenger")
+    registry.set_alias("fraud", "challenger", 1, expected_version=0, actor="a")
+
+
+def test_concurrent_alias_movers_exactly_one_wins(registry, database):
+    for _ in range(9):
+        registry.register(_new(), "a")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, actor="a")
+    barrier = threading.Barrier(8)
+    outcomes: dict[int, str] = {}
+
+    def move(version: int) -> None:
+        barrier.wait()
+        try:
+            registry.set_alias("fraud", "champion", version, expected_version=1, actor=f"mover{version}")
+            outcomes[version] = "won"
+        except Aborted:
+            outcomes[version] = "aborted"
+
+    threads = [threading.Thread(target=move, args=(v,)) for v in range(2, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [v for v, o in outcomes.items() if o == "won"]
+    assert len(winners) == 1
+    assert sorted(o for o in outcomes.values()) == ["aborted"] * 7 + ["won"]
+    assert registry.get_version("fraud", alias="champion").version == winners[0]
+    with database.read() as conn:
+        assert conn.execute(select(aliases.c.version)).scalars().all() == [winners[0]]
+    assert registry.verify_audit().ok
+
+
+def test_concurrent_first_setters_exactly_one_wins(registry):
+    registry.register(_new(), "a")
+    registry.register(_new(), "a")
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def move(version: int) -> None:
+        barrier.wait()
+        try:
+            registry.set_alias("fraud", "champion", version, expected_version=0, actor="a")
+            results.append("won")
+        except Aborted:
+            results.append("aborted")
+
+    threads = [threading.Thread(target=move, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["aborted", "won"]
+
+
+def test_locked_model_moves_aliases_only_for_its_owner(registry):
+    registry.register(_new(), "a")
+    registry.register(_new(), "a")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, actor="a")
+    lock = registry.lock("fraud", "release-42", reason="deploy window", actor="a")
+    assert (lock.owner, lock.locked) == ("release-42", True)
+    with pytest.raises(FailedPrecondition, match="locked by release-42"):
+        registry.set_alias("fraud", "champion", 2, expected_version=1, actor="a")
+    with pytest.raises(FailedPrecondition):
+        registry.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="someone-else", actor="a")
+    with pytest.raises(FailedPrecondition):
+        registry.delete_alias("fraud", "champion", expected_version=1, actor="a")
+    registry.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="release-42", actor="a")
+    with pytest.raises(FailedPrecondition, match="already locked"):
+        registry.lock("fraud", "other", actor="a")
+    with pytest.raises(FailedPrecondition):
+        registry.unlock("fraud", "other", actor="a")
+    assert registry.lock("fraud", "release-42", actor="a").locked
+    assert not registry.unlock("fraud", "release-42", actor="a").locked
+    assert not registry.unlock("fraud", "release-42", actor="a").locked
+    registry.set_alias("fraud", "champion", 1, expected_version=2, actor="a")
+
+
+def test_lock_of_unknown_model_is_not_found(registry):
+    with pytest.raises(NotFound):
+        registry.lock("ghost", "me", actor="a")
+
+
+def test_every_change_writes_one_outbox_event_in_its_transaction(registry, database):
+    registry.register(_new(), "alice")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, reason="go", actor="alice")
+    registry.lock("fraud", "ops", actor="alice")
+    registry.unlock("fraud", "ops", actor="alice")
+    registry.delete_alias("fraud", "champion", expected_version=1, actor="alice")
+    registry.record_run(Run(run_id="r1", model_name="fraud"), "trainer")
+    events = [p.event for p in Outbox(database).pending(100)]
+    assert [e.type for e in events] == [
+        EventType.VERSION_REGISTERED,
+        EventType.ALIAS_SET,
+        EventType.LOCKED,
+        EventType.UNLOCKED,
+        EventType.ALIAS_DELETED,
+        EventType.RUN_RECORDED,
+    ]
+    assert [e.audit_seq for e in events] == [1, 2, 3, 4, 5, 6]
+    assert events[0].artifact_sha256
+    assert events[0].version == 1
+    assert (events[1].alias, events[1].version, events[1].previous_version, events[1].reason) == (
+        "champion",
+        1,
+        0,
+        "go",
+    )
+    assert events[5].run_id == "r1"
+    assert len({e.event_id for e in events}) == 6
+
+
+def test_a_failed_transaction_leaves_neither_change_nor_audit_nor_event(registry, database, monkeypatch):
+    registry.register(_new(), "alice")
+    before = (_count(database, audit), _count(database, outbox))
+
+    def broken_enqueue(conn, event):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Outbox, "enqueue", staticmethod(broken_enqueue))
+    with pytest.raises(RuntimeError):
+        registry.set_alias("fraud", "champion", 1, expected_version=0, actor="alice")
+    assert (_count(database, audit), _count(database, outbox)) == before
+    with pytest.raises(NotFound):
+        registry.get_version("fraud", alias="champion")
+
+
+def test_runs_are_recorded_listed_and_updated(registry, clock, database):
+    run = Run(
+        run_id="r1",
+        model_name="fraud",
+        params={"lr": "0.1"},
+        metrics={"auc": 0.9},
+        outcome=RunOutcome.PENDING_APPROVAL,
+        trigger="drift",
+        trigger_id="report-7",
+        duration_seconds=12.5,
+    )
+    assert registry.record_run(run, "trainer") == run
+    assert registry.record_run(run, "trainer") == run
+    assert _count(database, audit) == 1
+    clock.advance(60)
+    registry.record_run(Run(run_id="r2", model_name="fraud", metrics={"auc": 0.8}), "trainer")
+    registry.record_run(replace(run, outcome=RunOutcome.PROMOTED, version=1), "trainer")
+    assert registry.get_run("r1").outcome == RunOutcome.PROMOTED
+    assert [r.run_id for r in registry.list_runs("fraud")] == ["r1", "r2"]
+    assert registry.list_runs("fraud", limit=1)[0].run_id == "r1"
+    update = registry.list_audit()[-1]
+    assert json.loads(update.before_json)["outcome"] == RunOutcome.PENDING_APPROVAL
+    assert json.loads(update.after_json)["outcome"] == RunOutcome.PROMOTED
+    with pytest.raises(NotFound):
+        registry.get_run("nope")
+
+
+def test_run_without_id_gets_one(registry):
+    run = registry.record_run(Run(run_id="", model_name="fraud"), "trainer")
+    assert len(run.run_id) == 32
+    assert registry.get_run(run.run_id).model_name == "fraud"
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        Run(run_id="../r", model_name="fraud"),
+        Run(run_id="r", model_name="a/b"),
+        Run(run_id="r", model_name="fraud", metrics={"auc": float("inf")}),
+        Run(run_id="r", model_name="fraud", duration_seconds=-1),
+        Run(run_id="r", model_name="fraud", trigger="whim"),
+    ],
+)
+def test_invalid_runs_are_rejected(registry, run):
+    with pytest.raises(InvalidArgument):
+        registry.record_run(run, "trainer")

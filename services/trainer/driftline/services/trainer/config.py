@@ -1,0 +1,129 @@
+"""The trainer's settings (environment prefix ``DRIFTLINE_TRAINER_``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseSettings, Field
+
+from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings
+from driftline.services.trainer.gate import GateConfig
+from driftline.services.trainer.runner import RunnerConfig
+from driftline.services.trainer.train import TrainParams
+
+
+class Settings(BaseSettings):
+    """Everything the trainer service and ``driftline train`` read from the environment."""
+
+    model_name: str = Field("fraud", description="Registered model the trainer trains and promotes.")
+    data_dir: Path = Field(
+        Path(".data/trainer"),
+        description="The trainer's own state: the label log (labels/) and pending triggers.",
+    )
+    offline_store_dir: Path = Field(
+        Path(".data/offline"),
+        description="Root of the offline feature store, shared with the features service.",
+        env=["DRIFTLINE_TRAINER_OFFLINE_STORE_DIR", "DRIFTLINE_FEATURES_OFFLINE_DIR"],
+    )
+    registry_address: str = Field(
+        "127.0.0.1:50051",
+        description="host:port of the registry's gRPC API.",
+        env=["DRIFTLINE_TRAINER_REGISTRY_ADDRESS", "DRIFTLINE_REGISTRY_ADDRESS"],
+    )
+    registry_token: str = Field(
+        "driftline-dev-token",
+        description="Bearer token for registry writes.",
+        env=["DRIFTLINE_TRAINER_REGISTRY_TOKEN", "DRIFTLINE_REGISTRY_TOKEN"],
+    )
+    champion_alias: str = Field("champion", description="Alias the gate promotes a winner to.")
+    challenger_alias: str = Field(
+        "challenger", description="Alias a winner waiting for manual approval is given."
+    )
+    horizon_s: float = Field(
+        60.0,
+        description=(
+            "Event-time span of a retrain's training set, back from the newest labelled event. Short "
+            "enough that soon after a drift most of it is drifted data (see docs/training.md)."
+        ),
+        gt=0,
+    )
+    min_rows: int = Field(500, description="Fewest labelled rows a retrain accepts.", ge=10)
+    holdout_fraction: float = Field(
+        0.25,
+        description="Most recent share of the set held out to compare challenger and champion.",
+        gt=0,
+        lt=1,
+    )
+    metric: str = Field(
+        "auc", description="Gate metric: auc, f1, average_precision, accuracy or neg_log_loss."
+    )
+    margin: float = Field(
+        0.005, description="How much the challenger must beat the champion by on the metric."
+    )
+    manual_approval: bool = Field(
+        False, description="Leave winners pending (alias 'challenger') instead of promoting them."
+    )
+    parity_tolerance: float = Field(
+        1e-5, description="Largest allowed |ONNX - native| score difference on the holdout.", gt=0
+    )
+    reference_rows: int = Field(500, description="Rows of training features stored as the drift reference.")
+    debounce_s: float = Field(
+        5.0,
+        description="Triggers arriving within this window of the first are coalesced into one retrain.",
+        ge=0,
+    )
+    seed: int = Field(7, description="Training seed; a version's seed is recorded with it.")
+    n_estimators: int = Field(100, description="LightGBM boosting rounds.", ge=1)
+    num_leaves: int = Field(15, description="LightGBM leaves per tree.", ge=2)
+    learning_rate: float = Field(0.1, description="LightGBM learning rate.", gt=0)
+    min_child_samples: int = Field(20, description="LightGBM minimum rows per leaf.", ge=1)
+    code_revision: str = Field(
+        "",
+        description="Code revision recorded in lineage; empty means ask git, then fall back to 'unknown'.",
+    )
+    consumer_group: str = Field("driftline-trainer", description="Consumer group of the trigger consumer.")
+    labels_group: str = Field(
+        "driftline-trainer-labels", description="Consumer group of the label-log consumer."
+    )
+    metrics_port: int = Field(9106, description="Port of the Prometheus /metrics endpoint.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Broker connection.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="/metrics endpoint.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging output.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_TRAINER_"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.data_dir / "labels"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "pending-triggers.json"
+
+    @property
+    def horizon(self) -> timedelta:
+        return timedelta(seconds=self.horizon_s)
+
+    def train_params(self) -> TrainParams:
+        return TrainParams(
+            n_estimators=self.n_estimators,
+            num_leaves=self.num_leaves,
+            learning_rate=self.learning_rate,
+            min_child_samples=self.min_child_samples,
+            seed=self.seed,
+        )
+
+    def runner_config(self, code_revision: str) -> RunnerConfig:
+        return RunnerConfig(
+            model_name=self.model_name,
+            champion_alias=self.champion_alias,
+            challenger_alias=self.challenger_alias,
+            holdout_fraction=self.holdout_fraction,
+            parity_tolerance=self.parity_tolerance,
+            reference_rows=self.reference_rows,
+            train=self.train_params(),
+            gate=GateConfig(metric=self.metric, margin=self.margin, manual_approval=self.manual_approval),
+            code_revision=code_revision,
+        )

@@ -1,0 +1,153 @@
+"""Kafka adapters: trigger topics -> scheduler, feedback topic -> label log.
+
+Both only convert wire messages into domain objects and hand them to the core. The trigger
+topics declare no dead-letter topic, so a message there that can never start a retrain is
+counted and skipped (it stays on its topic, retained 30 days); feedback that cannot be a label
+goes to the feedback dead-letter topic with a reason, like every other consumer of that topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import Message
+
+from driftline.drift.v1 import drift_pb2
+from driftline.feedback.v1 import feedback_pb2
+from driftline.kit.codec import decode, from_timestamp
+from driftline.kit.kafka import DeadLetter, Outcome
+from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
+from driftline.services.trainer import metrics
+from driftline.services.trainer.labels import LabelLog, LabelRecord
+from driftline.services.trainer.triggers import DEGRADATION, DRIFT, MANUAL, Trigger
+from driftline.trainer.v1 import trainer_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TriggerTopics:
+    """The three topics that can start a retrain (namespaced copies in tests)."""
+
+    drift_reports: Topic = DRIFT_REPORTS
+    degradations: Topic = PERFORMANCE_DEGRADATIONS
+    retrain_requests: Topic = RETRAIN_REQUESTS
+
+    def all(self) -> list[Topic]:
+        return [self.drift_reports, self.degradations, self.retrain_requests]
+
+
+class TriggerHandler:
+    """Batch handler: each message becomes a trigger for ``submit``, or is skipped (never poison)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        submit: Callable[[Trigger], object],
+        *,
+        topics: TriggerTopics | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._model = model_name
+        self._submit = submit
+        self._topics = topics or TriggerTopics()
+        self._clock = clock
+
+    def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
+        for message in messages:
+            trigger = self.to_trigger(message)
+            if trigger is not None:
+                self._submit(trigger)
+        return [[] for _ in messages]
+
+    def to_trigger(self, message: Message) -> Trigger | None:
+        topic = message.topic() or ""
+        payload = message.value() or b""
+        fallback_id = f"{topic}:{message.partition()}:{message.offset()}"
+        try:
+            if topic == self._topics.drift_reports.name:
+                report = decode(drift_pb2.DriftReport, payload)
+                if report.status != drift_pb2.DRIFT_STATUS_DRIFT:
+                    return self._skip(topic, "not_drift")
+                return self._trigger(
+                    topic, DRIFT, report.report_id or fallback_id, report.model_name, report.detector
+                )
+            if topic == self._topics.degradations.name:
+                event = decode(drift_pb2.PerformanceDegradation, payload)
+                detail = f"{event.metric}={event.value:.4f} < {event.threshold:.4f}"
+                return self._trigger(
+                    topic, DEGRADATION, event.event_id or fallback_id, event.model_name, detail
+                )
+            if topic == self._topics.retrain_requests.name:
+                request = decode(trainer_pb2.RetrainRequest, payload)
+                kind = request.trigger if request.trigger in (DRIFT, DEGRADATION, MANUAL) else MANUAL
+                detail = f"requested by {request.requested_by or 'unknown'}"
+                return self._trigger(
+                    topic, kind, request.request_id or fallback_id, request.model_name, detail
+                )
+        except ValueError as err:
+            log.warning("trigger_undecodable", topic=topic, offset=message.offset(), error=str(err))
+            return self._skip(topic, "undecodable")
+        return self._skip(topic, "unknown_topic")
+
+    def _trigger(
+        self, topic: str, kind: str, trigger_id: str, model_name: str, detail: str
+    ) -> Trigger | None:
+        if model_name != self._model:
+            return self._skip(topic, "other_model")
+        return Trigger(
+            kind=kind, trigger_id=trigger_id, model_name=model_name, received_at=self._clock(), detail=detail
+        )
+
+    def _skip(self, topic: str, reason: str) -> Trigger | None:
+        """Count a message that starts no retrain; returns None (no trigger)."""
+        metrics.TRIGGERS_IGNORED.labels(topic, reason).inc()
+        return None
+
+
+class LabelHandler:
+    """Batch handler: a batch's usable labels become one append to the label log."""
+
+    def __init__(self, log_: LabelLog) -> None:
+        self._log = log_
+
+    def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        records: list[LabelRecord] = []
+        for message in messages:
+            outcome, record = self.to_record(message)
+            outcomes.append(outcome)
+            if record is not None:
+                records.append(record)
+        # One immutable file per batch; a failure here makes the loop retry the whole batch.
+        self._log.append(records)
+        metrics.LABELS.labels("appended").inc(len(records))
+        return outcomes
+
+    @staticmethod
+    def to_record(message: Message) -> tuple[Outcome, LabelRecord | None]:
+        try:
+            label = decode(feedback_pb2.FeedbackLabel, message.value() or b"")
+        except ValueError as err:
+            metrics.LABELS.labels("undecodable").inc()
+            return DeadLetter("undecodable", str(err)), None
+        if label.label not in (0, 1):
+            metrics.LABELS.labels("invalid_label").inc()
+            return DeadLetter("invalid_label", f"label must be 0 or 1, got {label.label}"), None
+        if not (label.entity_id and label.event_id and label.HasField("event_time")):
+            # Valid feedback (the drift service joins it by prediction id), but without the event's
+            # entity, id and time it cannot be placed in a point-in-time training set.
+            metrics.LABELS.labels("no_event_key").inc()
+            return [], None
+        event_time = from_timestamp(label.event_time)
+        label_time = from_timestamp(label.label_time) if label.HasField("label_time") else event_time
+        return [], LabelRecord(
+            entity_id=label.entity_id,
+            event_id=label.event_id,
+            label=int(label.label),
+            event_time=event_time,
+            label_time=label_time,
+            feedback_id=label.feedback_id,
+        )

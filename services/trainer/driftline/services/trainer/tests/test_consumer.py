@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from driftline.drift.v1 import drift_pb2
+from driftline.feedback.v1 import feedback_pb2
+from driftline.kit.codec import to_timestamp
+from driftline.kit.kafka import DeadLetter
+from driftline.kit.testing import FakeMessage
+from driftline.kit.topics import DRIFT_REPORTS, FEEDBACK, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS
+from driftline.services.trainer.consumer import LabelHandler, TriggerHandler
+from driftline.services.trainer.labels import LabelLog
+from driftline.services.trainer.triggers import Trigger
+from driftline.trainer.v1 import trainer_pb2
+
+WHEN = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def handler() -> tuple[TriggerHandler, list[Trigger]]:
+    seen: list[Trigger] = []
+    return TriggerHandler("fraud", seen.append, clock=lambda: 42.0), seen
+
+
+def report(status: int, model: str = "fraud") -> bytes:
+    return drift_pb2.DriftReport(
+        report_id="rep-1",
+        model_name=model,
+        model_version=1,
+        detector="ks",
+        status=status,  # type: ignore[arg-type]
+    ).SerializeToString()
+
+
+def test_drift_report_with_drift_status_becomes_a_drift_trigger() -> None:
+    h, seen = handler()
+    outcomes = h([FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT), _topic=DRIFT_REPORTS.name)])
+    assert outcomes == [[]]
+    assert seen == [Trigger("drift", "rep-1", "fraud", 42.0, "ks")]
+
+
+def test_reports_without_drift_and_other_models_start_nothing() -> None:
+    h, seen = handler()
+    h(
+        [
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_NO_DRIFT), _topic=DRIFT_REPORTS.name),
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_INSUFFICIENT_DATA), _topic=DRIFT_REPORTS.name),
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT, model="other"), _topic=DRIFT_REPORTS.name),
+        ]
+    )
+    assert seen == []
+
+
+def test_degradation_and_retrain_request_become_triggers() -> None:
+    h, seen = handler()
+    degradation = drift_pb2.PerformanceDegradation(
+        event_id="deg-1", model_name="fraud", metric="auc", value=0.61, threshold=0.8
+    ).SerializeToString()
+    request = trainer_pb2.RetrainRequest(
+        request_id="req-1", model_name="fraud", trigger="manual", requested_by="alice"
+    ).SerializeToString()
+    h(
+        [
+            FakeMessage(degradation, _topic=PERFORMANCE_DEGRADATIONS.name),
+            FakeMessage(request, _topic=RETRAIN_REQUESTS.name),
+        ]
+    )
+    assert [(t.kind, t.trigger_id) for t in seen] == [("degradation", "deg-1"), ("manual", "req-1")]
+    assert seen[0].detail == "auc=0.6100 < 0.8000"
+    assert seen[1].detail == "requested by alice"
+
+
+def test_trigger_without_an_id_gets_its_kafka_coordinates_as_id() -> None:
+    h, seen = handler()
+    request = trainer_pb2.RetrainRequest(model_name="fraud").SerializeToString()
+    h([FakeMessage(request, _topic=RETRAIN_REQUESTS.name, _partition=0, _offset=17)])
+    assert seen[0].trigger_id == f"{RETRAIN_REQUESTS.name}:0:17"
+
+
+def test_undecodable_trigger_message_is_skipped_and_the_batch_goes_on() -> None:
+    h, seen = handler()
+    outcomes = h(
+        [
+            FakeMessage(b"\xff\xff garbage", _topic=DRIFT_REPORTS.name),
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT), _topic=DRIFT_REPORTS.name, _offset=1),
+        ]
+    )
+    # The trigger topics have no dead-letter topic: nothing is dead-lettered, nothing is raised.
+    assert outcomes == [[], []]
+    assert [t.trigger_id for t in seen] == ["rep-1"]
+
+
+def feedback(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "feedback_id": "fb-1",
+        "entity_id": "card-1",
+        "event_id": "ev-1",
+        "label": 1,
+        "label_time": to_timestamp(WHEN),
+        "event_time": to_timestamp(WHEN),
+    }
+    base.update(fields)
+    return feedback_pb2.FeedbackLabel(**base).SerializeToString()  # type: ignore[arg-type]
+
+
+def test_feedback_labels_are_appended_to_the_label_log(tmp_path) -> None:
+    log = LabelLog(tmp_path)
+    outcomes = LabelHandler(log)(
+        [
+            FakeMessage(feedback(), _topic=FEEDBACK.name),
+            FakeMessage(feedback(event_id="ev-2", label=0, feedback_id="fb-2"), _topic=FEEDBACK.name),
+        ]
+    )
+    assert outcomes == [[], []]
+    frame = log.read()
+    assert frame[["entity_id", "event_id", "label"]].values.tolist() == [
+        ["card-1", "ev-1", 1],
+        ["card-1", "ev-2", 0],
+    ]
+    assert frame["event_time"].iloc[0] == WHEN
+
+
+def test_bad_feedback_is_dead_lettered_with_a_reason_and_good_feedback_in_the_batch_is_kept(tmp_path) -> None:
+    log = LabelLog(tmp_path)
+    outcomes = LabelHandler(log)(
+        [
+            FakeMessage(b"\x08\x96", _topic=FEEDBACK.name),  # truncated varint
+            FakeMessage(feedback(label=7), _topic=FEEDBACK.name),
+            FakeMessage(feedback(event_id="ev-3"), _topic=FEEDBACK.name),
+        ]
+    )
+    assert isinstance(outcomes[0], DeadLetter)
+    assert outcomes[0].reason == "undecodable"
+    assert isinstance(outcomes[1], DeadLetter)
+    assert outcomes[1].reason == "invalid_label"
+    assert outcomes[2] == []
+    assert log.read()["event_id"].tolist() == ["ev-3"]
+
+
+def test_feedback_keyed_only_by_prediction_id_is_skipped_not_dead_lettered(tmp_path) -> None:
+    log = LabelLog(tmp_path)
+    message = feedback_pb2.FeedbackLabel(
+        feedback_id="fb-9", prediction_id="pred-1", label=1
+    ).SerializeToString()
+    outcomes = LabelHandler(log)([FakeMessage(message, _topic=FEEDBACK.name)])
+    assert outcomes == [[]]
+    assert log.read().empty
