@@ -10,7 +10,7 @@ Same Redis (``make up``), same run, same 12-feature vectors (``card_transactions
   throwaway venv (``.cache/feast-bench``, made with ``uv venv`` + ``uv pip install feast[redis]``;
   Feast needs pydantic 2, which the workspace cannot hold). Skipped unless asked for.
 
-The two sides alternate in blocks so drift in machine load hits both.
+The two sides alternate call by call, so machine noise hits both alike.
 
     .venv/bin/python bench/online_store.py [--iterations 3000] [--rounds 3] [--feast]
 """
@@ -53,6 +53,19 @@ def timed(call: Callable[[], object], iterations: int) -> np.ndarray:
     return out / 1e3  # microseconds
 
 
+def interleaved(first: Callable[[], object], second: Callable[[], object], iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate the two calls one by one, so machine noise hits both alike."""
+    a, b = np.empty(iterations), np.empty(iterations)
+    clock = time.perf_counter_ns
+    for i in range(iterations):
+        started = clock()
+        first()
+        middle = clock()
+        second()
+        a[i], b[i] = middle - started, clock() - middle
+    return a / 1e3, b / 1e3
+
+
 def measure(store: OnlineStore, client: redis.Redis, ids: list[str], iterations: int, rounds: int) -> dict:
     keys = [store.key(e) for e in ids]
     one_key, one_id = keys[0], ids[0]
@@ -77,10 +90,12 @@ def measure(store: OnlineStore, client: redis.Redis, ids: list[str], iterations:
     samples: dict[str, list[np.ndarray]] = {k: [] for k in ("bare_one", "ours_one", "bare_many", "ours_many")}
     many_iterations = max(50, iterations // 10)
     for _ in range(rounds):
-        samples["bare_one"].append(timed(bare_one, iterations))
-        samples["ours_one"].append(timed(ours_one, iterations))
-        samples["bare_many"].append(timed(bare_many, many_iterations))
-        samples["ours_many"].append(timed(ours_many, many_iterations))
+        bare, ours = interleaved(bare_one, ours_one, iterations)
+        samples["bare_one"].append(bare)
+        samples["ours_one"].append(ours)
+        ours, bare = interleaved(ours_many, bare_many, many_iterations)
+        samples["bare_many"].append(bare)
+        samples["ours_many"].append(ours)
     return {k: np.concatenate(v) for k, v in samples.items()}
 
 

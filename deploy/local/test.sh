@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=.venv/bin/python
+# The services' and tests' settings for the local stack (ports, credentials, registry token).
+set -a
+# shellcheck source=/dev/null
+. ./.env
+set +a
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 
 started_here=0

@@ -31,19 +31,18 @@ def test_100k_events_with_garbage_and_duplicates_are_all_accounted_for(make_env:
     assert kinds[Kind.GARBAGE] == pytest.approx(0.05 * COUNT, rel=0.05)
     assert kinds[Kind.DUPLICATE] == pytest.approx(0.02 * COUNT, rel=0.1)
 
-    with make_env(batch_size=5000) as env:
+    with make_env(batch_size=5000) as env, env.ingestion() as running:
+        # Ingestion consumes while the replay is being published, as it would in production.
         producer = env.producer()
         stats = Publisher(producer, raw_topic=env.raw, feedback_topic=env.feedback).run(
             messages, feedback=False
         )
         producer.close()
         assert (stats.sent, stats.failed) == (COUNT, 0)
-
-        with env.ingestion() as running:
-            running.wait_consumed(COUNT, timeout_s=120)
-            clean = int(running.value("driftline_ingestion_clean_total"))
-            duplicates = int(running.value("driftline_ingestion_duplicates_total"))
-            dead_by_reason = running.dead_lettered()
+        running.wait_consumed(COUNT, timeout_s=120)
+        clean = int(running.value("driftline_ingestion_clean_total"))
+        duplicates = int(running.value("driftline_ingestion_duplicates_total"))
+        dead_by_reason = running.dead_lettered()
         dead = sum(dead_by_reason.values())
 
         # The service's own accounting: exact, and it adds up.

@@ -169,3 +169,24 @@ def test_reproduce_command_rebuilds_the_initial_version_with_the_same_hash_and_p
     assert (
         f"data_hash={v1.lineage.data_hash} rows=6000 max_abs_diff=0 artifact_identical=true" in result.output
     )
+
+
+def test_initial_refuses_to_replace_an_existing_champion(world) -> None:
+    before = world.registry.run(world.registry.client.list_versions("fraud"))
+    result = CliRunner().invoke(train, ["--initial", "--events", "500"], env=world.env())
+    assert result.exit_code == 2, result.output
+    assert "already has a champion" in result.output
+    assert len(world.registry.run(world.registry.client.list_versions("fraud"))) == len(before)
+
+
+def test_now_in_process_retrains_and_records_a_manual_run(world) -> None:
+    model = f"cli-{uuid.uuid4().hex[:6]}"
+    result = CliRunner().invoke(
+        train, ["--now", "--in-process"], env=world.env(DRIFTLINE_TRAINER_MODEL_NAME=model)
+    )
+    assert result.exit_code == 0, result.output
+    assert "outcome=promoted version=1" in result.output
+    (run,) = world.registry.run(world.registry.client.list_runs(model))
+    assert run.trigger == "manual"
+    assert run.outcome == registry_pb2.RUN_OUTCOME_PROMOTED
+    assert world.registry.get_version(model, alias="champion").lineage.trigger == "manual"

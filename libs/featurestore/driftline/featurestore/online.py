@@ -11,6 +11,7 @@ Redis expiry is garbage collection only.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -54,24 +55,32 @@ READ_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 
-# KEYS[1]: the entity hash. ARGV[1]: event time; ARGV[2]: key expiry in ms (0: none);
-# ARGV[3..]: feature name, value pairs. Returns how many values were written.
-WRITE_SCRIPT = """
-local t = tonumber(ARGV[1])
-local written = 0
-for i = 3, #ARGV, 2 do
-  local time_field = ARGV[i] .. '@t'
-  local old = redis.call('HGET', KEYS[1], time_field)
-  if (not old) or tonumber(old) <= t then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1], time_field, ARGV[1])
-    written = written + 1
+# A Lua function other scripts embed (the stream's state script does): write each value of a
+# JSON object {name: "repr of the value"} unless the stored value's event time is newer.
+# Values stay strings end to end, so no precision is lost in Lua numbers.
+GUARDED_WRITE_LUA = """
+local function guarded_write(key, t_text, values_json, expire_ms)
+  local t = tonumber(t_text)
+  local values = cjson.decode(values_json)
+  local written = 0
+  for i = 1, #values, 2 do
+    local time_field = values[i] .. '@t'
+    local old = redis.call('HGET', key, time_field)
+    if (not old) or tonumber(old) <= t then
+      redis.call('HSET', key, values[i], values[i + 1], time_field, t_text)
+      written = written + 1
+    end
   end
+  if expire_ms ~= '0' then
+    redis.call('PEXPIRE', key, expire_ms)
+  end
+  return written
 end
-if ARGV[2] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return written
 """
+
+# KEYS[1]: the entity hash. ARGV[1]: event time (epoch s); ARGV[2]: key expiry in ms (0: none);
+# ARGV[3]: JSON array [name, value, name, value, ...]. Returns how many values were written.
+WRITE_SCRIPT = GUARDED_WRITE_LUA + "return guarded_write(KEYS[1], ARGV[1], ARGV[3], ARGV[2])\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +103,19 @@ class _Layout:
         self.feature_set = feature_set
         self.prefix = f"{key_prefix}:{feature_set.name}:v{feature_set.version}:"
         self.names = feature_set.feature_names
-        self.fields = [n.encode() for n in self.names] + [f"{n}@t".encode() for n in self.names]
-        self.ttls = [f.ttl_s for f in feature_set.features]
+        # Per feature: name, value field, time field, ttl, default (bytes fields: what HGETALL returns).
+        self.specs = [
+            (f.name, f.name.encode(), f"{f.name}@t".encode(), f.ttl_s, f.default)
+            for f in feature_set.features
+        ]
         self.defaults = feature_set.defaults
         self.expire_ms = "0" if not key_ttl_s else str(int(key_ttl_s * 1000))
         self.label = feature_set.key
+        self._age = FEATURE_AGE.labels(self.label)
+        self._reads = {
+            status: ENTITY_READS.labels(self.label, status.name.lower()) for status in FeatureStatus
+        }
+        self._seconds = READ_SECONDS.labels(self.label)
 
     def key(self, entity_id: str) -> str:
         return self.prefix + entity_id
@@ -122,46 +139,68 @@ class _Layout:
             values = given
         if len(values) != len(self.names):
             raise InvalidArgument(f"expected {len(self.names)} values, got {len(values)}", code="wrong_shape")
-        args = [repr(float(event_time)), self.expire_ms]
+        pairs: list[str] = []
         for name, value in zip(self.names, values, strict=True):
             number = float(value)
             if not math.isfinite(number):
                 raise InvalidArgument(f"feature {name} is {number}", code="not_finite")
-            args += [name, repr(number)]
-        return args
+            pairs += [name, repr(number)]
+        return [repr(float(event_time)), self.expire_ms, json.dumps(pairs, separators=(",", ":"))]
 
-    def parse(
-        self, entity_id: str, raw: Sequence[bytes | None], now: float, policy: StalenessPolicy
-    ) -> EntityFeatures:
-        n = len(self.names)
-        values: list[FeatureValue] = []
-        for i, name in enumerate(self.names):
-            value, stamp = raw[i], raw[n + i]
-            if value is None or stamp is None:
-                values.append(FeatureValue(name, self.defaults[i], None, None, FeatureStatus.MISSING))
-                continue
-            event_time = float(stamp)
-            age = now - event_time
-            if age > self.ttls[i]:
-                number = float(value) if policy is StalenessPolicy.SERVE else self.defaults[i]
-                values.append(FeatureValue(name, number, event_time, age, FeatureStatus.STALE))
-            else:
-                values.append(FeatureValue(name, float(value), event_time, age, FeatureStatus.OK))
-        return EntityFeatures(entity_id, self.feature_set.name, self.feature_set.version, tuple(values))
+    def parse_all(
+        self,
+        entity_ids: Sequence[str],
+        raws: Sequence[Mapping[bytes, bytes]],
+        now: float,
+        policy: StalenessPolicy,
+    ) -> list[EntityFeatures]:
+        """Judge every value as of ``now`` and build the vectors; records the read metrics."""
+        serve_stale = policy is StalenessPolicy.SERVE
+        ok, stale, missing = FeatureStatus.OK, FeatureStatus.STALE, FeatureStatus.MISSING
+        make = tuple.__new__
+        name_, version = self.feature_set.name, self.feature_set.version
+        counts = {ok: 0, stale: 0, missing: 0}
+        observe = self._age.observe
+        results = []
+        for entity_id, raw in zip(entity_ids, raws, strict=True):
+            values: list[FeatureValue] = []
+            worst = ok
+            oldest: float | None = None
+            for name, value_field, time_field, ttl, default in self.specs:
+                value = raw.get(value_field)
+                stamp = raw.get(time_field)
+                if value is None or stamp is None:
+                    values.append(make(FeatureValue, (name, default, None, None, missing)))
+                    worst = missing
+                    continue
+                event_time = float(stamp)
+                age = now - event_time
+                if oldest is None or age > oldest:
+                    oldest = age
+                if age > ttl:
+                    values.append(
+                        make(
+                            FeatureValue,
+                            (name, float(value) if serve_stale else default, event_time, age, stale),
+                        )
+                    )
+                    if worst is ok:
+                        worst = stale
+                else:
+                    values.append(make(FeatureValue, (name, float(value), event_time, age, ok)))
+            counts[worst] += 1
+            if oldest is not None:
+                observe(oldest)
+            results.append(EntityFeatures(entity_id, name_, version, tuple(values)))
+        for status, count in counts.items():
+            if count:
+                self._reads[status].inc(count)
+        return results
 
     def finish(
         self, results: list[EntityFeatures], policy: StalenessPolicy, started: float
     ) -> list[EntityFeatures]:
-        counts = {FeatureStatus.OK: 0, FeatureStatus.STALE: 0, FeatureStatus.MISSING: 0}
-        for entity in results:
-            counts[entity.status] += 1
-            age = entity.max_age_seconds
-            if age is not None:
-                FEATURE_AGE.labels(self.label).observe(age)
-        for status, count in counts.items():
-            if count:
-                ENTITY_READS.labels(self.label, status.name.lower()).inc(count)
-        READ_SECONDS.labels(self.label).observe(time.perf_counter() - started)
+        self._seconds.observe(time.perf_counter() - started)
         if policy is StalenessPolicy.FAIL:
             bad = [e for e in results if not e.ok]
             if bad:
@@ -188,6 +227,8 @@ class OnlineStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         key_ttl_s: float | None = 86_400.0,
     ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the online store needs a client that returns bytes (decode_responses=False)")
         self._client = client
         self._layout = _Layout(feature_set, key_prefix, key_ttl_s)
         self._write = client.register_script(WRITE_SCRIPT)
@@ -217,12 +258,16 @@ class OnlineStore:
         """
         started = time.perf_counter()
         layout = self._layout
-        pipe = self._client.pipeline(transaction=False)
-        for entity_id in entity_ids:
-            pipe.hmget(layout.key(entity_id), layout.fields)
-        raws = pipe.execute() if entity_ids else []
-        at = _now(now)
-        results = [layout.parse(e, raw, at, policy) for e, raw in zip(entity_ids, raws, strict=True)]
+        if len(entity_ids) == 1:
+            raws = [self._client.hgetall(layout.key(entity_ids[0]))]
+        elif entity_ids:
+            pipe = self._client.pipeline(transaction=False)
+            for entity_id in entity_ids:
+                pipe.hgetall(layout.key(entity_id))
+            raws = pipe.execute()
+        else:
+            raws = []
+        results = layout.parse_all(entity_ids, raws, _now(now), policy)
         return layout.finish(results, policy, started)
 
     def read_one(
@@ -269,6 +314,8 @@ class AsyncOnlineStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         key_ttl_s: float | None = 86_400.0,
     ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the online store needs a client that returns bytes (decode_responses=False)")
         self._client = client
         self._layout = _Layout(feature_set, key_prefix, key_ttl_s)
         self._write = client.register_script(WRITE_SCRIPT)
@@ -294,12 +341,16 @@ class AsyncOnlineStore:
         """See :meth:`OnlineStore.read`."""
         started = time.perf_counter()
         layout = self._layout
-        pipe = self._client.pipeline(transaction=False)
-        for entity_id in entity_ids:
-            pipe.hmget(layout.key(entity_id), layout.fields)
-        raws = await pipe.execute() if entity_ids else []
-        at = _now(now)
-        results = [layout.parse(e, raw, at, policy) for e, raw in zip(entity_ids, raws, strict=True)]
+        if len(entity_ids) == 1:
+            raws = [await self._client.hgetall(layout.key(entity_ids[0]))]
+        elif entity_ids:
+            pipe = self._client.pipeline(transaction=False)
+            for entity_id in entity_ids:
+                pipe.hgetall(layout.key(entity_id))
+            raws = await pipe.execute()
+        else:
+            raws = []
+        results = layout.parse_all(entity_ids, raws, _now(now), policy)
         return layout.finish(results, policy, started)
 
     async def read_one(
@@ -321,6 +372,11 @@ class AsyncOnlineStore:
             entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
             await self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
         return [int(n) for n in await pipe.execute()] if writes else []
+
+    def write_args(self, write: FeatureWrite) -> list[str]:
+        """ARGV of WRITE_SCRIPT for a write (event time, expiry, values): for scripts that embed
+        GUARDED_WRITE_LUA, such as the stream's state script."""
+        return self._layout.write_args(write)
 
     async def stage_writes(self, pipeline: aioredis.client.Pipeline, writes: Sequence[FeatureWrite]) -> None:
         """Queue guarded writes on the caller's pipeline, to commit them with its other commands."""

@@ -181,16 +181,28 @@ class KafkaProducer:
                 PRODUCED.labels(name).inc()
                 future.set_result(msg)
 
+        self.produce(name, value, key, headers, on_delivery)
+        return future
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None,
+        headers: Headers | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        """Queue one message with a raw delivery callback (the hot path of the consumer loop)."""
         while True:
             try:
                 self._producer.produce(
-                    name,
+                    topic,
                     value=value,
                     key=_key_bytes(key),
                     headers=cast(Any, headers or None),
                     on_delivery=on_delivery,
                 )
-                return future
+                return
             except BufferError:
                 # Local queue full: let deliveries drain, then try again (back-pressure, not loss).
                 self._producer.poll(0.1)
@@ -231,6 +243,33 @@ def wait_all(futures: Iterable[concurrent.futures.Future[Message]], timeout_s: f
     """Block until every future is acknowledged; raise the first delivery failure."""
     for future in futures:
         future.result(timeout=timeout_s)
+
+
+class _BatchDelivery:
+    """Acknowledgements of one batch's outputs: one callback, counted per batch, not per future."""
+
+    def __init__(self) -> None:
+        self.expected: dict[str, int] = {}
+        self.failures: list[tuple[str, KafkaError]] = []
+
+    def expect(self, topic: str) -> None:
+        self.expected[topic] = self.expected.get(topic, 0) + 1
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append((cast(str, msg.topic()), err))
+
+    def raise_on_failure(self) -> None:
+        failed: dict[str, int] = {}
+        for topic, _ in self.failures:
+            failed[topic] = failed.get(topic, 0) + 1
+            DELIVERY_FAILURES.labels(topic).inc()
+        for topic, n in self.expected.items():
+            if n - failed.get(topic, 0):
+                PRODUCED.labels(topic).inc(n - failed.get(topic, 0))
+        if self.failures:
+            topic, err = self.failures[0]
+            raise DeliveryError(err)
 
 
 @dataclass
@@ -326,16 +365,24 @@ class ConsumerLoop:
     def _process(self, batch: list[Message]) -> None:
         started = time.perf_counter()
         outcomes = self._handle_with_retries(batch)
-        futures: list[concurrent.futures.Future[Message]] = []
+        delivery = _BatchDelivery()
+        consumed: dict[str, int] = {}
         for message, outcome in zip(batch, outcomes, strict=True):
-            CONSUMED.labels(self._group, message.topic()).inc()
+            topic = cast(str, message.topic())
+            consumed[topic] = consumed.get(topic, 0) + 1
             if isinstance(outcome, DeadLetter):
-                futures.append(self._dead_letter(message, outcome))
+                self._dead_letter(message, outcome, delivery)
             else:
-                futures.extend(self._producer.send_all(outcome))
+                for output in outcome:
+                    delivery.expect(output.topic)
+                    self._producer.produce(
+                        output.topic, output.value, output.key, output.headers, delivery.on_delivery
+                    )
         # Commit only what the broker has acknowledged; a failure here leaves offsets uncommitted.
         self._producer.flush(self._settings.delivery_timeout_ms / 1000)
-        wait_all(futures, timeout_s=1.0)
+        delivery.raise_on_failure()
+        for topic, n in consumed.items():
+            CONSUMED.labels(self._group, topic).inc(n)
         if self._hooks.before_commit is not None:
             self._hooks.before_commit(batch)
         self._commit(batch)
@@ -362,7 +409,7 @@ class ConsumerLoop:
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
                 time.sleep(self._retry_backoff_s * attempt)
 
-    def _dead_letter(self, message: Message, verdict: DeadLetter) -> concurrent.futures.Future[Message]:
+    def _dead_letter(self, message: Message, verdict: DeadLetter, delivery: _BatchDelivery) -> None:
         source = self._topics[message.topic()]
         DEAD_LETTERED.labels(self._group, source.name, verdict.reason).inc()
         _, timestamp = message.timestamp()
@@ -383,7 +430,11 @@ class ConsumerLoop:
             offset=message.offset(),
             reason=verdict.reason,
         )
-        return self._producer.send(source.dead_letter_topic(), message.value() or b"", message.key(), headers)
+        dead_letter = source.dead_letter_topic().name
+        delivery.expect(dead_letter)
+        self._producer.produce(
+            dead_letter, message.value() or b"", message.key(), headers, delivery.on_delivery
+        )
 
     def _commit(self, batch: list[Message]) -> None:
         last: dict[tuple[str, int], int] = {}

@@ -298,4 +298,5 @@ class _Run:
 
 def rfc3339(moment: datetime) -> str:
     """``2025-01-01T00:00:00.123456Z``: UTC, microseconds, the form the contract's examples use."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; drop the zone and write "Z" instead.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -17,24 +17,29 @@ from driftline.kit.errors import InvalidArgument
 NAMES = SMALL_SET.feature_names
 
 
-def raw(values: list[float | None], times: list[float | None]) -> list[bytes | None]:
-    return [None if v is None else repr(v).encode() for v in values] + [
-        None if t is None else repr(t).encode() for t in times
-    ]
+def raw(values: list[float | None], times: list[float | None]) -> dict[bytes, bytes]:
+    """An entity hash as HGETALL returns it."""
+    out = {}
+    for name, v, t in zip(NAMES, values, times, strict=True):
+        if v is not None:
+            out[name.encode()] = repr(v).encode()
+        if t is not None:
+            out[f"{name}@t".encode()] = repr(t).encode()
+    return out
 
 
 def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
     layout = _Layout(SMALL_SET, "p", None)
     n = len(NAMES)
     # last_amount has ttl 30 s, the rest 60 s; read 45 s after the event.
-    got = layout.parse("c1", raw([2.0] * n, [1000.0] * n), 1045.0, StalenessPolicy.SERVE)
+    got = layout.parse_all(["c1"], [raw([2.0] * n, [1000.0] * n)], 1045.0, StalenessPolicy.SERVE)[0]
     statuses = {v.name: v.status for v in got.values}
     assert statuses["last_amount"] is FeatureStatus.STALE
     assert {s for k, s in statuses.items() if k != "last_amount"} == {FeatureStatus.OK}
     assert got.status is FeatureStatus.STALE
     assert not got.ok
     assert got.as_dict()["last_amount"] == 2.0  # SERVE keeps the value
-    defaulted = layout.parse("c1", raw([2.0] * n, [1000.0] * n), 1045.0, StalenessPolicy.DEFAULT)
+    defaulted = layout.parse_all(["c1"], [raw([2.0] * n, [1000.0] * n)], 1045.0, StalenessPolicy.DEFAULT)[0]
     assert defaulted.as_dict()["last_amount"] == 0.0
     assert defaulted.values[NAMES.index("last_amount")].age_seconds == 45.0
 
@@ -42,7 +47,7 @@ def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
 def test_missing_values_get_defaults_and_the_vector_has_no_nan() -> None:
     layout = _Layout(SMALL_SET, "p", None)
     n = len(NAMES)
-    got = layout.parse("c1", raw([None] * n, [None] * n), 1.0, StalenessPolicy.SERVE)
+    got = layout.parse_all(["c1"], [raw([None] * n, [None] * n)], 1.0, StalenessPolicy.SERVE)[0]
     assert got.status is FeatureStatus.MISSING
     vector = got.vector()
     assert vector.shape == (n,)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import concurrent.futures
 
+from confluent_kafka import KafkaError
+
 from driftline.kit import kafka
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import fake_messages
+from driftline.kit.testing import FakeMessage, fake_messages
 from driftline.kit.topics import TRANSACTIONS_RAW
 
 
@@ -24,8 +26,9 @@ class _Producer:
         future.set_result(None)
         return future
 
-    def send_all(self, outputs):
-        return [self.send(o.topic, o.value, o.key, o.headers) for o in outputs]
+    def produce(self, topic, value, key, headers, on_delivery):
+        self.sent.append((topic, value, key, headers or []))
+        on_delivery(None, FakeMessage(value, _topic=topic))
 
     def flush(self, timeout_s=None):
         return None
@@ -119,10 +122,10 @@ def test_failed_delivery_prevents_commit():
     import pytest
 
     class _FailingProducer(_Producer):
-        def send(self, topic, value, key=None, headers=None):
-            future = concurrent.futures.Future()
-            future.set_exception(kafka.DeliveryError("broker said no"))
-            return future
+        def produce(self, topic, value, key, headers, on_delivery):
+            on_delivery(
+                KafkaError(KafkaError._MSG_TIMED_OUT, "broker said no"), FakeMessage(value, _topic=topic)
+            )
 
     loop = _loop(kafka.per_message(lambda m: [kafka.Output("out", m.value())]), _FailingProducer())
     with pytest.raises(kafka.DeliveryError):

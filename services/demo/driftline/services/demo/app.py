@@ -154,6 +154,10 @@ class Demo:
                 champion_after=self.stats.champion_version,
             )
 
+    def report(self, out_dir: Path, summary: Summary) -> Path:
+        """Write the HTML report with PNG plots drawn from Prometheus over the demo's run."""
+        return write_report(out_dir, self.prom, self.started, time.time(), summary)
+
     def stop(self) -> None:
         if self._producer is not None and self._producer.poll() is None:
             self._producer.terminate()
@@ -191,6 +195,6 @@ def serve(settings: Settings) -> int:
         demo.stop()
         raise
     demo.stop()
-    report = write_report(settings.out_dir, demo.prom, demo.started, time.time(), summary)
+    report = demo.report(settings.out_dir, summary)
     print_summary(console, summary, report)
     return 0

@@ -29,10 +29,13 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import structlog
 from alibi_detect.cd import CVMDriftOnline, FETDriftOnline, KSDrift, TabularDrift
+from alibi_detect.utils.misc import quantile
+from scipy.stats import hypergeom
 
 from driftline.services.drift.detectors import (
     ALL_NAN,
@@ -123,7 +126,9 @@ class WindowTestDetector:
                 self._tests.append(KSDrift(finite.reshape(-1, 1), p_val=config.p_value))
             else:
                 self._tests.append(
-                    TabularDrift(finite.reshape(-1, 1), p_val=config.p_value, categories_per_feature={0: None})
+                    TabularDrift(
+                        finite.reshape(-1, 1), p_val=config.p_value, categories_per_feature={0: None}
+                    )
                 )
         self._ring = _Ring(config.size, len(self._specs))
         self._since_eval = 0
@@ -192,8 +197,8 @@ class _Block:
         self.finite = np.zeros(width, dtype=int)
         self.low = np.full(width, np.inf)
         self.high = np.full(width, -np.inf)
-        self.scored = np.zeros(width, dtype=bool)
-        self.flagged = np.zeros(width, dtype=bool)
+        self.scored = np.zeros(width, dtype=int)
+        self.flagged = np.zeros(width, dtype=int)
         #: Largest statistic/threshold ratio seen, with that statistic and threshold.
         self.ratio = np.full(width, -np.inf)
         self.statistic = np.full(width, np.nan)
@@ -211,8 +216,8 @@ class _Block:
 
     def score(self, statistic: np.ndarray, threshold: np.ndarray, flagged: np.ndarray) -> None:
         known = np.isfinite(statistic) & np.isfinite(threshold)
-        self.scored |= known
-        self.flagged |= flagged & known
+        self.scored += known
+        self.flagged += flagged & known
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(known, statistic / np.where(threshold == 0, np.inf, threshold), -np.inf)
         better = ratio > self.ratio
@@ -301,6 +306,7 @@ class _OnlineDetector:
 
     def _verdict(self) -> Verdict:
         block = self._block
+        share = self._config.flag_share
         stats = []
         for j, spec in enumerate(self._specs):
             if j not in self.columns:
@@ -311,7 +317,7 @@ class _OnlineDetector:
                 note = ALL_NAN
             elif block.finite[j] > 1 and block.low[j] == block.high[j]:
                 note = CONSTANT
-            elif not block.scored[j]:
+            elif block.scored[j] == 0:
                 note = TINY
             else:
                 note = ""
@@ -321,7 +327,7 @@ class _OnlineDetector:
                     self.test,
                     statistic=float(block.statistic[j]) if not note else math.nan,
                     threshold=float(block.threshold[j]) if not note else math.nan,
-                    drifted=bool(block.flagged[j]) and not note,
+                    drifted=not note and block.flagged[j] > 0 and block.flagged[j] >= share * block.scored[j],
                     note=note,
                 )
             )
@@ -419,6 +425,97 @@ class CVMOnlineDetector(_OnlineDetector):
             self._detector.reset_state()
 
 
+class TabulatedFETDriftOnline(FETDriftOnline):
+    """``FETDriftOnline`` with its Fisher p-values read from a table instead of recomputed.
+
+    For a window of ``ws`` rows the p-value depends only on how many ones the window holds
+    (0..ws), so ``hypergeom.cdf`` is evaluated once per possible count, with the very arguments
+    alibi-detect passes, and looked up afterwards: the thresholds and statistics are the same
+    numbers, at a fraction of the cost (scipy's per-call overhead dominated both calibration and
+    every row).
+
+    Calibration is alibi-detect's algorithm with one fix: the probability of keeping a simulated
+    stream whose statistic equals the threshold is clipped to [0, 1]. With very discrete
+    statistics (short windows, rare flags) alibi-detect 0.11.4 computes values above 1 there
+    and ``np.random.binomial`` raises.
+    """
+
+    def _configure_thresholds(self) -> None:
+        beta = 1 - (1 - self.fpr) ** (1 / self.n_features)
+        self.permit_probs = np.full((self.t_max, self.n_features), np.nan)
+        thresholds = np.full((self.t_max, self.n_features), np.nan, dtype=np.float32)
+        for f in range(self.n_features):
+            stats = self._simulate_streams(self.x_ref[:, f], None)
+            max_stats = np.fmax.reduce(stats, axis=-1)
+            for t in range(np.min(self.window_sizes) - 1, self.t_max):
+                threshold = np.float32(quantile(max_stats[:, t], 1 - beta, interpolate=False, type=6))
+                below = max_stats[:, t] < threshold
+                prob_of_equal = (max_stats[:, t] <= threshold).mean() - below.mean()
+                if prob_of_equal == 0.0:
+                    permit_prob = np.inf
+                    max_stats = max_stats[below]
+                else:
+                    undershoot = 1 - beta - below.mean()
+                    permit_prob = float(np.clip(undershoot / prob_of_equal, 0.0, 1.0))
+                    stats_equal = max_stats[max_stats[:, t] == threshold]
+                    n_keep_equal = np.random.binomial(len(stats_equal), permit_prob)
+                    max_stats = np.concatenate([max_stats[below], stats_equal[:n_keep_equal]])
+                thresholds[t, f] = threshold
+                self.permit_probs[t, f] = permit_prob
+        self.thresholds = thresholds
+
+    def _table(self, sum_ref: np.ndarray, ws: int) -> np.ndarray:
+        """1 - p-value for each count of ones in the window (rows) and feature (columns)."""
+        counts = np.arange(ws + 1).reshape(-1, 1)
+        sum_ref = np.asarray(sum_ref).reshape(1, -1)
+        if self.alternative == "greater":
+            p_val = hypergeom.cdf(sum_ref, self.n + ws, sum_ref + counts, self.n)
+        else:
+            p_val = hypergeom.cdf(counts, self.n + ws, sum_ref + counts, ws)
+        return np.asarray(1 - p_val)
+
+    def _simulate_streams(self, x_ref: np.ndarray, pbar: Any) -> np.ndarray:
+        n_windows = len(self.window_sizes)
+        stats = np.full((self.n_bootstraps, self.t_max, n_windows), np.nan, dtype=np.float32)
+        p = np.mean(x_ref)
+        sum_ref = np.sum(x_ref)
+        x_stream = np.random.choice([False, True], (self.n_bootstraps, self.t_max), p=[1 - p, p])
+        cumsums_stream = np.cumsum(x_stream, axis=-1)
+        cumsums_stream = np.concatenate([np.zeros_like(cumsums_stream[..., 0:1]), cumsums_stream], axis=-1)
+        for k in range(n_windows):
+            if pbar is not None:
+                pbar.update(1)
+            ws = self.window_sizes[k]
+            cumsums_last_ws = cumsums_stream[:, ws:] - cumsums_stream[:, :-ws]
+            one_minus_p = self._table(np.array([sum_ref]), ws)[:, 0][cumsums_last_ws]
+            stats[:, (ws - 1) :, k] = self._exp_moving_avg(one_minus_p, self.lam)
+        return stats
+
+    def score(self, x_t: np.ndarray) -> np.ndarray:
+        values = set(np.unique(x_t))
+        if not values <= {0, 1}:
+            raise ValueError("FETDriftOnline data must consist of 0/1 or False/True only")
+        x_t = super()._preprocess_xt(x_t)
+        self._update_state(x_t)
+        tables = self.__dict__.setdefault("_tables", {})
+        features = np.arange(self.n_features)
+        stats = np.zeros((len(self.window_sizes), self.n_features), dtype=np.float32)
+        for k, ws in enumerate(self.window_sizes):
+            if self.t < ws:
+                stats[k, :] = np.nan
+                continue
+            if ws not in tables:
+                tables[ws] = self._table(self.sum_ref, ws)
+            sum_last_ws = np.sum(self.xs[-ws:, :], axis=0).astype(int)
+            stats_k = tables[ws][sum_last_ws, features].astype(float)
+            if len(self.test_stats) != 0:
+                previous = self.test_stats[-1, k, :]
+                known = ~np.isnan(previous)
+                stats_k[known] = (1 - self.lam) * previous[known] + self.lam * stats_k[known]
+            stats[k, :] = stats_k
+        return stats
+
+
 class FETOnlineDetector(_OnlineDetector):
     """Online Fisher exact test on the binary features, calibrated to the ERT.
 
@@ -451,7 +548,7 @@ class FETOnlineDetector(_OnlineDetector):
             pools.append(finite)
         self.columns = columns
         self._pools = pools
-        self._detectors: list[FETDriftOnline] = []
+        self._detectors: list[TabulatedFETDriftOnline] = []
         if columns:
             x_ref = np.column_stack([self._filled(reference[:, j]) for j in columns]).astype(int)
             ert = config.ert * len(alternatives)
@@ -460,7 +557,7 @@ class FETOnlineDetector(_OnlineDetector):
                 with _seeded(config.seed + k), warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     self._detectors.append(
-                        FETDriftOnline(
+                        TabulatedFETDriftOnline(
                             x_ref,
                             ert=ert,
                             window_sizes=list(config.window_sizes),

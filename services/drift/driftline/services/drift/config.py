@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Log format and level.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="The /metrics endpoint.")
-    metrics_port: int = Field(9105, description="Port of the Prometheus /metrics endpoint (0: any free port).")
+    metrics_port: int = Field(
+        9105, description="Port of the Prometheus /metrics endpoint (0: any free port)."
+    )
     group_id: str = Field("drift", description="Kafka consumer group of the service.")
     model_name: str = Field("fraud", description="Model whose streams are watched.")
     alias: str = Field("champion", description="Alias whose version's reference sample the detectors use.")
@@ -43,30 +45,45 @@ class Settings(BaseSettings):
     # -- windowed tests (KS / chi-square)
     window_size: int = Field(500, description="Rows in the sliding window of the KS / chi-square tests.")
     window_step: int = Field(250, description="Rows between two windowed tests.")
-    window_p_value: float = Field(0.01, description="Family-wise significance of one windowed test (Bonferroni).")
-    min_window_samples: int = Field(30, description="Fewer finite values than this make a feature's window tiny.")
+    window_p_value: float = Field(
+        0.001, description="Family-wise significance of one windowed test (Bonferroni over features)."
+    )
+    min_window_samples: int = Field(
+        30, description="Fewer finite values than this make a feature's window tiny."
+    )
     window_enter_after: int = Field(2, description="Consecutive drifted windows that enter DRIFT.")
     window_exit_after: int = Field(3, description="Consecutive clean windows that leave DRIFT.")
 
     # -- online detectors (CVM / FET)
     online_features: bool = Field(True, description="Run the online detectors on features (scores always).")
     online_ert: float = Field(
-        2000.0, description="Expected run time: rows between false alarms of one online detector when stationary."
+        500.0,
+        description="Expected run time: rows between raw alarms of one online detector when stationary.",
     )
     online_window_sizes: list[int] = Field(
-        default_factory=lambda: [20, 50], description="Test-window sizes of the online detectors."
+        default_factory=lambda: [10, 30], description="Test-window sizes of the online detectors."
     )
     online_n_bootstraps: int = Field(
-        10_000, description="Simulated streams for calibration (raised to the minimum the ERT needs)."
+        2500, description="Simulated streams for calibration (raised to the minimum the ERT needs)."
     )
-    online_reference_size: int = Field(300, description="Reference rows the online detectors use (subsampled).")
-    online_eval_every: int = Field(50, description="Rows per online verdict (DRIFT if any row was flagged).")
+    online_reference_size: int = Field(
+        250, description="Reference rows the online detectors use (subsampled)."
+    )
+    online_eval_every: int = Field(50, description="Rows per online verdict.")
+    online_flag_share: float = Field(
+        0.5,
+        description="Share of a verdict's rows the detector must flag for the verdict to be DRIFT (0: any).",
+    )
     online_enter_after: int = Field(2, description="Consecutive drifted online verdicts that enter DRIFT.")
     online_exit_after: int = Field(3, description="Consecutive clean online verdicts that leave DRIFT.")
-    fet_alternative: str = Field("both", description='Direction of the online FET: "greater", "less" or "both".')
+    fet_alternative: str = Field(
+        "both", description='Direction of the online FET: "greater", "less" or "both".'
+    )
     seed: int = Field(0, description="Seed of calibration and subsampling (reproducible thresholds).")
 
-    report_cooldown_s: float = Field(300.0, description="Least time between two DRIFT reports of one detector.")
+    report_cooldown_s: float = Field(
+        300.0, description="Least time between two DRIFT reports of one detector."
+    )
 
     # -- feedback join and performance
     feedback_horizon_s: float = Field(
@@ -80,7 +97,9 @@ class Settings(BaseSettings):
         "accuracy", description="Metric watched: accuracy, precision, recall, f1 or auc."
     )
     degradation_threshold: float = Field(0.9, description="The metric below this value is a degradation.")
-    degradation_cooldown_s: float = Field(300.0, description="Least time between two degradations of a version.")
+    degradation_cooldown_s: float = Field(
+        300.0, description="Least time between two degradations of a version."
+    )
 
     class Config:
         env_prefix = "DRIFTLINE_DRIFT_"
@@ -99,6 +118,7 @@ class Settings(BaseSettings):
                 n_bootstraps=self.online_n_bootstraps,
                 reference_size=self.online_reference_size,
                 eval_every=self.online_eval_every,
+                flag_share=self.online_flag_share,
                 fet_alternative=self.fet_alternative,
                 seed=self.seed,
             ),

@@ -228,11 +228,11 @@ class DriftHandler:
         return self._finish_batch(outcomes, pending)
 
     def _handle(self, message: Message) -> list[Output] | DeadLetter:
-        topic = message.topic()
+        topic = message.topic() or ""
         if topic == self._topics.feedback.name:
             try:
                 return self._on_feedback(message)
-            except Exception as err:  # noqa: BLE001 - one label must not stop the loop; it is kept
+            except Exception as err:
                 log.exception("feedback_failed", offset=message.offset())
                 return DeadLetter("error", f"{type(err).__name__}: {err}")
         try:
@@ -241,7 +241,7 @@ class DriftHandler:
             metrics.SKIPPED.labels(topic, skip.reason).inc()
             log.debug("message_skipped", topic=topic, offset=message.offset(), reason=skip.reason)
             return []
-        except Exception:  # noqa: BLE001 - no dead-letter topic here: count, log and go on
+        except Exception:
             metrics.SKIPPED.labels(topic, "error").inc()
             log.exception("message_failed", topic=topic, offset=message.offset())
             return []
@@ -280,7 +280,8 @@ class DriftHandler:
         if vector.feature_set and reference.feature_set and vector.feature_set != reference.feature_set:
             raise _Skip("other_feature_set")
         values = {
-            v.name: (math.nan if v.status == features_pb2.FEATURE_STATUS_MISSING else v.value) for v in vector.values
+            v.name: (math.nan if v.status == features_pb2.FEATURE_STATUS_MISSING else v.value)
+            for v in vector.values
         }
         row = self._monitor.feature_row(values)
         event_time = _seconds(vector.event_time)
@@ -368,5 +369,3 @@ class DriftHandler:
         self._join_counts = Counter(counts)
         metrics.FEEDBACK_PENDING.set(self._joiner.pending)
         metrics.PREDICTIONS_HELD.set(self._joiner.predictions_held)
-
-

@@ -219,7 +219,9 @@ def measure_monitor_delay(
             elif key not in first:
                 first[key] = at - change_point
     delays = [
-        MonitorDelay(stream=s, detector=d, delay_events=first.get((s, d)), false_alarms=false_alarms.get((s, d), 0))
+        MonitorDelay(
+            stream=s, detector=d, delay_events=first.get((s, d)), false_alarms=false_alarms.get((s, d), 0)
+        )
         for (s, d) in sorted(false_alarms)
     ]
     return MonitorRun(change_point=change_point, events=len(stream), delays=delays)

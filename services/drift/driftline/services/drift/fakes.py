@@ -36,7 +36,9 @@ class ScriptedDetector:
             if len(self.rows_seen) % self.every:
                 continue
             drifted = bool(row[0] > 0.5)
-            stat = FeatureStat(self.specs[0].name, "fake", statistic=float(row[0]), threshold=0.5, drifted=drifted)
+            stat = FeatureStat(
+                self.specs[0].name, "fake", statistic=float(row[0]), threshold=0.5, drifted=drifted
+            )
             verdicts.append(
                 Verdict(
                     Status.DRIFT if drifted else Status.NO_DRIFT,

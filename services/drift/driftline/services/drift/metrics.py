@@ -25,12 +25,16 @@ FEATURE_STATISTIC = Gauge(
     "driftline_drift_feature_statistic", "Last test statistic per feature.", ["stream", "detector", "feature"]
 )
 FEATURE_P_VALUE = Gauge(
-    "driftline_drift_feature_p_value", "Last p-value per feature (windowed tests).", ["stream", "detector", "feature"]
+    "driftline_drift_feature_p_value",
+    "Last p-value per feature (windowed tests).",
+    ["stream", "detector", "feature"],
 )
 EVENTS = Counter("driftline_drift_events_total", "Rows fed to the detectors.", ["stream"])
 SKIPPED = Counter("driftline_drift_skipped_total", "Messages not used, by reason.", ["topic", "reason"])
 REFERENCE_VERSION = Gauge(
-    "driftline_drift_reference_version", "Model version whose reference the detectors use (0: none).", ["model"]
+    "driftline_drift_reference_version",
+    "Model version whose reference the detectors use (0: none).",
+    ["model"],
 )
 FEEDBACK = Counter("driftline_feedback_labels_total", "Feedback labels by join outcome.", ["outcome"])
 FEEDBACK_PENDING = Gauge("driftline_feedback_pending_labels", "Labels waiting for their prediction.")

@@ -171,7 +171,9 @@ class DriftMonitor:
         self._channels = []
         for stream, detectors in built.detectors.items():
             for detector in detectors:
-                policy = self._config.window_policy if detector.name == "window" else self._config.online_policy
+                policy = (
+                    self._config.window_policy if detector.name == "window" else self._config.online_policy
+                )
                 hysteresis = self._hysteresis.setdefault((stream, detector.name), Hysteresis(policy))
                 hysteresis.reset()
                 self._channels.append(_Channel(stream, detector, hysteresis))
@@ -186,14 +188,20 @@ class DriftMonitor:
         reports = []
         for stream in (Stream.FEATURES, Stream.PREDICTIONS):
             if self._watched(stream) and not built.detectors.get(stream):
-                reports.append(self._unwatched_report(stream, "reference has nothing to compare for this stream"))
+                reports.append(
+                    self._unwatched_report(stream, "reference has nothing to compare for this stream")
+                )
         return reports
 
     def unload(self, reason: str) -> list[DriftReportData]:
         """Stop watching (the alias was deleted); one INSUFFICIENT_DATA report per stream."""
         if self.reference is None:
             return []
-        reports = [self._unwatched_report(s, reason) for s in (Stream.FEATURES, Stream.PREDICTIONS) if self._watched(s)]
+        reports = [
+            self._unwatched_report(s, reason)
+            for s in (Stream.FEATURES, Stream.PREDICTIONS)
+            if self._watched(s)
+        ]
         self.reference = None
         self._channels = []
         return reports

@@ -122,7 +122,9 @@ class PerformanceTracker:
             window = self._windows.get(key)
             if window is None:
                 size = self.policy.window
-                window = _Window(deque(maxlen=size), deque(maxlen=size), deque(maxlen=size), deque(maxlen=size))
+                window = _Window(
+                    deque(maxlen=size), deque(maxlen=size), deque(maxlen=size), deque(maxlen=size)
+                )
                 self._windows[key] = window
                 self._forget_old()
             window.labels.append(item.label)

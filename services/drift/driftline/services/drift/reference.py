@@ -79,7 +79,9 @@ def decision_threshold(params: Mapping[str, str], default: float) -> float:
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else default
 
 
-def reference_from_version(version: registry_pb2.ModelVersion, *, default_threshold: float = 0.5) -> Reference:
+def reference_from_version(
+    version: registry_pb2.ModelVersion, *, default_threshold: float = 0.5
+) -> Reference:
     """The detectors' view of a registered version's ``ReferenceSample``."""
     sample = version.reference
     names = tuple(sample.feature_names) or tuple(version.signature.feature_names)

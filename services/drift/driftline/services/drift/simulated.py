@@ -29,7 +29,9 @@ FEATURES = (
     "risky_category",
     "online",
 )
-RISKY = frozenset({"electronics", "jewelry", "gift_cards", "gambling", "crypto", "money_transfer", "luxury", "travel"})
+RISKY = frozenset(
+    {"electronics", "jewelry", "gift_cards", "gambling", "crypto", "money_transfer", "luxury", "travel"}
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,9 @@ def simulate(config: SimulatorConfig, n: int, *, skip: int = 5000) -> SimulatedS
             float(e["merchant_category"] in RISKY),
             float(e["channel"] == "online"),
         )
-        card.typical = amount if not math.isfinite(card.typical) else (1 - _EMA) * card.typical + _EMA * amount
+        card.typical = (
+            amount if not math.isfinite(card.typical) else (1 - _EMA) * card.typical + _EMA * amount
+        )
         card.last = t
         recent.append(t)
         if i >= skip:

@@ -115,6 +115,12 @@ class FeaturesApp:
             )
             self.faust.agent(vectors, name="features.offline-sink")(self.sink_agent)
         self.faust.on_before_shutdown.connect(self._on_shutdown)
+        self.faust.on_partitions_revoked.connect(self._on_rebalance)
+        self.faust.on_partitions_assigned.connect(self._on_rebalance)
+
+    async def _on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Another worker may have owned some of our entities meanwhile: reload state from Redis.
+        self.processor.invalidate()
 
     async def _on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         if self.offline is not None:

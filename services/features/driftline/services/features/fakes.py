@@ -18,8 +18,11 @@ class MemoryState:
         self.features: dict[str, tuple[float, tuple[float, ...]]] = {}
         self.saves = 0
         self.fail_next = 0
+        self.fail_save_next = 0
+        self.loads = 0
 
     async def load(self, entity_ids: Sequence[str]) -> dict[str, EntityState]:
+        self.loads += 1
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
@@ -29,6 +32,9 @@ class MemoryState:
         }
 
     async def save(self, updates: Sequence[StateUpdate]) -> None:
+        if self.fail_save_next:
+            self.fail_save_next -= 1
+            raise ConnectionError("redis down during save")
         self.saves += 1
         for u in updates:
             bucket = self.events.setdefault(u.entity_id, {})

@@ -11,6 +11,7 @@ allowed lateness are dropped and counted.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,12 +40,20 @@ class Processed:
 
 
 class FeatureProcessor:
+    """Processes batches; keeps the histories of the entities it owns in memory between batches.
+
+    The cache is write-through: an entity's history is kept only after its state was saved, and
+    every entity a failed batch touched is dropped, so memory never runs ahead of Redis. Call
+    :meth:`invalidate` when partitions move (another worker may have written since).
+    """
+
     def __init__(
         self,
         feature_set: FeatureSet,
         state: StateStore,
         *,
         allowed_lateness_s: float = 30.0,
+        max_cached_entities: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.feature_set = feature_set
@@ -52,58 +61,104 @@ class FeatureProcessor:
         self._lateness = allowed_lateness_s
         self._clock = clock
         self._label = feature_set.key
+        self._cache: OrderedDict[str, EntityHistory] = OrderedDict()
+        self._max_cached = max_cached_entities
+        self._generation = 0
+
+    def invalidate(self) -> None:
+        """Forget every cached history (after a rebalance): the next batch reloads from Redis."""
+        self._generation += 1
+        self._cache.clear()
+
+    @property
+    def cached_entities(self) -> int:
+        return len(self._cache)
 
     async def process(self, events: Sequence[Event]) -> list[Processed]:
         """Process a batch; returns one result per event, in order. Raises on state errors."""
+        generation = self._generation
         entity_ids = list(dict.fromkeys(e.entity_id for e in events))
-        loaded = await self._state.load(entity_ids)
+        missing = [e for e in entity_ids if e not in self._cache]
+        loaded = await self._state.load(missing) if missing else {}
         histories: dict[str, EntityHistory] = {}
-        persisted_ids: dict[str, set[str]] = {}
-        profiles_before = {}
         for entity_id in entity_ids:
-            state = loaded.get(entity_id) or EntityState(events=[], profile=None)
-            history = EntityHistory(
-                self.feature_set,
-                allowed_lateness_s=self._lateness,
-                events=state.events,
-                profile=state.profile,
-            )
-            histories[entity_id] = history
-            persisted_ids[entity_id] = {e.event_id for e in state.events}
-            profiles_before[entity_id] = history.profile
+            cached = self._cache.get(entity_id)
+            if cached is None:
+                state = loaded.get(entity_id) or EntityState(events=[], profile=None)
+                cached = EntityHistory(
+                    self.feature_set,
+                    allowed_lateness_s=self._lateness,
+                    events=state.events,
+                    profile=state.profile,
+                )
+            histories[entity_id] = cached
+        try:
+            results, updates = self._apply(events, histories)
+            await self._state.save(updates)
+        except BaseException:
+            # The histories may hold changes Redis does not: never keep them.
+            for entity_id in entity_ids:
+                self._cache.pop(entity_id, None)
+            raise
+        if generation == self._generation:  # no rebalance meanwhile: the histories are current
+            for entity_id, history in histories.items():
+                self._cache[entity_id] = history
+                self._cache.move_to_end(entity_id)
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+        self._observe(results)
+        return results
 
+    def _apply(
+        self, events: Sequence[Event], histories: dict[str, EntityHistory]
+    ) -> tuple[list[Processed], list[StateUpdate]]:
+        profiles_before = {e: h.profile for e, h in histories.items()}
         results: list[Processed] = []
-        added: dict[str, list[Event]] = {e: [] for e in entity_ids}
+        added: dict[str, list[Event]] = {e: [] for e in histories}
+        # Each entity's last computed vector: usually the newest event's, reused as "latest".
+        last: dict[str, Computed] = {}
+        late = dict.fromkeys(histories, False)
         for event in events:
             history = histories[event.entity_id]
             outcome = history.add(event)
             computed = None
             if outcome is not AddOutcome.TOO_LATE:
                 computed = history.values_for(event)
+                last[event.entity_id] = computed
             if outcome in (AddOutcome.ADDED, AddOutcome.LATE):
                 added[event.entity_id].append(event)
+            if outcome is AddOutcome.LATE:
+                late[event.entity_id] = True
             results.append(Processed(event, outcome, computed))
 
         updates = []
         for entity_id, history in histories.items():
             removed = history.prune()
             removed_ids = {e.event_id for e in removed}
-            latest = history.latest()
-            if latest is None:
+            added_ids = {e.event_id for e in added[entity_id]}
+            newest = history.newest
+            if newest is None:
                 continue
+            previous = last.get(entity_id)
+            # Reuse only if nothing (a late event) was inserted before it after it was computed.
+            latest = (
+                previous
+                if previous is not None and previous.event_id == newest.event_id and not late[entity_id]
+                else history.latest()
+            )
+            assert latest is not None
             profile = history.profile if history.profile != profiles_before[entity_id] else None
             updates.append(
                 StateUpdate(
                     entity_id=entity_id,
                     added=[e for e in added[entity_id] if e.event_id not in removed_ids],
-                    removed=[e for e in removed if e.event_id in persisted_ids[entity_id]],
+                    # Events added and pruned within this batch never reached Redis.
+                    removed=[e for e in removed if e.event_id not in added_ids],
                     profile=profile,
                     features=FeatureWrite.from_computed(entity_id, latest),
                 )
             )
-        await self._state.save(updates)
-        self._observe(results)
-        return results
+        return results, updates
 
     def _observe(self, results: Sequence[Processed]) -> None:
         visible_at = self._clock()

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from driftline.featurestore.aggregation import Profile
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import Event, decode_events, encode_event
-from driftline.featurestore.online import AsyncOnlineStore, FeatureWrite
+from driftline.featurestore.online import GUARDED_WRITE_LUA, AsyncOnlineStore, FeatureWrite
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,41 @@ class StateUpdate:
     features: FeatureWrite | None = None
 
 
+# KEYS: the feature hash, the events zset, the profile key. ARGV[1]: event time of the newest
+# values; ARGV[2]: expiry in ms; ARGV[3]: the values for guarded_write; ARGV[4]: JSON array
+# [score, member, ...] to add; ARGV[5]: JSON array of members to remove; ARGV[6]: the profile JSON
+# or "" when unchanged. Scores and values travel as strings: nothing is rounded in Lua.
+SAVE_SCRIPT = (
+    GUARDED_WRITE_LUA
+    + """
+if ARGV[4] ~= '[]' then
+  local added = cjson.decode(ARGV[4])
+  for i = 1, #added, 2 do
+    redis.call('ZADD', KEYS[2], added[i], added[i + 1])
+  end
+end
+if ARGV[5] ~= '[]' then
+  local removed = cjson.decode(ARGV[5])
+  for i = 1, #removed do
+    redis.call('ZREM', KEYS[2], removed[i])
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+if ARGV[3] ~= '' then
+  return guarded_write(KEYS[1], ARGV[1], ARGV[3], ARGV[2])
+end
+return 0
+"""
+)
+
+
 class RedisState:
-    """Loads and saves entity state; saves commit with the feature writes in one transaction."""
+    """Loads and saves entity state; one script per entity, the whole batch in one MULTI/EXEC."""
 
     def __init__(
         self,
@@ -54,7 +87,8 @@ class RedisState:
         self._client = client
         self._online = online
         self._prefix = f"{key_prefix}:state:{feature_set.name}:v{feature_set.version}:"
-        self._expire_ms = int(key_ttl_s * 1000)
+        self._expire_ms = str(int(key_ttl_s * 1000))
+        self._save = client.register_script(SAVE_SCRIPT)
 
     def events_key(self, entity_id: str) -> str:
         return f"{self._prefix}{entity_id}:events"
@@ -81,27 +115,33 @@ class RedisState:
         return states
 
     async def save(self, updates: Sequence[StateUpdate]) -> None:
-        """Apply every update and its feature write atomically (MULTI/EXEC), in one round trip."""
+        """Apply every update and its guarded feature write atomically, in one round trip."""
         if not updates:
             return
         pipe = self._client.pipeline(transaction=True)
-        writes = []
+        compact = (",", ":")
         for update in updates:
-            events_key = self.events_key(update.entity_id)
-            if update.added:
-                pipe.zadd(events_key, {encode_event(e): e.event_time for e in update.added})
-            if update.removed:
-                pipe.zrem(events_key, *[encode_event(e) for e in update.removed])
-            pipe.pexpire(events_key, self._expire_ms)
-            if update.profile is not None:
-                pipe.set(
-                    self.profile_key(update.entity_id),
-                    json.dumps(update.profile.to_json(), sort_keys=True),
-                    px=self._expire_ms,
-                )
-            else:
-                pipe.pexpire(self.profile_key(update.entity_id), self._expire_ms)
             if update.features is not None:
-                writes.append(update.features)
-        await self._online.stage_writes(pipe, writes)
+                event_time, _, values = self._online.write_args(update.features)
+            else:
+                event_time, values = "0", ""
+            added: list[str] = []
+            for e in update.added:
+                added += [repr(e.event_time), encode_event(e).decode()]
+            await self._save(
+                keys=[
+                    self._online.key(update.entity_id),
+                    self.events_key(update.entity_id),
+                    self.profile_key(update.entity_id),
+                ],
+                args=[
+                    event_time,
+                    self._expire_ms,
+                    values,
+                    json.dumps(added, separators=compact),
+                    json.dumps([encode_event(e).decode() for e in update.removed], separators=compact),
+                    json.dumps(update.profile.to_json(), sort_keys=True) if update.profile is not None else "",
+                ],
+                client=pipe,
+            )
         await pipe.execute()

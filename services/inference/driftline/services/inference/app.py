@@ -9,6 +9,7 @@ import structlog
 
 from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import GrpcServer, wait_for_signal
+from driftline.kit.kafka import KafkaProducer
 from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS, Topic
 from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
 from driftline.services.inference import kserve, metrics, servicer
@@ -17,7 +18,7 @@ from driftline.services.inference.config import Settings
 from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
 from driftline.services.inference.model_events import ModelEventsListener
 from driftline.services.inference.models import ModelSlots, Role, RoutingOptions
-from driftline.services.inference.prediction_log import PredictionLogger, Producer
+from driftline.services.inference.prediction_log import PredictionLogger
 from driftline.services.inference.predictor import FeatureSource, Predictor
 from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
 
@@ -34,7 +35,7 @@ class InferenceApp:
         *,
         features: FeatureSource,
         source: ModelSource,
-        producer: Producer,
+        producer: KafkaProducer,
         default_feature_names: tuple[str, ...] = (),
         predictions_topic: Topic = PREDICTIONS,
         model_events_topic: Topic = MODEL_EVENTS,
@@ -61,7 +62,7 @@ class InferenceApp:
             on_change=self._models_changed,
         )
         self.prediction_log = PredictionLogger(
-            producer, predictions_topic, capacity=settings.prediction_log_capacity
+            producer.raw, predictions_topic, capacity=settings.prediction_log_capacity
         )
         self.predictor = Predictor(
             slots=self.slots,
@@ -159,13 +160,19 @@ class InferenceApp:
         await self.slots.close()
         self._loads.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_producer)
         log.info("inference_stopped")
+
+    def _close_producer(self) -> None:
+        try:
+            self._producer.close(5.0)
+        except Exception as err:  # noqa: BLE001 - counted per record already; nothing left to do
+            log.warning("producer_close_incomplete", error=str(err))
 
 
 async def serve(settings: Settings) -> None:
     """Build the production dependencies, run until SIGTERM, drain."""
     from driftline.featurestore import AsyncOnlineStore, feature_set_by_key
-    from driftline.kit.kafka import KafkaProducer
     from driftline.kit.metrics import serve_metrics
     from driftline.kit.registry_client import RegistryClient
     from driftline.services.inference.registry_source import RegistryModelSource

@@ -152,6 +152,9 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
+            if self._inline(sum(r.rows for r in batch)):
+                await self._execute(batch)  # never suspends: runs to the end right here
+                continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -230,12 +233,15 @@ class DynamicBatcher:
             self._queue_seconds.observe(started - request.enqueued)
         if self._inline(total):
             self.inline_runs += 1
-            outputs = self._run(feeds)
+            outputs, elapsed = self._timed_run(feeds)
         else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
-        elapsed = time.perf_counter() - started
+            outputs, elapsed = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed_run, feeds
+            )
+        # A slow average of the run alone (not the thread hand-off): one run held up by a busy
+        # machine must not flip the mode back and forth.
         self.typical_run_s = (
-            elapsed if self.typical_run_s is None else 0.8 * self.typical_run_s + 0.2 * elapsed
+            elapsed if self.typical_run_s is None else 0.9 * self.typical_run_s + 0.1 * elapsed
         )
         self._model_seconds.observe(elapsed)
         self._batch_rows.observe(total)
@@ -250,6 +256,11 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_result([output[offset:end] for output in outputs])
             offset = end
+
+    def _timed_run(self, feeds: Feeds) -> tuple[list[np.ndarray], float]:
+        started = time.perf_counter()
+        outputs = self._run(feeds)
+        return outputs, time.perf_counter() - started
 
     def _inline(self, rows: int) -> bool:
         limit = self.options.inline_below_us / 1e6

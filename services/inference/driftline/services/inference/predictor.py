@@ -91,6 +91,7 @@ class Predictor:
         self._max_pending_shadows = max_pending_shadows
         self._shadows: set[asyncio.Task[None]] = set()
         self._features_seconds = metrics.STAGE_SECONDS.labels("features")
+        self._predictions = {role: metrics.PREDICTIONS.labels(role.value) for role in Role}
         self._index_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
 
     async def predict(
@@ -119,12 +120,13 @@ class Predictor:
             for i, route in enumerate(routes):
                 groups.setdefault(id(route.model), (route.model, []))[1].append(i)
             results: list[PredictionResult | None] = [None] * len(inputs)
-            scored = await asyncio.gather(
-                *(
-                    self._score(model, [readings[i] for i in rows], deadline)
-                    for model, rows in groups.values()
+            if len(groups) == 1:  # the common case: no task per call
+                model, rows = next(iter(groups.values()))
+                scored = [await self._score(model, [readings[i] for i in rows], deadline)]
+            else:
+                scored = await asyncio.gather(
+                    *(self._score(m, [readings[i] for i in rows], deadline) for m, rows in groups.values())
                 )
-            )
             now = utcnow()
             for (model, rows), (scores, used) in zip(groups.values(), scored, strict=True):
                 for j, i in enumerate(rows):
@@ -132,7 +134,7 @@ class Predictor:
         final = [r for r in results if r is not None]
         for result in final:
             self._sink.log(result)
-            metrics.PREDICTIONS.labels(result.served_by.value).inc()
+            self._predictions[result.served_by].inc()
         shadows = [(r.shadow, i) for i, r in enumerate(routes) if r.shadow is not None]
         if shadows:
             self._spawn_shadow(
@@ -237,7 +239,7 @@ class Predictor:
             now = utcnow()
             for item, score, row in zip(inputs, scores, used, strict=True):
                 self._sink.log(self._result(item, model, float(score), row, Role.SHADOW, now))
-                metrics.PREDICTIONS.labels(Role.SHADOW.value).inc()
+                self._predictions[Role.SHADOW].inc()
         except Exception as err:  # noqa: BLE001 - a failing shadow never affects served traffic
             log.warning("shadow_failed", model=model.name, version=model.version, error=str(err))
         finally:

@@ -100,7 +100,8 @@ class UnknownFields(StrEnum):
 
 
 _NORMALIZERS: dict[str, Callable[[str], str]] = {"trim": str.strip, "upper": str.upper, "lower": str.lower}
-_RFC3339 = re.compile(
+#: RFC 3339 date-time with a mandatory offset (the parse itself is datetime.fromisoformat's).
+RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _FIELD_KEYS = {
@@ -217,7 +218,7 @@ class FieldSpec:
             if type(value) is not str:
                 return fail(Reason.WRONG_TYPE, f"expected an RFC 3339 string, got {_type_name(value)}")
             text = value.strip()
-            if _RFC3339.fullmatch(text) is None:
+            if RFC3339.fullmatch(text) is None:
                 return fail(Reason.INVALID_TIMESTAMP, f"{_clip(value)!r} is not RFC 3339 with a UTC offset")
             try:
                 moment = datetime.fromisoformat(text.upper()).astimezone(UTC)

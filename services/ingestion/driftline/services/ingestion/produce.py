@@ -231,9 +231,14 @@ def live_traffic(
     "--cards", type=int, default=None, help="Simulated cards (default: about 25 s between a card's events)."
 )
 @click.option("--fraud-rate", default=0.03, show_default=True, help="Share of fraudulent events.")
-@click.option("--covariate-drift-at", type=int, default=None, help="Event index where the inputs shift.")
 @click.option(
-    "--concept-drift-at", type=int, default=None, help="Event index where the fraud pattern changes."
+    "--covariate-drift-at", type=int, default=None, help="Simulated-event index where the inputs shift."
+)
+@click.option(
+    "--concept-drift-at",
+    type=int,
+    default=None,
+    help="Simulated-event index where the fraud pattern changes.",
 )
 @click.option("--garbage-rate", default=0.0, show_default=True, help="Share of messages replaced by garbage.")
 @click.option(

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     offline_store_dir: Path = Field(
         Path(".data/offline"),
         description="Root of the offline feature store, shared with the features service.",
-        env=["DRIFTLINE_TRAINER_OFFLINE_STORE_DIR", "DRIFTLINE_FEATURES_OFFLINE_DIR"],
+        env=["DRIFTLINE_TRAINER_OFFLINE_STORE_DIR", "DRIFTLINE_FEATURES_OFFLINE_ROOT"],
     )
     registry_address: str = Field(
         "127.0.0.1:50051",

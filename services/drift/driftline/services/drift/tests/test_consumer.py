@@ -55,14 +55,25 @@ class Harness:
             clock=self.clock,
         )
         self.handler = DriftHandler(
-            monitor=self.monitor, watcher=self.watcher, joiner=self.joiner, tracker=self.tracker, topics=TOPICS
+            monitor=self.monitor,
+            watcher=self.watcher,
+            joiner=self.joiner,
+            tracker=self.tracker,
+            topics=TOPICS,
         )
         self._offset = 0
 
-    def message(self, topic: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> FakeMessage:
+    def message(
+        self, topic: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> FakeMessage:
         self._offset += 1
-        return FakeMessage(value, _topic=topic, _offset=self._offset, _headers=headers or [],
-                           _timestamp_ms=int(self.clock.now * 1000))
+        return FakeMessage(
+            value,
+            _topic=topic,
+            _offset=self._offset,
+            _headers=headers or [],
+            _timestamp_ms=int(self.clock.now * 1000),
+        )
 
     def outputs(self, messages: list[FakeMessage]) -> tuple[list[Output], list[DeadLetter]]:
         outcomes = self.handler(messages)
@@ -83,7 +94,10 @@ def _vector(amount: float, *, event_id: str = "ev", feature_set: str = "") -> by
         entity_id="card-1",
         event_id=event_id,
         feature_set=feature_set,
-        values=[features_pb2.FeatureValue(name="amount", value=amount), features_pb2.FeatureValue(name="is_foreign")],
+        values=[
+            features_pb2.FeatureValue(name="amount", value=amount),
+            features_pb2.FeatureValue(name="is_foreign"),
+        ],
     ).SerializeToString()
 
 
@@ -101,7 +115,9 @@ def _prediction(pid: str, score: float, *, version: int = 1, role: str = "champi
 
 
 def _label(feedback_id: str, pid: str, label: int) -> bytes:
-    return feedback_pb2.FeedbackLabel(feedback_id=feedback_id, prediction_id=pid, label=label).SerializeToString()
+    return feedback_pb2.FeedbackLabel(
+        feedback_id=feedback_id, prediction_id=pid, label=label
+    ).SerializeToString()
 
 
 def _reports(outputs: list[Output]) -> list[drift_pb2.DriftReport]:
@@ -110,14 +126,24 @@ def _reports(outputs: list[Output]) -> list[drift_pb2.DriftReport]:
 
 def test_drifted_feature_vectors_produce_a_drift_report_keyed_by_model() -> None:
     h = Harness()
-    messages = [h.message(TOPICS.feature_vectors.name, _vector(a, event_id=f"e{i}")) for i, a in enumerate([0.1, 0.9, 0.9])]
+    messages = [
+        h.message(TOPICS.feature_vectors.name, _vector(a, event_id=f"e{i}"))
+        for i, a in enumerate([0.1, 0.9, 0.9])
+    ]
     outputs, dead = h.outputs(messages)
     assert dead == []
     reports = _reports(outputs)
     assert [r.status for r in reports] == [drift_pb2.DRIFT_STATUS_NO_DRIFT, drift_pb2.DRIFT_STATUS_DRIFT]
     drift = reports[1]
-    assert (drift.model_name, drift.model_version, drift.stream, drift.detector) == ("fraud", 1, "features", "window")
-    assert drift.events_seen == 3 and drift.features[0].feature == "amount" and drift.features[0].drifted
+    assert (drift.model_name, drift.model_version, drift.stream, drift.detector) == (
+        "fraud",
+        1,
+        "features",
+        "window",
+    )
+    assert drift.events_seen == 3
+    assert drift.features[0].feature == "amount"
+    assert drift.features[0].drifted
     assert drift.detected_at.seconds == int(h.clock.now)
     assert all(o.key == "fraud" for o in outputs)
 
@@ -135,7 +161,8 @@ def test_feature_vectors_of_another_feature_set_or_undecodable_are_skipped_not_f
             h.message(TOPICS.model_events.name, b"\xff\xff"),
         ]
     )
-    assert outputs == [] and dead == []
+    assert outputs == []
+    assert dead == []
     assert h.monitor.events_seen["features"] == 0
 
 
@@ -143,14 +170,19 @@ def test_predictions_are_joined_to_labels_and_a_degradation_follows_bad_accuracy
     h = Harness()
     messages = [h.message(TOPICS.predictions.name, _prediction(f"p{i}", 0.9)) for i in range(6)]
     # Two right, four wrong: accuracy 1/3 < 0.75.
-    messages += [h.message(TOPICS.feedback.name, _label(f"f{i}", f"p{i}", 1 if i < 2 else 0)) for i in range(6)]
+    messages += [
+        h.message(TOPICS.feedback.name, _label(f"f{i}", f"p{i}", 1 if i < 2 else 0)) for i in range(6)
+    ]
     outputs, dead = h.outputs(messages)
     assert dead == []
     [degradation] = [
-        decode(drift_pb2.PerformanceDegradation, o.value) for o in outputs if o.topic == TOPICS.degradations.name
+        decode(drift_pb2.PerformanceDegradation, o.value)
+        for o in outputs
+        if o.topic == TOPICS.degradations.name
     ]
     assert (degradation.model_name, degradation.model_version, degradation.metric) == ("fraud", 1, "accuracy")
-    assert degradation.value == pytest.approx(2 / 6) and degradation.labelled_count == 6
+    assert degradation.value == pytest.approx(2 / 6)
+    assert degradation.labelled_count == 6
     assert h.joiner.counts["joined"] == 6
 
 
@@ -173,26 +205,39 @@ def test_champion_predictions_feed_the_prediction_detectors_and_others_only_the_
     [
         (b"\xff\x00garbage", "undecodable"),
         (feedback_pb2.FeedbackLabel(feedback_id="f", label=1).SerializeToString(), "no_key"),
-        (feedback_pb2.FeedbackLabel(feedback_id="f", prediction_id="p", label=7).SerializeToString(), "bad_label"),
+        (
+            feedback_pb2.FeedbackLabel(feedback_id="f", prediction_id="p", label=7).SerializeToString(),
+            "bad_label",
+        ),
     ],
 )
 def test_bad_feedback_goes_to_the_dead_letter_topic_with_a_reason(payload: bytes, reason: str) -> None:
     h = Harness()
     outcomes = h.handler([h.message(TOPICS.feedback.name, payload)])
-    assert isinstance(outcomes[0], DeadLetter) and outcomes[0].reason == reason
+    assert isinstance(outcomes[0], DeadLetter)
+    assert outcomes[0].reason == reason
 
 
 def test_feedback_sent_as_json_is_accepted() -> None:
     h = Harness()
     h.outputs([h.message(TOPICS.predictions.name, _prediction("p1", 0.9))])
-    label = json_format.MessageToJson(feedback_pb2.FeedbackLabel(feedback_id="f1", prediction_id="p1", label=1))
+    label = json_format.MessageToJson(
+        feedback_pb2.FeedbackLabel(feedback_id="f1", prediction_id="p1", label=1)
+    )
     _, dead = h.outputs([h.message(TOPICS.feedback.name, label.encode(), [(CONTENT_TYPE, JSON.encode())])])
-    assert dead == [] and h.joiner.counts["joined"] == 1
+    assert dead == []
+    assert h.joiner.counts["joined"] == 1
 
 
-def _alias_event(version: int, *, kind: int = registry_pb2.MODEL_EVENT_TYPE_ALIAS_SET, alias: str = "champion") -> bytes:
+def _alias_event(
+    version: int, *, kind: int = registry_pb2.MODEL_EVENT_TYPE_ALIAS_SET, alias: str = "champion"
+) -> bytes:
     return registry_pb2.ModelEvent(
-        event_id=f"e{version}", type=kind, model_name="fraud", version=version, alias=alias  # type: ignore[arg-type]
+        event_id=f"e{version}",
+        type=kind,
+        model_name="fraud",
+        version=version,
+        alias=alias,  # type: ignore[arg-type]
     ).SerializeToString()
 
 
@@ -206,7 +251,8 @@ def test_an_alias_event_reloads_the_reference_and_a_replay_does_not() -> None:
     builds = len(h.factory.builds)
     calls = h.source.calls
     h.outputs([h.message(TOPICS.model_events.name, _alias_event(2))])
-    assert len(h.factory.builds) == builds and h.source.calls == calls
+    assert len(h.factory.builds) == builds
+    assert h.source.calls == calls
     # Another alias, or another model, changes nothing.
     h.outputs([h.message(TOPICS.model_events.name, _alias_event(3, alias="challenger"))])
     assert h.monitor.version == 2
@@ -216,7 +262,11 @@ def test_a_deleted_alias_stops_the_detectors_with_an_insufficient_data_report() 
     h = Harness()
     h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.1))])
     outputs, _ = h.outputs(
-        [h.message(TOPICS.model_events.name, _alias_event(1, kind=registry_pb2.MODEL_EVENT_TYPE_ALIAS_DELETED))]
+        [
+            h.message(
+                TOPICS.model_events.name, _alias_event(1, kind=registry_pb2.MODEL_EVENT_TYPE_ALIAS_DELETED)
+            )
+        ]
     )
     assert {r.status for r in _reports(outputs)} == {drift_pb2.DRIFT_STATUS_INSUFFICIENT_DATA}
     assert h.monitor.version is None
@@ -226,13 +276,15 @@ def test_an_unreachable_registry_is_retried_and_features_wait_for_the_reference(
     h = Harness()
     h.source.down = True
     h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.9))])
-    assert h.monitor.version is None and h.source.calls == 1
+    assert h.monitor.version is None
+    assert h.source.calls == 1
     h.source.down = False
     h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.9))])
     assert h.source.calls == 1  # not before retry_s
     h.clock.now += 11
     h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.9))])
-    assert h.monitor.version == 1 and h.monitor.events_seen["features"] == 1
+    assert h.monitor.version == 1
+    assert h.monitor.events_seen["features"] == 1
 
 
 def test_batch_outputs_ride_on_the_last_message_that_is_not_a_dead_letter() -> None:
@@ -255,7 +307,7 @@ def test_outputs_of_a_batch_of_only_dead_letters_ride_on_the_next_batch() -> Non
     outcomes = h.handler([h.message(TOPICS.feedback.name, b"\xff\xff")])
     assert isinstance(outcomes[0], DeadLetter)
     outputs, _ = h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.1))])
-    assert [(r.stream, r.status) for r in _reports(outputs)][0] == (
+    assert next((r.stream, r.status) for r in _reports(outputs)) == (
         "predictions",
         drift_pb2.DRIFT_STATUS_INSUFFICIENT_DATA,
     )

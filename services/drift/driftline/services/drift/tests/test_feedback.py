@@ -30,8 +30,15 @@ class Clock:
         return self.now
 
 
-def _prediction(pid: str, *, entity: str = "card-1", event: str = "", version: int = 1, role: str = "champion",
-                at: float = 100.0) -> PredictionRecord:
+def _prediction(
+    pid: str,
+    *,
+    entity: str = "card-1",
+    event: str = "",
+    version: int = 1,
+    role: str = "champion",
+    at: float = 100.0,
+) -> PredictionRecord:
     return PredictionRecord(pid, entity, event or f"ev-{pid}", "fraud", version, 0.9, 1, at, role)
 
 
@@ -41,7 +48,9 @@ def test_a_label_joins_its_prediction_by_prediction_id_with_its_lag() -> None:
     result = joiner.add_label(LabelRecord("f1", 0, prediction_id="p1", label_time=130.0))
     assert result.outcome == JOINED
     [joined] = result.joined
-    assert joined.prediction.prediction_id == "p1" and joined.label == 0 and joined.lag_s == 30.0
+    assert joined.prediction.prediction_id == "p1"
+    assert joined.label == 0
+    assert joined.lag_s == 30.0
 
 
 def test_a_label_by_entity_and_event_joins_every_prediction_of_the_event_once() -> None:
@@ -64,9 +73,9 @@ def test_a_late_arriving_prediction_joins_the_label_waiting_for_it() -> None:
     assert [j.prediction.prediction_id for j in joined] == ["p1"]
     assert joiner.pending == 0
     # A shadow prediction of the same event arriving later still gets the label.
-    assert [j.prediction.prediction_id for j in joiner.add_prediction(_prediction("p1-shadow", event="ev-p1"))] == [
-        "p1-shadow"
-    ]
+    assert [
+        j.prediction.prediction_id for j in joiner.add_prediction(_prediction("p1-shadow", event="ev-p1"))
+    ] == ["p1-shadow"]
 
 
 def test_a_label_whose_prediction_never_comes_is_counted_unknown_after_the_horizon() -> None:
@@ -77,7 +86,8 @@ def test_a_label_whose_prediction_never_comes_is_counted_unknown_after_the_horiz
     assert joiner.expire() == 0
     clock.now = 61.0
     assert joiner.expire() == 1
-    assert joiner.counts[UNKNOWN] == 1 and joiner.pending == 0
+    assert joiner.counts[UNKNOWN] == 1
+    assert joiner.pending == 0
     assert joiner.add_prediction(_prediction("nope")) == []
 
 
@@ -97,7 +107,8 @@ def test_duplicate_feedback_ids_and_second_labels_for_a_prediction_are_ignored()
     assert joiner.add_label(LabelRecord("f1", 1, prediction_id="p1")).outcome == DUPLICATE_FEEDBACK
     # A different label for the same prediction: the first one wins.
     second = joiner.add_label(LabelRecord("f2", 0, entity_id="card-1", event_id="ev-p1"))
-    assert second.outcome == DUPLICATE_PREDICTION and second.joined == []
+    assert second.outcome == DUPLICATE_PREDICTION
+    assert second.joined == []
     assert joiner.counts[JOINED] == 1
 
 

@@ -7,10 +7,12 @@ import pytest
 from driftline.services.drift.detectors import Status
 from driftline.services.drift.hysteresis import Hysteresis, HysteresisPolicy
 
-D, N, I = Status.DRIFT, Status.NO_DRIFT, Status.INSUFFICIENT_DATA
+D, N, INS = Status.DRIFT, Status.NO_DRIFT, Status.INSUFFICIENT_DATA
 
 
-def _run(policy: HysteresisPolicy, verdicts: list[Status], *, step_s: float = 1.0) -> list[tuple[int, Status]]:
+def _run(
+    policy: HysteresisPolicy, verdicts: list[Status], *, step_s: float = 1.0
+) -> list[tuple[int, Status]]:
     h = Hysteresis(policy)
     due = []
     for i, verdict in enumerate(verdicts):
@@ -47,14 +49,14 @@ def test_drift_entered_during_cooldown_is_reported_when_it_ends() -> None:
 
 def test_insufficient_data_holds_a_drift_state() -> None:
     policy = HysteresisPolicy(enter_after=1, exit_after=2, cooldown_s=100)
-    due = _run(policy, [D, I, I, I, I, N, N])
+    due = _run(policy, [D, INS, INS, INS, INS, N, N])
     assert due == [(0, D), (6, N)]
 
 
 def test_insufficient_data_is_reported_after_it_persists() -> None:
     policy = HysteresisPolicy(enter_after=2, exit_after=3, cooldown_s=0)
-    due = _run(policy, [N, I, I, N, I, I, I, N])
-    assert due == [(0, N), (6, I), (7, N)]
+    due = _run(policy, [N, INS, INS, N, INS, INS, INS, N])
+    assert due == [(0, N), (6, INS), (7, N)]
 
 
 def test_reset_forgets_the_state_but_not_the_cooldown() -> None:

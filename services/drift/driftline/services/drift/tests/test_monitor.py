@@ -19,7 +19,6 @@ from driftline.services.drift.monitor import (
     reference_from_arrays,
 )
 
-
 POLICY = HysteresisPolicy(enter_after=2, exit_after=2, cooldown_s=60)
 CONFIG = MonitorConfig(window_policy=POLICY, online_policy=POLICY)
 
@@ -45,9 +44,16 @@ def test_reports_name_the_model_version_detector_stream_and_events_seen() -> Non
     reports = monitor.observe_features(rows, np.arange(5.0) + 100)
     assert [(r.status, r.events_seen) for r in reports] == [(Status.NO_DRIFT, 1), (Status.DRIFT, 4)]
     drift = reports[1]
-    assert (drift.model_name, drift.model_version, drift.detector, drift.stream) == ("fraud", 3, "window", "features")
-    assert drift.features[0].feature == "a" and drift.features[0].drifted
-    assert drift.window_start == 103.0 and drift.detected_at == 1000.0
+    assert (drift.model_name, drift.model_version, drift.detector, drift.stream) == (
+        "fraud",
+        3,
+        "window",
+        "features",
+    )
+    assert drift.features[0].feature == "a"
+    assert drift.features[0].drifted
+    assert drift.window_start == 103.0
+    assert drift.detected_at == 1000.0
     assert drift.report_id
 
 
@@ -55,7 +61,8 @@ def test_feature_rows_are_aligned_by_name_and_missing_features_are_nan() -> None
     monitor = DriftMonitor(CONFIG, ScriptedFactory())
     monitor.load(_reference())
     row = monitor.feature_row({"flag": 1.0, "unknown": 5.0})
-    assert np.isnan(row[0]) and row[1] == 1.0
+    assert np.isnan(row[0])
+    assert row[1] == 1.0
 
 
 def test_the_prediction_stream_watches_scores_and_decisions_at_the_versions_threshold() -> None:

@@ -40,8 +40,12 @@ class Clock:
         return self.now
 
 
-def _joined(label: int, decision: int, *, version: int = 1, role: str = "champion", lag: float = 2.0) -> JoinedLabel:
-    prediction = PredictionRecord("p", "e", "ev", "fraud", version, 0.9 if decision else 0.1, decision, 0.0, role)
+def _joined(
+    label: int, decision: int, *, version: int = 1, role: str = "champion", lag: float = 2.0
+) -> JoinedLabel:
+    prediction = PredictionRecord(
+        "p", "e", "ev", "fraud", version, 0.9 if decision else 0.1, decision, 0.0, role
+    )
     return JoinedLabel(prediction, label, "f", lag)
 
 
@@ -58,7 +62,13 @@ def test_a_degradation_is_raised_when_accuracy_over_the_window_drops_below_the_t
     assert performances[0].accuracy == pytest.approx(4 / 6)
     assert performances[0].label_lag_s == 2.0
     [d] = degradations
-    assert (d.model_name, d.model_version, d.metric, d.threshold, d.labelled_count) == ("fraud", 1, "accuracy", 0.8, 6)
+    assert (d.model_name, d.model_version, d.metric, d.threshold, d.labelled_count) == (
+        "fraud",
+        1,
+        "accuracy",
+        0.8,
+        6,
+    )
     assert d.value == pytest.approx(4 / 6)
 
 
@@ -83,7 +93,8 @@ def test_the_window_slides_so_recovered_performance_stops_degradations() -> None
     clock.now = 1000
     tracker.add([_joined(1, 1)] * 10)
     performances, degradations = tracker.evaluate()
-    assert performances[0].accuracy == 1.0 and performances[0].labelled == 10
+    assert performances[0].accuracy == 1.0
+    assert performances[0].labelled == 10
     assert degradations == []
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from driftline.featurestore.aggregation import AddOutcome, replay
 from driftline.featurestore.testing import SMALL_SET, event
 from driftline.services.features.fakes import MemoryState
@@ -48,3 +50,31 @@ async def test_a_replayed_batch_changes_nothing() -> None:
     assert [r.outcome for r in again] == [AddOutcome.DUPLICATE] * 10
     assert [r.computed for r in again] == [r.computed for r in first]  # vectors re-published identically
     assert (dict(state.features), {k: dict(v) for k, v in state.events.items()}) == snapshot
+
+
+async def test_failed_save_never_leaves_unsaved_events_in_memory() -> None:
+    state = MemoryState()
+    processor = FeatureProcessor(SMALL_SET, state, allowed_lateness_s=5.0)
+    await processor.process([event("a", 100.0, 1.0)])
+    state.fail_save_next = 1
+    batch = [event("b", 101.0, 2.0), event("c", 102.0, 3.0)]
+    with pytest.raises(ConnectionError):
+        await processor.process(batch)
+    retried = await processor.process(batch)
+    assert [r.outcome for r in retried] == [AddOutcome.ADDED, AddOutcome.ADDED]
+    assert set(state.events["c1"]) == {"a", "b", "c"}
+
+
+async def test_cached_histories_skip_reloads_until_invalidated() -> None:
+    state = MemoryState()
+    processor = FeatureProcessor(SMALL_SET, state, allowed_lateness_s=5.0)
+    await processor.process([event("a", 100.0, 1.0)])
+    await processor.process([event("b", 101.0, 1.0)])
+    assert state.loads == 1
+    # Another worker writes meanwhile (a rebalance); after invalidation we see its event.
+    state.events["c1"]["x"] = event("x", 101.5, 100.0)
+    processor.invalidate()
+    result = await processor.process([event("c", 102.0, 1.0)])
+    assert state.loads == 2
+    assert result[0].computed is not None
+    assert result[0].computed.as_dict(SMALL_SET)["sum_10s"] == 103.0  # a, b, x, c

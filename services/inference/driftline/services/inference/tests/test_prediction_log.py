@@ -2,14 +2,12 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 
 from prometheus_client import REGISTRY
 
 from driftline.featurestore.vectors import FeatureStatus, FeatureValue
 from driftline.inference.v1 import inference_pb2
 from driftline.kit.codec import utcnow
-from driftline.kit.kafka import DeliveryError
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.models import Role
 from driftline.services.inference.prediction_log import PredictionLogger
@@ -40,24 +38,30 @@ def result(i: int) -> PredictionResult:
 
 
 class FakeProducer:
-    def __init__(self, *, block: threading.Event | None = None, fail: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, str]] = []
+    """The confluent client's produce/poll/flush; acknowledges (or fails) each record at once."""
+
+    def __init__(
+        self, *, block: threading.Event | None = None, fail: bool = False, full: bool = False
+    ) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
         self.block = block
         self.fail = fail
+        self.full = full
+        self.pending = 0
 
-    def send(self, topic, value, key=None):
+    def produce(self, topic, value, key, on_delivery):
         if self.block is not None:
             self.block.wait(10)
-        future: Future = Future()
-        self.sent.append((topic.name, value, key))
-        if self.fail:
-            future.set_exception(DeliveryError("broker gone"))
-        else:
-            future.set_result(None)
-        return future
+        if self.full:
+            raise BufferError("local queue full")
+        self.sent.append((topic, value, key))
+        on_delivery("broker gone" if self.fail else None, None)
 
-    def flush(self, timeout_s=None):
-        return None
+    def poll(self, timeout):
+        return 0
+
+    def flush(self, timeout):
+        return self.pending
 
 
 def wait_for(predicate, timeout_s: float = 5.0) -> None:
@@ -73,7 +77,8 @@ def test_records_are_sent_as_prediction_logs_keyed_by_entity():
     for i in range(5):
         logger.log(result(i))
     logger.close()
-    assert [key for _, _, key in producer.sent] == [f"card-{i}" for i in range(5)]
+    assert [key for _, _, key in producer.sent] == [f"card-{i}".encode() for i in range(5)]
+    assert logger.acknowledged == 5
     record = inference_pb2.PredictionLog.FromString(producer.sent[0][1])
     assert record.prediction_id == "p0"
     assert record.event_id == "e0"
@@ -83,6 +88,19 @@ def test_records_are_sent_as_prediction_logs_keyed_by_entity():
     assert list(record.feature_values) == [12.5]
     assert record.predicted_at.seconds > 0
     assert {topic for topic, _, _ in producer.sent} == {PREDICTIONS.name}
+
+
+def test_a_full_client_queue_and_unacknowledged_records_at_shutdown_are_counted():
+    producer = FakeProducer(full=True)
+    logger = PredictionLogger(producer, PREDICTIONS)
+    logger.start()
+    before_full, before_shutdown = dropped("queue_full"), dropped("shutdown")
+    for i in range(4):
+        logger.log(result(i))
+    producer.pending = 2
+    logger.close()
+    assert dropped("queue_full") - before_full == 4
+    assert dropped("shutdown") - before_shutdown == 2
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_blocking():
