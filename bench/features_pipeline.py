@@ -5,18 +5,19 @@ On the real broker and Redis (``make up``), in one run:
 1. A namespaced clean-transactions topic is pre-filled with ``--events`` protobuf events over
    ``--cards`` cards (keyed by card, as ingestion writes them).
 2. Baseline: a bare aiokafka consumer reads it all (``getmany`` loop, nothing else), timed from
-   its first record to its last.
+   its first record to its last. For reference, a no-op faust agent (``noack_take`` + ack, no
+   work: faust's own floor) reads it too.
 3. The features service (``python -m driftline.services.features``, default settings: batches of
    500, Redis state round trips, vectors published with acks, offline sink on) processes the same
    topic; its rate is timed from the first published vector to the last (broker timestamps), so
    start-up and the group join do not count.
-4. Freshness: with the service still running, events are produced at ``--rate`` per second for
-   ``--seconds`` with event time = send time. Freshness = the published vector's broker
-   timestamp minus the event time (the vector is sent after the Redis write commits, so it
-   bounds "visible in Redis" from above); the service's own histogram
+4. Freshness: with the service still running, events are produced at each ``--rate`` per second
+   (default 1000, then 300, the demo's rate) for ``--seconds`` with event time = send time.
+   Freshness = the published vector's broker timestamp minus the event time (the vector is
+   sent after the Redis write commits, so it bounds "visible in Redis" from above); the service's own histogram
    (``driftline_features_freshness_seconds``) is read too.
 
-    .venv/bin/python bench/features_pipeline.py [--events 20000] [--rate 1000] [--seconds 20]
+    .venv/bin/python bench/features_pipeline.py [--events 20000] [--rate 1000 300] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from rich.console import Console
 from rich.table import Table
 
 from driftline.events.v1 import transaction_pb2
-from driftline.featurestore.events import epoch_seconds
 from driftline.features.v1 import features_pb2
+from driftline.featurestore.events import epoch_seconds
 from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.settings import KafkaSettings, RedisSettings
@@ -57,7 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
 
-def transaction(i: int, cards: int, event_time: datetime, rng: random.Random) -> transaction_pb2.CleanTransaction:
+def transaction(
+    i: int, cards: int, event_time: datetime, rng: random.Random
+) -> transaction_pb2.CleanTransaction:
     message = transaction_pb2.CleanTransaction(
         event_id=f"bench-{i:08d}",
         card_id=f"card-{rng.randrange(cards):04d}",
@@ -107,7 +110,9 @@ async def bare_consume(settings: KafkaSettings, topic: str, count: int) -> float
     return (count - 1) / (last - first)
 
 
-def read_vectors(settings: KafkaSettings, topic: str, expected: int, timeout_s: float) -> list[tuple[float, float]]:
+def read_vectors(
+    settings: KafkaSettings, topic: str, expected: int, timeout_s: float
+) -> list[tuple[float, float]]:
     """(broker timestamp s, vector event time s) of the first ``expected`` vectors."""
     consumer = Consumer(
         {
@@ -153,9 +158,65 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
         if count >= rank:
             if bound == float("inf"):
                 return previous_bound
-            return previous_bound + (bound - previous_bound) * (rank - previous_count) / max(count - previous_count, 1e-9)
+            return previous_bound + (bound - previous_bound) * (rank - previous_count) / max(
+                count - previous_count, 1e-9
+            )
         previous_bound, previous_count = bound, count
     return bounds[-2]
+
+
+NOOP_AGENT = """
+import os, sys, time
+import faust
+prefix, topic, count, bootstrap, datadir = sys.argv[1:6]
+count = int(count)
+app = faust.App(prefix + "noop", broker="kafka://" + bootstrap, value_serializer="raw", key_serializer="raw",
+                topic_allow_declare=False, topic_disable_leader=True, web_enabled=False, datadir=datadir,
+                consumer_auto_offset_reset="earliest")
+source = app.topic(topic, value_type=bytes, internal=False, partitions=3)
+seen = {"n": 0, "first": 0.0}
+
+@app.agent(source)
+async def noop(stream):
+    async for batch in stream.noack_take(500, within=0.02):
+        if not seen["first"]:
+            seen["first"] = time.perf_counter()
+        else:
+            seen["n"] += len(batch)
+        for event in batch:
+            await stream.ack(event)
+        if seen["n"] + 500 >= count:
+            os.write(2, f"RESULT {seen['n'] / (time.perf_counter() - seen['first'])}\\n".encode())
+            os._exit(0)
+
+sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+app.main()
+"""
+
+
+def noop_faust(settings: KafkaSettings, prefix: str, topic: str, count: int, workdir: Path) -> float:
+    """Events/s of a faust agent that only acks (after its first batch, so the join does not count)."""
+    script = workdir / "noop_agent.py"
+    script.write_text(NOOP_AGENT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            prefix,
+            topic,
+            str(count),
+            settings.bootstrap_servers,
+            str(workdir / "noop"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    for line in done.stderr.splitlines():
+        if line.startswith("RESULT "):
+            return float(line.split()[1])
+    raise SystemExit(f"no-op faust agent failed:\n{done.stderr[-2000:]}")
 
 
 def free_port() -> int:
@@ -165,11 +226,19 @@ def free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=20_000, help="events pre-filled for the throughput run")
     parser.add_argument("--cards", type=int, default=500, help="distinct cards")
-    parser.add_argument("--rate", type=int, default=1000, help="events/s for the freshness run")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of the freshness run")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        nargs="+",
+        default=[1000, 300],
+        help="events/s of the freshness runs (one run each)",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each freshness run")
     args = parser.parse_args()
 
     kafka_settings, redis_settings = KafkaSettings(), RedisSettings()
@@ -183,6 +252,7 @@ def main() -> None:
         console.print(f"pre-filling {args.events:,} events...")
         prefill(kafka_settings, source, args.events, args.cards)
         bare_rate = asyncio.run(bare_consume(kafka_settings, source.name, args.events))
+        noop_rate = noop_faust(kafka_settings, prefix, source.name, args.events, workdir)
 
         port = free_port()
         env = dict(
@@ -197,35 +267,43 @@ def main() -> None:
             DRIFTLINE_LOG_LEVEL="WARNING",
         )
         log = (workdir / "features.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "driftline.services.features"], env=env, stdout=log, stderr=log, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.services.features"], env=env, stdout=log, stderr=log, cwd=ROOT
+        )
         console.print("features service processing the pre-filled topic...")
         stamps = read_vectors(kafka_settings, vectors.name, args.events, timeout_s=300)
         if len(stamps) < args.events:
-            raise SystemExit(f"only {len(stamps)} of {args.events} vectors arrived; see {workdir / 'features.log'}")
+            raise SystemExit(
+                f"only {len(stamps)} of {args.events} vectors arrived; see {workdir / 'features.log'}"
+            )
         times = sorted(t for t, _ in stamps)
         service_rate = (len(times) - 1) / (times[-1] - times[0])
 
-        console.print(f"freshness run: {args.rate} events/s for {args.seconds:.0f} s...")
-        before = histogram(port, "driftline_features_freshness_seconds")
-        rng = random.Random(11)
-        producer = KafkaProducer(kafka_settings)
-        total = int(args.rate * args.seconds)
-        started = time.perf_counter()
-        for i in range(total):
-            due = started + i / args.rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            message = transaction(args.events + i, args.cards, datetime.now(UTC), rng)
-            producer.send(source, message.SerializeToString(), key=message.card_id)
-        producer.close()
-        achieved = total / (time.perf_counter() - started)
-        live_from = epoch_seconds(datetime.now(UTC)) - (time.perf_counter() - started) - 1
-        everything = read_vectors(kafka_settings, vectors.name, args.events + total, timeout_s=120)
-        live = [(published, event) for published, event in everything if event >= live_from]
-        time.sleep(1.0)
-        after = histogram(port, "driftline_features_freshness_seconds")
-        lags = np.array([published - event for published, event in live])
+        freshness = []
+        produced = args.events
+        for rate in args.rate:
+            console.print(f"freshness run: {rate} events/s for {args.seconds:.0f} s...")
+            before = histogram(port, "driftline_features_freshness_seconds")
+            rng = random.Random(rate)
+            producer = KafkaProducer(kafka_settings)
+            total = int(rate * args.seconds)
+            started = time.perf_counter()
+            live_from = epoch_seconds(datetime.now(UTC))
+            for i in range(total):
+                due = started + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                message = transaction(produced + i, args.cards, datetime.now(UTC), rng)
+                producer.send(source, message.SerializeToString(), key=message.card_id)
+            producer.close()
+            achieved = total / (time.perf_counter() - started)
+            produced += total
+            everything = read_vectors(kafka_settings, vectors.name, produced, timeout_s=120)
+            time.sleep(1.0)
+            after = histogram(port, "driftline_features_freshness_seconds")
+            lags = np.array([published - event for published, event in everything if event >= live_from])
+            freshness.append((rate, achieved, lags, bucket_quantile(before, after, 0.99)))
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     finally:
@@ -242,15 +320,16 @@ def main() -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("bare aiokafka consume loop, events/s", f"{bare_rate:,.0f}")
+    table.add_row("no-op faust agent (faust's floor), events/s", f"{noop_rate:,.0f}")
     table.add_row("features service, events/s", f"{service_rate:,.0f}")
-    table.add_row("ratio (service / bare)", f"{service_rate / bare_rate:.3f}x  (target >= 0.5x)")
-    table.add_row("freshness run: offered events/s", f"{achieved:,.0f}")
-    table.add_row("event time -> vector published, p50 (ms)", f"{np.percentile(lags, 50) * 1000:,.1f}")
-    table.add_row("event time -> vector published, p99 (ms)", f"{np.percentile(lags, 99) * 1000:,.1f}")
-    table.add_row(
-        "event time -> visible in Redis, p99 (ms, service histogram)",
-        f"{bucket_quantile(before, after, 0.99) * 1000:,.1f}",
-    )
+    table.add_row("ratio (service / bare aiokafka)", f"{service_rate / bare_rate:.3f}x  (target >= 0.5x)")
+    table.add_row("ratio (no-op faust / bare aiokafka)", f"{noop_rate / bare_rate:.3f}x")
+    table.add_row("ratio (service / no-op faust)", f"{service_rate / noop_rate:.2f}x")
+    for rate, achieved, lags, histogram_p99 in freshness:
+        table.add_row(f"freshness at {rate}/s: offered events/s", f"{achieved:,.0f}")
+        table.add_row("  event time -> vector published, p50 (ms)", f"{np.percentile(lags, 50) * 1000:,.1f}")
+        table.add_row("  event time -> vector published, p99 (ms)", f"{np.percentile(lags, 99) * 1000:,.1f}")
+        table.add_row("  event time -> visible in Redis, p99 (ms, histogram)", f"{histogram_p99 * 1000:,.1f}")
     console.print(table)
 
 

@@ -53,7 +53,9 @@ def timed(call: Callable[[], object], iterations: int) -> np.ndarray:
     return out / 1e3  # microseconds
 
 
-def interleaved(first: Callable[[], object], second: Callable[[], object], iterations: int) -> tuple[np.ndarray, np.ndarray]:
+def interleaved(
+    first: Callable[[], object], second: Callable[[], object], iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Alternate the two calls one by one, so machine noise hits both alike."""
     a, b = np.empty(iterations), np.empty(iterations)
     clock = time.perf_counter_ns
@@ -178,7 +180,9 @@ def run_feast(settings: RedisSettings, ids: list[str], iterations: int, rounds: 
         console.print(f"[yellow]creating the Feast venv in {FEAST_VENV} (once)...[/]")
         subprocess.run(["uv", "venv", "--python", "3.11", str(FEAST_VENV)], check=True, capture_output=True)
         subprocess.run(
-            ["uv", "pip", "install", "--python", str(python), "feast[redis]"], check=True, capture_output=True
+            ["uv", "pip", "install", "--python", str(python), "feast[redis]", "pandas>=2.2"],
+            check=True,
+            capture_output=True,
         )
     script = FEAST_VENV / "feast_bench.py"
     script.write_text(FEAST_SCRIPT)
@@ -199,7 +203,9 @@ def run_feast(settings: RedisSettings, ids: list[str], iterations: int, rounds: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=3000, help="1-entity reads per round and side")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
     parser.add_argument("--feast", action="store_true", help="also measure Feast (throwaway venv)")
@@ -212,7 +218,12 @@ def main() -> None:
     store = OnlineStore(client, FS, key_prefix=prefix)
     ids = [f"card-{i:04d}" for i in range(BATCH)]
     now = time.time()
-    store.write_many([FeatureWrite(e, now, [float(i + j) for j in range(len(FS.feature_names))]) for i, e in enumerate(ids)])
+    store.write_many(
+        [
+            FeatureWrite(e, now, [float(i + j) for j in range(len(FS.feature_names))])
+            for i, e in enumerate(ids)
+        ]
+    )
     try:
         samples = measure(store, client, ids, args.iterations, args.rounds)
         feast = run_feast(settings, ids, args.iterations // 3, args.rounds) if args.feast else None
@@ -225,15 +236,49 @@ def main() -> None:
 
     rows = lambda v: BATCH / (np.median(v) / 1e6)  # noqa: E731 - rows/s at the median call
 
-    table = Table(title=f"Online store reads, {len(FS.feature_names)} features (redis-py parser: {parser_name})")
-    for column in ("measure", "bare HGETALL", "OnlineStore", "ratio (ours / bare)", "Feast", "ratio (ours / Feast)"):
+    table = Table(
+        title=f"Online store reads, {len(FS.feature_names)} features (redis-py parser: {parser_name})"
+    )
+    for column in (
+        "measure",
+        "bare HGETALL",
+        "OnlineStore",
+        "ratio (ours / bare)",
+        "Feast",
+        "ratio (ours / Feast)",
+    ):
         table.add_column(column, justify="right")
     lines = [
-        ("1 entity p50 (µs)", p(samples["bare_one"], 50), p(samples["ours_one"], 50), feast and p(feast["one"], 50)),
-        ("1 entity p99 (µs)", p(samples["bare_one"], 99), p(samples["ours_one"], 99), feast and p(feast["one"], 99)),
-        ("64 entities p50 (µs)", p(samples["bare_many"], 50), p(samples["ours_many"], 50), feast and p(feast["many"], 50)),
-        ("64 entities p99 (µs)", p(samples["bare_many"], 99), p(samples["ours_many"], 99), feast and p(feast["many"], 99)),
-        ("64 entities rows/s", rows(samples["bare_many"]), rows(samples["ours_many"]), feast and rows(feast["many"])),
+        (
+            "1 entity p50 (µs)",
+            p(samples["bare_one"], 50),
+            p(samples["ours_one"], 50),
+            feast and p(feast["one"], 50),
+        ),
+        (
+            "1 entity p99 (µs)",
+            p(samples["bare_one"], 99),
+            p(samples["ours_one"], 99),
+            feast and p(feast["one"], 99),
+        ),
+        (
+            "64 entities p50 (µs)",
+            p(samples["bare_many"], 50),
+            p(samples["ours_many"], 50),
+            feast and p(feast["many"], 50),
+        ),
+        (
+            "64 entities p99 (µs)",
+            p(samples["bare_many"], 99),
+            p(samples["ours_many"], 99),
+            feast and p(feast["many"], 99),
+        ),
+        (
+            "64 entities rows/s",
+            rows(samples["bare_many"]),
+            rows(samples["ours_many"]),
+            feast and rows(feast["many"]),
+        ),
     ]
     for name, bare, ours, other in lines:
         table.add_row(
@@ -245,14 +290,13 @@ def main() -> None:
             "-" if other is None else f"{ours / other:.2f}x",
         )
     console.print(table)
-    console.print(
-        f"targets: 1-entity p99 <= 3x bare (got {p(samples['ours_one'], 99) / p(samples['bare_one'], 99):.2f}x)"
-        + (
-            f"; <= 0.25x Feast {feast['version']} p99 (got {p(samples['ours_one'], 99) / p(feast['one'], 99):.3f}x)"
-            if feast
-            else "; Feast comparison not run (pass --feast)"
-        )
-    )
+    ours_p99 = p(samples["ours_one"], 99)
+    verdict = f"targets: 1-entity p99 <= 3x bare (got {ours_p99 / p(samples['bare_one'], 99):.2f}x)"
+    if feast:
+        verdict += f"; <= 0.25x Feast {feast['version']} p99 (got {ours_p99 / p(feast['one'], 99):.3f}x)"
+    else:
+        verdict += "; Feast comparison not run (pass --feast)"
+    console.print(verdict)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ DEAD_LETTERED = Counter(
     "Messages sent to a dead-letter topic.",
     ["group", "topic", "reason"],
 )
+SKIPPED = Counter(
+    "driftline_kafka_skipped_total",
+    "Unprocessable messages of topics without a dead-letter topic, left on their topic.",
+    ["group", "topic", "reason"],
+)
 PRODUCED = Counter("driftline_kafka_produced_total", "Messages acknowledged by the broker.", ["topic"])
 DELIVERY_FAILURES = Counter(
     "driftline_kafka_delivery_failures_total", "Messages the broker did not acknowledge.", ["topic"]
@@ -411,6 +416,19 @@ class ConsumerLoop:
 
     def _dead_letter(self, message: Message, verdict: DeadLetter, delivery: _BatchDelivery) -> None:
         source = self._topics[message.topic()]
+        if source.dead_letter is None:
+            # Topics written only by Driftline's own services declare no dead-letter topic: the
+            # message stays on its topic (retention keeps it) and is counted and logged, not lost.
+            SKIPPED.labels(self._group, source.name, verdict.reason).inc()
+            log.error(
+                "message_skipped",
+                topic=source.name,
+                partition=message.partition(),
+                offset=message.offset(),
+                reason=verdict.reason,
+                detail=verdict.detail[:500],
+            )
+            return
         DEAD_LETTERED.labels(self._group, source.name, verdict.reason).inc()
         _, timestamp = message.timestamp()
         headers: Headers = list(cast(Headers, message.headers() or []))

@@ -131,3 +131,28 @@ def test_failed_delivery_prevents_commit():
     with pytest.raises(kafka.DeliveryError):
         loop._process(fake_messages([b"a"], topic=TRANSACTIONS_RAW.name))
     assert loop._consumer.commits == []
+
+
+def test_poison_on_a_topic_without_dead_letter_topic_is_skipped_and_the_loop_goes_on():
+    from driftline.kit.topics import PREDICTIONS
+
+    def handler(message):
+        if message.value() == b"bad":
+            raise kafka.PoisonMessage("undecodable", "not a PredictionLog")
+        return [kafka.Output("out", message.value())]
+
+    producer = _Producer()
+    loop = kafka.ConsumerLoop(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        group_id="g2",
+        topics=[PREDICTIONS],
+        handler=kafka.per_message(handler),
+        producer=producer,
+        retry_backoff_s=0,
+    )
+    loop._consumer = _Consumer()
+    before = kafka.SKIPPED.labels("g2", PREDICTIONS.name, "undecodable")._value.get()
+    loop._process(fake_messages([b"a", b"bad", b"c"], topic=PREDICTIONS.name))
+    assert [s[1] for s in producer.sent] == [b"a", b"c"]
+    assert kafka.SKIPPED.labels("g2", PREDICTIONS.name, "undecodable")._value.get() == before + 1
+    assert loop._consumer.commits == [[(PREDICTIONS.name, 0, 3)]]

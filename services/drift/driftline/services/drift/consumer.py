@@ -232,7 +232,7 @@ class DriftHandler:
         if topic == self._topics.feedback.name:
             try:
                 return self._on_feedback(message)
-            except Exception as err:
+            except Exception as err:  # one label must not stop the loop: it goes to dead letters
                 log.exception("feedback_failed", offset=message.offset())
                 return DeadLetter("error", f"{type(err).__name__}: {err}")
         try:
@@ -241,7 +241,7 @@ class DriftHandler:
             metrics.SKIPPED.labels(topic, skip.reason).inc()
             log.debug("message_skipped", topic=topic, offset=message.offset(), reason=skip.reason)
             return []
-        except Exception:
+        except Exception:  # no dead-letter topic here: counted and logged, the loop goes on
             metrics.SKIPPED.labels(topic, "error").inc()
             log.exception("message_failed", topic=topic, offset=message.offset())
             return []

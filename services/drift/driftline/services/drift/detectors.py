@@ -56,6 +56,8 @@ REFERENCE_UNUSABLE = "reference_unusable"
 class FeatureSpec:
     name: str
     kind: FeatureKind
+    #: Tested by the windowed test too (online detectors test every feature of their kind).
+    windowed: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,14 @@ def verdict_from_stats(
     status = Status.DRIFT if drifted else Status.NO_DRIFT
     reason = "drifted: " + ", ".join(drifted) if drifted else ""
     return Verdict(status, tuple(stats), window_size, window_start, window_end, reason=reason)
+
+
+def time_span(times: np.ndarray) -> tuple[float, float]:
+    """First and last finite event time (epoch seconds), NaN when none."""
+    finite = times[np.isfinite(times)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(finite.min()), float(finite.max())
 
 
 def column_problem(values: np.ndarray, min_samples: int) -> tuple[np.ndarray, str]:

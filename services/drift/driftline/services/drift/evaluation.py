@@ -23,12 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from driftline.services.drift.alibi_backend import (
-    CVM_ONLINE,
-    FET_ONLINE,
-    CVMOnlineDetector,
-    FETOnlineDetector,
-)
+from driftline.services.drift.alibi_online import CVM_ONLINE, FET_ONLINE, CVMOnlineDetector, FETOnlineDetector
 from driftline.services.drift.detectors import DetectorFactory, OnlineConfig, Status, infer_kinds
 from driftline.services.drift.monitor import DriftMonitor, MonitorConfig, reference_from_arrays
 

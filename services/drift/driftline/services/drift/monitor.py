@@ -5,8 +5,8 @@
 * **features**: every reference feature; the window test on all, the online CVM test on the
   numeric ones, the online FET test on the binary ones;
 * **predictions**: the model's score (window KS test and online CVM) and its decision, the score
-  at or above the decision threshold (window chi-square and online FET). The decision is derived
-  from the score on both sides, so the reference and the stream use the same threshold.
+  at or above the decision threshold (online FET only). The decision is derived from the score on
+  both sides, so the reference and the stream use the same threshold.
 
 Rows go in with ``observe_features`` / ``observe_predictions``; every verdict goes through the
 detector's :class:`Hysteresis`, and the reports due come back as :class:`DriftReportData`.
@@ -230,7 +230,9 @@ class DriftMonitor:
         if self._config.watch_predictions and reference.scores.size:
             specs[Stream.PREDICTIONS] = [
                 FeatureSpec(SCORE, FeatureKind.NUMERIC),
-                FeatureSpec(DECISION, FeatureKind.BINARY),
+                # Decisions are bursty (fraud comes in bursts), which makes a chi-square test on a
+                # window of them raise false alarms; the KS test on scores covers them there.
+                FeatureSpec(DECISION, FeatureKind.BINARY, windowed=False),
             ]
             detectors[Stream.PREDICTIONS] = self._factory.build(
                 Stream.PREDICTIONS,

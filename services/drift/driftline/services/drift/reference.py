@@ -164,7 +164,9 @@ class ReferenceWatcher:
             version = self._source.get_version(self.model_name, alias=self.alias)
             reference = reference_from_version(version, default_threshold=self._default_threshold)
             reports = self._monitor.load(reference)
-        except (DriftlineError, ValueError) as err:
+        except Exception as err:  # an unusable reference must not stop the loop: logged, retried
+            if not isinstance(err, DriftlineError | ValueError):
+                log.exception("reference_build_failed", model=self.model_name, alias=self.alias)
             self._retry_at = self._clock() + self._retry_s
             log.warning(
                 "reference_load_failed",

@@ -6,19 +6,24 @@ themselves only once its effects are done: its state and features committed in R
 vector or dead letter acknowledged by the broker. A handler error never escapes: the batch is
 retried, then each event alone, and what still fails goes to the dead-letter topic with the
 reason in ``dlq.*`` headers (the names ``driftline.kit.kafka`` uses), and is acked after that.
+
+Outputs (vectors, dead letters) go through the kit's confluent-kafka producer rather than faust's
+aiokafka one: same partitioner and delivery settings as every other Driftline producer, and a
+fraction of the CPU per message (see docs/adr/0004-features-output-producer.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import structlog
 from faust import Stream
-from faust.types import EventT, TopicT
+from faust.types import EventT
 
 from driftline.events.v1 import transaction_pb2
 from driftline.features.v1 import features_pb2
@@ -68,15 +73,42 @@ def _headers(raw: Any) -> list[tuple[str, bytes]]:
     return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
 
 
+class Publisher(Protocol):
+    """Where outputs go: ``send`` queues, ``flush`` returns once all are acknowledged (or raises)."""
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> concurrent.futures.Future[Any]: ...
+
+    async def flush(self) -> None: ...
+
+
+class KafkaPublisher:
+    """The kit's idempotent producer (acks=all) behind the Publisher protocol."""
+
+    def __init__(self, producer: kafka.KafkaProducer, *, timeout_s: float = 120.0) -> None:
+        self.producer = producer
+        self._timeout_s = timeout_s
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> concurrent.futures.Future[Any]:
+        return self.producer.send(topic, value, key, headers)
+
+    async def flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, self._timeout_s)
+
+
 class TransactionsAgent:
     """Clean transactions -> feature processor -> feature vectors; poison -> dead letters."""
 
     def __init__(
         self,
         processor: FeatureProcessor,
+        publisher: Publisher,
         *,
-        vectors: TopicT,
-        dead_letters: TopicT,
+        vectors_topic: str,
+        dead_letter_topic: str,
         source_name: str,
         batch_max: int = 500,
         batch_within_s: float = 0.02,
@@ -86,8 +118,9 @@ class TransactionsAgent:
     ) -> None:
         self._processor = processor
         self._feature_set: FeatureSet = processor.feature_set
-        self._vectors = vectors
-        self._dead_letters = dead_letters
+        self._publisher = publisher
+        self._vectors = vectors_topic
+        self._dead_letters = dead_letter_topic
         self._source_name = source_name
         self._batch_max = batch_max
         self._within = batch_within_s
@@ -104,29 +137,34 @@ class TransactionsAgent:
                 await stream.ack(event)
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        """Process a batch until every event's effect is durable; never raises on bad input."""
+        """Process a batch until every event's effect is durable; never raises on bad input.
+
+        Raises only when the broker does not acknowledge outputs: the worker then stops with the
+        batch un-acked, and a restart replays it (its effects are idempotent). Acking events whose
+        outputs were lost is the one thing not to do.
+        """
         started = time.perf_counter()
         label = self._feature_set.key
         decoded: list[tuple[EventT, Event]] = []
-        deliveries: list[Awaitable[Any]] = []
+        deliveries: list[concurrent.futures.Future[Any]] = []
         for item in batch:
             try:
                 decoded.append((item, decode_transaction(item.message.value)))
             except PoisonEvent as err:
-                deliveries.append(await self._dead_letter(item, err.reason, err.detail))
+                deliveries.append(self._dead_letter(item, err.reason, err.detail))
         vectors = 0
+        send = self._publisher.send
         for item, outcome in await self._process(decoded):
             if isinstance(outcome, PoisonEvent):
-                deliveries.append(await self._dead_letter(item, outcome.reason, outcome.detail))
+                deliveries.append(self._dead_letter(item, outcome.reason, outcome.detail))
             elif outcome.computed is not None:
                 vectors += 1
-                vector = computed_to_proto(self._feature_set, outcome.event.entity_id, outcome.computed)
-                deliveries.append(
-                    await self._vectors.send(
-                        key=outcome.event.entity_id.encode(), value=vector.SerializeToString(), force=True
-                    )
-                )
-        await self._await_deliveries(deliveries)
+                entity_id = outcome.event.entity_id
+                vector = computed_to_proto(self._feature_set, entity_id, outcome.computed)
+                deliveries.append(send(self._vectors, vector.SerializeToString(), entity_id.encode()))
+        if deliveries:
+            await self._publisher.flush()
+            kafka.wait_all(deliveries, timeout_s=5.0)
         metrics.VECTORS.labels(label).inc(vectors)
         metrics.BATCH_SECONDS.labels(label).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(label).observe(len(batch))
@@ -142,7 +180,7 @@ class TransactionsAgent:
             try:
                 results = await self._processor.process([e for _, e in decoded])
                 return [(item, r) for (item, _), r in zip(decoded, results, strict=True)]
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - retried, then isolated and dead-lettered
                 attempt += 1
                 if attempt > self._max_retries:
                     if len(decoded) > 1:
@@ -157,7 +195,7 @@ class TransactionsAgent:
                 log.warning("batch_retry", attempt=attempt, events=len(decoded), error=str(err))
                 await asyncio.sleep(self._backoff * attempt)
 
-    async def _dead_letter(self, item: EventT, reason: str, detail: str) -> Awaitable[Any]:
+    def _dead_letter(self, item: EventT, reason: str, detail: str) -> concurrent.futures.Future[Any]:
         message = item.message
         metrics.DEAD_LETTERED.labels(reason).inc()
         log.info(
@@ -177,16 +215,7 @@ class TransactionsAgent:
             (kafka.DLQ_SOURCE_TIMESTAMP, str(round((message.timestamp or 0) * 1000)).encode()),
             (kafka.DLQ_SERVICE, self._service),
         ]
-        return await self._dead_letters.send(
-            key=message.key, value=message.value or b"", headers=headers, force=True
-        )
-
-    async def _await_deliveries(self, deliveries: list[Awaitable[Any]]) -> None:
-        # The producer retries on its own. If the broker still refuses, the error propagates and
-        # the worker stops with the batch un-acked: a restart replays it, and its effects are
-        # idempotent. Acking events whose outputs were lost is the one thing not to do.
-        if deliveries:
-            await asyncio.gather(*deliveries)
+        return self._publisher.send(self._dead_letters, message.value or b"", message.key, headers)
 
 
 class VectorsSinkAgent:

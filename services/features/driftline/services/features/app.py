@@ -2,7 +2,8 @@
 
 ``FeaturesApp(settings)`` builds the faust app, its topics (declared with the partitions the
 topic declarations give, ``internal=False``: ``driftline topics create`` makes them, faust never
-does), the stores and the agents. Nothing connects until the worker starts.
+does), the kit producer the outputs go through, the stores and the agents. Nothing is read or
+written until the worker starts.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import structlog
 from driftline.featurestore.definitions import FeatureSet, feature_set_by_key
 from driftline.featurestore.offline import OfflineStore
 from driftline.featurestore.online import AsyncOnlineStore
+from driftline.kit.kafka import KafkaProducer
 from driftline.kit.metrics import serve_metrics
 from driftline.kit.topics import FEATURE_VECTORS, Topic
-from driftline.services.features.agents import TransactionsAgent, VectorsSinkAgent
+from driftline.services.features.agents import KafkaPublisher, TransactionsAgent, VectorsSinkAgent
 from driftline.services.features.config import Settings
 from driftline.services.features.processor import FeatureProcessor
 from driftline.services.features.sink import OfflineSink
@@ -95,10 +97,12 @@ class FeaturesApp:
         )
         source = faust_topic(self.faust, self.source)
         vectors = faust_topic(self.faust, self.vectors_topic)
+        self.producer = KafkaProducer(settings.kafka)
         self.transactions = TransactionsAgent(
             self.processor,
-            vectors=vectors,
-            dead_letters=faust_topic(self.faust, self.source.dead_letter_topic()),
+            KafkaPublisher(self.producer, timeout_s=settings.kafka.delivery_timeout_ms / 1000),
+            vectors_topic=self.vectors_topic.name,
+            dead_letter_topic=self.source.dead_letter_topic().name,
             source_name=self.source.name,
             batch_max=settings.batch_max,
             batch_within_s=settings.batch_within_s,
@@ -127,6 +131,7 @@ class FeaturesApp:
             # Rows still pending after failed writes get one last try; un-acked events replay anyway.
             self.sink.flush()
         await self.redis.aclose()  # type: ignore[attr-defined]
+        self.producer.close()
         log.info("features_stopped", batches=self.transactions.batches)
 
     def run(self) -> None:

@@ -15,6 +15,12 @@ A batch starts when it holds ``max_batch_size`` rows or its oldest request has w
 ``max_queue_delay_us``, whichever comes first. While ``concurrency`` batches are running, new
 requests accumulate, so the next batch fills by itself under load and a lone request waits for
 nothing when the model is idle and the delay is 0.
+
+Models whose typical run is shorter than ``inline_below_us`` (tabular models on the CPU: ~10 µs)
+run on the event loop instead of a worker thread, since the hand-off would cost more than the
+run; with a delay of 0 such a request that finds nothing queued and nothing running is run at
+once, without a trip through the queue. Batching then happens only where it pays: slower models
+(GPU kernels, big networks) and bursts that queue up behind a running batch.
 """
 
 from __future__ import annotations
@@ -131,21 +137,35 @@ class DynamicBatcher:
         request = _Request(
             feeds, rows.pop(), _merge_key(feeds), loop.create_future(), time.perf_counter(), deadline
         )
+        if self._direct(request.rows):
+            # Nothing queued, nothing running, and a model faster than a hand-off: waiting for
+            # company would only add latency, so run now (no suspension until the result).
+            await self._slots.acquire()
+            await self._execute([request])
+            return request.future.result()
         self._queue.append(request)
         self._depth.set(len(self._queue))
         self._wakeup.set()
         # Cancelling the awaiting task cancels this future; the worker then skips the request.
         return await request.future
 
+    def _direct(self, rows: int) -> bool:
+        return (
+            self.options.max_queue_delay_us == 0
+            and not self._queue
+            and not self._slots.locked()
+            and self._inline(rows)
+        )
+
     async def _work(self) -> None:
         while True:
-            await self._slots.acquire()
             while not self._queue:
                 if self._closed:
-                    self._slots.release()
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            # Waits here while `concurrency` batches run; requests queue up meanwhile.
+            await self._slots.acquire()
             # Let handlers that are already runnable enqueue before the batch is cut.
             await asyncio.sleep(0)
             batch = await self._collect()

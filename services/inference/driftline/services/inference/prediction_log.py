@@ -17,6 +17,7 @@ were still unacknowledged at shutdown (``shutdown``). Each is alerted on.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -137,7 +138,11 @@ class PredictionLogger:
                 if self._stopping:
                     return
                 continue
-            for result in records:
+            for i, result in enumerate(records):
+                if i % 32 == 31:
+                    # Hand the GIL back now and then: a 500-record burst would otherwise hold
+                    # the event loop for a whole switch interval (5 ms).
+                    time.sleep(0)
                 try:
                     value = self._encode(result)
                 except Exception as err:  # noqa: BLE001 - a bad record must not stop the sender

@@ -92,7 +92,7 @@ class Predictor:
         self._shadows: set[asyncio.Task[None]] = set()
         self._features_seconds = metrics.STAGE_SECONDS.labels("features")
         self._predictions = {role: metrics.PREDICTIONS.labels(role.value) for role in Role}
-        self._index_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+        self._index_cache: dict[tuple[str, int, int, tuple[str, ...]], list[int]] = {}
 
     async def predict(
         self, inputs: Sequence[PredictInput], *, deadline: float | None = None
@@ -108,8 +108,12 @@ class Predictor:
                 raise InvalidArgument("entity_id is empty")
         routes = [self._slots.route(item.entity_id) for item in inputs]
         with ExitStack() as leases:
-            for model in {id(r.model): r.model for r in routes}.values():
-                leases.enter_context(model.lease())
+            held = {id(routes[0].model)}
+            leases.enter_context(routes[0].model.lease())
+            for route in routes:
+                if id(route.model) not in held:  # a canary call: hold the challenger too
+                    held.add(id(route.model))
+                    leases.enter_context(route.model.lease())
             started = time.perf_counter()
             # FAIL is enforced below, after unknown entities were told apart (NOT_FOUND).
             policy = StalenessPolicy.SERVE if self._policy is StalenessPolicy.FAIL else self._policy
@@ -159,11 +163,12 @@ class Predictor:
 
     def _columns(self, model: ServingModel, reading: EntityFeatures) -> list[int]:
         """Positions of the model's feature columns within the store's reading (cached)."""
-        have = tuple(f.name for f in reading.values)
-        want = model.meta.feature_names or have
-        key = (have, want)
+        # A feature set version always lists the same features in the same order.
+        key = (reading.feature_set, reading.version, len(reading.values), model.meta.feature_names)
         index = self._index_cache.get(key)
         if index is None:
+            have = tuple(f.name for f in reading.values)
+            want = model.meta.feature_names or have
             position = {name: i for i, name in enumerate(have)}
             missing = [name for name in want if name not in position]
             if missing:

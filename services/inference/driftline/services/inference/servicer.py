@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def observed(method: str) -> Callable[[F], F]:
     """Count each call by gRPC status and time it (stage ``total``). Goes under ``@grpc_errors``."""
     total = metrics.STAGE_SECONDS.labels("total")
+    by_code: dict[str, Any] = {}
 
     def decorate(handler: F) -> F:
         @functools.wraps(handler)
@@ -43,7 +44,10 @@ def observed(method: str) -> Callable[[F], F]:
                 raise
             finally:
                 total.observe(time.perf_counter() - started)
-                metrics.REQUESTS.labels(method, code).inc()
+                counter = by_code.get(code)
+                if counter is None:
+                    counter = by_code[code] = metrics.REQUESTS.labels(method, code)
+                counter.inc()
 
         return wrapper  # type: ignore[return-value]
 

@@ -311,3 +311,42 @@ def test_outputs_of_a_batch_of_only_dead_letters_ride_on_the_next_batch() -> Non
         "predictions",
         drift_pb2.DRIFT_STATUS_INSUFFICIENT_DATA,
     )
+
+
+class _Exploding:
+    name = "window"
+
+    def update(self, rows: np.ndarray, times: np.ndarray) -> list:
+        raise RuntimeError("detector bug")
+
+    def reset(self) -> None:
+        return None
+
+
+def test_an_unexpected_detector_error_is_counted_and_the_loop_goes_on() -> None:
+    h = Harness()
+    h.factory.build = lambda *args, **kwargs: [_Exploding()]  # type: ignore[method-assign]
+    outcomes = h.handler(
+        [
+            h.message(TOPICS.feature_vectors.name, _vector(0.9)),
+            h.message(TOPICS.predictions.name, _prediction("p", 0.9)),
+        ]
+    )
+    assert outcomes == [[], []]
+    assert h.joiner.predictions_held == 1
+
+
+def test_a_reference_that_fails_to_build_is_retried_later() -> None:
+    h = Harness()
+    real_build = h.factory.build
+
+    def failing(*args: object, **kwargs: object) -> list:
+        raise RuntimeError("calibration bug")
+
+    h.factory.build = failing  # type: ignore[method-assign,assignment]
+    h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.1))])
+    assert h.monitor.version is None
+    h.factory.build = real_build  # type: ignore[method-assign]
+    h.clock.now += 11
+    h.outputs([h.message(TOPICS.feature_vectors.name, _vector(0.1))])
+    assert h.monitor.version == 1

@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 from alibi_detect.cd import FETDriftOnline
 
-from driftline.services.drift.alibi_backend import (
-    CHI2,
+from driftline.services.drift.alibi_backend import CHI2, KS, AlibiDetectorFactory, WindowTestDetector
+from driftline.services.drift.alibi_online import (
     CVM_ONLINE,
     FET_ONLINE,
-    KS,
-    AlibiDetectorFactory,
     CVMOnlineDetector,
     FETOnlineDetector,
     TabulatedFETDriftOnline,
-    WindowTestDetector,
 )
 from driftline.services.drift.detectors import (
     ALL_NAN,

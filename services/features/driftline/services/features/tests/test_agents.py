@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,15 +40,27 @@ class FakeEvent:
     message: FakeMessage
 
 
-class FakeTopic:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
+class FakePublisher:
+    """Records sends by topic; every send is acknowledged at flush."""
 
-    async def send(self, **kwargs: Any) -> asyncio.Future[None]:
-        self.sent.append(kwargs)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
+    def __init__(self) -> None:
+        self.sent: dict[str, list[dict[str, Any]]] = {"vectors": [], "dlq": []}
+        self.flushes = 0
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> concurrent.futures.Future[None]:
+        self.sent[topic].append({"value": value, "key": key, "headers": headers or []})
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._pending.append(future)
         return future
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        for future in self._pending:
+            future.set_result(None)
+        self._pending.clear()
 
 
 def tx(event_id: str, card: str = "c1", seconds: float = 0.0, amount: float = 10.0) -> bytes:
@@ -65,11 +78,12 @@ def tx(event_id: str, card: str = "c1", seconds: float = 0.0, amount: float = 10
     return message.SerializeToString()
 
 
-def make_agent(state: Any, vectors: FakeTopic, dlq: FakeTopic) -> TransactionsAgent:
+def make_agent(state: Any, publisher: FakePublisher) -> TransactionsAgent:
     return TransactionsAgent(
         FeatureProcessor(TRANSACTION_FEATURES, state, allowed_lateness_s=5.0),
-        vectors=vectors,  # type: ignore[arg-type]
-        dead_letters=dlq,  # type: ignore[arg-type]
+        publisher,
+        vectors_topic="vectors",
+        dead_letter_topic="dlq",
         source_name="transactions.clean.v1",
         max_retries=1,
         retry_backoff_s=0.0,
@@ -77,8 +91,9 @@ def make_agent(state: Any, vectors: FakeTopic, dlq: FakeTopic) -> TransactionsAg
 
 
 async def test_valid_events_publish_one_vector_each_and_poison_goes_to_dead_letters() -> None:
-    vectors, dlq = FakeTopic(), FakeTopic()
-    agent = make_agent(MemoryState(), vectors, dlq)
+    publisher = FakePublisher()
+    vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
+    agent = make_agent(MemoryState(), publisher)
     batch = [
         FakeEvent(FakeMessage(tx("e1", seconds=0), offset=0)),
         FakeEvent(FakeMessage(b"\xff\xfenot protobuf", offset=1, headers=[("content-type", b"x")])),
@@ -87,16 +102,16 @@ async def test_valid_events_publish_one_vector_each_and_poison_goes_to_dead_lett
     ]
     await agent.handle(batch)  # type: ignore[arg-type]
 
-    assert [s["key"] for s in vectors.sent] == [b"c1", b"c1"]
-    vector = features_pb2.FeatureVector.FromString(vectors.sent[1]["value"])
+    assert [s["key"] for s in vectors] == [b"c1", b"c1"]
+    vector = features_pb2.FeatureVector.FromString(vectors[1]["value"])
     assert vector.event_id == "e2"
     assert vector.feature_set == "card_transactions"
     assert [v.name for v in vector.values] == TRANSACTION_FEATURES.feature_names
     assert {v.name: v.value for v in vector.values}["amount_mean_10m"] == 20.0
     assert epoch_seconds(vector.event_time) == epoch_seconds(T0) + 1
 
-    assert len(dlq.sent) == 2
-    poison = dlq.sent[0]
+    assert len(dlq) == 2
+    poison = dlq[0]
     headers = dict(poison["headers"])
     assert poison["value"] == b"\xff\xfenot protobuf"
     assert headers[kafka.DLQ_REASON] == b"decode_error"
@@ -105,7 +120,7 @@ async def test_valid_events_publish_one_vector_each_and_poison_goes_to_dead_lett
     assert headers[kafka.DLQ_SOURCE_TOPIC] == b"transactions.clean.v1"
     assert headers[kafka.DLQ_SERVICE] == b"features"
     assert headers["content-type"] == b"x"  # original headers kept
-    assert dict(dlq.sent[1]["headers"])[kafka.DLQ_REASON] == b"empty_value"
+    assert dict(dlq[1]["headers"])[kafka.DLQ_REASON] == b"empty_value"
 
 
 class FlakyState(MemoryState):
@@ -118,33 +133,35 @@ class FlakyState(MemoryState):
 
 
 async def test_handler_error_is_retried_then_only_the_culprit_is_dead_lettered() -> None:
-    vectors, dlq = FakeTopic(), FakeTopic()
-    agent = make_agent(FlakyState(), vectors, dlq)
+    publisher = FakePublisher()
+    vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
+    agent = make_agent(FlakyState(), publisher)
     batch = [
         FakeEvent(FakeMessage(tx("e1", card="c1"), offset=0)),
         FakeEvent(FakeMessage(tx("e2", card="bad"), key=b"bad", offset=1)),
         FakeEvent(FakeMessage(tx("e3", card="c2"), key=b"c2", offset=2)),
     ]
     await agent.handle(batch)  # type: ignore[arg-type]
-    assert sorted(features_pb2.FeatureVector.FromString(s["value"]).event_id for s in vectors.sent) == [
+    assert sorted(features_pb2.FeatureVector.FromString(s["value"]).event_id for s in vectors) == [
         "e1",
         "e3",
     ]
-    assert len(dlq.sent) == 1
-    headers = dict(dlq.sent[0]["headers"])
+    assert len(dlq) == 1
+    headers = dict(dlq[0]["headers"])
     assert headers[kafka.DLQ_REASON] == b"handler_error"
     assert b"corrupt" in headers[kafka.DLQ_DETAIL]
-    assert dlq.sent[0]["key"] == b"bad"
+    assert dlq[0]["key"] == b"bad"
 
 
 async def test_transient_error_is_retried_without_dead_letters() -> None:
-    vectors, dlq = FakeTopic(), FakeTopic()
+    publisher = FakePublisher()
+    vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
     state = MemoryState()
     state.fail_next = 1
-    agent = make_agent(state, vectors, dlq)
+    agent = make_agent(state, publisher)
     await agent.handle([FakeEvent(FakeMessage(tx("e1")))])  # type: ignore[arg-type]
-    assert len(vectors.sent) == 1
-    assert dlq.sent == []
+    assert len(vectors) == 1
+    assert dlq == []
 
 
 @pytest.mark.parametrize(
@@ -172,16 +189,17 @@ def test_nan_amount_is_poison() -> None:
 async def test_agent_processes_its_stream_in_a_faust_test_context() -> None:
     app = faust.App("features-test", broker="kafka://127.0.0.1:9", store="memory://", value_serializer="raw")
     source = app.topic("transactions.clean.v1", value_type=bytes, value_serializer="raw")
-    vectors, dlq = FakeTopic(), FakeTopic()
-    handler = make_agent(MemoryState(), vectors, dlq)
+    publisher = FakePublisher()
+    vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
+    handler = make_agent(MemoryState(), publisher)
     agent = app.agent(source, name="features-test-agent")(handler)
     async with agent.test_context() as context:
         await context.put(tx("e1"), key=b"c1")
         await context.put(b"garbage", key=b"c1")
         for _ in range(100):
-            if len(vectors.sent) + len(dlq.sent) == 2:
+            if len(vectors) + len(dlq) == 2:
                 break
             await asyncio.sleep(0.02)
-    assert len(vectors.sent) == 1
-    assert len(dlq.sent) == 1
+    assert len(vectors) == 1
+    assert len(dlq) == 1
     assert handler.batches >= 1

@@ -44,8 +44,8 @@ def rows(caller: int, n: int, width: int = 3) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("delay_s", "inline_below_us", "max_queue_delay_us"),
-    [(0.001, 0, 2000), (0.0, 1_000_000, 0), (0.0005, 0, 0)],
-    ids=["thread-with-delay", "on-the-loop", "thread-no-delay"],
+    [(0.001, 0, 2000), (0.0, 1_000_000, 0), (0.0, 1_000_000, 2000), (0.0005, 0, 0)],
+    ids=["thread-with-delay", "on-the-loop", "on-the-loop-with-delay", "thread-no-delay"],
 )
 async def test_every_concurrent_caller_gets_exactly_its_own_rows_with_mixed_sizes(
     delay_s, inline_below_us, max_queue_delay_us
@@ -222,3 +222,16 @@ async def test_fast_models_run_on_the_loop_and_slow_ones_in_the_thread():
         await batcher.close()
     assert fast.inline_runs == 4  # the first run measures the model, in the thread
     assert slow.inline_runs == 0
+
+
+async def test_an_idle_batcher_runs_a_lone_fast_request_at_once():
+    model = EchoModel()
+    batcher = DynamicBatcher(model, BatchingOptions(max_queue_delay_us=0, inline_below_us=50_000))
+    batcher.start()
+    await batcher.submit({"input": rows(0, 1)})  # measures the model (in the thread)
+    for i in range(1, 6):
+        out = (await batcher.submit({"input": rows(i, 3)}))[0]
+        assert (out[:, 0] == i).all()
+    assert model.batches == [1, 3, 3, 3, 3, 3]
+    assert batcher.inline_runs == 5
+    await batcher.close()
