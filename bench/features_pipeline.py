@@ -14,8 +14,8 @@ On the real broker and Redis (``make up``), in one run:
 4. Freshness: with the service still running, events are produced at each ``--rate`` per second
    (default 1000, then 300, the demo's rate) for ``--seconds`` with event time = send time.
    Freshness = the published vector's broker timestamp minus the event time (the vector is
-   sent after the Redis write commits, so it bounds "visible in Redis" from above); the service's own histogram
-   (``driftline_features_freshness_seconds``) is read too.
+   sent after the Redis write commits, so it bounds "visible in Redis" from above); the
+   service's own histogram (``driftline_features_freshness_seconds``) is read too.
 
     .venv/bin/python bench/features_pipeline.py [--events 20000] [--rate 1000 300] [--seconds 15]
 """
@@ -146,6 +146,16 @@ def histogram(port: int, name: str) -> dict[float, float]:
     return buckets
 
 
+def counter(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """Prometheus-style histogram_quantile over the increase between two scrapes."""
     bounds = sorted(after)
@@ -189,7 +199,7 @@ async def noop(stream):
             os.write(2, f"RESULT {seen['n'] / (time.perf_counter() - seen['first'])}\\n".encode())
             os._exit(0)
 
-sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
 app.main()
 """
 
@@ -279,6 +289,13 @@ def main() -> None:
         times = sorted(t for t, _ in stamps)
         service_rate = (len(times) - 1) / (times[-1] - times[0])
 
+        # Let the offline sink drain the backlog first, so each freshness run starts steady.
+        deadline = time.monotonic() + 120
+        while (
+            counter(port, "driftline_features_offline_rows_total") < args.events
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
         freshness = []
         produced = args.events
         for rate in args.rate:

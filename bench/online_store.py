@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -174,7 +174,7 @@ def feast_connection(url: str) -> str:
     return ",".join(parts)
 
 
-def run_feast(settings: RedisSettings, ids: list[str], iterations: int, rounds: int) -> dict | None:
+def run_feast(settings: RedisSettings, ids: list[str], iterations: int, rounds: int) -> dict[str, Any] | None:
     python = FEAST_VENV / "bin" / "python"
     if not python.exists():
         console.print(f"[yellow]creating the Feast venv in {FEAST_VENV} (once)...[/]")
@@ -234,7 +234,8 @@ def main() -> None:
     def p(values: np.ndarray, q: float) -> float:
         return float(np.percentile(values, q))
 
-    rows = lambda v: BATCH / (np.median(v) / 1e6)  # noqa: E731 - rows/s at the median call
+    def rows(values: np.ndarray) -> float:
+        return float(BATCH / (np.median(values) / 1e6))  # rows/s at the median call
 
     table = Table(
         title=f"Online store reads, {len(FS.feature_names)} features (redis-py parser: {parser_name})"
@@ -248,36 +249,36 @@ def main() -> None:
         "ratio (ours / Feast)",
     ):
         table.add_column(column, justify="right")
-    lines = [
+    lines: list[tuple[str, float, float, float | None]] = [
         (
             "1 entity p50 (µs)",
             p(samples["bare_one"], 50),
             p(samples["ours_one"], 50),
-            feast and p(feast["one"], 50),
+            None if feast is None else p(feast["one"], 50),
         ),
         (
             "1 entity p99 (µs)",
             p(samples["bare_one"], 99),
             p(samples["ours_one"], 99),
-            feast and p(feast["one"], 99),
+            None if feast is None else p(feast["one"], 99),
         ),
         (
             "64 entities p50 (µs)",
             p(samples["bare_many"], 50),
             p(samples["ours_many"], 50),
-            feast and p(feast["many"], 50),
+            None if feast is None else p(feast["many"], 50),
         ),
         (
             "64 entities p99 (µs)",
             p(samples["bare_many"], 99),
             p(samples["ours_many"], 99),
-            feast and p(feast["many"], 99),
+            None if feast is None else p(feast["many"], 99),
         ),
         (
             "64 entities rows/s",
             rows(samples["bare_many"]),
             rows(samples["ours_many"]),
-            feast and rows(feast["many"]),
+            None if feast is None else rows(feast["many"]),
         ),
     ]
     for name, bare, ours, other in lines:
@@ -300,4 +301,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -45,10 +44,10 @@ def isolated_state(tmp_path, monkeypatch):
 
 def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_state):
     settings = Settings(
-        rate=float(os.environ.get("E2E_RATE", "120")),
+        rate=100.0,
         drift_after_s=45.0,
-        after_promotion_labels=200,
-        max_duration_s=360.0,
+        after_promotion_labels=300,
+        max_duration_s=300.0,
         live=False,
         run_dir=isolated_state / "run",
         out_dir=isolated_state / "report",
@@ -70,6 +69,8 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
     assert t.first_served_by_new_champion is not None, f"the new champion served nothing; {logs}"
     assert demo.stats.served_versions.get(t.new_champion_version, 0) > 0
     assert summary.prediction_errors == 0, demo.stats.error_codes
+    assert summary.promotions_before_drift == 0, "a champion was replaced before any drift"
+    assert summary.accuracy_before is not None, "no labelled prediction before the drift"
 
     report = demo.report(settings.out_dir, summary)
     assert report.exists()

@@ -23,16 +23,13 @@ from driftline.services.demo.view import render
 
 log = structlog.get_logger(__name__)
 
-#: Start order: the registry first (the trainer registers the first champion into it), the
-#: inference service last (it serves only once a champion exists).
-SERVICES = (
-    ServiceSpec("registry", 9103, grpc_address="127.0.0.1:50051"),
-    ServiceSpec("ingestion", 9101),
-    ServiceSpec("features", 9102),
-    ServiceSpec("drift", 9105),
-    ServiceSpec("trainer", 9106),
-    ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"),
-)
+#: Start order: the registry first (the first champion is registered into it); the streaming
+#: half next, warmed up with past traffic; then what watches live traffic and serves it, so
+#: that drift detection compares live steady-state features with the model's reference.
+REGISTRY = ServiceSpec("registry", 9103, grpc_address="127.0.0.1:50051")
+STREAMING = (ServiceSpec("ingestion", 9101), ServiceSpec("features", 9102))
+SERVING = (ServiceSpec("trainer", 9106), ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"))
+DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"})
 
 
 def _driftline(*args: str) -> list[str]:
@@ -61,19 +58,15 @@ class Demo:
         return "before"
 
     def start_services(self) -> None:
+        """Registry, the first champion, and the streaming half (ingestion, features)."""
         ensure_topics(self.settings.kafka.bootstrap_servers)
-        registry, *rest = SERVICES
-        self._start(registry)
+        self._start(REGISTRY)
         self.console.print(
             "[bold]training and registering the first champion[/bold] (driftline train --initial)"
         )
-        subprocess.run(
-            _driftline("train", "--initial"),
-            check=True,
-            stdout=self.supervisor.log_path("train-initial").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        for spec in rest:
+        with self.supervisor.log_path("train-initial").open("ab") as out:
+            subprocess.run(_driftline("train", "--initial"), check=True, stdout=out, stderr=subprocess.STDOUT)
+        for spec in STREAMING:
             self._start(spec)
 
     def _start(self, spec: ServiceSpec) -> None:
@@ -82,41 +75,46 @@ class Demo:
         self.supervisor.wait_ready(spec)
 
     def drive(self) -> None:
-        """Publish traffic with drift at a known time and watch the loop until it closes."""
+        """Warm the feature windows up, start the watchers and the model server, publish
+        real-time traffic with drift at a known event, and watch the loop until it closes."""
         s = self.settings
-        self._observer = Observer(s.kafka, s.inference_address, s.model_name, self.stats, phase=self.phase)
-        self._observer.start()
-        drift_index = int(s.drift_after_s * s.rate)
-        count = int(s.max_duration_s * s.rate)
+        events_per_s = s.rate * (1.0 - s.duplicate_rate)
+        drift_index = int((s.warmup_s + s.settle_s + s.drift_after_s) * events_per_s)
+        count = int((s.warmup_s + s.max_duration_s) * s.rate)
         drift_flag = "--concept-drift-at" if s.drift == "concept" else "--covariate-drift-at"
-        self._producer = subprocess.Popen(
-            _driftline(
-                "produce",
-                "--seed",
-                str(s.seed),
-                "--rate",
-                str(s.rate),
-                "--count",
-                str(count),
-                drift_flag,
-                str(drift_index),
-                "--garbage-rate",
-                str(s.garbage_rate),
-                "--duplicate-rate",
-                str(s.duplicate_rate),
-                "--feedback",
-            ),
-            stdout=self.supervisor.log_path("produce").open("ab"),
-            stderr=subprocess.STDOUT,
+        self._observer = Observer(
+            s.kafka, s.inference_address, s.model_name, self.stats, phase=self.phase, drift_index=drift_index
         )
-        traffic_started = time.time()
-        deadline = self.started + s.max_duration_s
+        self._observer.start()
+        with self.supervisor.log_path("produce").open("ab") as out:
+            self._producer = subprocess.Popen(
+                _driftline(
+                    "produce",
+                    "--seed", str(s.seed),
+                    "--rate", str(s.rate),
+                    "--count", str(count),
+                    "--warmup-s", str(s.warmup_s),
+                    drift_flag, str(drift_index),
+                    "--garbage-rate", str(s.garbage_rate),
+                    "--duplicate-rate", str(s.duplicate_rate),
+                    "--feedback",
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.console.print(f"warming the feature windows up: {s.warmup_s:.0f}s of traffic as fast as it goes")
+        for spec in SERVING:
+            self._start(spec)
+        self._wait_for_warm_features()
+        self._start(DRIFT)
+        self._observer.scoring.set()
+        settled = time.time() - self.started
+        if self.stats.timeline.drift_onset is not None:
+            log.warning("drift_before_scoring", hint="raise DRIFTLINE_DEMO_SETTLE_S", settled_s=settled)
+        self.console.print("[bold]live traffic[/bold]: scoring every feature update")
+        deadline = time.time() + s.max_duration_s
         with Live(console=self.console, refresh_per_second=2, transient=not s.live) as live:
             while time.time() < deadline:
-                t = self.stats.timeline
-                if t.drift_onset is None and time.time() >= traffic_started + s.drift_after_s:
-                    with self.stats.lock:
-                        t.drift_onset = time.time()
                 if self.stats.phase_scores("after_promotion").labelled >= s.after_promotion_labels:
                     break
                 if self._producer.poll() is not None:
@@ -127,6 +125,20 @@ class Demo:
                 if s.live:
                     live.update(render(self.stats, self.prom, self.phase(), self.started, "report follows"))
                 time.sleep(1.0)
+
+    def _wait_for_warm_features(self) -> None:
+        assert self._observer is not None
+        assert self._producer is not None
+        deadline = time.time() + self.settings.warmup_timeout_s
+        while time.time() < deadline:
+            lag = self._observer.feature_lag_s
+            if lag is not None and lag < 3.0:
+                return
+            if self._producer.poll() is not None:
+                raise RuntimeError(f"the producer exited with {self._producer.returncode} during warm-up")
+            time.sleep(0.5)
+        lag = self._observer.feature_lag_s
+        raise TimeoutError(f"features still {lag}s behind after {self.settings.warmup_timeout_s:.0f}s")
 
     def summary(self) -> Summary:
         t = self.stats.timeline
@@ -150,6 +162,8 @@ class Demo:
                 recall_after_promotion=promoted.recall,
                 predictions=self.stats.predictions,
                 prediction_errors=self.stats.prediction_errors,
+                false_alarms_before_drift=self.stats.false_alarms,
+                promotions_before_drift=self.stats.early_promotions,
                 champion_before=versions[0] if versions else 0,
                 champion_after=self.stats.champion_version,
             )

@@ -12,8 +12,19 @@ from driftline.kit.settings import KafkaSettings, LogSettings
 class Settings(BaseSettings):
     """What the demo drives, and where it writes."""
 
-    rate: float = Field(150.0, description="Events per second the producer publishes.")
-    drift_after_s: float = Field(60.0, description="Seconds of traffic before drift is injected.")
+    rate: float = Field(100.0, description="Events per second the producer publishes.")
+    warmup_s: float = Field(
+        600.0,
+        description="Seconds of past traffic replayed first so the feature windows are full.",
+    )
+    warmup_timeout_s: float = Field(240.0, description="Longest the warm-up may take to catch up.")
+    settle_s: float = Field(
+        90.0,
+        description="Real-time seconds allowed for the warm-up to catch up and the watchers to start.",
+    )
+    drift_after_s: float = Field(
+        45.0, description="Seconds of live, scored traffic (after settle_s) before drift is injected."
+    )
     drift: str = Field("concept", description='"concept" (the fraud pattern changes) or "covariate".')
     after_promotion_labels: int = Field(
         1500, description="Labelled predictions to collect from the new champion before the summary."

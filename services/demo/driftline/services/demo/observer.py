@@ -78,6 +78,10 @@ class Stats:
     champion_version: int = 0
     drift_status: str = "waiting"
     drift_reports: int = 0
+    #: DRIFT reports before drift was injected.
+    false_alarms: int = 0
+    #: Champion promotions before drift was injected.
+    early_promotions: int = 0
     # (entity_id, event_id) -> (label predicted, model version)
     predicted: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     # model version -> deque of 1/0 correctness over the last labels
@@ -106,6 +110,12 @@ class Stats:
         return PhaseScores.of(pairs)
 
 
+def event_index(event_id: str) -> int | None:
+    """The simulator's event index inside an event id (``ev-<run>-<index>``), if it has one."""
+    _, _, tail = event_id.rpartition("-")
+    return int(tail) if tail.isdigit() else None
+
+
 class Observer:
     """Background threads: a scorer (features -> Predict) and a watcher (reports, events, labels)."""
 
@@ -119,7 +129,13 @@ class Observer:
         group_prefix: str = "demo",
         phase: Callable[[], str] = lambda: "before",
         scorer_threads: int = 4,
+        drift_index: int | None = None,
     ) -> None:
+        self._drift_index = drift_index
+        #: Seconds between the newest feature vector's event time and the wall clock.
+        self.feature_lag_s: float | None = None
+        #: Predict for each feature vector (off while the stream warms up).
+        self.scoring = threading.Event()
         self._kafka = kafka
         self._address = inference_address
         self._model_name = model_name
@@ -165,9 +181,21 @@ class Observer:
                     if message.error() is not None:
                         continue
                     vector = decode(features_pb2.FeatureVector, message.value() or b"")
-                    self._pool.submit(self._predict, vector.entity_id, vector.event_id)
+                    self._see(vector)
+                    if self.scoring.is_set():
+                        self._pool.submit(self._predict, vector.entity_id, vector.event_id)
         finally:
             consumer.close()
+
+    def _see(self, vector: features_pb2.FeatureVector) -> None:
+        now = time.time()
+        self.feature_lag_s = now - vector.event_time.ToMicroseconds() / 1e6
+        if self._drift_index is None or self._stats.timeline.drift_onset is not None:
+            return
+        index = event_index(vector.event_id)
+        if index is not None and index >= self._drift_index:
+            with self._stats.lock:
+                self._stats.timeline.drift_onset = now
 
     def _predict(self, entity_id: str, event_id: str) -> None:
         started = time.perf_counter()
@@ -190,6 +218,8 @@ class Observer:
             s.latencies_ms.append(elapsed_ms)
             s.served_versions[p.model_version] = s.served_versions.get(p.model_version, 0) + 1
             s.predicted[(entity_id, event_id)] = (p.label, p.model_version)
+            if not s.champion_version:
+                s.champion_version = p.model_version
             t = s.timeline
             if (
                 t.new_champion_version
@@ -221,11 +251,11 @@ class Observer:
             self._stats.drift_reports += 1
             self._stats.drift_status = drift_pb2.DriftStatus.Name(report.status).removeprefix("DRIFT_STATUS_")
             t = self._stats.timeline
-            if (
-                report.status == drift_pb2.DRIFT_STATUS_DRIFT
-                and t.drift_onset is not None
-                and t.first_drift_report is None
-            ):
+            if report.status != drift_pb2.DRIFT_STATUS_DRIFT:
+                return
+            if t.drift_onset is None:
+                self._stats.false_alarms += 1
+            elif t.first_drift_report is None:
                 t.first_drift_report = time.time()
 
     def _on_model_event(self, event: registry_pb2.ModelEvent) -> None:
@@ -235,8 +265,11 @@ class Observer:
             t = self._stats.timeline
             if event.type == registry_pb2.MODEL_EVENT_TYPE_ALIAS_SET and event.alias == "champion":
                 if self._stats.champion_version and event.version > self._stats.champion_version:
-                    t.new_champion_version = event.version
-                    t.new_champion_registered = time.time()
+                    if t.drift_onset is None:
+                        self._stats.early_promotions += 1
+                    elif not t.new_champion_version:
+                        t.new_champion_version = event.version
+                        t.new_champion_registered = time.time()
                 self._stats.champion_version = event.version
 
     def _on_feedback(self, label: feedback_pb2.FeedbackLabel) -> None:

@@ -56,6 +56,8 @@ class Summary:
     recall_after_promotion: float | None
     predictions: int
     prediction_errors: int
+    false_alarms_before_drift: int
+    promotions_before_drift: int
     champion_before: int
     champion_after: int
 

@@ -77,6 +77,7 @@ class DriftApp:
             handler=self.handler,
             producer=self.producer,
             service="drift",
+            config={"auto.offset.reset": settings.start_at},
         )
         self.metrics_port = 0
 

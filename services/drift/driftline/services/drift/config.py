@@ -25,6 +25,13 @@ class Settings(BaseSettings):
         9105, description="Port of the Prometheus /metrics endpoint (0: any free port)."
     )
     group_id: str = Field("drift", description="Kafka consumer group of the service.")
+    start_at: str = Field(
+        "earliest",
+        description=(
+            'Where a consumer group with no committed offsets starts: "earliest" (replay what the '
+            'topics hold) or "latest" (watch live traffic only, e.g. after a warm-up).'
+        ),
+    )
     model_name: str = Field("fraud", description="Model whose streams are watched.")
     alias: str = Field("champion", description="Alias whose version's reference sample the detectors use.")
     reference_retry_s: float = Field(

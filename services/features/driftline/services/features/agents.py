@@ -180,7 +180,7 @@ class TransactionsAgent:
             try:
                 results = await self._processor.process([e for _, e in decoded])
                 return [(item, r) for (item, _), r in zip(decoded, results, strict=True)]
-            except Exception as err:  # noqa: BLE001 - retried, then isolated and dead-lettered
+            except Exception as err:  # retried, then isolated and dead-lettered
                 attempt += 1
                 if attempt > self._max_retries:
                     if len(decoded) > 1:

@@ -140,7 +140,9 @@ class RedisState:
                     values,
                     json.dumps(added, separators=compact),
                     json.dumps([encode_event(e).decode() for e in update.removed], separators=compact),
-                    json.dumps(update.profile.to_json(), sort_keys=True) if update.profile is not None else "",
+                    json.dumps(update.profile.to_json(), sort_keys=True)
+                    if update.profile is not None
+                    else "",
                 ],
                 client=pipe,
             )

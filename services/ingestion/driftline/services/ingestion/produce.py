@@ -80,7 +80,9 @@ class Publisher:
         feedback_topic: Topic = FEEDBACK,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
+        self._wall = wall
         self._sender = sender
         self._raw = raw_topic
         self._feedback = feedback_topic
@@ -98,10 +100,14 @@ class Publisher:
         on_progress: Callable[[PublishStats], None] | None = None,
         progress_every: int = 250,
         flush_timeout_s: float = 60.0,
+        follow_event_time: bool = False,
     ) -> PublishStats:
         """Publish everything (or until ``stop`` is set); flush; return what was sent.
 
         ``rate``: messages per second; None or 0 for as fast as the producer takes them.
+        ``follow_event_time``: instead, send each simulated event once the wall clock reaches its
+        event time: a stream that starts in the past catches up as fast as it can (a warm-up
+        that fills the feature windows), then runs in real time.
         """
         stats = PublishStats()
         pending: list[tuple[datetime, int, RawMessage]] = []
@@ -112,7 +118,12 @@ class Publisher:
         for i, message in enumerate(messages):
             if stop is not None and stop.is_set():
                 break
-            if interval:
+            if follow_event_time:
+                if message.event is not None:
+                    ahead = (message.event.event_time - self._wall()).total_seconds()
+                    if ahead > 0.002:
+                        self._sleep(ahead)
+            elif interval:
                 ahead = started + i * interval - self._clock()
                 if ahead > 0.002:
                     self._sleep(ahead)
@@ -133,7 +144,11 @@ class Publisher:
                 on_progress(stats)
         while pending and not (stop is not None and stop.is_set()):
             due, _, message = heapq.heappop(pending)
-            if interval and stream_time is not None:
+            if follow_event_time:
+                wait = (due - self._wall()).total_seconds()
+                if wait > 0:
+                    self._sleep(wait)
+            elif interval and stream_time is not None:
                 wait = (due - stream_time).total_seconds() - (self._clock() - stream_time_at)
                 if wait > 0:
                     self._sleep(wait)
@@ -252,6 +267,13 @@ def live_traffic(
 )
 @click.option("--encoding", type=click.Choice([e.value for e in Encoding]), default="json", show_default=True)
 @click.option("--topic-prefix", default="", help="Prefix for the topic names (isolated test topics).")
+@click.option(
+    "--warmup-s",
+    default=0.0,
+    show_default=True,
+    help="Start the stream this many seconds in the past and catch up as fast as possible, so the "
+    "feature windows are full when real-time traffic begins (needs --rate).",
+)
 def produce(
     file_: Path | None,
     seed: int,
@@ -267,6 +289,7 @@ def produce(
     feedback: bool,
     encoding: str,
     topic_prefix: str,
+    warmup_s: float,
 ) -> None:
     """Publish card transactions to the raw-transactions topic, and their labels to feedback."""
     raw_topic, feedback_topic = TRANSACTIONS_RAW, FEEDBACK
@@ -293,6 +316,7 @@ def produce(
                 duplicate_rate=duplicate_rate,
                 label_delay_s=label_delay_s,
                 encoding=Encoding(encoding),
+                now=utcnow() - timedelta(seconds=warmup_s) if warmup_s and rate else None,
             )
         except ValueError as err:
             raise click.BadParameter(str(err)) from err
@@ -315,7 +339,11 @@ def produce(
                 progress.update(task, completed=s.sent, rate=s.rate, labels=s.feedback)
 
             stats = Publisher(producer, raw_topic=raw_topic, feedback_topic=feedback_topic).run(
-                messages, rate=rate or None, feedback=feedback, on_progress=show
+                messages,
+                rate=rate or None,
+                feedback=feedback,
+                on_progress=show,
+                follow_event_time=bool(warmup_s and rate),
             )
     finally:
         producer.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -93,10 +93,20 @@ def write_history(
     return history
 
 
-def train_initial(runner: RetrainRunner, dataset: DatasetBuilder, history: History) -> RunResult:
-    """Train and register over exactly the history's range; promoted when there is no champion."""
+def train_initial(
+    runner: RetrainRunner, dataset: DatasetBuilder, history: History, *, warmup_s: float = 0.0
+) -> RunResult:
+    """Train and register over the history's range; promoted when there is no champion.
+
+    The first ``warmup_s`` of history are left out of the training set: their windows are not
+    full yet (every card is new), so their features look like no steady-state traffic and would
+    make the reference sample, and so the drift detectors, disagree with live traffic.
+    """
+    start = history.start + timedelta(seconds=warmup_s)
+    if start >= history.end:
+        raise ValueError(f"history shorter than its {warmup_s:.0f}s warm-up")
     return runner.run_with(
-        lambda: dataset.build(history.start, history.end, history.labels_ingested_at),
+        lambda: dataset.build(start, history.end, history.labels_ingested_at),
         trigger=INITIAL,
         trigger_id=f"initial-{history.run_id or history.start.isoformat()}",
     )

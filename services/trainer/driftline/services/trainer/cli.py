@@ -39,7 +39,7 @@ from driftline.simulator import SimulatorConfig
 @click.option(
     "--events",
     type=click.IntRange(min=100),
-    default=20_000,
+    default=30_000,
     show_default=True,
     help="--initial: simulated events of history.",
 )
@@ -61,6 +61,13 @@ from driftline.simulator import SimulatorConfig
     help="--initial: event time (UTC) of the first simulated event; default: so that history ends now.",
 )
 @click.option(
+    "--warmup-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="--initial: leading seconds of history left out of training while the feature windows "
+    "fill; default: the feature set's longest window.",
+)
+@click.option(
     "--force", is_flag=True, help="--initial: train even though a champion exists (then the gate decides)."
 )
 def train(
@@ -73,6 +80,7 @@ def train(
     n_cards: int,
     fraud_rate: float,
     start: datetime | None,
+    warmup_s: float | None,
     force: bool,
 ) -> None:
     """Train the model: --initial, --reproduce VERSION or --now (settings: DRIFTLINE_TRAINER_*)."""
@@ -108,6 +116,7 @@ def train(
                 n_cards=n_cards,
                 fraud_rate=fraud_rate,
                 start=start,
+                warmup_s=warmup_s,
                 force=force,
             )
         elif reproduce_version is not None:
@@ -142,6 +151,7 @@ def _initial(
     n_cards: int,
     fraud_rate: float,
     start: datetime | None,
+    warmup_s: float | None,
     force: bool,
 ) -> int:
     settings = core.settings
@@ -168,7 +178,9 @@ def _initial(
         f"history: {history.events} events ({history.frauds} fraud) from {history.start.isoformat()} "
         f"to {history.end.isoformat()}"
     )
-    return _report(console, train_initial(core.runner, core.dataset, history))
+    warmup = core.store.feature_set.max_window_s if warmup_s is None else warmup_s
+    console.print(f"training on the history after its {warmup:.0f}s warm-up (feature windows filling)")
+    return _report(console, train_initial(core.runner, core.dataset, history, warmup_s=warmup))
 
 
 def _reproduce(core: TrainerCore, console: Console, version: int) -> int:
