@@ -132,10 +132,9 @@ async def _serve_inference(port_file: Path, prefix: str, device: str) -> None:
     import redis.asyncio as aioredis
 
     from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore
-    from driftline.kit.kafka import KafkaProducer
-    from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
+    from driftline.kit.settings import MetricsSettings, RedisSettings
     from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
-    from driftline.services.inference.app import InferenceApp
+    from driftline.services.inference.app import InferenceApp, prediction_log_producer
     from driftline.services.inference.config import InferenceGrpcSettings, Settings
     from driftline.services.inference.loader import ModelRef
 
@@ -171,7 +170,7 @@ async def _serve_inference(port_file: Path, prefix: str, device: str) -> None:
         settings,
         features=store,
         source=StaticSource(),
-        producer=KafkaProducer(KafkaSettings()),
+        producer=prediction_log_producer(settings),
         default_feature_names=names,
         predictions_topic=PREDICTIONS.namespaced(prefix),
         model_events_topic=MODEL_EVENTS.namespaced(prefix),

@@ -105,6 +105,7 @@ def service(kafka_settings: KafkaSettings) -> Iterator[Service]:
         report_cooldown_s=0,
         performance_window=200,
         performance_min_labels=100,
+        degradation_metric="accuracy",
         degradation_threshold=0.8,
         degradation_cooldown_s=3600,
     )

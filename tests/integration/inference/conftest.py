@@ -36,6 +36,8 @@ MODEL = "fraud"
 FEATURES = tuple(TRANSACTION_FEATURES.feature_names)
 #: Max message size of the test server: small, so an oversized request is cheap to build.
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: Deadline the test server gives calls whose client sets none.
+DEFAULT_DEADLINE_S = 1.0
 
 
 def weights(version: int) -> list[float]:
@@ -96,6 +98,7 @@ class Stack:
     model_name = MODEL
     features = FEATURES
     max_message_bytes = MAX_MESSAGE_BYTES
+    default_deadline_s = DEFAULT_DEADLINE_S
 
     @staticmethod
     def model_bytes(version: int) -> bytes:
@@ -144,7 +147,9 @@ async def stack(
     redis_client = aioredis.Redis.from_url(redis_settings.url)
     store = AsyncOnlineStore(redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
     settings = Settings(
-        grpc=InferenceGrpcSettings(port=0, max_message_bytes=MAX_MESSAGE_BYTES, drain_s=5.0),
+        grpc=InferenceGrpcSettings(
+            port=0, max_message_bytes=MAX_MESSAGE_BYTES, drain_s=5.0, default_deadline_s=DEFAULT_DEADLINE_S
+        ),
         kafka=kafka_settings,
         redis=redis_settings,
         metrics=MetricsSettings(enabled=False),

@@ -324,3 +324,33 @@ async def test_stop_drains_in_flight_requests(stack):
     results = await asyncio.gather(*calls)
     await stopping
     assert [r.prediction.entity_id for r in results] == entities
+
+
+async def test_client_and_default_deadlines_end_the_call_and_its_work(stack):
+    await stack.serve_versions(1)
+    (entity,) = await stack.put_entities(1)
+    gated = GatedFeatures(stack.store)
+    stack.app.predictor._features = gated
+    batcher = stack.app.slots.champion.batcher
+    runs_before = batcher.batches
+    logged_before = stack.app.prediction_log.buffered + stack.app.prediction_log.acknowledged
+
+    started = time.monotonic()
+    code = await rpc_code(
+        stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entity), timeout=0.3)
+    )
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < stack.default_deadline_s
+
+    started = time.monotonic()
+    code = await rpc_code(stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entity)))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started >= stack.default_deadline_s * 0.9
+
+    # Both calls were abandoned while reading features: releasing the reads scores nothing.
+    gated.gate.set()
+    await asyncio.sleep(0.3)
+    assert batcher.batches == runs_before
+    assert stack.app.prediction_log.buffered + stack.app.prediction_log.acknowledged == logged_before
+    ok = await stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entity), timeout=5)
+    assert ok.prediction.entity_id == entity

@@ -29,19 +29,32 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 class _DefaultDeadline(grpc.aio.ServerInterceptor):
-    """Give unary calls without a client deadline the server's default one."""
+    """Give unary calls without a client deadline the server's default one.
+
+    The wrapped handler of each method is built once and cached: this runs on every call.
+    """
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        wrapped = self._bound(handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _bound(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         seconds = self._seconds
 

@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from driftline.kit.topics import TRANSACTIONS_RAW
 from driftline.services.demo.observer import Stats
 from driftline.services.demo.prom import Prometheus
 
@@ -18,10 +19,9 @@ def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
 
 
 def render(stats: Stats, prom: Prometheus, phase: str, started: float, note: str) -> Panel:
-    events_per_s = prom.scalar('sum(rate(driftline_kafka_consumed_total{topic="transactions.raw.v1"}[15s]))')
-    dead_per_s = prom.scalar(
-        'sum(rate(driftline_kafka_dead_lettered_total{topic="transactions.raw.v1"}[15s]))'
-    )
+    raw = TRANSACTIONS_RAW.name
+    events_per_s = prom.scalar(f'sum(rate(driftline_kafka_consumed_total{{topic="{raw}"}}[15s]))')
+    dead_per_s = prom.scalar(f'sum(rate(driftline_kafka_dead_lettered_total{{topic="{raw}"}}[15s]))')
     with stats.lock:
         predictions = stats.predictions
         errors = stats.prediction_errors

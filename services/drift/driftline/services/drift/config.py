@@ -101,9 +101,13 @@ class Settings(BaseSettings):
     performance_window: int = Field(500, description="Joined labels the live metrics are computed over.")
     performance_min_labels: int = Field(200, description="Labels needed before a degradation can be raised.")
     degradation_metric: str = Field(
-        "accuracy", description="Metric watched: accuracy, precision, recall, f1 or auc."
+        "auc",
+        description=(
+            "Metric watched: accuracy, precision, recall, f1 or auc. AUC by default: with a few "
+            "percent of positives, accuracy barely moves when the model stops catching them."
+        ),
     )
-    degradation_threshold: float = Field(0.9, description="The metric below this value is a degradation.")
+    degradation_threshold: float = Field(0.85, description="The metric below this value is a degradation.")
     degradation_cooldown_s: float = Field(
         300.0, description="Least time between two degradations of a version."
     )

@@ -170,6 +170,12 @@ class InferenceApp:
             log.warning("producer_close_incomplete", error=str(err))
 
 
+def prediction_log_producer(settings: Settings) -> KafkaProducer:
+    """The producer for prediction logs: nothing waits on them, so they linger longer than the kit's
+    default and travel in fewer, bigger batches (less CPU per record in librdkafka)."""
+    return KafkaProducer(settings.kafka, config={"linger.ms": settings.prediction_log_linger_ms})
+
+
 async def serve(settings: Settings) -> None:
     """Build the production dependencies, run until SIGTERM, drain."""
     from driftline.featurestore import AsyncOnlineStore, feature_set_by_key
@@ -179,7 +185,7 @@ async def serve(settings: Settings) -> None:
 
     feature_set = feature_set_by_key(settings.feature_set)
     store = AsyncOnlineStore.from_settings(settings.redis, feature_set)
-    producer = KafkaProducer(settings.kafka)
+    producer = prediction_log_producer(settings)
     client = RegistryClient(settings.registry_address, settings.registry_token or None)
     source = RegistryModelSource(client, asyncio.get_running_loop())
     serve_metrics(settings.metrics_port, settings.metrics, service="inference")

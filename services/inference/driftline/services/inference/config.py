@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     prediction_log_capacity: int = Field(
         10_000, description="Prediction-log records buffered before new ones are dropped (and counted)."
     )
+    prediction_log_linger_ms: int = Field(
+        50, description="How long the prediction-log producer lets records gather into one request."
+    )
     feature_set: str = Field(
         "card_transactions.v1", description="Feature set (name.vN) read from the online store."
     )

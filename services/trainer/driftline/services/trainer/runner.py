@@ -96,6 +96,28 @@ class Challenger:
     holdout_scores: np.ndarray
     parity_max_abs_diff: float
     reference: registry_pb2.ReferenceSample
+    #: Score at or above which the model says fraud: the F1-best cut on the training rows.
+    decision_threshold: float = 0.5
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score cut with the best F1 on these rows (0.5 when there are no positives).
+
+    A model retrained soon after a concept drift has seen few examples of the new pattern, so
+    its scores for them sit below 0.5: a fixed cut would catch none of them.
+    """
+    positives = int(labels.sum())
+    if positives == 0 or positives == len(labels):
+        return 0.5
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], labels[order].astype(float)
+    tp = np.cumsum(hits)
+    predicted = np.arange(1, len(hits) + 1)
+    f1 = 2 * tp / (predicted + positives)
+    # Only cut between distinct scores, so the threshold separates exactly the counted rows.
+    distinct = np.r_[sorted_scores[1:] < sorted_scores[:-1], True]
+    best = int(np.argmax(np.where(distinct, f1, -1.0)))
+    return float(np.clip(sorted_scores[best], 0.01, 0.99))
 
 
 def fit_challenger(
@@ -126,7 +148,8 @@ def fit_challenger(
         values=x[picked].astype(np.float32).astype(np.float64).ravel().tolist(),
         scores=scorer.predict(x[picked]).tolist(),
     )
-    return Challenger(artifact, training_set, holdout_idx, holdout_scores, diff, reference)
+    threshold = best_f1_threshold(y[train_idx], scorer.predict(x[train_idx]))
+    return Challenger(artifact, training_set, holdout_idx, holdout_scores, diff, reference, threshold)
 
 
 class RetrainRunner:
@@ -221,6 +244,7 @@ class RetrainRunner:
             reference_rows=cfg.reference_rows,
             stages=stages,
         )
+        result.params["decision_threshold"] = f"{challenger.decision_threshold:.6f}"
         y_holdout = training_set.labels[challenger.holdout]
         with _timed(stages, "evaluate"):
             mine = gate.evaluate(y_holdout, challenger.holdout_scores)

@@ -6,7 +6,7 @@ import pytest
 
 from driftline.services.inference.errors import ModelLoadError
 from driftline.services.inference.runtime import CPU, CUDA, Device, RuntimeOptions, SessionFactory
-from driftline.services.inference.testing import echo_model, logistic_model, scalar_model
+from driftline.services.inference.testing import echo_model, logistic_model, mlp_model, scalar_model
 
 
 def test_the_provider_is_the_one_the_session_really_got():
@@ -74,3 +74,18 @@ def test_required_cuda_is_cuda_with_io_binding_or_a_load_error():
         with pytest.raises(ModelLoadError) as err:
             factory.load(echo_model(2))
         assert err.value.code == "no_cuda"
+
+
+def test_the_chosen_device_scores_like_the_cpu_and_returns_rows_unchanged():
+    # On a GPU machine this compares CUDA (I/O binding, TF32 off) with the CPU; here, CPU with CPU.
+    data = mlp_model(12, hidden=64)
+    auto = SessionFactory().load(data)
+    cpu = SessionFactory(RuntimeOptions(device=Device.CPU)).load(data)
+    x = np.random.default_rng(0).normal(size=(257, 12)).astype(np.float32)
+    np.testing.assert_allclose(auto.run({"input": x})[0], cpu.run({"input": x})[0], rtol=1e-4, atol=1e-5)
+    echo = SessionFactory().load(echo_model(12))
+    for rows in (1, 7, 1024):
+        x = np.random.default_rng(rows).normal(size=(rows, 12)).astype(np.float32)
+        out, row_sum = echo.run({"input": x})
+        np.testing.assert_array_equal(out, x)
+        np.testing.assert_allclose(row_sum[:, 0], x.sum(axis=1), rtol=1e-5, atol=1e-5)
