@@ -22,7 +22,14 @@ from driftline.feedback.v1 import feedback_pb2
 from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
 from driftline.kit.codec import decode
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.topics import DRIFT_REPORTS, FEATURE_VECTORS, FEEDBACK, MODEL_EVENTS, Topic
+from driftline.kit.topics import (
+    DRIFT_REPORTS,
+    FEATURE_VECTORS,
+    FEEDBACK,
+    MODEL_EVENTS,
+    PERFORMANCE_DEGRADATIONS,
+    Topic,
+)
 from driftline.registry.v1 import registry_pb2
 
 log = structlog.get_logger(__name__)
@@ -229,7 +236,9 @@ class Observer:
                 t.first_served_by_new_champion = now
 
     def _watch_loop(self) -> None:
-        consumer = self._consumer("watcher", [DRIFT_REPORTS, MODEL_EVENTS, FEEDBACK], "latest")
+        consumer = self._consumer(
+            "watcher", [DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, MODEL_EVENTS, FEEDBACK], "latest"
+        )
         try:
             while not self._stop.is_set():
                 for message in consumer.consume(num_messages=500, timeout=0.5):
@@ -238,7 +247,11 @@ class Observer:
                     topic = message.topic()
                     value = message.value() or b""
                     if topic == DRIFT_REPORTS.name:
-                        self._on_drift(decode(drift_pb2.DriftReport, value))
+                        report = decode(drift_pb2.DriftReport, value)
+                        self._on_drift(report.status == drift_pb2.DRIFT_STATUS_DRIFT, report.status)
+                    elif topic == PERFORMANCE_DEGRADATIONS.name:
+                        decode(drift_pb2.PerformanceDegradation, value)
+                        self._on_drift(True, drift_pb2.DRIFT_STATUS_DRIFT)
                     elif topic == MODEL_EVENTS.name:
                         self._on_model_event(decode(registry_pb2.ModelEvent, value))
                     elif topic == FEEDBACK.name:
@@ -246,12 +259,13 @@ class Observer:
         finally:
             consumer.close()
 
-    def _on_drift(self, report: drift_pb2.DriftReport) -> None:
+    def _on_drift(self, drifted: bool, status: drift_pb2.DriftStatus.ValueType) -> None:
+        """A drift report, or a performance degradation (which counts as a detection too)."""
         with self._stats.lock:
             self._stats.drift_reports += 1
-            self._stats.drift_status = drift_pb2.DriftStatus.Name(report.status).removeprefix("DRIFT_STATUS_")
+            self._stats.drift_status = drift_pb2.DriftStatus.Name(status).removeprefix("DRIFT_STATUS_")
             t = self._stats.timeline
-            if report.status != drift_pb2.DRIFT_STATUS_DRIFT:
+            if not drifted:
                 return
             if t.drift_onset is None:
                 self._stats.false_alarms += 1

@@ -37,7 +37,7 @@ class Prometheus:
     def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[Series]:
         return self._get("/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step_s})
 
-    def _get(self, path: str, params: dict[str, object]) -> list[Series]:
+    def _get(self, path: str, params: dict[str, str | float]) -> list[Series]:
         reply = requests.get(self._url + path, params=params, timeout=self._timeout_s)
         reply.raise_for_status()
         data = reply.json()["data"]

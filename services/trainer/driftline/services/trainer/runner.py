@@ -96,7 +96,7 @@ class Challenger:
     holdout_scores: np.ndarray
     parity_max_abs_diff: float
     reference: registry_pb2.ReferenceSample
-    #: Score at or above which the model says fraud: the F1-best cut on the training rows.
+    #: Score at or above which the model says fraud: the F1-best cut on the holdout.
     decision_threshold: float = 0.5
 
 
@@ -148,7 +148,9 @@ def fit_challenger(
         values=x[picked].astype(np.float32).astype(np.float64).ravel().tolist(),
         scores=scorer.predict(x[picked]).tolist(),
     )
-    threshold = best_f1_threshold(y[train_idx], scorer.predict(x[train_idx]))
+    # Out-of-sample: boosted trees' in-sample scores are overconfident. The gate compares AUC,
+    # which no threshold changes, so choosing the cut on the holdout does not bias the gate.
+    threshold = best_f1_threshold(y[holdout_idx], holdout_scores)
     return Challenger(artifact, training_set, holdout_idx, holdout_scores, diff, reference, threshold)
 
 
