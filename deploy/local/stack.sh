@@ -192,7 +192,7 @@ running_pid() {
     pid=$(<"$file")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    ps -p "$pid" -o args= 2>/dev/null | grep -q -- "$(process_marker "$1")" || return 1
+    ps -ww -p "$pid" -o args= 2>/dev/null | grep -q -- "$(process_marker "$1")" || return 1
     echo "$pid"
 }
 

@@ -65,7 +65,7 @@ from driftline.simulator import SimulatorConfig
     type=click.FloatRange(min=0),
     default=None,
     help="--initial: leading seconds of history left out of training while the feature windows "
-    "fill; default: the feature set's longest window.",
+    "fill; default: the feature set's longest window (at most half the history).",
 )
 @click.option(
     "--force", is_flag=True, help="--initial: train even though a champion exists (then the gate decides)."
@@ -178,7 +178,9 @@ def _initial(
         f"history: {history.events} events ({history.frauds} fraud) from {history.start.isoformat()} "
         f"to {history.end.isoformat()}"
     )
-    warmup = core.store.feature_set.max_window_s if warmup_s is None else warmup_s
+    span = (history.end - history.start).total_seconds()
+    # By default a short history keeps at least half of itself for training.
+    warmup = min(core.store.feature_set.max_window_s, span / 2) if warmup_s is None else warmup_s
     console.print(f"training on the history after its {warmup:.0f}s warm-up (feature windows filling)")
     return _report(console, train_initial(core.runner, core.dataset, history, warmup_s=warmup))
 
