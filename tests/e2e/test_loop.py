@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _promql_helpers():
-    spec = importlib.util.spec_from_file_location("promql", ROOT / "tests/integration/ops/promql.py")
+    spec = importlib.util.spec_from_file_location("e2e_promql", ROOT / "tests/integration/ops/promql.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
@@ -57,6 +59,8 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
         demo.start_services()
         demo.drive()
         summary = demo.summary()
+        # While every service still runs (stopped targets' series go stale in Prometheus).
+        _promql_helpers().assert_all_panels_return_data(settings.prometheus_url, wait_s=30.0)
     finally:
         demo.stop()
     t = demo.stats.timeline
@@ -75,5 +79,3 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
     report = demo.report(settings.out_dir, summary)
     assert report.exists()
     assert (settings.out_dir / "chart-0.png").exists()
-
-    _promql_helpers().assert_all_panels_return_data(settings.prometheus_url, wait_s=30.0)
