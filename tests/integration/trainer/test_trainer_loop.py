@@ -168,9 +168,8 @@ def test_reproduce_command_rebuilds_the_initial_version_with_the_same_hash_and_p
     assert result.exit_code == 0, result.output
     rows = int(v1.metrics["train_rows"] + v1.metrics["holdout_rows"])
     assert 0 < rows < 6000  # the history's warm-up stretch is left out
-    assert (
-        f"data_hash={v1.lineage.data_hash} rows={rows} max_abs_diff=0 artifact_identical=true" in result.output
-    )
+    expected = f"data_hash={v1.lineage.data_hash} rows={rows} max_abs_diff=0 artifact_identical=true"
+    assert expected in result.output
 
 
 def test_initial_refuses_to_replace_an_existing_champion(world) -> None:
