@@ -5,6 +5,7 @@
 #   2. unit and contract tests (no stack needed)
 #   3. integration tests (real Kafka, Redis, Prometheus, PostgreSQL)
 #   4. end-to-end tests (the whole loop)
+#   5. tests that restart a shared server (the broker), last so nothing else feels it
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=.venv/bin/python
@@ -42,6 +43,8 @@ STACK_WITH_POSTGRES=1 bash deploy/local/stack.sh up
 $PY -m driftline.services.cli topics create
 
 echo "== integration tests"
-"${PYTEST[@]}" -m integration -q
+"${PYTEST[@]}" -m "integration and not disruptive" -q
 echo "== end-to-end tests"
 "${PYTEST[@]}" -m e2e -q
+echo "== disruptive tests (restart shared servers)"
+"${PYTEST[@]}" -m disruptive -q

@@ -152,6 +152,7 @@ def test_consumer_killed_before_commit_reprocesses_its_batch(kafka_settings, top
     assert all(n == 2 for n in counts.values()), counts
 
 
+@pytest.mark.disruptive
 def test_broker_restart_mid_stream_loses_no_acknowledged_message(kafka_settings, topics):
     source, _ = topics
     producer = kafka.KafkaProducer(kafka_settings)

@@ -66,7 +66,10 @@ async def test_concurrent_alias_moves_exactly_one_wins(start_registry, events_to
 
         # Registrations, then one "champion" start, one race winner and one "challenger" winner.
         expected = MOVERS + 1 + 3
-        messages = consume(kafka_settings, events_topic.name, expected=expected, timeout_s=30)
+        # In a thread: the relay publishing these runs on this test's event loop.
+        messages = await asyncio.to_thread(
+            consume, kafka_settings, events_topic.name, expected=expected, timeout_s=30
+        )
         events = [pb.ModelEvent.FromString(m.value()) for m in messages]
         assert [e.audit_seq for e in events] == list(range(1, expected + 1))
         assert len({e.event_id for e in events}) == expected
