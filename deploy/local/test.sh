@@ -42,8 +42,10 @@ fi
 STACK_WITH_POSTGRES=1 bash deploy/local/stack.sh up
 $PY -m driftline.services.cli topics create
 
+# The broker's own start-up log says which Kafka runs (the tests' header repeats it).
+echo "== broker: $(grep -ho 'Kafka version: [^ ,]*' "${DRIFTLINE_RUN_DIR:-.run}/logs/kafka.log" | tail -n 1)"
 echo "== integration tests"
-"${PYTEST[@]}" -m "integration and not disruptive" -q
+"${PYTEST[@]}" -m "integration and not disruptive"
 echo "== end-to-end tests"
 "${PYTEST[@]}" -m e2e -q
 echo "== disruptive tests (restart shared servers)"
