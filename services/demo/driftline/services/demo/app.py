@@ -3,6 +3,8 @@ retrain → promotion → summary and report. Ctrl-C stops everything cleanly at
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,8 +48,22 @@ class Demo:
         self.prom = Prometheus(settings.prometheus_url)
         self.stats = Stats()
         self.started = time.time()
+        self._use_fresh_state()
         self._producer: subprocess.Popen[bytes] | None = None
         self._observer: Observer | None = None
+
+    def _use_fresh_state(self) -> None:
+        """Give this run its own registry, offline store and trainer state (unless the caller
+        chose them), so every run starts from a first champion; the broker and Redis are shared."""
+        state = (self.settings.run_dir / "demo" / time.strftime("%Y%m%dT%H%M%S")).resolve()
+        for key, sub in (
+            ("DRIFTLINE_REGISTRY_DATA_DIR", "registry"),
+            ("DRIFTLINE_FEATURES_OFFLINE_ROOT", "offline"),
+            ("DRIFTLINE_TRAINER_OFFLINE_STORE_DIR", "offline"),
+            ("DRIFTLINE_TRAINER_DATA_DIR", "trainer"),
+            ("DRIFTLINE_FEATURES_DATA_DIR", "faust"),
+        ):
+            os.environ.setdefault(key, str(state / sub))
 
     def phase(self) -> str:
         t = self.stats.timeline
@@ -195,20 +211,26 @@ def print_summary(console: Console, summary: Summary, report: Path) -> None:
 
 
 def serve(settings: Settings) -> int:
+    """Run the demo; whatever happens (Ctrl-C, SIGTERM, a failure), stop what it started."""
     console = Console()
     demo = Demo(settings, console)
+    signal.signal(signal.SIGTERM, _interrupt)
+    summary: Summary | None = None
     try:
         demo.start_services()
         demo.drive()
         summary = demo.summary()
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping everything[/yellow]")
+        log.warning("demo_interrupted")
+    finally:
         demo.stop()
+    if summary is None:
+        console.print("[yellow]interrupted: every service the demo started is stopped[/yellow]")
         return 130
-    except Exception:
-        demo.stop()
-        raise
-    demo.stop()
     report = demo.report(settings.out_dir, summary)
     print_summary(console, summary, report)
     return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt

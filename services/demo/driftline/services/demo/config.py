@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseSettings, Field
 
-from driftline.kit.settings import KafkaSettings, LogSettings
+from driftline.kit.settings import KafkaSettings
 
 
 class Settings(BaseSettings):
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     out_dir: Path = Field(Path("out/demo"), description="Where the report (HTML + PNG) is written.")
     live: bool = Field(True, description="Show the live terminal view (off in tests).")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
+    log_level: str = Field(
+        "WARNING", description="The demo's own log level (its console belongs to the live view)."
+    )
 
     class Config:
         env_prefix = "DRIFTLINE_DEMO_"
