@@ -222,9 +222,6 @@ class KafkaProducer:
         """Send and await the broker's acknowledgement from asyncio code."""
         return await asyncio.wrap_future(self.send(topic, value, key, headers))
 
-    def send_all(self, outputs: Iterable[Output]) -> list[concurrent.futures.Future[Message]]:
-        return [self.send(o.topic, o.value, o.key, o.headers) for o in outputs]
-
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every queued message is acknowledged; raise if any is still pending."""
         remaining = self._producer.flush(timeout_s if timeout_s is not None else -1)
