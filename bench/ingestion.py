@@ -30,6 +30,7 @@ from rich.table import Table
 
 from driftline.kit.kafka import ConsumerHooks, ConsumerLoop, KafkaProducer, Output
 from driftline.kit.logging import configure_logging
+from driftline.kit.runtime import tune_gc
 from driftline.kit.settings import KafkaSettings, LogSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import TRANSACTIONS_CLEAN, TRANSACTIONS_RAW, Topic
@@ -190,6 +191,8 @@ def main() -> None:
         with console.status(f"filling {raw.name} with {args.events} messages"):
             Publisher(producer, raw_topic=raw).run(simulated(traffic, now=now), feedback=False)
         producer.close()
+        # Every loop below runs with the collector tuned as the services' entry points tune it.
+        tune_gc()
 
         bare_rates: list[float] = []
         passthrough_rates: list[float] = []

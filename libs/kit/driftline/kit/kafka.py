@@ -3,11 +3,13 @@
 The producer is idempotent (``acks=all``, ``enable.idempotence``) and never fire-and-forget:
 every send returns a future, and ``flush`` raises when any message was not acknowledged.
 
-The consumer loop handles a batch of messages, sends every output, waits until the broker has
-acknowledged all of them, and only then commits the batch's offsets. A message that cannot be
-processed goes to its topic's dead-letter topic with the reason in headers; the loop goes on.
-A process killed between output and commit reprocesses the batch when it restarts: effects
-must therefore be idempotent, which keys and event ids make them.
+The consumer loop handles a batch of messages and sends every output; it commits the batch's
+offsets only once the broker has acknowledged all of them. Batches are pipelined: while one
+batch's outputs are in flight the loop already handles the next (at most
+``max_in_flight_batches``), and batches are committed strictly in order. A message that cannot
+be processed goes to its topic's dead-letter topic with the reason in headers; the loop goes on.
+A process killed between output and commit reprocesses the uncommitted batches when it restarts:
+effects must therefore be idempotent, which keys and event ids make them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import concurrent.futures
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -31,6 +34,8 @@ from driftline.kit.topics import Topic
 log = structlog.get_logger(__name__)
 
 Headers = list[tuple[str, bytes]]
+#: Lag is read from the client's cached watermarks at most this often.
+_LAG_REPORT_INTERVAL_S = 1.0
 
 # Header names on dead-letter records (the same names Kafka Connect users look for, namespaced).
 DLQ_REASON = "dlq.reason"
@@ -79,14 +84,13 @@ class DeliveryError(KafkaException):
     """The broker did not acknowledge a message."""
 
 
-@dataclass(frozen=True)
-class Output:
-    """One message a handler wants sent."""
+class Output(NamedTuple):
+    """One message a handler wants sent (a tuple: handlers build one per event)."""
 
     topic: str
     value: bytes
     key: bytes | str | None = None
-    headers: Headers = field(default_factory=list)
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ class KafkaProducer:
         topic: str,
         value: bytes,
         key: bytes | str | None,
-        headers: Headers | None,
+        headers: Sequence[tuple[str, bytes]] | None,
         on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> None:
         """Queue one message with a raw delivery callback (the hot path of the consumer loop)."""
@@ -247,19 +251,43 @@ def wait_all(futures: Iterable[concurrent.futures.Future[Message]], timeout_s: f
         future.result(timeout=timeout_s)
 
 
-class _BatchDelivery:
-    """Acknowledgements of one batch's outputs: one callback, counted per batch, not per future."""
+class _InFlight:
+    """One handled batch whose outputs are on their way: acknowledgements are counted as the
+    delivery callbacks arrive (on the producer's poll thread), and ``done`` is set once every
+    output is acknowledged or failed."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_lock", "_sealed", "_settled", "_total", "batch", "done", "expected", "failures", "started")
+
+    def __init__(self, batch: list[Message], started: float) -> None:
+        self.batch = batch
+        self.started = started
         self.expected: dict[str, int] = {}
         self.failures: list[tuple[str, KafkaError]] = []
+        self.done = threading.Event()
+        self._total = 0
+        self._settled = 0
+        self._sealed = False
+        self._lock = threading.Lock()
 
     def expect(self, topic: str) -> None:
+        """Count one output about to be produced (the loop's thread, before ``seal``)."""
         self.expected[topic] = self.expected.get(topic, 0) + 1
+        self._total += 1
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.failures.append((cast(str, msg.topic()), err))
+        with self._lock:
+            if err is not None:
+                self.failures.append((cast(str, msg.topic()), err))
+            self._settled += 1
+            if self._sealed and self._settled == self._total:
+                self.done.set()
+
+    def seal(self) -> None:
+        """Every output is produced: from now on the last acknowledgement completes the batch."""
+        with self._lock:
+            self._sealed = True
+            if self._settled == self._total:
+                self.done.set()
 
     def raise_on_failure(self) -> None:
         failed: dict[str, int] = {}
@@ -270,7 +298,7 @@ class _BatchDelivery:
             if n - failed.get(topic, 0):
                 PRODUCED.labels(topic).inc(n - failed.get(topic, 0))
         if self.failures:
-            topic, err = self.failures[0]
+            _, err = self.failures[0]
             raise DeliveryError(err)
 
 
@@ -284,7 +312,11 @@ class ConsumerHooks:
 class ConsumerLoop:
     """Consume, handle, deliver, then commit: at-least-once with dead-lettering.
 
-    The loop stops after the batch in flight when ``stop()`` is called or SIGTERM arrives
+    Handling is pipelined with delivery: batch N+1 is handled while batch N's outputs are in
+    flight, up to ``max_in_flight_batches``; offsets are committed per batch, in order, once its
+    outputs are acknowledged (asynchronously: a lost commit only means a replay). When the loop
+    is idle, on a rebalance and on stop, every batch in flight is drained and committed first.
+    The loop stops after the batches in flight when ``stop()`` is called or SIGTERM arrives
     (see ``install_signal_handlers``), commits what it delivered, and leaves the group.
     """
 
@@ -313,6 +345,7 @@ class ConsumerLoop:
             "isolation.level": "read_committed",
             "statistics.interval.ms": 5000,
             "stats_cb": lambda _stats: None,
+            "on_commit": self._on_commit,
         }
         conf.update(config or {})
         self._settings = settings
@@ -326,10 +359,15 @@ class ConsumerLoop:
         self._hooks = hooks or ConsumerHooks()
         self._consumer = Consumer(conf)
         self._stopping = threading.Event()
+        self._in_flight: deque[_InFlight] = deque()
+        #: Offsets (next to read) of every batch committed so far: the final commit repeats them.
+        self._committed: dict[tuple[str, int], int] = {}
+        self._lag_reported = 0.0
+        self._broken = False
         self.batches = 0
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch, commit and return."""
+        """Ask the loop to finish its batches in flight, commit and return."""
         self._stopping.set()
 
     @property
@@ -338,7 +376,7 @@ class ConsumerLoop:
 
     def run(self) -> None:
         """Run until ``stop()``. Raises only when a batch cannot be delivered at all."""
-        self._consumer.subscribe(list(self._topics))
+        self._consumer.subscribe(list(self._topics), on_revoke=self._on_revoke)
         log.info("consumer_started", group=self._group, topics=list(self._topics))
         try:
             while not self._stopping.is_set():
@@ -347,8 +385,22 @@ class ConsumerLoop:
                 )
                 batch = [m for m in messages if not self._is_partition_event(m)]
                 if batch:
-                    self._process(batch)
+                    self._dispatch(batch)
+                    self._commit_completed(wait=False)
+                else:
+                    self._drain()
                 self._report_lag()
+            self._drain()
+            if self._committed:
+                # Asynchronous commits may still be on their way: make the last position durable.
+                self._consumer.commit(offsets=self._offsets(self._committed), asynchronous=False)
+                self._committed.clear()
+        except BaseException:
+            # Nothing after a failed batch may be committed, not even by the revocation on close:
+            # committing a later batch's offsets would skip the failed one's messages.
+            self._broken = True
+            self._in_flight.clear()
+            raise
         finally:
             self._consumer.close()
             log.info("consumer_stopped", group=self._group, batches=self.batches)
@@ -365,31 +417,79 @@ class ConsumerLoop:
         return True
 
     def _process(self, batch: list[Message]) -> None:
-        started = time.perf_counter()
+        """Handle one batch and wait until it is delivered and committed (no pipelining)."""
+        self._dispatch(batch)
+        self._drain()
+
+    def _dispatch(self, batch: list[Message]) -> None:
+        """Handle a batch and produce its outputs; it joins the batches in flight."""
+        flight = _InFlight(batch, time.perf_counter())
         outcomes = self._handle_with_retries(batch)
-        delivery = _BatchDelivery()
-        consumed: dict[str, int] = {}
+        produce, on_delivery = self._producer.produce, flight.on_delivery
         for message, outcome in zip(batch, outcomes, strict=True):
-            topic = cast(str, message.topic())
-            consumed[topic] = consumed.get(topic, 0) + 1
             if isinstance(outcome, DeadLetter):
-                self._dead_letter(message, outcome, delivery)
+                self._dead_letter(message, outcome, flight)
             else:
                 for output in outcome:
-                    delivery.expect(output.topic)
-                    self._producer.produce(
-                        output.topic, output.value, output.key, output.headers, delivery.on_delivery
-                    )
-        # Commit only what the broker has acknowledged; a failure here leaves offsets uncommitted.
-        self._producer.flush(self._settings.delivery_timeout_ms / 1000)
-        delivery.raise_on_failure()
+                    flight.expect(output.topic)
+                    produce(output.topic, output.value, output.key, output.headers, on_delivery)
+        flight.seal()
+        self._in_flight.append(flight)
+        while len(self._in_flight) > self._settings.max_in_flight_batches:
+            self._complete(self._in_flight[0], wait=True)
+
+    def _commit_completed(self, *, wait: bool) -> None:
+        """Commit the batches in flight, oldest first, that are fully acknowledged."""
+        while self._in_flight and (wait or self._in_flight[0].done.is_set()):
+            self._complete(self._in_flight[0], wait=wait)
+
+    def _drain(self) -> None:
+        """Send everything queued now (no linger), then commit every batch in flight."""
+        if self._in_flight:
+            # Commit only what the broker has acknowledged; a failure leaves offsets uncommitted.
+            self._producer.flush(self._settings.delivery_timeout_ms / 1000)
+            self._commit_completed(wait=True)
+
+    def _complete(self, flight: _InFlight, *, wait: bool) -> None:
+        if wait and not flight.done.wait(self._settings.delivery_timeout_ms / 1000):
+            raise DeliveryError(KafkaError(KafkaError._TIMED_OUT, "a batch's outputs were not acknowledged"))
+        self._in_flight.popleft()
+        flight.raise_on_failure()
+        consumed: dict[str, int] = {}
+        last: dict[tuple[str, int], int] = {}
+        for message in flight.batch:
+            topic = cast(str, message.topic())
+            consumed[topic] = consumed.get(topic, 0) + 1
+            last[(topic, cast(int, message.partition()))] = cast(int, message.offset()) + 1
         for topic, n in consumed.items():
             CONSUMED.labels(self._group, topic).inc(n)
         if self._hooks.before_commit is not None:
-            self._hooks.before_commit(batch)
-        self._commit(batch)
+            self._hooks.before_commit(flight.batch)
+        self._consumer.commit(offsets=self._offsets(last), asynchronous=True)
+        self._committed.update(last)
         self.batches += 1
-        BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
+        BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - flight.started)
+
+    @staticmethod
+    def _offsets(positions: dict[tuple[str, int], int]) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before partitions move to another member: deliver and commit everything in flight."""
+        if self._broken:
+            return
+        self._drain()
+        if self._committed:
+            try:
+                consumer.commit(offsets=self._offsets(self._committed), asynchronous=False)
+            except KafkaException as err:
+                log.warning("commit_on_revoke_failed", group=self._group, error=str(err))
+        self._committed.clear()
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            # At-least-once holds: the next commit or a replay covers these offsets.
+            log.warning("commit_failed", group=self._group, error=str(err))
 
     def _handle_with_retries(self, batch: list[Message]) -> Sequence[Outcome]:
         attempt = 0
@@ -411,7 +511,7 @@ class ConsumerLoop:
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
                 time.sleep(self._retry_backoff_s * attempt)
 
-    def _dead_letter(self, message: Message, verdict: DeadLetter, delivery: _BatchDelivery) -> None:
+    def _dead_letter(self, message: Message, verdict: DeadLetter, flight: _InFlight) -> None:
         source = self._topics[message.topic()]
         if source.dead_letter is None:
             # Topics written only by Driftline's own services declare no dead-letter topic: the
@@ -446,19 +546,16 @@ class ConsumerLoop:
             reason=verdict.reason,
         )
         dead_letter = source.dead_letter_topic().name
-        delivery.expect(dead_letter)
+        flight.expect(dead_letter)
         self._producer.produce(
-            dead_letter, message.value() or b"", message.key(), headers, delivery.on_delivery
+            dead_letter, message.value() or b"", message.key(), headers, flight.on_delivery
         )
 
-    def _commit(self, batch: list[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for message in batch:
-            last[(cast(str, message.topic()), cast(int, message.partition()))] = cast(int, message.offset())
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=False)
-
     def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_reported < _LAG_REPORT_INTERVAL_S:
+            return
+        self._lag_reported = now
         try:
             assignment = self._consumer.assignment()
             if not assignment:

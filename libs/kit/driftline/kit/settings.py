@@ -26,7 +26,16 @@ class KafkaSettings(BaseSettings):
     )
     poll_timeout_s: float = Field(0.5, description="Longest a consumer poll blocks.")
     batch_size: int = Field(
-        500, description="Most messages a consumer loop handles before it flushes and commits."
+        500, description="Most messages a consumer loop handles at a time (one commit per batch)."
+    )
+    max_in_flight_batches: int = Field(
+        4,
+        description=(
+            "Batches a consumer loop may have sent but not yet seen acknowledged; it handles the next "
+            "batch while earlier ones are in flight, and commits each only once all its outputs are "
+            "acknowledged, in order. 1 waits for every batch before consuming the next."
+        ),
+        ge=1,
     )
 
     class Config:

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import ConsumerHooks, ConsumerLoop, KafkaProducer, install_signal_handlers
 from driftline.kit.metrics import serve_metrics
+from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import TRANSACTIONS_CLEAN, TRANSACTIONS_RAW, Topic
 from driftline.services.ingestion.config import Settings
 from driftline.services.ingestion.consumer import IngestionHandler
@@ -106,4 +107,5 @@ def serve(settings: Settings) -> None:
     app = IngestionApp(settings, raw_topic=raw, clean_topic=clean)
     app.serve_metrics()
     install_signal_handlers(app.stop)
+    tune_gc()
     app.run()

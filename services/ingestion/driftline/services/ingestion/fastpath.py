@@ -1,25 +1,167 @@
-"""A contract compiled into one straight-line function, for events that are already canonical.
+"""A contract compiled into fast paths, for events that are already canonical.
 
 Almost every event a healthy producer sends is valid and already normalised (trimmed, in the
 right case). For those, checking field by field through the general engine costs more than
-decoding the JSON. ``compile_fast_path`` turns the contract's rules into a single generated
-function that accepts such an event outright and returns None for anything else: a missing,
-optional or extra field, a value that normalisation would change, non-ASCII text, any rule
-broken. The general engine (:meth:`Contract.validate`) then decides, and stays the reference:
-the fast path only ever accepts what the engine accepts, with the same values (a property test
-holds the two to that).
+decoding the JSON. Two compiled forms accept such an event outright and return None for anything
+else (a missing, optional or extra field, a value that normalisation would change, non-ASCII
+text, any rule broken):
+
+* ``compile_json_fast_path`` decodes and checks JSON bytes in one pass of msgspec's C decoder,
+  with the contract's types, lengths, patterns, enums and ranges compiled into its schema;
+* ``compile_fast_path`` checks an already decoded event (protobuf input, or JSON the first path
+  declined) in one generated straight-line function.
+
+The general engine (:meth:`Contract.validate`) then decides, and stays the reference: a fast path
+only ever accepts what the engine accepts, with the same values (property tests hold them to it).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict, cast
 
-from driftline.services.ingestion.contract import RFC3339, Contract, FieldSpec, FieldType, UnknownFields
+import msgspec
+
+from driftline.services.ingestion.contract import (
+    _NORMALIZERS,
+    RFC3339,
+    Contract,
+    FieldSpec,
+    FieldType,
+    UnknownFields,
+)
 
 FastPath = Callable[[Mapping[str, Any], datetime], "dict[str, Any] | None"]
+JsonFastPath = Callable[[bytes, datetime], "dict[str, Any] | None"]
+
+
+def compile_json_fast_path(contract: Contract) -> JsonFastPath:
+    """The contract as a msgspec schema: ``(json bytes, now) -> values`` for canonical events, else None.
+
+    msgspec keeps the last of repeated keys and skips unknown ones, where the contract
+    dead-letters both; a key count rules them out without a second parse. The payload is ASCII
+    without escapes, so every comma in it is either a separator between two of the object's
+    keys (values are scalars: the schema has no containers) or a character of a string value
+    the decoder returned. An object whose commas, less those in its decoded string values,
+    number exactly ``fields - 1`` therefore has exactly one key per field, none repeated, none
+    unknown. Anything else goes to the general path, which names the reason.
+    """
+    fields = contract.fields
+    if not fields or any(
+        "," in spec.name
+        or not spec.name.isascii()
+        or (spec.pattern is not None and spec.pattern.flags != re.UNICODE)
+        for spec in fields
+    ):
+        return lambda _payload, _now: None  # rules the schema cannot express: the general path only
+    schema = TypedDict(  # type: ignore[misc]
+        f"{contract.name}_v{contract.version}", {spec.name: _schema_type(spec) for spec in fields}
+    )
+    decode = msgspec.json.Decoder(schema).decode
+    separators = len(fields) - 1
+    strings = tuple(spec.name for spec in fields if spec.type is not FieldType.NUMBER)
+    # Normalisation a decoded value must already satisfy (enums of canonical values imply it).
+    # Trimming is checked only when the payload has a space: JSON strings cannot hold raw control
+    # characters, and this payload has no escapes, so a space is the only whitespace there can be.
+    trimmed, cased = [], []
+    for spec in fields:
+        if spec.type is FieldType.STRING and _enum_values(spec) is None:
+            trimmed += [spec.name] if "trim" in spec.normalize else []
+            cased += [(spec.name, _NORMALIZERS[step]) for step in spec.normalize if step != "trim"]
+    # Every pattern (and RFC 3339 for timestamps) in one regex over the values joined with NUL: a
+    # decoded value cannot contain NUL, so each segment matches exactly one value. One call into
+    # ``re`` instead of one per field (msgspec's own pattern constraint calls back per field).
+    matched = [
+        (spec.name, spec.pattern.pattern if spec.pattern is not None else RFC3339.pattern)
+        for spec in fields
+        if spec.type is FieldType.TIMESTAMP or (spec.pattern is not None and _enum_values(spec) is None)
+    ]
+    matched_names = tuple(name for name, _ in matched)
+    all_match = re.compile("\\x00".join(f"(?:{pattern})" for _, pattern in matched)).fullmatch
+    timestamps = tuple(
+        (spec.name, spec.max_future, spec.max_age) for spec in fields if spec.type is FieldType.TIMESTAMP
+    )
+    fromisoformat = datetime.fromisoformat
+    # The event-time window's bounds, computed once per clock reading (the handler reads the
+    # clock once per batch).
+    clock: datetime | None = None
+    bounds: list[tuple[str, datetime | None, datetime | None]] = []
+
+    def fast(payload: bytes, now: datetime) -> dict[str, Any] | None:
+        nonlocal clock, bounds
+        if not payload.isascii() or b"\\" in payload:
+            return None
+        try:
+            event = cast(dict[str, Any], decode(payload))
+        except msgspec.DecodeError:  # malformed, or a rule broken: the general path says which
+            return None
+        commas = payload.count(b",")
+        if commas != separators:
+            commas -= sum(event[name].count(",") for name in strings)
+            if commas != separators:
+                return None
+        if b" " in payload:
+            for name in trimmed:
+                if event[name].strip() != event[name]:
+                    return None
+        for name, step in cased:
+            if step(event[name]) != event[name]:
+                return None
+        if matched_names and all_match("\x00".join([event[name] for name in matched_names])) is None:
+            return None
+        if clock is not now:
+            clock, bounds = (
+                now,
+                [
+                    (name, None if future is None else now + future, None if age is None else now - age)
+                    for name, future, age in timestamps
+                ],
+            )
+        for name, latest, earliest in bounds:
+            try:
+                moment = fromisoformat(event[name].upper()).astimezone(UTC)
+            except (ValueError, OverflowError):
+                return None
+            if (latest is not None and moment > latest) or (earliest is not None and moment < earliest):
+                return None
+            event[name] = moment
+        return event
+
+    return fast
+
+
+def _enum_values(spec: FieldSpec) -> tuple[str, ...] | None:
+    """The enum values the field's other rules accept, when each is already normalised."""
+    if spec.enum is None:
+        return None
+    steps = [_NORMALIZERS[step] for step in spec.normalize]
+    if any(step(value) != value for value in spec.enum for step in steps):
+        return None
+    checker = spec.checker()
+    now = datetime.now(UTC)
+    return tuple(sorted(value for value in spec.enum if checker(value, now)[1] is None))
+
+
+def _schema_type(spec: FieldSpec) -> Any:
+    """The msgspec type of one field: its JSON type with the contract's rules as constraints."""
+    if spec.type is FieldType.NUMBER:
+        bounds = {
+            "ge": spec.minimum,
+            "le": spec.maximum,
+            "gt": spec.exclusive_minimum,
+            "lt": spec.exclusive_maximum,
+        }
+        return Annotated[float, msgspec.Meta(**{k: v for k, v in bounds.items() if v is not None})]
+    if spec.type is FieldType.TIMESTAMP:
+        return str
+    enum = _enum_values(spec)
+    if enum is not None:
+        return Literal[enum] if enum else Annotated[str, msgspec.Meta(pattern=r"\A(?!)")]
+    lengths = {"min_length": spec.min_length, "max_length": spec.max_length}
+    return Annotated[str, msgspec.Meta(**{k: v for k, v in lengths.items() if v is not None})]
 
 
 def compile_fast_path(contract: Contract) -> FastPath:

@@ -8,9 +8,8 @@ input: every byte string becomes either :class:`Accepted` or :class:`Rejected` w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +17,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from driftline.events.v1 import transaction_pb2
 from driftline.services.ingestion.contract import Contract, Reason, Violation
-from driftline.services.ingestion.fastpath import compile_fast_path
+from driftline.services.ingestion.fastpath import compile_fast_path, compile_json_fast_path
 from driftline.services.ingestion.quality import QualityWindow
 
 JSON = "application/json"
@@ -30,8 +29,7 @@ _PROTO_FIELDS = transaction_pb2.RawTransaction.DESCRIPTOR.fields
 _STRING = _PROTO_FIELDS[0].TYPE_STRING
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     """A valid event's normalised values (``event_time`` a UTC datetime)."""
 
     values: dict[str, Any]
@@ -41,8 +39,9 @@ class Accepted:
         return str(self.values["event_id"])
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(NamedTuple):
+    """An invalid event's dead-letter reason code, and what exactly was wrong."""
+
     reason: Reason
     detail: str
 
@@ -95,6 +94,7 @@ class Gate:
         self.contract = contract
         self.quality = quality
         self._fast = compile_fast_path(contract)
+        self._fast_json = compile_json_fast_path(contract)
 
     def examine(self, payload: bytes | None, content_type: str | bytes | None, now: datetime) -> Verdict:
         """The verdict on one message; ``now`` is the clock the event-time window uses."""
@@ -107,6 +107,11 @@ class Gate:
             )
         media = media_type(content_type)
         if media == JSON:
+            values = self._fast_json(payload, now)
+            if values is not None:
+                if self.quality is not None:
+                    self.quality.observe(())
+                return Accepted(values)
             decoded = self._decode_json(payload)
         elif media == PROTOBUF:
             decoded = self._decode_protobuf(payload)
@@ -183,7 +188,7 @@ def to_clean(
 ) -> transaction_pb2.CleanTransaction:
     """The clean event for an accepted one, with its lineage."""
     text = values.get
-    return transaction_pb2.CleanTransaction(
+    clean = transaction_pb2.CleanTransaction(
         event_id=values["event_id"],
         card_id=values["card_id"],
         merchant_id=text("merchant_id", ""),
@@ -192,10 +197,15 @@ def to_clean(
         merchant_category=text("merchant_category", ""),
         country=text("country", ""),
         channel=text("channel", ""),
-        event_time=timestamp(values["event_time"]),
-        ingested_at=ingested_at,
         contract_version=text("contract_version", ""),
         source_topic=source_topic,
         source_partition=source_partition,
         source_offset=source_offset,
     )
+    # Set in place: a Timestamp passed to the constructor is built, then copied.
+    delta = values["event_time"] - _EPOCH
+    event_time = clean.event_time
+    event_time.seconds = delta.days * 86_400 + delta.seconds
+    event_time.nanos = delta.microseconds * 1000
+    clean.ingested_at.CopyFrom(ingested_at)
+    return clean

@@ -152,16 +152,44 @@ def test_a_message_the_loop_dead_lettered_itself_is_booked_as_handler_error(harn
     assert harness.value("driftline_ingestion_consumed_total") == 1
 
 
-def test_a_deduplicator_failure_propagates_so_the_loop_retries(harness: Harness) -> None:
+@pytest.mark.parametrize("when", ["sending", "reading"])
+def test_a_deduplicator_failure_propagates_so_the_loop_retries(when: str) -> None:
     class Down:
-        def claim(self, claims: Sequence[Claim]) -> list[bool]:
-            raise ConnectionError("redis is down")
+        def __init__(self) -> None:
+            self.closed = False
 
-    handler = IngestionHandler(
-        Gate(Contract.load()), Down(), CLEAN_TOPIC, IngestionMetrics(CollectorRegistry()), clock=lambda: NOW
-    )
+        def send(self, event_ids: Sequence[str], sources: Sequence[str]) -> None:
+            if when == "sending":
+                raise ConnectionError("redis is down")
+
+        def verdicts(self) -> list[bool]:
+            raise ConnectionError("redis went away")
+
+        def __enter__(self) -> Down:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.closed = True
+
+    down = Down()
+
+    class Dedup:
+        def claims(self) -> Down:
+            return down
+
+    metrics = IngestionMetrics(CollectorRegistry())
+    handler = IngestionHandler(Gate(Contract.load()), Dedup(), CLEAN_TOPIC, metrics, clock=lambda: NOW)
     with pytest.raises(ConnectionError):
         handler(messages([event("ev-1")]))  # type: ignore[arg-type]
+    assert down.closed
+
+
+def test_claims_are_decided_in_order_across_the_parts_of_a_big_batch(harness: Harness) -> None:
+    # More messages than one claim part, with a copy of the first event in the last part.
+    batch = [event(f"ev-{i}") for i in range(600)] + [event("ev-0")]
+    outcomes = harness.handler(messages(batch))  # type: ignore[arg-type]
+    assert all(len(o) == 1 for o in outcomes[:600])
+    assert outcomes[600] == []  # the later copy is the duplicate
 
 
 def test_quality_gauges_follow_the_batch(harness: Harness) -> None:
