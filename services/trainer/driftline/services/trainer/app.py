@@ -95,7 +95,11 @@ class TrainerApp:
         self.results: deque[RunResult] = deque(maxlen=100)
         self._listeners: list[Callable[[RunResult], None]] = []
         self.scheduler = RetrainScheduler(
-            Debouncer(window_s=settings.debounce_s),
+            Debouncer(
+                window_s=settings.debounce_s,
+                retry_s=settings.defer_retry_s,
+                max_defer_s=settings.max_defer_s,
+            ),
             self._run_batch,
             journal=TriggerJournal(settings.journal_path),
             clock=clock,

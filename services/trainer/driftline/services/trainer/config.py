@@ -49,6 +49,22 @@ class Settings(BaseSettings):
         gt=0,
     )
     min_rows: int = Field(500, description="Fewest labelled rows a retrain accepts.", ge=10)
+    min_positives: int = Field(
+        20,
+        description=(
+            "Fewest positive (fraud) labels among a retrain's training rows; with fewer the retrain "
+            "is deferred. The demo's 60 s horizon holds ~100-190 (3 % of ~100 events/s)."
+        ),
+        ge=1,
+    )
+    min_holdout_positives: int = Field(
+        10,
+        description=(
+            "Fewest positive labels in the holdout, where the gate compares recall at each model's "
+            "threshold; with fewer the retrain is deferred. The demo's holdout holds ~10-80."
+        ),
+        ge=1,
+    )
     holdout_fraction: float = Field(
         0.25,
         description="Most recent share of the set held out to compare challenger and champion.",
@@ -61,6 +77,16 @@ class Settings(BaseSettings):
     margin: float = Field(
         0.005, description="How much the challenger must beat the champion by on the metric."
     )
+    max_recall_drop: float = Field(
+        0.10,
+        description=(
+            "Gate: how far the challenger's recall at its own decision threshold may fall below the "
+            "champion's at the champion's threshold, on the same holdout rows. Zero recall is always "
+            "refused."
+        ),
+        ge=0,
+        le=1,
+    )
     manual_approval: bool = Field(
         False, description="Leave winners pending (alias 'challenger') instead of promoting them."
     )
@@ -71,6 +97,19 @@ class Settings(BaseSettings):
     debounce_s: float = Field(
         5.0,
         description="Triggers arriving within this window of the first are coalesced into one retrain.",
+        ge=0,
+    )
+    defer_retry_s: float = Field(
+        15.0,
+        description="A retrain deferred for too few labels runs again after this many seconds.",
+        gt=0,
+    )
+    max_defer_s: float = Field(
+        600.0,
+        description=(
+            "A deferred retrain is retried while its first trigger is younger than this; then a "
+            "shortage fails the run. 0 never defers."
+        ),
         ge=0,
     )
     seed: int = Field(7, description="Training seed; a version's seed is recorded with it.")
@@ -124,6 +163,13 @@ class Settings(BaseSettings):
             parity_tolerance=self.parity_tolerance,
             reference_rows=self.reference_rows,
             train=self.train_params(),
-            gate=GateConfig(metric=self.metric, margin=self.margin, manual_approval=self.manual_approval),
+            gate=GateConfig(
+                metric=self.metric,
+                margin=self.margin,
+                manual_approval=self.manual_approval,
+                max_recall_drop=self.max_recall_drop,
+            ),
             code_revision=code_revision,
+            min_positives=self.min_positives,
+            min_holdout_positives=self.min_holdout_positives,
         )

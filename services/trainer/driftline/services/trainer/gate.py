@@ -1,8 +1,16 @@
 """The promotion gate: challenger against champion on the same recent labelled holdout.
 
-The challenger is promoted only when its score on the configured metric beats the champion's by
-at least the margin. With manual approval configured, a winner is left pending for a person to
-promote. Every decision carries a sentence saying why, which the run record stores.
+The challenger is promoted only when both hold:
+
+* its score on the configured metric beats the champion's by at least the margin;
+* its operating point holds: at the decision threshold it would serve with, it catches some of
+  the frauds, and its recall is at most ``max_recall_drop`` below the champion's recall at the
+  champion's own threshold, on the same rows. A ranking metric such as AUC says nothing about
+  the threshold, and a model retrained soon after a concept drift can rank well and still flag
+  none of the new frauds at its cut.
+
+With manual approval configured, a winner is left pending for a person to promote. Every
+decision carries a sentence saying why, which the run record stores.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, l
 
 from driftline.kit.errors import InvalidArgument
 
-#: Threshold turning a probability into a label for the label-based metrics.
+#: Threshold turning a probability into a label for the label-based metrics, and the threshold
+#: of a version that records none (inference's default).
 DECISION_THRESHOLD = 0.5
+#: Recalls are fractions of the same count; this absorbs float rounding in the comparison.
+_RECALL_EPSILON = 1e-9
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -58,6 +69,32 @@ def evaluate(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {name: fn(labels, scores) for name, fn in METRICS.items()}
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a model does at the threshold it serves with (flagged: ``score >= threshold``)."""
+
+    threshold: float
+    recall: float
+    precision: float
+    positives: int
+    flagged: int
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> OperatingPoint:
+    """Recall and precision of ``scores >= threshold``, as inference labels (0.0 when undefined)."""
+    flagged = scores >= threshold
+    positives = int((labels == 1).sum())
+    caught = int((flagged & (labels == 1)).sum())
+    n_flagged = int(flagged.sum())
+    return OperatingPoint(
+        threshold=float(threshold),
+        recall=caught / positives if positives else 0.0,
+        precision=caught / n_flagged if n_flagged else 0.0,
+        positives=positives,
+        flagged=n_flagged,
+    )
+
+
 class Decision(enum.Enum):
     PROMOTE = "promote"
     REJECT = "reject"
@@ -71,12 +108,16 @@ class GateConfig:
     metric: str = "auc"
     margin: float = 0.005
     manual_approval: bool = False
+    #: Largest allowed fall of recall at the model's own threshold, challenger below champion.
+    max_recall_drop: float = 0.10
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise InvalidArgument(f"unknown gate metric {self.metric!r}; choose one of {sorted(METRICS)}")
         if not math.isfinite(self.margin):
             raise InvalidArgument("gate margin must be finite")
+        if not 0.0 <= self.max_recall_drop <= 1.0:
+            raise InvalidArgument("max_recall_drop must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -94,26 +135,77 @@ def decide(
     *,
     champion_version: int = 0,
     champion_problem: str = "",
+    challenger_point: OperatingPoint | None = None,
+    champion_point: OperatingPoint | None = None,
 ) -> GateVerdict:
-    """Compare the two models' holdout metrics.
+    """Compare the two models' holdout metrics and operating points.
 
     ``champion`` is None when there is no champion yet, or when it could not be evaluated; then
     ``champion_problem`` says why (an unloadable artifact, a feature it needs that is gone).
+    ``challenger_point`` and ``champion_point`` are measured on the same rows, each at its own
+    model's decision threshold; without a challenger point the operating point is not checked.
     """
     metric = config.metric
     mine = challenger[metric]
-    if champion is None:
-        why = champion_problem or "no champion yet"
-        return _winner(config, f"{why}; challenger {metric}={mine:.4f}", mine, None)
-    theirs = champion[metric]
-    needed = theirs + config.margin
-    comparison = (
-        f"challenger {metric}={mine:.4f} vs champion v{champion_version} {metric}={theirs:.4f} "
-        f"(margin {config.margin:g}, needs >= {needed:.4f})"
+    theirs = None if champion is None else champion[metric]
+    if theirs is None:
+        comparison = f"{champion_problem or 'no champion yet'}; challenger {metric}={mine:.4f}"
+        metric_wins, won = True, comparison
+    else:
+        needed = theirs + config.margin
+        comparison = (
+            f"challenger {metric}={mine:.4f} vs champion v{champion_version} {metric}={theirs:.4f} "
+            f"(margin {config.margin:g}, needs >= {needed:.4f})"
+        )
+        metric_wins, won = mine >= needed, f"wins: {comparison}"
+    point_problem, point_summary = _check_operating_point(
+        config, challenger_point, None if champion is None else champion_point, champion_version
     )
-    if mine >= needed:
-        return _winner(config, f"wins: {comparison}", mine, theirs)
-    return GateVerdict(Decision.REJECT, f"refused: {comparison}", mine, theirs)
+    if metric_wins and not point_problem:
+        reason = f"{won}; {point_summary}" if point_summary else won
+        return _winner(config, reason, mine, theirs)
+    if not metric_wins:
+        extra = point_problem or point_summary
+        reason = f"refused: {comparison}" + (f"; {extra}" if extra else "")
+    elif theirs is None:
+        reason = f"refused: {point_problem}; {comparison}"
+    else:
+        reason = f"refused: {point_problem}; on {metric} alone it would win: {comparison}"
+    return GateVerdict(Decision.REJECT, reason, mine, theirs)
+
+
+def _check_operating_point(
+    config: GateConfig,
+    mine: OperatingPoint | None,
+    theirs: OperatingPoint | None,
+    champion_version: int,
+) -> tuple[str, str]:
+    """(why the challenger's operating point is refused or "", a summary of it or "")."""
+    if mine is None or mine.positives == 0:
+        return "", ""
+    at = f"at its decision threshold {mine.threshold:.4f}"
+    champion = (
+        ""
+        if theirs is None
+        else (
+            f"champion v{champion_version} recall={theirs.recall:.2f} (precision {theirs.precision:.2f}) "
+            f"at its {theirs.threshold:.4f}"
+        )
+    )
+    if mine.recall == 0.0:
+        problem = f"challenger catches none of the {mine.positives} frauds {at} (recall 0.00)"
+        return (f"{problem} vs {champion}" if champion else problem), ""
+    comparison = (
+        f"challenger recall={mine.recall:.2f} (precision {mine.precision:.2f}) {at}"
+        + (f" vs {champion}" if champion else "")
+        + f", on {mine.positives} frauds"
+    )
+    if theirs is None:
+        return "", comparison
+    floor = theirs.recall - config.max_recall_drop
+    if mine.recall < floor - _RECALL_EPSILON:
+        return f"{comparison} (max recall drop {config.max_recall_drop:g}, needs >= {floor:.2f})", ""
+    return "", comparison
 
 
 def _winner(config: GateConfig, reason: str, mine: float, theirs: float | None) -> GateVerdict:

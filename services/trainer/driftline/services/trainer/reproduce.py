@@ -73,6 +73,7 @@ def reproduce(
         holdout_fraction=float(mv.params.get(P_HOLDOUT, "0.25")),
         parity_tolerance=tolerance,
         reference_rows=0,
+        choose_threshold=False,
     )
     registered = registry.fetch_artifact(model_name, version)
     x = training_set.features

@@ -1,14 +1,23 @@
 """One retrain, start to finish, and the record of why it ended as it did.
 
-build the set -> train -> convert to ONNX and check parity -> score challenger and champion on
-the same holdout -> register the challenger with lineage and a reference sample -> promote by
-compare-and-swap (or leave pending) -> record the run, whatever happened.
+build the set -> check it holds enough frauds -> train -> convert to ONNX and check parity ->
+score challenger and champion on the same holdout -> register the challenger with lineage and a
+reference sample -> promote by compare-and-swap (or leave pending) -> record the run, whatever
+happened.
 
-Every run, failed ones included, is recorded in the registry with its outcome and the reason.
+The challenger's decision threshold is chosen on out-of-fold scores of its training rows, so the
+holdout (the most recent rows) stays unseen by both the model and its threshold: the gate judges
+both models' ranking and operating points (recall and precision at their own thresholds) on it.
+
+Every run, failed and deferred ones included, is recorded in the registry with its outcome and
+the reason. A run short of labelled data is *deferred* when its trigger batch allows it: it is
+recorded (outcome FAILED, reason ``deferred: ...``) and the scheduler tries the batch again later.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +33,7 @@ from driftline.kit.errors import Aborted, DataLoss, DriftlineError, InvalidArgum
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer import convert, gate
 from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
+from driftline.services.trainer.errors import InsufficientData
 from driftline.services.trainer.registry import Registry
 from driftline.services.trainer.train import TrainParams, predict_native, train_model
 from driftline.services.trainer.triggers import TriggerBatch
@@ -33,6 +43,8 @@ log = structlog.get_logger(__name__)
 #: Param keys (besides the hyper-parameters) that ``--reproduce`` reads back.
 P_LABELS_UNTIL = "labels_ingested_until"
 P_HOLDOUT = "holdout_fraction"
+#: The score at or above which the version says fraud; inference and the drift service read it.
+P_THRESHOLD = "decision_threshold"
 
 OUTCOME_NAMES = {
     registry_pb2.RUN_OUTCOME_PROMOTED: "promoted",
@@ -54,6 +66,10 @@ class RunnerConfig:
     gate: gate.GateConfig = field(default_factory=gate.GateConfig)
     code_revision: str = "unknown"
     actor: str = "driftline-trainer"
+    #: Fewest frauds among the training rows.
+    min_positives: int = 20
+    #: Fewest frauds in the holdout, where recall at the decision threshold is compared.
+    min_holdout_positives: int = 10
 
 
 @dataclass
@@ -76,10 +92,13 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
     recorded: bool = False
+    #: Too little labelled data yet; the batch is to be tried again (outcome stays FAILED, the
+    #: registry has no other word for a run that trained nothing).
+    deferred: bool = False
 
     @property
     def outcome_name(self) -> str:
-        return OUTCOME_NAMES.get(self.outcome, "unspecified")
+        return "deferred" if self.deferred else OUTCOME_NAMES.get(self.outcome, "unspecified")
 
     @property
     def promoted(self) -> bool:
@@ -96,8 +115,37 @@ class Challenger:
     holdout_scores: np.ndarray
     parity_max_abs_diff: float
     reference: registry_pb2.ReferenceSample
-    #: Score at or above which the model says fraud: the F1-best cut on the holdout.
+    #: Score at or above which the model says fraud: the F1-best cut on out-of-fold scores of
+    #: the training rows, to the six decimals the version's ``decision_threshold`` param stores.
     decision_threshold: float = 0.5
+
+
+#: Folds of the out-of-fold scores the decision threshold is chosen on.
+THRESHOLD_FOLDS = 3
+
+
+def out_of_fold_scores(
+    features: np.ndarray, labels: np.ndarray, params: TrainParams, folds: int = THRESHOLD_FOLDS
+) -> np.ndarray:
+    """Each row's score from a model trained on the other folds (contiguous blocks in time order).
+
+    Boosted trees' in-sample scores are overconfident, and a cut chosen on the holdout would be
+    judged on the rows that chose it (the F1-best cut of a set always catches some of its
+    frauds). Contiguous blocks keep a burst of related events mostly inside one fold.
+    """
+    bounds = np.linspace(0, len(labels), folds + 1).astype(int)
+    scores = np.empty(len(labels), dtype=np.float64)
+    for lo, hi in itertools.pairwise(bounds):
+        rest = np.r_[0:lo, hi : len(labels)]
+        model = train_model(features[rest], labels[rest], params)
+        scores[lo:hi] = predict_native(model, features[lo:hi])
+    return scores
+
+
+def served_threshold(threshold: float) -> float:
+    """The threshold as the ``decision_threshold`` param stores it (six decimals, rounded down
+    so that the row it was cut at stays flagged)."""
+    return float(np.floor(threshold * 1e6) / 1e6)
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -128,8 +176,13 @@ def fit_challenger(
     parity_tolerance: float,
     reference_rows: int,
     stages: dict[str, float] | None = None,
+    choose_threshold: bool = True,
 ) -> Challenger:
-    """Train on the older rows, convert, and check ONNX parity on the holdout (raises ParityError)."""
+    """Train on the older rows, convert, and check ONNX parity on the holdout (raises ParityError).
+
+    ``choose_threshold=False`` skips the out-of-fold models and leaves the threshold at 0.5
+    (``--reproduce`` compares models, not thresholds).
+    """
     stages = stages if stages is not None else {}
     train_idx, holdout_idx = training_set.split(holdout_fraction)
     x, y = training_set.features, training_set.labels
@@ -148,9 +201,11 @@ def fit_challenger(
         values=x[picked].astype(np.float32).astype(np.float64).ravel().tolist(),
         scores=scorer.predict(x[picked]).tolist(),
     )
-    # Out-of-sample: boosted trees' in-sample scores are overconfident. The gate compares AUC,
-    # which no threshold changes, so choosing the cut on the holdout does not bias the gate.
-    threshold = best_f1_threshold(y[holdout_idx], holdout_scores)
+    threshold = gate.DECISION_THRESHOLD
+    if choose_threshold:
+        with _timed(stages, "threshold"):
+            oof = out_of_fold_scores(x[train_idx], y[train_idx], params)
+            threshold = served_threshold(best_f1_threshold(y[train_idx], oof))
     return Challenger(artifact, training_set, holdout_idx, holdout_scores, diff, reference, threshold)
 
 
@@ -173,11 +228,14 @@ class RetrainRunner:
     def run(self, batch: TriggerBatch) -> RunResult:
         """Retrain on the recent horizon for a batch of coalesced triggers."""
         extra = {"coalesced_triggers": _id_list(batch.ids)} if len(batch.triggers) > 1 else {}
+        if batch.attempt > 1:
+            extra["attempt"] = str(batch.attempt)
         return self.run_with(
             self._dataset.build_recent,
             trigger=batch.primary.kind,
             trigger_id=batch.primary.trigger_id,
             extra_params=extra,
+            may_defer=batch.may_defer,
         )
 
     def run_with(
@@ -187,8 +245,13 @@ class RetrainRunner:
         trigger: str,
         trigger_id: str,
         extra_params: Mapping[str, str] | None = None,
+        may_defer: bool = False,
     ) -> RunResult:
-        """Retrain on the set ``build`` returns; never raises for a failed run, records it instead."""
+        """Retrain on the set ``build`` returns; never raises for a failed run, records it instead.
+
+        With ``may_defer``, a set short of labelled data (``InsufficientData``) ends the run as
+        deferred rather than failed: the caller tries again once more labels have arrived.
+        """
         cfg = self.config
         started_at = self._now()
         t0 = time.perf_counter()
@@ -204,11 +267,18 @@ class RetrainRunner:
             P_HOLDOUT: repr(cfg.holdout_fraction),
             "gate_metric": cfg.gate.metric,
             "gate_margin": repr(cfg.gate.margin),
+            "gate_max_recall_drop": repr(cfg.gate.max_recall_drop),
+            "threshold_folds": str(THRESHOLD_FOLDS),
             **(extra_params or {}),
         }
         log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
         try:
             self._run(build, result)
+        except InsufficientData as err:
+            result.outcome = registry_pb2.RUN_OUTCOME_FAILED
+            result.deferred = may_defer
+            verb = "deferred" if may_defer else "failed"
+            result.reason = f"{verb}: {err.code}: {err}"
         except DriftlineError as err:
             result.outcome = registry_pb2.RUN_OUTCOME_FAILED
             result.reason = f"failed: {err.code}: {err}"
@@ -238,6 +308,7 @@ class RetrainRunner:
         result.data_hash = training_set.content_hash
         result.data_start, result.data_end = training_set.data_start, training_set.data_end
         result.params[P_LABELS_UNTIL] = training_set.labels_ingested_until.isoformat()
+        self._require_positives(training_set, result)
         challenger = fit_challenger(
             training_set,
             cfg.train,
@@ -246,23 +317,39 @@ class RetrainRunner:
             reference_rows=cfg.reference_rows,
             stages=stages,
         )
-        result.params["decision_threshold"] = f"{challenger.decision_threshold:.6f}"
+        result.params[P_THRESHOLD] = f"{challenger.decision_threshold:.6f}"
         y_holdout = training_set.labels[challenger.holdout]
         with _timed(stages, "evaluate"):
             mine = gate.evaluate(y_holdout, challenger.holdout_scores)
-            champion_version, theirs, problem = self._score_champion(training_set, challenger.holdout)
+            my_point = gate.operating_point(
+                y_holdout, challenger.holdout_scores, challenger.decision_threshold
+            )
+            champion = self._score_champion(training_set, challenger.holdout)
+            theirs = their_point = None
+            if champion.scores is not None:
+                theirs = gate.evaluate(y_holdout, champion.scores)
+                their_point = gate.operating_point(y_holdout, champion.scores, champion.threshold)
+        champion_version = champion.version
         verdict = gate.decide(
-            cfg.gate, mine, theirs, champion_version=champion_version, champion_problem=problem
+            cfg.gate,
+            mine,
+            theirs,
+            champion_version=champion_version,
+            champion_problem=champion.problem,
+            challenger_point=my_point,
+            champion_point=their_point,
         )
         result.champion_before = result.champion_after = champion_version
         result.metrics.update({f"holdout_{k}": v for k, v in mine.items()})
-        if theirs is not None:
+        result.metrics.update(_point_metrics("holdout", my_point))
+        if theirs is not None and their_point is not None:
             result.metrics.update({f"champion_holdout_{k}": v for k, v in theirs.items()})
+            result.metrics.update(_point_metrics("champion_holdout", their_point))
+            result.metrics["champion_decision_threshold"] = their_point.threshold
         result.metrics.update(
             {
                 "train_rows": float(len(training_set) - len(challenger.holdout)),
                 "holdout_rows": float(len(challenger.holdout)),
-                "holdout_positives": float(y_holdout.sum()),
                 "dropped_rows": float(training_set.dropped_rows),
                 "parity_max_abs_diff": challenger.parity_max_abs_diff,
             }
@@ -274,15 +361,36 @@ class RetrainRunner:
             self._apply(verdict, result, version, champion_version)
         result.metrics.update({f"stage_{k}_seconds": v for k, v in stages.items()})
 
-    def _score_champion(
-        self, training_set: TrainingSet, holdout: np.ndarray
-    ) -> tuple[int, dict[str, float] | None, str]:
+    def _require_positives(self, training_set: TrainingSet, result: RunResult) -> None:
+        """Raise ``InsufficientData`` unless every part of the set holds enough frauds.
+
+        Too few frauds to learn from make a model that ranks by chance and catches nothing; too
+        few in the holdout make its recall a coin toss that the gate cannot compare.
+        """
+        cfg = self.config
+        labels = training_set.labels
+        train_idx, holdout_idx = training_set.split(cfg.holdout_fraction)
+        in_train, in_holdout = int(labels[train_idx].sum()), int(labels[holdout_idx].sum())
+        result.metrics["train_positives"] = float(in_train)
+        result.metrics["holdout_positives"] = float(in_holdout)
+        short = []
+        if in_train < cfg.min_positives:
+            short.append(f"{in_train} among the {len(train_idx)} training rows (need {cfg.min_positives})")
+        if in_holdout < cfg.min_holdout_positives:
+            short.append(
+                f"{in_holdout} among the {len(holdout_idx)} holdout rows (need {cfg.min_holdout_positives})"
+            )
+        if short:
+            raise InsufficientData(f"too few positive labels: {'; '.join(short)}")
+
+    def _score_champion(self, training_set: TrainingSet, holdout: np.ndarray) -> ChampionScores:
         cfg = self.config
         try:
             champion = self._registry.get_version(cfg.model_name, alias=cfg.champion_alias)
         except NotFound:
-            return 0, None, ""
+            return ChampionScores(0)
         version = champion.version
+        threshold = champion_threshold(champion.params)
         try:
             names = list(champion.signature.feature_names) or list(training_set.feature_names)
             columns = convert.feature_matrix(list(training_set.frame.columns), names)
@@ -293,8 +401,9 @@ class RetrainRunner:
             # The champion itself is unusable here (corrupt, or needs features that are gone);
             # transient errors (registry unavailable) propagate and fail the run instead.
             log.warning("champion_not_scored", version=version, error=str(err))
-            return version, None, f"champion v{version} cannot be scored on this holdout ({err})"
-        return version, gate.evaluate(training_set.labels[holdout], scores), ""
+            problem = f"champion v{version} cannot be scored on this holdout ({err})"
+            return ChampionScores(version, threshold=threshold, problem=problem)
+        return ChampionScores(version, scores, threshold)
 
     def _register(self, challenger: Challenger, result: RunResult, parent: int, reason: str) -> int:
         cfg = self.config
@@ -397,6 +506,38 @@ class RetrainRunner:
             result.recorded = True
         except DriftlineError as err:
             log.error("run_not_recorded", run_id=result.run_id, error=str(err))
+
+
+@dataclass(frozen=True)
+class ChampionScores:
+    """The champion's scores on the holdout (None: no champion, or it cannot be scored)."""
+
+    version: int
+    scores: np.ndarray | None = None
+    #: The threshold it serves with.
+    threshold: float = gate.DECISION_THRESHOLD
+    problem: str = ""
+
+
+def champion_threshold(params: Mapping[str, str]) -> float:
+    """A version's ``decision_threshold`` param, read as inference reads it; 0.5 without one."""
+    raw = params.get(P_THRESHOLD)
+    try:
+        value = float(raw) if raw is not None else gate.DECISION_THRESHOLD
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        # Inference refuses to load such a version; judge it at the default cut rather than fail.
+        log.warning("champion_threshold_invalid", value=raw)
+        return gate.DECISION_THRESHOLD
+    return value
+
+
+def _point_metrics(prefix: str, point: gate.OperatingPoint) -> dict[str, float]:
+    return {
+        f"{prefix}_recall_at_threshold": point.recall,
+        f"{prefix}_precision_at_threshold": point.precision,
+    }
 
 
 def _id_list(ids: list[str], limit: int = 3000) -> str:

@@ -8,7 +8,11 @@ shift), so triggers are coalesced:
   joins the same batch, and one retrain runs for the whole batch when it closes;
 * one retrain runs at a time; triggers that arrive during a retrain are coalesced into at most
   one follow-up batch, which runs (after its own window) once the retrain in flight finishes;
-* a trigger id seen before (a replayed Kafka message) is ignored.
+* a trigger id seen before (a replayed Kafka message) is ignored;
+* a retrain that found too few labels (deferred) does not drop its batch: the batch waits
+  ``retry_s`` and runs again, joined by any trigger that arrived meanwhile, for as long as its
+  first trigger is younger than ``max_defer_s``; the attempt after that may no longer be deferred,
+  and a shortage then fails the run like any other.
 
 ``Debouncer`` is the pure state machine (time is passed in). ``RetrainScheduler`` drives it from
 a worker thread, and keeps the pending triggers in a small journal file so that triggers already
@@ -26,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -56,6 +61,10 @@ class TriggerBatch:
     """Triggers coalesced into one retrain; the first one names the retrain in its lineage."""
 
     triggers: tuple[Trigger, ...]
+    #: 1 for the first try of these triggers; a deferred batch comes back with the next number.
+    attempt: int = 1
+    #: Whether a shortage of labelled data may defer the retrain (False: it fails the run).
+    may_defer: bool = False
 
     @property
     def primary(self) -> Trigger:
@@ -81,8 +90,13 @@ class Debouncer:
 
     window_s: float
     remember: int = 10_000
+    #: Wait before a deferred batch runs again.
+    retry_s: float = 15.0
+    #: A batch may be deferred while its first trigger is younger than this (0: never deferred).
+    max_defer_s: float = 0.0
     _waiting: list[Trigger] = field(default_factory=list)
     _deadline: float | None = None
+    _attempt: int = 1
     _running: TriggerBatch | None = None
     _follow_up: list[Trigger] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
@@ -106,13 +120,26 @@ class Debouncer:
         """The batch to run now, if its window has closed and nothing is running; marks it running."""
         if self._running is not None or self._deadline is None or now < self._deadline:
             return None
-        batch = TriggerBatch(tuple(self._waiting))
-        self._waiting, self._deadline, self._running = [], None, batch
+        # Deferrable only while another try would still start within max_defer_s of the first trigger.
+        first = self._waiting[0].received_at
+        may_defer = now + self.retry_s <= first + self.max_defer_s
+        batch = TriggerBatch(tuple(self._waiting), attempt=self._attempt, may_defer=may_defer)
+        self._waiting, self._deadline, self._running, self._attempt = [], None, batch, 1
         return batch
 
-    def finish(self, now: float) -> None:
-        """The running retrain ended; the follow-up (if any) opens its window."""
-        self._running = None
+    def finish(self, now: float, *, deferred: bool = False) -> None:
+        """The running retrain ended; the follow-up (if any) opens its window.
+
+        ``deferred``: it found too few labels. A deferrable batch then waits ``retry_s`` and runs
+        again, with the follow-up's triggers joining it (they would read the same labels).
+        """
+        running, self._running = self._running, None
+        if deferred and running is not None and running.may_defer:
+            self._waiting = [*running.triggers, *self._follow_up]
+            self._follow_up = []
+            self._deadline = now + self.retry_s
+            self._attempt = running.attempt + 1
+            return
         if self._follow_up:
             first = self._follow_up[0].received_at
             self._waiting, self._follow_up = self._follow_up, []
@@ -161,6 +188,15 @@ class TriggerJournal:
         os.replace(tmp, self._path)
 
 
+@runtime_checkable
+class BatchOutcome(Protocol):
+    """What a run may report back: whether it was deferred (its batch is to run again later)."""
+
+    @property
+    def deferred(self) -> bool: ...
+
+
+#: Runs one batch; a returned ``BatchOutcome`` with ``deferred`` set keeps the batch pending.
 RunBatch = Callable[[TriggerBatch], object]
 
 
@@ -245,13 +281,22 @@ class RetrainScheduler:
                 if self._stopping:
                     return
             assert batch is not None
+            deferred = False
             try:
-                self._run_batch(batch)
+                outcome = self._run_batch(batch)
+                deferred = isinstance(outcome, BatchOutcome) and outcome.deferred is True
             except Exception:
                 # The runner records its own failures; this guards the scheduler thread itself.
                 log.exception("retrain_crashed", trigger_id=batch.primary.trigger_id)
+            if deferred:
+                log.info(
+                    "retrain_deferred",
+                    trigger_id=batch.primary.trigger_id,
+                    attempt=batch.attempt,
+                    retry_in_s=self._debouncer.retry_s,
+                )
             with self._cond:
-                self._debouncer.finish(self._clock())
+                self._debouncer.finish(self._clock(), deferred=deferred)
                 self.completed += 1
                 self._save()
                 self._cond.notify_all()

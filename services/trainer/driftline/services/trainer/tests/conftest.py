@@ -32,11 +32,23 @@ class World:
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(n, len(FEATURES)))
         y = (x[:, rule] + 0.3 * rng.normal(size=n) > 0.8).astype(int)
+        self.add_rows(x, y, start_s=start_s, name=str(seed), ingested_at=ingested_at)
+
+    def add_rows(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        start_s: float,
+        name: str,
+        ingested_at: datetime | None = None,
+    ) -> None:
+        """Rows with the given features and labels, one second apart from ``start_s``."""
         records = []
-        for i in range(n):
+        for i in range(len(x)):
             when = T0 + timedelta(seconds=start_s + i)
             entity = f"card-{i % 17}"
-            event_id = f"ev-{seed}-{i}"
+            event_id = f"ev-{name}-{i}"
             self.rows.append(
                 {"entity_id": entity, "event_time": when, **dict(zip(FEATURES, x[i], strict=True))}
             )

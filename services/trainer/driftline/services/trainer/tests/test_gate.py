@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from driftline.kit.errors import InvalidArgument
-from driftline.services.trainer.gate import Decision, GateConfig, decide, evaluate
+from driftline.services.trainer.gate import (
+    Decision,
+    GateConfig,
+    OperatingPoint,
+    decide,
+    evaluate,
+    operating_point,
+)
 
 
 def metrics(auc: float, f1: float = 0.5) -> dict[str, float]:
@@ -67,3 +74,104 @@ def test_evaluate_scores_a_perfect_ranking_as_auc_one() -> None:
     assert result["auc"] == 1.0
     assert result["f1"] == 1.0
     assert result["accuracy"] == 1.0
+
+
+def point(
+    recall: float, *, threshold: float = 0.3, positives: int = 40, precision: float = 0.5
+) -> OperatingPoint:
+    return OperatingPoint(
+        threshold=threshold, recall=recall, precision=precision, positives=positives, flagged=positives
+    )
+
+
+def test_challenger_with_better_auc_but_no_recall_at_its_threshold_is_refused() -> None:
+    verdict = decide(
+        GateConfig(metric="auc", margin=0.005),
+        metrics(0.93),
+        metrics(0.88),
+        champion_version=3,
+        challenger_point=point(0.0, threshold=0.01, positives=23, precision=0.0),
+        champion_point=point(0.7, threshold=0.41, positives=23),
+    )
+    assert verdict.decision is Decision.REJECT
+    assert verdict.reason.startswith("refused: challenger catches none of the 23 frauds")
+    assert "at its decision threshold 0.0100" in verdict.reason
+    assert "champion v3 recall=0.70" in verdict.reason
+    # The ranking comparison it would have won on is kept in the reason.
+    assert "on auc alone it would win: challenger auc=0.9300 vs champion v3 auc=0.8800" in verdict.reason
+
+
+def test_zero_recall_is_refused_even_without_a_champion() -> None:
+    verdict = decide(GateConfig(), metrics(0.9), None, challenger_point=point(0.0, positives=12))
+    assert verdict.decision is Decision.REJECT
+    assert "catches none of the 12 frauds" in verdict.reason
+
+
+def test_recall_below_the_champions_by_more_than_the_tolerance_is_refused() -> None:
+    verdict = decide(
+        GateConfig(max_recall_drop=0.10),
+        metrics(0.95),
+        metrics(0.90),
+        champion_version=2,
+        challenger_point=point(0.55),
+        champion_point=point(0.70, threshold=0.45),
+    )
+    assert verdict.decision is Decision.REJECT
+    assert "challenger recall=0.55" in verdict.reason
+    assert "champion v2 recall=0.70" in verdict.reason
+    assert "max recall drop 0.1, needs >= 0.60" in verdict.reason
+
+
+def test_recall_drop_within_the_tolerance_is_promoted_and_the_reason_gives_both_recalls() -> None:
+    verdict = decide(
+        GateConfig(max_recall_drop=0.10),
+        metrics(0.95),
+        metrics(0.90),
+        champion_version=2,
+        challenger_point=point(0.62),
+        champion_point=point(0.70, threshold=0.45),
+    )
+    assert verdict.decision is Decision.PROMOTE
+    assert verdict.reason.startswith("wins: challenger auc=0.9500")
+    assert "challenger recall=0.62" in verdict.reason
+    assert "champion v2 recall=0.70" in verdict.reason
+
+
+def test_recall_drop_of_exactly_the_tolerance_is_allowed() -> None:
+    # 0.8 - 0.1 is 0.7000000000000001 in floating point; 28/40 recall must still pass.
+    verdict = decide(
+        GateConfig(max_recall_drop=0.1),
+        metrics(0.95),
+        metrics(0.90),
+        challenger_point=point(28 / 40),
+        champion_point=point(32 / 40),
+    )
+    assert verdict.decision is Decision.PROMOTE
+
+
+def test_refusal_on_the_metric_still_starts_with_the_metric_comparison() -> None:
+    verdict = decide(
+        GateConfig(margin=0.01),
+        metrics(0.80),
+        metrics(0.85),
+        champion_version=1,
+        challenger_point=point(0.0),
+        champion_point=point(0.5),
+    )
+    assert verdict.decision is Decision.REJECT
+    assert verdict.reason.startswith("refused: challenger auc=0.8000 vs champion v1 auc=0.8500")
+    assert "catches none of the 40 frauds" in verdict.reason
+
+
+def test_operating_point_flags_scores_at_or_above_the_threshold() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.5, 0.2, 0.5, 0.1, 0.0, 0.6])
+    op = operating_point(labels, scores, 0.5)
+    assert (op.positives, op.flagged) == (3, 4)
+    assert op.recall == pytest.approx(2 / 3)
+    assert op.precision == pytest.approx(2 / 4)
+
+
+def test_max_recall_drop_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="max_recall_drop"):
+        GateConfig(max_recall_drop=1.5)

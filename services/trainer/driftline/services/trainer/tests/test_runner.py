@@ -11,17 +11,33 @@ from driftline.kit.errors import Aborted, Unavailable
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer.convert import OnnxScorer
 from driftline.services.trainer.gate import GateConfig
-from driftline.services.trainer.runner import P_LABELS_UNTIL, RetrainRunner, RunnerConfig
+from driftline.services.trainer.runner import (
+    P_LABELS_UNTIL,
+    RetrainRunner,
+    RunnerConfig,
+    RunResult,
+    best_f1_threshold,
+    fit_challenger,
+    out_of_fold_scores,
+    served_threshold,
+)
 from driftline.services.trainer.train import TrainParams
-from driftline.services.trainer.triggers import Trigger, TriggerBatch
+from driftline.services.trainer.triggers import (
+    Debouncer,
+    RetrainScheduler,
+    Trigger,
+    TriggerBatch,
+    TriggerJournal,
+)
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 FAST = TrainParams(n_estimators=40)
 CRIPPLED = TrainParams(n_estimators=1, num_leaves=2, learning_rate=0.05)
 
 
-def batch(*ids: str, kind: str = "drift") -> TriggerBatch:
-    return TriggerBatch(tuple(Trigger(kind, i, "fraud", time.time()) for i in ids))
+def batch(*ids: str, kind: str = "drift", may_defer: bool = False, attempt: int = 1) -> TriggerBatch:
+    triggers = tuple(Trigger(kind, i, "fraud", time.time()) for i in ids)
+    return TriggerBatch(triggers, attempt=attempt, may_defer=may_defer)
 
 
 def runner(world, registry, *, params=FAST, gate=None, horizon_s=1500) -> RetrainRunner:
@@ -49,6 +65,16 @@ def test_better_challenger_is_registered_with_lineage_and_promoted(world, regist
     assert registry.champion() == 2
     assert result.reason.startswith("wins: challenger auc=")
     assert result.metrics["holdout_auc"] >= result.metrics["champion_holdout_auc"] + 0.01
+    # The operating point was checked too: recall at each model's own threshold, same rows.
+    assert "challenger recall=" in result.reason
+    assert result.metrics["holdout_recall_at_threshold"] > 0
+    assert (
+        result.metrics["holdout_recall_at_threshold"]
+        >= result.metrics["champion_holdout_recall_at_threshold"] - 0.10
+    )
+    assert result.metrics["champion_decision_threshold"] == float(
+        registry.get_version("fraud", version=1).params["decision_threshold"]
+    )
     mv = registry.get_version("fraud", version=2)
     assert mv.lineage.trigger == "drift"
     assert mv.lineage.trigger_id == "report-7"
@@ -60,6 +86,7 @@ def test_better_challenger_is_registered_with_lineage_and_promoted(world, regist
     assert mv.lineage.data_end.ToDatetime(tzinfo=UTC) == T0 + timedelta(seconds=3999)
     assert mv.params["coalesced_triggers"] == "report-7,report-8"
     assert P_LABELS_UNTIL in mv.params
+    assert mv.params["gate_max_recall_drop"] == "0.1"
     assert list(mv.signature.feature_names) == ["f0", "f1", "f2", "f3"]
     assert [t.name for t in mv.signature.outputs] == ["probability", "label"]
     assert (mv.feature_set, mv.feature_set_version) == ("test_features", 1)
@@ -128,6 +155,7 @@ def test_run_without_enough_labels_is_recorded_as_failed(world, registry) -> Non
     result = runner(world, registry).run(batch("r1"))
     assert result.outcome == registry_pb2.RUN_OUTCOME_FAILED
     assert "insufficient_data" in result.reason
+    assert not result.deferred
     assert registry.runs[-1].outcome == registry_pb2.RUN_OUTCOME_FAILED
     assert registry.runs[-1].outcome_reason == result.reason
     assert not registry.versions
@@ -163,3 +191,153 @@ def test_same_set_and_seed_train_the_same_model(world, registry) -> None:
     v1, v2 = registry.get_version("fraud", version=1), registry.get_version("fraud", version=2)
     assert v1.artifact_sha256 == v2.artifact_sha256
     assert second.metrics["holdout_auc"] == pytest.approx(second.metrics["champion_holdout_auc"], abs=0)
+
+
+def test_challenger_that_ranks_better_but_catches_no_fraud_at_its_threshold_is_rejected(
+    world, registry
+) -> None:
+    # The champion learned that a high f1 means fraud.
+    world.add(2000, start_s=0, rule=1, seed=1, ingested_at=T0 + timedelta(hours=1))
+    assert runner(world, registry).run(batch("initial")).promoted
+    # The challenger trains on "fraud when f0 is high" and cuts where those frauds score. The
+    # holdout's frauds have a moderate f0 (below that cut, above every legitimate row), and half
+    # of them a high f1: the challenger ranks them better than the champion but flags none.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(4000, 4))
+    y = (x[:, 0] + 0.3 * rng.normal(size=4000) > 0.8).astype(int)
+    holdout = slice(3000, 4000)
+    y[holdout] = (rng.random(1000) < 0.1).astype(int)
+    frauds = y[holdout] == 1
+    x[holdout, 0] = np.where(frauds, rng.uniform(0.1, 0.4, 1000), rng.normal(-1.5, 0.3, 1000))
+    x[holdout, 1] = np.where(frauds & (rng.random(1000) < 0.5), rng.uniform(1.5, 2.5, 1000), x[holdout, 1])
+    world.add_rows(x, y, start_s=3000, name="challenger", ingested_at=T0 + timedelta(hours=2))
+
+    result = runner(world, registry, horizon_s=3999).run(batch("report-1"))
+
+    assert result.metrics["train_rows"] == 3000
+    assert result.metrics["holdout_auc"] >= result.metrics["champion_holdout_auc"] + 0.01
+    assert result.metrics["holdout_recall_at_threshold"] == 0.0
+    assert result.metrics["champion_holdout_recall_at_threshold"] > 0.3
+    assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert result.reason.startswith(f"refused: challenger catches none of the {frauds.sum()} frauds")
+    assert "champion v1 recall=" in result.reason
+    assert "on auc alone it would win" in result.reason
+    assert registry.champion() == 1
+    run = registry.runs[-1]
+    assert run.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert run.outcome_reason == result.reason
+    assert run.metrics["holdout_positives"] == frauds.sum()
+
+
+def test_decision_threshold_comes_from_out_of_fold_training_scores_never_the_holdout(make_world) -> None:
+    thresholds = []
+    for flip in (False, True):
+        world = make_world(f"w{flip}")
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(1200, 4))
+        y = (x[:, 0] + 0.3 * rng.normal(size=1200) > 0.8).astype(int)
+        if flip:  # other holdout labels: the threshold must not move
+            y[900:] = 1 - y[900:]
+        world.add_rows(x, y, start_s=0, name="rows")
+        training_set = world.builder(min_rows=10).build_recent()
+        challenger = fit_challenger(
+            training_set, FAST, holdout_fraction=0.25, parity_tolerance=1e-5, reference_rows=10
+        )
+        train_idx, _ = training_set.split(0.25)
+        features, labels = training_set.features[train_idx], training_set.labels[train_idx]
+        chosen = best_f1_threshold(labels, out_of_fold_scores(features, labels, FAST))
+        assert challenger.decision_threshold == served_threshold(chosen)
+        assert chosen - 1e-6 < challenger.decision_threshold <= chosen
+        thresholds.append(challenger.decision_threshold)
+    assert thresholds[0] == thresholds[1]
+
+
+def rare_fraud(world, *, start_s: float, n: int, positives: int, name: str, ingested_at: datetime) -> None:
+    """``n`` rows whose only frauds are ``positives`` rows spread evenly, all with f0 > 1.5."""
+    rng = np.random.default_rng(len(name) + n)
+    x = rng.normal(size=(n, 4))
+    x[:, 0] = np.minimum(x[:, 0], 1.0)
+    y = np.zeros(n, dtype=int)
+    picked = np.linspace(0, n - 1, positives).astype(int)
+    y[picked] = 1
+    x[picked, 0] = 1.5 + rng.random(positives)
+    world.add_rows(x, y, start_s=start_s, name=name, ingested_at=ingested_at)
+
+
+def test_too_few_positives_defers_the_run_and_a_later_attempt_with_enough_trains(world, registry) -> None:
+    rare_fraud(world, start_s=0, n=1200, positives=24, name="early", ingested_at=T0 + timedelta(hours=1))
+
+    first = runner(world, registry).run(batch("report-1", may_defer=True))
+
+    assert first.deferred
+    assert first.outcome_name == "deferred"
+    assert first.outcome == registry_pb2.RUN_OUTCOME_FAILED  # the registry's word for "nothing trained"
+    assert first.reason.startswith("deferred: insufficient_data: too few positive labels: 18 among the 900")
+    assert first.metrics["train_positives"] == 18
+    assert not registry.versions
+    assert registry.runs[-1].outcome_reason == first.reason
+
+    # More labels arrive: the window now holds enough frauds in its training rows and holdout.
+    rare_fraud(world, start_s=1200, n=1200, positives=120, name="later", ingested_at=T0 + timedelta(hours=2))
+    second = runner(world, registry, horizon_s=2399).run(batch("report-1", may_defer=True, attempt=2))
+
+    assert not second.deferred
+    assert second.promoted, second.reason
+    assert second.params["attempt"] == "2"
+    assert registry.champion() == 1
+    assert second.metrics["train_positives"] >= 20
+
+
+def test_too_few_positives_in_the_holdout_defers_the_run(world, registry) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1200, 4))
+    y = (x[:, 0] > 1.0).astype(int)
+    y[900:] = 0  # no fraud in the holdout: recall there means nothing
+    world.add_rows(x, y, start_s=0, name="quiet", ingested_at=T0 + timedelta(hours=1))
+    result = runner(world, registry).run(batch("r1", may_defer=True))
+    assert result.deferred
+    assert result.reason.endswith("too few positive labels: 0 among the 300 holdout rows (need 10)")
+    assert not registry.versions
+
+
+def test_shortage_fails_the_run_when_the_batch_may_not_be_deferred(world, registry) -> None:
+    rare_fraud(world, start_s=0, n=1200, positives=24, name="early", ingested_at=T0 + timedelta(hours=1))
+    result = runner(world, registry).run(batch("r1"))
+    assert not result.deferred
+    assert result.outcome_name == "failed"
+    assert result.reason.startswith("failed: insufficient_data: too few positive labels")
+
+
+def test_scheduler_retries_a_deferred_retrain_until_labels_suffice(world, registry, tmp_path) -> None:
+    rare_fraud(world, start_s=0, n=1200, positives=24, name="early", ingested_at=T0 + timedelta(hours=1))
+    results: list[RunResult] = []
+    journaled: list[list[str]] = []
+    journal = TriggerJournal(tmp_path / "pending.json")
+
+    def run(b: TriggerBatch) -> RunResult:
+        result = runner(world, registry, horizon_s=2399).run(b)
+        results.append(result)
+        if result.deferred:
+            journaled.append([t.trigger_id for t in journal.load()])
+            # Labels keep arriving while the trigger waits.
+            rare_fraud(
+                world, start_s=1200, n=1200, positives=120, name="later", ingested_at=T0 + timedelta(hours=2)
+            )
+        return result
+
+    scheduler = RetrainScheduler(
+        Debouncer(window_s=0.01, retry_s=0.05, max_defer_s=3600), run, journal=journal
+    )
+    scheduler.start()
+    try:
+        scheduler.submit(Trigger("drift", "report-9", "fraud", time.time()))
+        assert scheduler.wait_idle(60)
+    finally:
+        scheduler.stop(30)
+
+    assert [r.outcome_name for r in results] == ["deferred", "promoted"]
+    assert [r.trigger_id for r in results] == ["report-9", "report-9"]
+    assert results[1].params["attempt"] == "2"
+    assert journaled == [["report-9"]]  # pending (and journaled) while it waited
+    assert journal.load() == []
+    assert registry.champion() == 1

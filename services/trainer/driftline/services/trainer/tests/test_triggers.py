@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from driftline.services.trainer.triggers import (
@@ -150,4 +151,86 @@ def test_pending_triggers_survive_a_restart_through_the_journal(tmp_path: Path) 
     finally:
         second.stop(5)
     assert ran == [["a", "b"]]
+    assert journal.load() == []
+
+
+def test_deferred_batch_stays_pending_and_runs_again_with_the_triggers_that_arrived_meanwhile() -> None:
+    d = Debouncer(window_s=5, retry_s=15, max_defer_s=600)
+    d.offer(trig("a", 0), now=0)
+    first = d.due(now=5)
+    assert first is not None
+    assert (first.attempt, first.may_defer) == (1, True)
+    assert d.offer(trig("b", 7), now=7) is Offer.QUEUED
+    d.finish(now=8, deferred=True)
+    assert [t.trigger_id for t in d.pending()] == ["a", "b"]  # still pending, so journaled
+    assert d.offer(trig("c", 10), now=10) is Offer.COALESCED  # debounced into the waiting retry
+    assert d.due(now=22.9) is None
+    again = d.due(now=23)
+    assert again is not None
+    assert again.ids == ["a", "b", "c"]
+    assert again.attempt == 2
+    d.finish(now=24)
+    assert d.pending() == []
+    assert d.due(now=1000) is None
+
+
+def test_deferral_stops_once_the_first_trigger_is_older_than_max_defer_s() -> None:
+    d = Debouncer(window_s=5, retry_s=15, max_defer_s=30)
+    d.offer(trig("a", 0), now=0)
+    first = d.due(now=5)
+    assert first is not None
+    assert first.may_defer
+    d.finish(now=6, deferred=True)
+    last = d.due(now=21)
+    assert last is not None
+    assert (last.attempt, last.may_defer) == (2, False)  # a retry would start after 30 s
+    d.finish(now=22, deferred=True)  # not deferrable: dropped like any finished run
+    assert d.pending() == []
+    assert d.due(now=1000) is None
+
+
+def test_batches_are_never_deferrable_by_default() -> None:
+    d = Debouncer(window_s=1)
+    d.offer(trig("a", 0), now=0)
+    batch = d.due(now=1)
+    assert batch is not None
+    assert not batch.may_defer
+    d.finish(now=2, deferred=True)
+    assert d.pending() == []
+
+
+def test_scheduler_keeps_a_deferred_batch_journaled_until_it_runs_again(tmp_path: Path) -> None:
+    journal = TriggerJournal(tmp_path / "pending.json")
+    ran: list[tuple[list[str], int]] = []
+    deferred_once = threading.Event()
+
+    @dataclass
+    class Outcome:
+        deferred: bool
+
+    def run(batch: TriggerBatch) -> Outcome:
+        ran.append((batch.ids, batch.attempt))
+        if len(ran) == 1:  # too few labels the first time only
+            deferred_once.set()
+            return Outcome(deferred=True)
+        return Outcome(deferred=False)
+
+    slow = RetrainScheduler(Debouncer(window_s=0.01, retry_s=3600, max_defer_s=7200), run, journal=journal)
+    slow.start()
+    try:
+        slow.submit(trig("a", time.time()))
+        assert deferred_once.wait(10)
+        assert not slow.idle()
+    finally:
+        slow.stop(5)
+    assert [t.trigger_id for t in journal.load()] == ["a"]
+
+    # After a restart the journaled trigger runs again, and this time trains.
+    resumed = RetrainScheduler(Debouncer(window_s=0.01, retry_s=0.01, max_defer_s=7200), run, journal=journal)
+    resumed.start()
+    try:
+        assert resumed.wait_idle(10)
+    finally:
+        resumed.stop(5)
+    assert [ids for ids, _ in ran] == [["a"], ["a"]]
     assert journal.load() == []
