@@ -256,13 +256,26 @@ class _InFlight:
     delivery callbacks arrive (on the producer's poll thread), and ``done`` is set once every
     output is acknowledged or failed."""
 
-    __slots__ = ("_lock", "_sealed", "_settled", "_total", "batch", "done", "expected", "failures", "started")
+    __slots__ = (
+        "_lock",
+        "_sealed",
+        "_settled",
+        "_total",
+        "batch",
+        "dead_lettered",
+        "done",
+        "expected",
+        "failures",
+        "started",
+    )
 
     def __init__(self, batch: list[Message], started: float) -> None:
         self.batch = batch
         self.started = started
         self.expected: dict[str, int] = {}
         self.failures: list[tuple[str, KafkaError]] = []
+        #: Messages of the batch sent to a dead-letter topic, by reason.
+        self.dead_lettered: dict[str, int] = {}
         self.done = threading.Event()
         self._total = 0
         self._settled = 0
@@ -463,6 +476,10 @@ class ConsumerLoop:
             last[(topic, cast(int, message.partition()))] = cast(int, message.offset()) + 1
         for topic, n in consumed.items():
             CONSUMED.labels(self._group, topic).inc(n)
+        if flight.dead_lettered:
+            log.info(
+                "dead_lettered", group=self._group, messages=len(flight.batch), reasons=flight.dead_lettered
+            )
         if self._hooks.before_commit is not None:
             self._hooks.before_commit(flight.batch)
         self._consumer.commit(offsets=self._offsets(last), asynchronous=True)
@@ -538,13 +555,17 @@ class ConsumerLoop:
             (DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()),
             (DLQ_SERVICE, self._service.encode()),
         ]
-        log.info(
+        # Per message at debug only: a producer sending garbage must not flood the logs. The
+        # record itself (reason and source coordinates in its headers) and the counter by reason
+        # are the trail; the batch logs one summary line.
+        log.debug(
             "dead_lettered",
             topic=source.name,
             partition=message.partition(),
             offset=message.offset(),
             reason=verdict.reason,
         )
+        flight.dead_lettered[verdict.reason] = flight.dead_lettered.get(verdict.reason, 0) + 1
         dead_letter = source.dead_letter_topic().name
         flight.expect(dead_letter)
         self._producer.produce(
