@@ -11,6 +11,12 @@ class InsufficientData(FailedPrecondition):
     code = "insufficient_data"
 
 
+class HoldoutLags(InsufficientData):
+    """Live feedback says the champion degraded, but the labelled holdout does not show it yet."""
+
+    code = "holdout_lags"
+
+
 class ParityError(FailedPrecondition):
     """The ONNX model's scores differ from the native model's by more than the tolerance."""
 

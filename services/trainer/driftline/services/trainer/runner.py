@@ -20,7 +20,7 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,10 +33,10 @@ from driftline.kit.errors import Aborted, DataLoss, DriftlineError, InvalidArgum
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer import convert, gate
 from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
-from driftline.services.trainer.errors import InsufficientData
+from driftline.services.trainer.errors import HoldoutLags, InsufficientData
 from driftline.services.trainer.registry import Registry
 from driftline.services.trainer.train import TrainParams, predict_native, train_model
-from driftline.services.trainer.triggers import TriggerBatch
+from driftline.services.trainer.triggers import Trigger, TriggerBatch
 
 log = structlog.get_logger(__name__)
 
@@ -236,6 +236,7 @@ class RetrainRunner:
             trigger_id=batch.primary.trigger_id,
             extra_params=extra,
             may_defer=batch.may_defer,
+            degradations=batch.degradations,
         )
 
     def run_with(
@@ -246,11 +247,16 @@ class RetrainRunner:
         trigger_id: str,
         extra_params: Mapping[str, str] | None = None,
         may_defer: bool = False,
+        degradations: Sequence[Trigger] = (),
     ) -> RunResult:
         """Retrain on the set ``build`` returns; never raises for a failed run, records it instead.
 
         With ``may_defer``, a set short of labelled data (``InsufficientData``) ends the run as
-        deferred rather than failed: the caller tries again once more labels have arrived.
+        deferred rather than failed: the caller tries again once more labels have arrived. So
+        does a challenger refused while the champion still scores above a live ``degradations``
+        trigger's bound on the holdout (``HoldoutLags``): labels arrive late, and the holdout
+        does not show yet what the live feedback measured. Without another try, a degradation
+        raised early after a change would be answered by one refusal and then nothing.
         """
         cfg = self.config
         started_at = self._now()
@@ -273,7 +279,7 @@ class RetrainRunner:
         }
         log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
         try:
-            self._run(build, result)
+            self._run(build, result, degradations if may_defer else ())
         except InsufficientData as err:
             result.outcome = registry_pb2.RUN_OUTCOME_FAILED
             result.deferred = may_defer
@@ -300,7 +306,9 @@ class RetrainRunner:
         )
         return result
 
-    def _run(self, build: Callable[[], TrainingSet], result: RunResult) -> None:
+    def _run(
+        self, build: Callable[[], TrainingSet], result: RunResult, degradations: Sequence[Trigger]
+    ) -> None:
         cfg = self.config
         stages = result.stage_seconds
         with _timed(stages, "dataset"):
@@ -354,6 +362,8 @@ class RetrainRunner:
                 "parity_max_abs_diff": challenger.parity_max_abs_diff,
             }
         )
+        if verdict.decision is gate.Decision.REJECT and theirs is not None:
+            _raise_if_holdout_lags(degradations, theirs)
         with _timed(stages, "register"):
             version = self._register(challenger, result, champion_version, verdict.reason)
         result.version = version
@@ -517,6 +527,18 @@ class ChampionScores:
     #: The threshold it serves with.
     threshold: float = gate.DECISION_THRESHOLD
     problem: str = ""
+
+
+def _raise_if_holdout_lags(degradations: Sequence[Trigger], champion: Mapping[str, float]) -> None:
+    """``HoldoutLags`` when the champion still scores above a live degradation's bound here."""
+    for trigger in degradations:
+        score = champion.get(trigger.metric)
+        if score is not None and trigger.threshold is not None and score >= trigger.threshold:
+            raise HoldoutLags(
+                f"live feedback put the champion's {trigger.metric} below {trigger.threshold:.4f} "
+                f"({trigger.detail}), but it scores {score:.4f} on the holdout: waiting for the "
+                "labels of the degraded period"
+            )
 
 
 def champion_threshold(params: Mapping[str, str]) -> float:

@@ -23,6 +23,7 @@ from driftline.services.trainer.runner import (
 )
 from driftline.services.trainer.train import TrainParams
 from driftline.services.trainer.triggers import (
+    DEGRADATION,
     Debouncer,
     RetrainScheduler,
     Trigger,
@@ -340,4 +341,52 @@ def test_scheduler_retries_a_deferred_retrain_until_labels_suffice(world, regist
     assert results[1].params["attempt"] == "2"
     assert journaled == [["report-9"]]  # pending (and journaled) while it waited
     assert journal.load() == []
+    assert registry.champion() == 1
+
+
+def degradation(trigger_id: str, *, threshold: float, may_defer: bool = True) -> TriggerBatch:
+    trigger = Trigger(
+        DEGRADATION,
+        trigger_id,
+        "fraud",
+        time.time(),
+        "auc=0.7000 < 0.8500",
+        metric="auc",
+        threshold=threshold,
+    )
+    return TriggerBatch((trigger,), may_defer=may_defer)
+
+
+def test_refusal_while_the_holdout_lags_a_live_degradation_defers_instead_of_closing(world, registry) -> None:
+    # The live feedback says AUC fell below 0.85, but the champion still ranks the holdout well:
+    # the labels of the degraded period have not arrived. Refusing for good would leave the
+    # degraded champion serving until the next degradation (a cooldown later).
+    world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
+    assert runner(world, registry).run(batch("initial")).promoted
+    lagging = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+
+    result = lagging.run(degradation("d1", threshold=0.85))
+
+    assert result.deferred
+    assert result.reason.startswith(
+        "deferred: holdout_lags: live feedback put the champion's auc below 0.8500"
+    )
+    assert result.version == 0  # nothing registered for a refusal that is not final
+    assert registry.champion() == 1
+
+
+def test_refusal_is_final_when_the_holdout_shows_the_degradation_or_no_retry_is_left(world, registry) -> None:
+    world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
+    assert runner(world, registry).run(batch("initial")).promoted
+    lagging = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+
+    # The champion scores below the bound on the holdout too: the refusal stands.
+    below = lagging.run(degradation("d1", threshold=1.01))
+    # The last try of a batch (it may no longer be deferred): the refusal stands.
+    last = lagging.run(degradation("d2", threshold=0.85, may_defer=False))
+
+    for result in (below, last):
+        assert not result.deferred
+        assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+        assert result.version > 1
     assert registry.champion() == 1
