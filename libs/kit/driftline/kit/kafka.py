@@ -134,10 +134,6 @@ def per_message(handler: Callable[[Message], Iterable[Output]]) -> BatchHandler:
     return handle
 
 
-def _key_bytes(key: bytes | str | None) -> bytes | None:
-    return key.encode() if isinstance(key, str) else key
-
-
 class KafkaProducer:
     """An idempotent producer whose sends are acknowledged or reported, never lost silently."""
 
@@ -201,16 +197,13 @@ class KafkaProducer:
         headers: Sequence[tuple[str, bytes]] | None,
         on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> None:
-        """Queue one message with a raw delivery callback (the hot path of the consumer loop)."""
+        """Queue one message with a raw delivery callback (the hot path of the consumer loop).
+
+        A ``str`` key is sent UTF-8 encoded (the client encodes it).
+        """
         while True:
             try:
-                self._producer.produce(
-                    topic,
-                    value=value,
-                    key=_key_bytes(key),
-                    headers=cast(Any, headers or None),
-                    on_delivery=on_delivery,
-                )
+                self._producer.produce(topic, value, key, headers=headers or None, on_delivery=on_delivery)  # type: ignore[arg-type]
                 return
             except BufferError:
                 # Local queue full: let deliveries drain, then try again (back-pressure, not loss).
