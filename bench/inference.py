@@ -14,6 +14,9 @@ in its own process, driven by the same grpc.aio client in this process:
 It reports p50, p99 and max requests/s for each, the ratios to the echo server and to
 onnxruntime called in-process on the same model, and checks the targets:
 p50 <= echo p50 + one Redis read (p50, measured here) + 100 µs; throughput >= 0.7x echo.
+For the inference server it also splits the latency phase by the service's own stage histograms
+(read from its /metrics): online-store read, queue, model, the rest of the handler, and what lies
+outside the handler (gRPC, network, client).
 
 Curve part: the device, the execution provider, and the latency/throughput of raw session runs
 over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
@@ -132,6 +135,7 @@ async def _serve_inference(port_file: Path, prefix: str, device: str) -> None:
     import redis.asyncio as aioredis
 
     from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore
+    from driftline.kit.metrics import serve_metrics
     from driftline.kit.settings import MetricsSettings, RedisSettings
     from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
     from driftline.services.inference.app import InferenceApp, prediction_log_producer
@@ -177,7 +181,9 @@ async def _serve_inference(port_file: Path, prefix: str, device: str) -> None:
     )
     port = await app.start()
     await app.wait_ready(60)
-    port_file.write_text(f"{port} {app.sessions.provider}")
+    # The driver reads the service's own stage histograms from it, before and after each phase.
+    metrics_port = serve_metrics(0, MetricsSettings(), service="inference-bench")
+    port_file.write_text(f"{port} {app.sessions.provider} {metrics_port}")
     await asyncio.Event().wait()
 
 
@@ -193,6 +199,8 @@ class Result:
     rows: int = 1
     #: CPU time the server process spent per call (user + system, all its threads).
     server_cpu_us: float = 0.0
+    #: The service's own stage histograms over the latency phase: mean µs per call, by stage.
+    stages_us: dict[str, float] | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -202,6 +210,34 @@ class Result:
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+Stages = Callable[[], dict[str, float]]
+
+
+def _stage_reader(metrics_port: int) -> Stages:
+    """Seconds spent so far in each stage of the service, read from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            sample.labels["stage"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "driftline_inference_stage_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_sum")
+        }
+
+    return read
+
+
+def _stage_means(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, float]:
+    """Mean µs per call of each stage between two readings."""
+    return {stage: (total - before.get(stage, 0.0)) * 1e6 / max(1, calls) for stage, total in after.items()}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -218,11 +254,13 @@ async def _measure(
     seconds: float,
     concurrency: int,
     pid: int,
+    stages: Stages | None = None,
 ) -> Result:
     # Latency: one call at a time. Throughput: `concurrency` calls in flight.
     for i in range(200):
         await call(i)
     cpu_before = _cpu_seconds(pid)
+    stages_before = await asyncio.to_thread(stages) if stages else None
     samples: list[float] = []
     deadline = time.perf_counter() + seconds / 2
     i = 0
@@ -231,6 +269,9 @@ async def _measure(
         await call(i)
         samples.append((time.perf_counter() - started) * 1e6)
         i += 1
+    stage_us = None
+    if stages and stages_before is not None:
+        stage_us = _stage_means(stages_before, await asyncio.to_thread(stages), len(samples))
     done = 0
     stop_at = time.perf_counter() + seconds / 2
 
@@ -246,7 +287,7 @@ async def _measure(
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     rps = done / (time.perf_counter() - started)
     cpu_us = (_cpu_seconds(pid) - cpu_before) * 1e6 / (len(samples) + done)
-    return Result(name, _pct(samples, 0.5), _pct(samples, 0.99), rps, rows, cpu_us)
+    return Result(name, _pct(samples, 0.5), _pct(samples, 0.99), rps, rows, cpu_us, stage_us)
 
 
 def _spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -270,7 +311,13 @@ def _spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def _drive(
-    port: int, pid: int, entities: list[str], label: str, seconds: float, concurrency: int
+    port: int,
+    pid: int,
+    entities: list[str],
+    label: str,
+    seconds: float,
+    concurrency: int,
+    stages: Stages | None = None,
 ) -> list[Result]:
     import grpc
 
@@ -293,7 +340,9 @@ async def _drive(
         return await stub.PredictBatch(batches[i % len(batches)], timeout=10)
 
     results = [
-        await _measure(f"{label} Predict", one, rows=1, seconds=seconds, concurrency=concurrency, pid=pid),
+        await _measure(
+            f"{label} Predict", one, rows=1, seconds=seconds, concurrency=concurrency, pid=pid, stages=stages
+        ),
         await _measure(
             f"{label} PredictBatch({BATCH})",
             many,
@@ -301,6 +350,7 @@ async def _drive(
             seconds=seconds,
             concurrency=max(2, concurrency // 4),
             pid=pid,
+            stages=stages,
         ),
     ]
     await channel.close()
@@ -398,10 +448,18 @@ def run_service(seconds: float, concurrency: int, device: str) -> None:
             kit_echo.terminate()
             kit_echo.wait(10)
         server, text = _spawn(["inference", "--prefix", prefix, "--device", device])
-        port_text, provider = text.split()
+        port_text, provider, metrics_port = text.split()
         try:
             results = asyncio.run(
-                _drive(int(port_text), server.pid, entities, "inference", seconds, concurrency)
+                _drive(
+                    int(port_text),
+                    server.pid,
+                    entities,
+                    "inference",
+                    seconds,
+                    concurrency,
+                    _stage_reader(int(metrics_port)),
+                )
             )
         finally:
             server.terminate()
@@ -503,6 +561,16 @@ def _report(
     console.print(table)
     for line in verdicts:
         console.print(line)
+    for s in served:
+        if s.stages_us:
+            st = s.stages_us
+            handler, read, model, queue = (st.get(k, 0.0) for k in ("total", "features", "model", "queue"))
+            console.print(
+                f"{s.name}, server side, mean per call one at a time: handler {handler:.0f} µs = "
+                f"online-store read {read:.0f} + queue {queue:.0f} + model {model:.0f} + other "
+                f"{handler - read - queue - model:.0f}; outside it (gRPC, network, client): "
+                f"{s.p50_us - handler:.0f} µs of the p50"
+            )
 
 
 # --- curve over batch sizes -------------------------------------------------------------------

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import gc
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 #: Young-generation threshold: allocations between collections (CPython's default is 700).
 GEN0_THRESHOLD = 50_000
 
 
-def tune_gc(gen0_threshold: int = GEN0_THRESHOLD) -> None:
-    """Freeze the start-up heap and collect less often; call once, after start-up."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+def tune_gc(gen0_threshold: int | None = GEN0_THRESHOLD, *, freeze: bool = True) -> None:
+    """Freeze the start-up heap and collect less often; call once everything long-lived exists.
+
+    ``gen0_threshold`` None keeps CPython's threshold; ``freeze`` False skips the freeze.
+    """
+    if gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    log.info("gc_tuned", frozen_objects=gc.get_freeze_count(), thresholds=gc.get_threshold())

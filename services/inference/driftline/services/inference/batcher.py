@@ -19,8 +19,11 @@ nothing when the model is idle and the delay is 0.
 Models whose typical run is shorter than ``inline_below_us`` (tabular models on the CPU: ~10 µs)
 run on the event loop instead of a worker thread, since the hand-off would cost more than the
 run; with a delay of 0 such a request that finds nothing queued and nothing running is run at
-once, without a trip through the queue. Batching then happens only where it pays: slower models
-(GPU kernels, big networks) and bursts that queue up behind a running batch.
+once, without a future or a trip through the queue. Batching then happens only where it pays:
+slower models (GPU kernels, big networks) and bursts that queue up behind a running batch.
+"Typical" is a running median of the run alone, timed by the thread's own CPU clock for models
+that compute on the calling thread: waits for the GIL and preemption by a busy machine only ever
+inflate a run's wall time, and an average of wall times once kept a 15 µs model in the thread.
 """
 
 from __future__ import annotations
@@ -88,8 +91,20 @@ class DynamicBatcher:
     thread pool and must be thread-safe when ``concurrency`` > 1.
     """
 
-    def __init__(self, run: RunFn, options: BatchingOptions | None = None, *, alias: str = "model") -> None:
+    def __init__(
+        self,
+        run: RunFn,
+        options: BatchingOptions | None = None,
+        *,
+        alias: str = "model",
+        run_clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._run = run
+        #: Times a run for the choice between the loop and the thread. ``time.thread_time`` for
+        #: models that compute on the calling thread: neither the wait for the GIL after a run
+        #: in the thread nor a preemption by a busy machine advances it, and both only ever
+        #: made the run look slower than it is (and kept a 15 µs model in the thread).
+        self._run_clock = run_clock
         self.options = options or BatchingOptions()
         self._alias = alias
         self._queue: deque[_Request] = deque()
@@ -108,7 +123,7 @@ class DynamicBatcher:
         self._model_seconds = metrics.STAGE_SECONDS.labels("model")
         #: Model runs so far (tests and benchmarks read it).
         self.batches = 0
-        #: Moving average of a run's seconds; None until the first run.
+        #: Running median of a run's seconds (by ``run_clock``); None until the first run.
         self.typical_run_s: float | None = None
         self.inline_runs = 0
 
@@ -127,22 +142,22 @@ class DynamicBatcher:
         """
         if self._closed:
             raise ModelNotReady("model is being replaced or shut down")
-        if len(self._queue) >= self.options.queue_capacity:
-            metrics.REJECTED.labels("queue_full").inc()
-            raise QueueFull(f"inference queue is full ({self.options.queue_capacity} requests waiting)")
         rows = {a.shape[0] if a.ndim else 0 for a in feeds.values()}
         if len(rows) != 1 or 0 in rows:
             raise ValueError(f"feeds must share one non-zero batch dimension, got {sorted(rows)}")
+        count = rows.pop()
+        if self._direct(count):
+            # Nothing queued, nothing running, and a model faster than a hand-off: waiting for
+            # company would only add latency, so run now, without a future or a trip through the
+            # queue. It never suspends, so no other request can slip in meanwhile.
+            return self._run_now(feeds, count)
+        if len(self._queue) >= self.options.queue_capacity:
+            metrics.REJECTED.labels("queue_full").inc()
+            raise QueueFull(f"inference queue is full ({self.options.queue_capacity} requests waiting)")
         loop = asyncio.get_running_loop()
         request = _Request(
-            feeds, rows.pop(), _merge_key(feeds), loop.create_future(), time.perf_counter(), deadline
+            feeds, count, _merge_key(feeds), loop.create_future(), time.perf_counter(), deadline
         )
-        if self._direct(request.rows):
-            # Nothing queued, nothing running, and a model faster than a hand-off: waiting for
-            # company would only add latency, so run now (no suspension until the result).
-            await self._slots.acquire()
-            await self._execute([request])
-            return request.future.result()
         self._queue.append(request)
         self._depth.set(len(self._queue))
         self._wakeup.set()
@@ -156,6 +171,19 @@ class DynamicBatcher:
             and not self._slots.locked()
             and self._inline(rows)
         )
+
+    def _run_now(self, feeds: Feeds, rows: int) -> list[np.ndarray]:
+        self._queue_seconds.observe(0.0)
+        try:
+            outputs, elapsed, run_s = self._timed_run(feeds)
+        except DriftlineError:
+            raise
+        except Exception as err:
+            log.exception("batch_failed", alias=self._alias, requests=1)
+            raise ModelFailed(f"model run failed: {type(err).__name__}") from err
+        self.inline_runs += 1
+        self._ran(outputs, elapsed, run_s, rows, 1)
+        return outputs
 
     async def _work(self) -> None:
         while True:
@@ -244,7 +272,7 @@ class DynamicBatcher:
 
     async def _run_batch(self, live: list[_Request]) -> None:
         if len(live) == 1:
-            feeds = dict(live[0].feeds)
+            feeds = live[0].feeds
         else:
             feeds = {name: np.concatenate([r.feeds[name] for r in live]) for name in live[0].feeds}
         total = sum(r.rows for r in live)
@@ -253,23 +281,12 @@ class DynamicBatcher:
             self._queue_seconds.observe(started - request.enqueued)
         if self._inline(total):
             self.inline_runs += 1
-            outputs, elapsed = self._timed_run(feeds)
+            outputs, elapsed, run_s = self._timed_run(feeds)
         else:
-            outputs, elapsed = await asyncio.get_running_loop().run_in_executor(
+            outputs, elapsed, run_s = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._timed_run, feeds
             )
-        # A slow average of the run alone (not the thread hand-off): one run held up by a busy
-        # machine must not flip the mode back and forth.
-        self.typical_run_s = (
-            elapsed if self.typical_run_s is None else 0.9 * self.typical_run_s + 0.1 * elapsed
-        )
-        self._model_seconds.observe(elapsed)
-        self._batch_rows.observe(total)
-        self._batch_requests.observe(len(live))
-        self.batches += 1
-        for output in outputs:
-            if output.ndim == 0 or output.shape[0] != total:
-                raise ModelFailed(f"model returned {output.shape} rows for a batch of {total}")
+        self._ran(outputs, elapsed, run_s, total, len(live))
         offset = 0
         for request in live:
             end = offset + request.rows
@@ -277,10 +294,29 @@ class DynamicBatcher:
                 request.future.set_result([output[offset:end] for output in outputs])
             offset = end
 
-    def _timed_run(self, feeds: Feeds) -> tuple[list[np.ndarray], float]:
-        started = time.perf_counter()
+    def _ran(self, outputs: list[np.ndarray], elapsed: float, run_s: float, rows: int, requests: int) -> None:
+        """Record one run and check that every output has a row per input row."""
+        # A running median of the run alone (not the hand-off), moving 5% per run towards each
+        # new time: runs held up by a busy machine only ever add time, and unless they are most
+        # runs they cannot flip the mode, as an average's outliers did.
+        typical = self.typical_run_s
+        if typical is None:
+            self.typical_run_s = run_s
+        else:
+            self.typical_run_s = typical * (1.05 if run_s > typical else 0.95)
+        self._model_seconds.observe(elapsed)
+        self._batch_rows.observe(rows)
+        self._batch_requests.observe(requests)
+        self.batches += 1
+        for output in outputs:
+            if output.ndim == 0 or output.shape[0] != rows:
+                raise ModelFailed(f"model returned {output.shape} rows for a batch of {rows}")
+
+    def _timed_run(self, feeds: Feeds) -> tuple[list[np.ndarray], float, float]:
+        """Outputs, wall seconds, and the run's seconds by ``run_clock``."""
+        started, clock_started = time.perf_counter(), self._run_clock()
         outputs = self._run(feeds)
-        return outputs, time.perf_counter() - started
+        return outputs, time.perf_counter() - started, self._run_clock() - clock_started
 
     def _inline(self, rows: int) -> bool:
         limit = self.options.inline_below_us / 1e6

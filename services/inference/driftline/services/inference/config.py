@@ -85,7 +85,9 @@ class Settings(BaseSettings):
         10_000, description="Prediction-log records buffered before new ones are dropped (and counted)."
     )
     prediction_log_linger_ms: int = Field(
-        50, description="How long the prediction-log producer lets records gather into one request."
+        50,
+        description="How long prediction-log records gather before they are sent: in the logger's "
+        "buffer (fewer wake-ups of its thread), then in the producer (fewer, bigger requests).",
     )
     feature_set: str = Field(
         "card_transactions.v1", description="Feature set (name.vN) read from the online store."
@@ -95,6 +97,17 @@ class Settings(BaseSettings):
     )
     warmup_runs: int = Field(3, description="Runs per warm-up batch size.")
     startup_retry_s: float = Field(2.0, description="Pause between attempts to load the champion at start.")
+    gc_freeze: bool = Field(
+        True,
+        description="Once the first champion is warm (before SERVING), exempt every object alive "
+        "then from garbage collection (gc.freeze): full collections of that heap stalled requests "
+        "for 50-90 ms.",
+    )
+    gc_young_threshold: int = Field(
+        10_000,
+        description="Allocations between collections of the youngest generation, from the first "
+        "champion on (Python's default: 700); 0 keeps Python's.",
+    )
     model_events_group_prefix: str = Field(
         "inference", description="Prefix of this instance's own consumer group (a unique suffix is added)."
     )

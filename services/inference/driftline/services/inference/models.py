@@ -45,6 +45,8 @@ class Runtime(Protocol):
     provider: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    #: True when a run computes on the calling thread alone (see ``runtime.OnnxModel``).
+    computes_on_caller: bool
 
     def run(self, feeds: Feeds) -> list[np.ndarray]: ...
 
@@ -132,17 +134,24 @@ class ServingModel:
     def version(self) -> int:
         return self.meta.version
 
-    @contextmanager
-    def lease(self) -> Iterator[ServingModel]:
-        """Hold the model for the duration of one request: it is not closed under it."""
+    def hold(self) -> None:
+        """One more request uses the model: it is not closed under it until ``release``."""
         self._leases += 1
         self._idle.clear()
+
+    def release(self) -> None:
+        self._leases -= 1
+        if self._leases == 0:
+            self._idle.set()
+
+    @contextmanager
+    def lease(self) -> Iterator[ServingModel]:
+        """``hold`` for the duration of one request."""
+        self.hold()
         try:
             yield self
         finally:
-            self._leases -= 1
-            if self._leases == 0:
-                self._idle.set()
+            self.release()
 
     async def infer(self, feeds: Feeds, *, deadline: float | None = None) -> list[np.ndarray]:
         """Run ``feeds`` through the batcher; outputs in the order of ``runtime.outputs``."""
@@ -223,6 +232,16 @@ class ModelSlots:
             return Route(challenger)
         return Route(champion)
 
+    def route_all(self, entity_ids: Sequence[str]) -> list[Route]:
+        """``route`` for each entity; without a canary, one shared route for all of them."""
+        champion = self._models.get(Role.CHAMPION)
+        if champion is None:
+            raise ModelNotReady(f"no {self.model_name} champion is loaded yet")
+        challenger = self._models.get(Role.CHALLENGER)
+        if challenger is None or self.routing.shadow or self.routing.canary_share <= 0:
+            return [Route(champion, shadow=challenger if self.routing.shadow else None)] * len(entity_ids)
+        return [self.route(entity_id) for entity_id in entity_ids]
+
     def by_version(self, version: int | None) -> ServingModel:
         """The live model with this version (None: the champion)."""
         champion = self._models.get(Role.CHAMPION)
@@ -241,7 +260,12 @@ class ModelSlots:
 
     async def install(self, role: Role, meta: ModelMeta, runtime: Runtime) -> ServingModel:
         """Put a loaded, warm model live in ``role``; the previous one retires after its requests."""
-        batcher = DynamicBatcher(runtime.run, self.batching, alias=role.value)
+        batcher = DynamicBatcher(
+            runtime.run,
+            self.batching,
+            alias=role.value,
+            run_clock=time.thread_time if runtime.computes_on_caller else time.perf_counter,
+        )
         model = ServingModel(meta, runtime, batcher, role)
         batcher.start()
         old = self._models.get(role)

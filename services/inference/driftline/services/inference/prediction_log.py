@@ -1,6 +1,6 @@
 """Prediction log: every prediction goes to the predictions topic without blocking the response.
 
-``log`` only appends to a bounded buffer (a lock and a deque append). A background thread
+``log`` and ``log_many`` only append to a bounded buffer (a lock and a deque append). A background thread
 encodes the records as ``PredictionLog`` and produces them through the service's
 ``driftline.kit.kafka.KafkaProducer`` (idempotent, acks=all; its poll thread runs the delivery
 callbacks). It produces on the underlying client with one shared callback rather than through
@@ -19,10 +19,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.inference.v1 import inference_pb2
 from driftline.kit.codec import to_timestamp
@@ -46,7 +48,10 @@ class RawProducer(Protocol):
     def flush(self, timeout: float) -> int: ...
 
 
-def encode(result: PredictionResult) -> bytes:
+def encode(result: PredictionResult, predicted_at: Timestamp | None = None) -> bytes:
+    """``result`` as a serialized ``PredictionLog``; ``predicted_at`` is its time, when the caller
+    already converted it (the rows of one call share it)."""
+    features = result.features
     record = inference_pb2.PredictionLog(
         prediction_id=result.prediction_id,
         entity_id=result.entity_id,
@@ -55,9 +60,9 @@ def encode(result: PredictionResult) -> bytes:
         model_version=result.model_version,
         score=result.score,
         label=result.label,
-        feature_names=[f.name for f in result.features],
-        feature_values=[f.value for f in result.features],
-        predicted_at=to_timestamp(result.predicted_at),
+        feature_names=[f[0] for f in features],  # FeatureValue.name
+        feature_values=[f[1] for f in features],  # FeatureValue.value
+        predicted_at=predicted_at if predicted_at is not None else to_timestamp(result.predicted_at),
         role=result.served_by.value,
     )
     return record.SerializeToString()
@@ -73,15 +78,13 @@ class PredictionLogger:
         *,
         capacity: int = 10_000,
         batch: int = 500,
-        flush_interval_s: float = 0.005,
-        encoder: Callable[[PredictionResult], bytes] = encode,
+        flush_interval_s: float = 0.05,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._capacity = capacity
         self._batch = batch
         self._flush_interval_s = flush_interval_s
-        self._encode = encoder
         self._buffer: deque[PredictionResult] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -109,6 +112,19 @@ class PredictionLogger:
             if len(self._buffer) in (1, self._batch):
                 self._cond.notify()
 
+    def log_many(self, results: Sequence[PredictionResult]) -> None:
+        """``log`` for each result, under one lock."""
+        with self._cond:
+            before = len(self._buffer)
+            room = 0 if self._stopping else max(0, self._capacity - before)
+            if room < len(results):
+                self._drop("buffer_full", len(results) - room)
+                results = results[:room]
+            self._buffer.extend(results)
+            after = len(self._buffer)
+            if after and (before == 0 or before < self._batch <= after):
+                self._cond.notify()
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)
@@ -119,7 +135,9 @@ class PredictionLogger:
 
     def _take(self) -> list[PredictionResult]:
         # The sender wakes once a record waits, then lets a batch gather for a flush interval
-        # (or until it is full): waking per record would bounce the GIL off the event loop.
+        # (or until it is full): waking per record would bounce the GIL off the event loop, and
+        # every wake-up costs CPU the requests need (50 ms halves the sender's CPU per record
+        # against 5 ms at 1k predictions/s).
         with self._cond:
             while not self._buffer and not self._stopping:
                 self._cond.wait(0.5)
@@ -138,13 +156,18 @@ class PredictionLogger:
                 if self._stopping:
                     return
                 continue
+            moment: datetime | None = None
+            stamp = Timestamp()
             for i, result in enumerate(records):
                 if i % 32 == 31:
                     # Hand the GIL back now and then: a 500-record burst would otherwise hold
                     # the event loop for a whole switch interval (5 ms).
                     time.sleep(0)
                 try:
-                    value = self._encode(result)
+                    if result.predicted_at is not moment:  # one conversion per call, not per row
+                        moment = result.predicted_at
+                        stamp = to_timestamp(moment)
+                    value = encode(result, stamp)
                 except Exception as err:  # noqa: BLE001 - a bad record must not stop the sender
                     log.warning("prediction_log_encode_failed", error=str(err))
                     self._drop("delivery_failed")

@@ -4,13 +4,11 @@ its batcher, a label by threshold, and a prediction log record, without blocking
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import structlog
@@ -20,9 +18,11 @@ from driftline.kit.codec import utcnow
 from driftline.kit.errors import FailedPrecondition, InvalidArgument
 from driftline.services.inference import metrics
 from driftline.services.inference.errors import StaleFeatures, UnknownEntity
-from driftline.services.inference.models import ModelSlots, Role, ServingModel
+from driftline.services.inference.models import ModelSlots, Role, Route, ServingModel
 
 log = structlog.get_logger(__name__)
+
+_MISSING = FeatureStatus.MISSING
 
 
 class FeatureSource(Protocol):
@@ -37,18 +37,32 @@ class FeatureSource(Protocol):
 
 def _found(entity: EntityFeatures) -> bool:
     """Whether the store holds anything at all for this entity."""
-    return any(v.status is not FeatureStatus.MISSING for v in entity.values)
+    return any(value.status is not _MISSING for value in entity.values)
 
 
-@dataclass(frozen=True, slots=True)
-class PredictInput:
+def prediction_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, from one read of the OS's random source:
+    ``str(uuid.uuid4())`` costs three times as much per id."""
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for k in range(0, 16 * count, 16):
+        raw[k + 6] = raw[k + 6] & 0x0F | 0x40  # version 4
+        raw[k + 8] = raw[k + 8] & 0x3F | 0x80  # RFC 4122 variant
+        h = raw[k : k + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
+class PredictInput(NamedTuple):
     entity_id: str
     event_id: str = ""
     model_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionResult:
+class PredictionResult(NamedTuple):
+    """One served (or shadow) prediction. A named tuple: immutable, and built in a fifth of the
+    time of a frozen dataclass, once per row."""
+
     prediction_id: str
     entity_id: str
     event_id: str
@@ -66,6 +80,8 @@ class PredictionSink(Protocol):
     """Where every prediction is recorded (``prediction_log.PredictionLogger``). Never blocks."""
 
     def log(self, result: PredictionResult) -> None: ...
+
+    def log_many(self, results: Sequence[PredictionResult]) -> None: ...
 
 
 class Predictor:
@@ -86,13 +102,16 @@ class Predictor:
         self._features = features
         self._sink = sink
         self._policy = policy
+        # FAIL is enforced here, after unknown entities were told apart (NOT_FOUND).
+        self._read_policy = StalenessPolicy.SERVE if policy is StalenessPolicy.FAIL else policy
         self._threshold = threshold
         self._max_entities = max_entities
         self._max_pending_shadows = max_pending_shadows
         self._shadows: set[asyncio.Task[None]] = set()
         self._features_seconds = metrics.STAGE_SECONDS.labels("features")
         self._predictions = {role: metrics.PREDICTIONS.labels(role.value) for role in Role}
-        self._index_cache: dict[tuple[str, int, int, tuple[str, ...]], list[int]] = {}
+        #: Column positions per (feature set, version, width, model features); None: all, in order.
+        self._index_cache: dict[tuple[str, int, int, tuple[str, ...]], list[int] | None] = {}
 
     async def predict(
         self, inputs: Sequence[PredictInput], *, deadline: float | None = None
@@ -102,49 +121,69 @@ class Predictor:
             raise InvalidArgument("no entities to score")
         if len(inputs) > self._max_entities:
             raise InvalidArgument(f"{len(inputs)} entities in one call; at most {self._max_entities}")
+        entity_ids = []
         for item in inputs:
-            self._slots.check_name(item.model_name)
+            if item.model_name:
+                self._slots.check_name(item.model_name)
             if not item.entity_id:
                 raise InvalidArgument("entity_id is empty")
-        routes = [self._slots.route(item.entity_id) for item in inputs]
-        with ExitStack() as leases:
-            held = {id(routes[0].model)}
-            leases.enter_context(routes[0].model.lease())
-            for route in routes:
-                if id(route.model) not in held:  # a canary call: hold the challenger too
-                    held.add(id(route.model))
-                    leases.enter_context(route.model.lease())
+            entity_ids.append(item.entity_id)
+        routes = self._slots.route_all(entity_ids)
+        first = routes[0]
+        # Without a canary every entity shares one route: the common case takes no grouping.
+        uniform = all(route is first for route in routes)
+        held = [first.model] if uniform else list({id(r.model): r.model for r in routes}.values())
+        for model in held:  # in-flight requests keep their model through a swap
+            model.hold()
+        try:
             started = time.perf_counter()
-            # FAIL is enforced below, after unknown entities were told apart (NOT_FOUND).
-            policy = StalenessPolicy.SERVE if self._policy is StalenessPolicy.FAIL else self._policy
-            readings = await self._features.read([item.entity_id for item in inputs], policy=policy)
+            readings = await self._features.read(entity_ids, policy=self._read_policy)
             self._features_seconds.observe(time.perf_counter() - started)
             self._check(readings)
-            groups: dict[int, tuple[ServingModel, list[int]]] = {}
-            for i, route in enumerate(routes):
-                groups.setdefault(id(route.model), (route.model, []))[1].append(i)
-            results: list[PredictionResult | None] = [None] * len(inputs)
-            if len(groups) == 1:  # the common case: no task per call
-                model, rows = next(iter(groups.values()))
-                scored = [await self._score(model, [readings[i] for i in rows], deadline)]
+            if uniform:
+                results = await self._score_rows(first.model, inputs, readings, deadline, first.model.role)
             else:
-                scored = await asyncio.gather(
-                    *(self._score(m, [readings[i] for i in rows], deadline) for m, rows in groups.values())
+                results = await self._score_routed(routes, inputs, readings, deadline)
+        finally:
+            for model in held:
+                model.release()
+        self._sink.log_many(results)
+        if uniform:
+            self._predictions[first.model.role].inc(len(results))
+        else:
+            for result in results:
+                self._predictions[result.served_by].inc()
+        if first.shadow is not None:  # shadowing routes every entity the same way
+            self._spawn_shadow(first.shadow, inputs, readings)
+        return results
+
+    async def _score_routed(
+        self,
+        routes: Sequence[Route],
+        inputs: Sequence[PredictInput],
+        readings: Sequence[EntityFeatures],
+        deadline: float | None,
+    ) -> list[PredictionResult]:
+        """Canary calls: each model scores its own entities, concurrently; results in input order."""
+        groups: dict[int, tuple[ServingModel, list[int]]] = {}
+        for i, route in enumerate(routes):
+            groups.setdefault(id(route.model), (route.model, []))[1].append(i)
+        if len(groups) == 1:  # every entity fell on one side: no task
+            model = routes[0].model
+            return await self._score_rows(model, inputs, readings, deadline, model.role)
+        scored = await asyncio.gather(
+            *(
+                self._score_rows(
+                    model, [inputs[i] for i in rows], [readings[i] for i in rows], deadline, model.role
                 )
-            now = utcnow()
-            for (model, rows), (scores, used) in zip(groups.values(), scored, strict=True):
-                for j, i in enumerate(rows):
-                    results[i] = self._result(inputs[i], model, float(scores[j]), used[j], model.role, now)
-        final = [r for r in results if r is not None]
-        for result in final:
-            self._sink.log(result)
-            self._predictions[result.served_by].inc()
-        shadows = [(r.shadow, i) for i, r in enumerate(routes) if r.shadow is not None]
-        if shadows:
-            self._spawn_shadow(
-                shadows[0][0], [inputs[i] for _, i in shadows], [readings[i] for _, i in shadows]
+                for model, rows in groups.values()
             )
-        return final
+        )
+        results: list[PredictionResult | None] = [None] * len(inputs)
+        for (_, rows), group in zip(groups.values(), scored, strict=True):
+            for i, result in zip(rows, group, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
 
     def _check(self, readings: Sequence[EntityFeatures]) -> None:
         unknown = [r.entity_id for r in readings if not _found(r)]
@@ -161,94 +200,119 @@ class Predictor:
                             "and the staleness policy is fail"
                         )
 
-    def _columns(self, model: ServingModel, reading: EntityFeatures) -> list[int]:
-        """Positions of the model's feature columns within the store's reading (cached)."""
+    def _columns(self, model: ServingModel, reading: EntityFeatures) -> list[int] | None:
+        """Positions of the model's feature columns within the store's reading (cached); None
+        when the model takes the reading's features as they are, in order."""
         # A feature set version always lists the same features in the same order.
         key = (reading.feature_set, reading.version, len(reading.values), model.meta.feature_names)
-        index = self._index_cache.get(key)
-        if index is None:
-            have = tuple(f.name for f in reading.values)
-            want = model.meta.feature_names or have
-            position = {name: i for i, name in enumerate(have)}
-            missing = [name for name in want if name not in position]
-            if missing:
-                raise FailedPrecondition(
-                    f"model {model.name} v{model.version} needs features {missing} the store lacks"
-                )
-            index = [position[name] for name in want]
-            self._index_cache[key] = index
+        try:
+            return self._index_cache[key]
+        except KeyError:
+            pass
+        have = tuple(f.name for f in reading.values)
+        want = model.meta.feature_names or have
+        position = {name: i for i, name in enumerate(have)}
+        missing = [name for name in want if name not in position]
+        if missing:
+            raise FailedPrecondition(
+                f"model {model.name} v{model.version} needs features {missing} the store lacks"
+            )
+        index: list[int] | None = [position[name] for name in want]
+        if index == list(range(len(have))):
+            index = None
+        self._index_cache[key] = index
         return index
 
     async def _score(
         self, model: ServingModel, readings: Sequence[EntityFeatures], deadline: float | None
-    ) -> tuple[np.ndarray, list[tuple[FeatureValue, ...]]]:
+    ) -> tuple[list[float], list[tuple[FeatureValue, ...]]]:
+        """Each reading's score, and the features it was scored on."""
         spec = model.feature_input
         if spec is None:
             raise FailedPrecondition(f"model {model.name} v{model.version} does not take one feature matrix")
         used = []
         for reading in readings:
             index = self._columns(model, reading)
-            used.append(tuple(reading.values[k] for k in index))
-        matrix = np.array([[f.value for f in row] for row in used], dtype=spec.dtype)
+            values = reading.values
+            used.append(values if index is None else tuple(values[k] for k in index))
+        width = len(used[0])
+        flat = [f[1] for row in used for f in row]  # FeatureValue.value
+        matrix = np.fromiter(flat, spec.dtype, len(flat)).reshape(len(used), width)
         if not np.isfinite(matrix).all():
             raise FailedPrecondition("the online store returned a NaN or infinite feature value")
         outputs = await model.infer({spec.name: matrix}, deadline=deadline)
-        return model.scores(outputs), used
+        return model.scores(outputs).tolist(), used
 
-    def _result(
+    async def _score_rows(
         self,
-        item: PredictInput,
         model: ServingModel,
-        score: float,
-        used: tuple[FeatureValue, ...],
+        inputs: Sequence[PredictInput],
+        readings: Sequence[EntityFeatures],
+        deadline: float | None,
         role: Role,
-        now: datetime,
-    ) -> PredictionResult:
+    ) -> list[PredictionResult]:
+        scores, used = await self._score(model, readings, deadline)
+        return self._results(model, inputs, scores, used, role)
+
+    def _results(
+        self,
+        model: ServingModel,
+        inputs: Sequence[PredictInput],
+        scores: Sequence[float],
+        used: Sequence[tuple[FeatureValue, ...]],
+        role: Role,
+    ) -> list[PredictionResult]:
+        now = utcnow()
         threshold = model.meta.threshold if model.meta.threshold is not None else self._threshold
-        ages = [f.age_seconds for f in used if f.age_seconds is not None]
-        return PredictionResult(
-            prediction_id=str(uuid.uuid4()),
-            entity_id=item.entity_id,
-            event_id=item.event_id,
-            score=score,
-            label=int(score >= threshold),
-            model_name=model.name,
-            model_version=model.version,
-            max_feature_age_seconds=max(ages, default=0.0),
-            features=used,
-            served_by=role,
-            predicted_at=now,
-        )
+        name, version = model.name, model.version
+        results = []
+        for item, score, row, prediction_id in zip(
+            inputs, scores, used, prediction_ids(len(inputs)), strict=True
+        ):
+            ages = [f[3] for f in row]  # FeatureValue.age_seconds; None when MISSING
+            if None in ages:
+                age = max((a for a in ages if a is not None), default=0.0)
+            else:
+                age = max(ages, default=0.0)
+            results.append(
+                PredictionResult(
+                    prediction_id,
+                    item.entity_id,
+                    item.event_id,
+                    score,
+                    int(score >= threshold),
+                    name,
+                    version,
+                    age,
+                    row,
+                    role,
+                    now,
+                )
+            )
+        return results
 
     def _spawn_shadow(
-        self, model: ServingModel, inputs: list[PredictInput], readings: list[EntityFeatures]
+        self, model: ServingModel, inputs: Sequence[PredictInput], readings: Sequence[EntityFeatures]
     ) -> None:
         if len(self._shadows) >= self._max_pending_shadows:
             metrics.SHADOW_SKIPPED.inc()
             return
-        lease = model.lease()
-        lease.__enter__()
-        task = asyncio.get_running_loop().create_task(self._shadow(model, inputs, readings, lease))
+        model.hold()
+        task = asyncio.get_running_loop().create_task(self._shadow(model, inputs, readings))
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
     async def _shadow(
-        self,
-        model: ServingModel,
-        inputs: list[PredictInput],
-        readings: list[EntityFeatures],
-        lease: AbstractContextManager[ServingModel],
+        self, model: ServingModel, inputs: Sequence[PredictInput], readings: Sequence[EntityFeatures]
     ) -> None:
         try:
-            scores, used = await self._score(model, readings, None)
-            now = utcnow()
-            for item, score, row in zip(inputs, scores, used, strict=True):
-                self._sink.log(self._result(item, model, float(score), row, Role.SHADOW, now))
-                self._predictions[Role.SHADOW].inc()
+            results = await self._score_rows(model, inputs, readings, None, Role.SHADOW)
+            self._sink.log_many(results)
+            self._predictions[Role.SHADOW].inc(len(results))
         except Exception as err:  # noqa: BLE001 - a failing shadow never affects served traffic
             log.warning("shadow_failed", model=model.name, version=model.version, error=str(err))
         finally:
-            lease.__exit__(None, None, None)
+            model.release()
 
     async def drain(self) -> None:
         """Wait for pending shadow scorings (shutdown)."""

@@ -69,10 +69,15 @@ class OnnxModel:
     releases the GIL while the model computes.
     """
 
-    def __init__(self, session: ort.InferenceSession, *, device_id: int = 0) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, *, device_id: int = 0, intra_op_threads: int = 1
+    ) -> None:
         self._session = session
         self._device_id = device_id
         self.provider: str = session.get_providers()[0]
+        #: Whether a run computes on the calling thread alone (CPU, one intra-op thread): that
+        #: thread's CPU clock then times the run itself, whatever the GIL or the machine do.
+        self.computes_on_caller = self.provider == CPU and intra_op_threads == 1
         self.inputs: list[TensorSpec] = [_spec(a) for a in session.get_inputs()]
         self.outputs: list[TensorSpec] = [_spec(a) for a in session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
@@ -165,7 +170,7 @@ class SessionFactory:
             session = self._create(model_bytes, [(CUDA, cuda_options), CPU])
             self._cuda_works = session.get_providers()[0] == CUDA
             if self._cuda_works:
-                return OnnxModel(session, device_id=device_id)
+                return OnnxModel(session, device_id=device_id)  # CUDA: the thread waits on the GPU
             log.warning("cuda_unavailable", fallback=CPU, available=ort.get_available_providers())
         else:
             self._cuda_works = False
@@ -173,7 +178,7 @@ class SessionFactory:
             raise ModelLoadError(
                 "device=cuda but the CUDA execution provider does not work here", code="no_cuda"
             )
-        return OnnxModel(self._create(model_bytes, [CPU]))
+        return OnnxModel(self._create(model_bytes, [CPU]), intra_op_threads=self.options.intra_op_threads)
 
     @property
     def provider(self) -> str | None:

@@ -62,33 +62,37 @@ def deadline_of(context: grpc.aio.ServicerContext, default_s: float) -> float:
     return asyncio.get_running_loop().time() + remaining
 
 
-def to_proto(result: PredictionResult) -> inference_pb2.Prediction:
-    prediction = inference_pb2.Prediction(
-        prediction_id=result.prediction_id,
-        entity_id=result.entity_id,
-        score=result.score,
-        label=result.label,
-        model_name=result.model_name,
-        model_version=result.model_version,
-        max_feature_age_seconds=result.max_feature_age_seconds,
-        served_by=result.served_by.value,
-    )
-    # Filling the repeated field in place is 3x faster than building messages and copying them.
+def fill(prediction: inference_pb2.Prediction, result: PredictionResult) -> None:
+    """Write ``result`` into an empty ``prediction`` that already sits in its response: building
+    the message in place spares a copy of it (and of its features) into the response."""
+    prediction.prediction_id = result.prediction_id
+    prediction.entity_id = result.entity_id
+    prediction.score = result.score
+    prediction.label = result.label
+    prediction.model_name = result.model_name
+    prediction.model_version = result.model_version
+    prediction.max_feature_age_seconds = result.max_feature_age_seconds
+    prediction.served_by = result.served_by.value
+    # Filling the repeated field in place is 3x faster than building messages and copying them,
+    # and a Timestamp given as a dict to `add` costs less than setting it field by field after.
     add = prediction.features.add
-    for value in result.features:
+    for name, value, event_time, age, status in result.features:
         # FeatureStatus uses the proto enum's numbers.
-        item = add(
-            name=value.name, value=value.value, status=value.status, age_seconds=value.age_seconds or 0.0
-        )
-        if value.event_time is not None:
-            seconds = int(value.event_time // 1)
-            item.event_time.seconds = seconds
-            item.event_time.nanos = int((value.event_time - seconds) * 1e9)
-    return prediction
+        if event_time is None:
+            add(name=name, value=value, status=status, age_seconds=age or 0.0)
+        else:
+            seconds = int(event_time // 1)
+            add(
+                name=name,
+                value=value,
+                status=status,
+                age_seconds=age or 0.0,
+                event_time={"seconds": seconds, "nanos": int((event_time - seconds) * 1e9)},
+            )
 
 
 def _input(request: inference_pb2.PredictRequest) -> PredictInput:
-    return PredictInput(entity_id=request.entity_id, event_id=request.event_id, model_name=request.model_name)
+    return PredictInput(request.entity_id, request.event_id, request.model_name)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -105,7 +109,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.PredictResponse:
         deadline = deadline_of(context, self._default_deadline_s)
         results = await self._predictor.predict([_input(request)], deadline=deadline)
-        return inference_pb2.PredictResponse(prediction=to_proto(results[0]))
+        response = inference_pb2.PredictResponse()
+        fill(response.prediction, results[0])
+        return response
 
     @grpc_errors
     @observed("PredictBatch")
@@ -114,4 +120,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.PredictBatchResponse:
         deadline = deadline_of(context, self._default_deadline_s)
         results = await self._predictor.predict([_input(r) for r in request.requests], deadline=deadline)
-        return inference_pb2.PredictBatchResponse(predictions=[to_proto(r) for r in results])
+        response = inference_pb2.PredictBatchResponse()
+        add = response.predictions.add
+        for result in results:
+            fill(add(), result)
+        return response

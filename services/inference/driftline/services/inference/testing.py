@@ -142,6 +142,7 @@ class FakeRuntime:
     """
 
     provider = "FakeExecutionProvider"
+    computes_on_caller = False
 
     def __init__(
         self, n_features: int = 3, *, gate: Any = None, fail_warm_up: bool = False, tag: float = 0.0
@@ -214,6 +215,9 @@ class ListSink:
 
     def log(self, result: Any) -> None:
         self.records.append(result)
+
+    def log_many(self, results: Sequence[Any]) -> None:
+        self.records.extend(results)
 
 
 class FakeSource:

@@ -235,3 +235,25 @@ async def test_an_idle_batcher_runs_a_lone_fast_request_at_once():
     assert model.batches == [1, 3, 3, 3, 3, 3]
     assert batcher.inline_runs == 5
     await batcher.close()
+
+
+class NowAndThenSlowModel(EchoModel):
+    """Fast, except that every fourth run is held up (as a busy machine holds a run up)."""
+
+    def __call__(self, feeds):
+        if len(self.batches) % 4 == 3:
+            time.sleep(0.02)
+        return super().__call__(feeds)
+
+
+async def test_runs_held_up_now_and_then_do_not_move_a_fast_model_off_the_loop():
+    model = NowAndThenSlowModel()
+    batcher = DynamicBatcher(model, BatchingOptions(inline_below_us=5_000))
+    batcher.start()
+    for i in range(40):
+        out = (await batcher.submit({"input": rows(i, 1)}))[0]
+        assert (out[:, 0] == i).all()
+    await batcher.close()
+    # An average would have jumped over the limit after a 20 ms run and sent the runs after it
+    # to the thread; a running median stays with the typical, fast run.
+    assert batcher.inline_runs == 39  # all but the first, which measures the model in the thread

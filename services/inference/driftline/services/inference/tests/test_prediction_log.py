@@ -128,3 +128,19 @@ def test_undelivered_records_are_counted_as_dropped():
     logger.close()
     wait_for(lambda: dropped("delivery_failed") - before >= 3)
     assert dropped("delivery_failed") - before == 3
+
+
+def test_a_call_logs_its_rows_at_once_and_what_does_not_fit_is_dropped_and_counted():
+    gate = threading.Event()
+    producer = FakeProducer(block=gate)
+    logger = PredictionLogger(producer, PREDICTIONS, capacity=10)
+    logger.start()
+    before = dropped("buffer_full")
+    logger.log_many([result(i) for i in range(4)])
+    logger.log_many([result(i) for i in range(4, 16)])
+    assert dropped("buffer_full") - before == 6
+    gate.set()
+    logger.close()
+    assert [key for _, _, key in producer.sent] == [f"card-{i}".encode() for i in range(10)]
+    records = [inference_pb2.PredictionLog.FromString(value) for _, value, _ in producer.sent]
+    assert all(record.predicted_at.seconds > 0 for record in records)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -9,7 +10,7 @@ from driftline.kit.errors import FailedPrecondition
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.errors import ModelNotReady, UnknownEntity, UnknownModel
 from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions
-from driftline.services.inference.predictor import PredictInput, Predictor
+from driftline.services.inference.predictor import PredictInput, Predictor, prediction_ids
 from driftline.services.inference.testing import FakeRuntime, FakeStore, ListSink
 
 NAMES = ("amount", "velocity", "foreign")
@@ -124,6 +125,7 @@ async def test_canary_entities_are_served_by_the_challenger_with_its_own_columns
     for i in range(40):
         store.put(f"card-{i}", [0.25, 0, 0.75])
     results = await predictor.predict([PredictInput(f"card-{i}") for i in range(40)])
+    assert [r.entity_id for r in results] == [f"card-{i}" for i in range(40)]
     by_role = {Role.CHAMPION: [], Role.CHALLENGER: []}
     for r in results:
         by_role[r.served_by].append(r)
@@ -165,3 +167,13 @@ async def test_a_version_threshold_overrides_the_service_threshold():
     (result,) = await predictor.predict([PredictInput("card-1")])
     assert result.label == 0
     await slots.close()
+
+
+def test_prediction_ids_are_distinct_random_uuids():
+    ids = prediction_ids(500)
+    assert len(set(ids)) == 500
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text

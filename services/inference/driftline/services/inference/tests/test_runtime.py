@@ -89,3 +89,10 @@ def test_the_chosen_device_scores_like_the_cpu_and_returns_rows_unchanged():
         out, row_sum = echo.run({"input": x})
         np.testing.assert_array_equal(out, x)
         np.testing.assert_allclose(row_sum[:, 0], x.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_thread_cpu_session_is_timed_on_its_calling_thread():
+    one = SessionFactory(RuntimeOptions(device=Device.CPU, intra_op_threads=1)).load(echo_model(2))
+    two = SessionFactory(RuntimeOptions(device=Device.CPU, intra_op_threads=2)).load(echo_model(2))
+    assert one.computes_on_caller
+    assert not two.computes_on_caller

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from driftline.features.v1 import features_pb2
+from driftline.featurestore.vectors import FeatureStatus, FeatureValue
+from driftline.inference.v1 import inference_pb2
+from driftline.kit.codec import utcnow
+from driftline.services.inference.models import Role
+from driftline.services.inference.predictor import PredictionResult
+from driftline.services.inference.servicer import fill
+
+
+def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
+    result = PredictionResult(
+        prediction_id="5f0c2a1e-8a3b-4c55-9a0d-2f7f3c1e9b11",
+        entity_id="card-7",
+        event_id="evt-7",
+        score=0.75,
+        label=1,
+        model_name="fraud",
+        model_version=4,
+        max_feature_age_seconds=90.5,
+        features=(
+            FeatureValue("amount", 12.5, 1_800_000_000.25, 2.5, FeatureStatus.OK),
+            FeatureValue("velocity", 3.0, 1_799_999_910.0, 90.5, FeatureStatus.STALE),
+            FeatureValue("foreign", 0.0, None, None, FeatureStatus.MISSING),
+        ),
+        served_by=Role.CHALLENGER,
+        predicted_at=utcnow(),
+    )
+    response = inference_pb2.PredictResponse()
+    fill(response.prediction, result)
+    p = inference_pb2.PredictResponse.FromString(response.SerializeToString()).prediction
+    assert (p.prediction_id, p.entity_id, p.model_name, p.model_version) == (
+        result.prediction_id,
+        "card-7",
+        "fraud",
+        4,
+    )
+    assert (p.score, p.label, p.max_feature_age_seconds, p.served_by) == (0.75, 1, 90.5, "challenger")
+    amount, velocity, foreign = p.features
+    assert (amount.name, amount.value, amount.age_seconds) == ("amount", 12.5, 2.5)
+    assert (amount.event_time.seconds, amount.event_time.nanos) == (1_800_000_000, 250_000_000)
+    assert amount.status == features_pb2.FEATURE_STATUS_OK
+    assert velocity.status == features_pb2.FEATURE_STATUS_STALE
+    assert velocity.event_time.seconds == 1_799_999_910
+    assert foreign.status == features_pb2.FEATURE_STATUS_MISSING
+    assert not foreign.HasField("event_time")
+    assert foreign.age_seconds == 0.0
