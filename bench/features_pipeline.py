@@ -6,11 +6,13 @@ On the real broker and Redis (``make up``), in one run:
    ``--cards`` cards (keyed by card, as ingestion writes them).
 2. Baseline: a bare aiokafka consumer reads it all (``getmany`` loop, nothing else), timed from
    its first record to its last. For reference, a no-op faust agent (``noack_take`` + ack, no
-   work: faust's own floor) reads it too.
+   work: faust's own floor, with the service's GC tuning and event loop) reads it too, timed
+   from its first batch (after the group join) to its last full one.
 3. The features service (``python -m driftline.services.features``, default settings: batches of
    500, Redis state round trips, vectors published with acks, offline sink on) processes the same
    topic; its rate is timed from the first published vector to the last (broker timestamps), so
-   start-up and the group join do not count.
+   start-up and the group join do not count. The CPU each used per event is printed too (from
+   /proc): the rates move with the neighbours' load, the CPU per event much less.
 4. Freshness: with the service still running, events are produced at each ``--rate`` per second
    (default 1000, then 300, the demo's rate) for ``--seconds`` with event time = send time.
    Freshness = the published vector's broker timestamp minus the event time (the vector is
@@ -18,6 +20,7 @@ On the real broker and Redis (``make up``), in one run:
    service's own histogram (``driftline_features_freshness_seconds``) is read too.
 
     .venv/bin/python bench/features_pipeline.py [--events 20000] [--rate 1000 300] [--seconds 15]
+                                                [--event-loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -177,35 +181,45 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
 
 NOOP_AGENT = """
 import os, sys, time
-import faust
-prefix, topic, count, bootstrap, datadir = sys.argv[1:6]
+import faust, mode.loop
+prefix, topic, count, bootstrap, datadir, event_loop = sys.argv[1:7]
 count = int(count)
+if event_loop != "asyncio":
+    mode.loop.use(event_loop)
 app = faust.App(prefix + "noop", broker="kafka://" + bootstrap, value_serializer="raw", key_serializer="raw",
                 topic_allow_declare=False, topic_disable_leader=True, web_enabled=False, datadir=datadir,
                 consumer_auto_offset_reset="earliest")
 source = app.topic(topic, value_type=bytes, internal=False, partitions=3)
-seen = {"n": 0, "first": 0.0}
+seen = {"n": 0, "first": 0.0, "cpu": 0.0}
 
 @app.agent(source)
 async def noop(stream):
     async for batch in stream.noack_take(500, within=0.02):
         if not seen["first"]:
-            seen["first"] = time.perf_counter()
+            seen["first"], seen["cpu"] = time.perf_counter(), time.process_time()
         else:
             seen["n"] += len(batch)
         for event in batch:
             await stream.ack(event)
         if seen["n"] + 500 >= count:
-            os.write(2, f"RESULT {seen['n'] / (time.perf_counter() - seen['first'])}\\n".encode())
+            rate = seen["n"] / (time.perf_counter() - seen["first"])
+            cpu = (time.process_time() - seen["cpu"]) / seen["n"]
+            os.write(2, f"RESULT {rate} {cpu}\\n".encode())
             os._exit(0)
 
 sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
+# As the features service does.
+from driftline.kit.runtime import tune_gc
+tune_gc(50_000)
 app.main()
 """
 
 
-def noop_faust(settings: KafkaSettings, prefix: str, topic: str, count: int, workdir: Path) -> float:
-    """Events/s of a faust agent that only acks (after its first batch, so the join does not count)."""
+def noop_faust(
+    settings: KafkaSettings, prefix: str, topic: str, count: int, workdir: Path, event_loop: str
+) -> tuple[float, float]:
+    """Events/s and CPU seconds per event of a faust agent that only acks (after its first batch,
+    so the group join does not count), with the service's GC tuning and event loop."""
     script = workdir / "noop_agent.py"
     script.write_text(NOOP_AGENT)
     done = subprocess.run(
@@ -217,6 +231,7 @@ def noop_faust(settings: KafkaSettings, prefix: str, topic: str, count: int, wor
             str(count),
             settings.bootstrap_servers,
             str(workdir / "noop"),
+            event_loop,
         ],
         capture_output=True,
         text=True,
@@ -225,8 +240,42 @@ def noop_faust(settings: KafkaSettings, prefix: str, topic: str, count: int, wor
     )
     for line in done.stderr.splitlines():
         if line.startswith("RESULT "):
-            return float(line.split()[1])
+            _, rate, cpu = line.split()
+            return float(rate), float(cpu)
     raise SystemExit(f"no-op faust agent failed:\n{done.stderr[-2000:]}")
+
+
+class CpuSampler:
+    """CPU seconds a process has used, sampled every 50 ms from /proc (Linux), to tell CPU-bound
+    from waiting: on a shared 2-core box, events/s alone mostly measures the neighbours."""
+
+    def __init__(self, pid: int) -> None:
+        self._stat = Path(f"/proc/{pid}/stat")
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._samples: list[tuple[float, float]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.05):
+            try:
+                fields = self._stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            self._samples.append((time.time(), (int(fields[11]) + int(fields[12])) / self._tick))
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used between two wall-clock instants (nearest samples)."""
+
+        def at(moment: float) -> float:
+            return min(self._samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+        return at(end) - at(start)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def free_port() -> int:
@@ -249,6 +298,12 @@ def main() -> None:
         help="events/s of the freshness runs (one run each)",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each freshness run")
+    parser.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the no-op agent and the service (uvloop needs the uvloop package)",
+    )
     args = parser.parse_args()
 
     kafka_settings, redis_settings = KafkaSettings(), RedisSettings()
@@ -262,7 +317,9 @@ def main() -> None:
         console.print(f"pre-filling {args.events:,} events...")
         prefill(kafka_settings, source, args.events, args.cards)
         bare_rate = asyncio.run(bare_consume(kafka_settings, source.name, args.events))
-        noop_rate = noop_faust(kafka_settings, prefix, source.name, args.events, workdir)
+        noop_rate, noop_cpu = noop_faust(
+            kafka_settings, prefix, source.name, args.events, workdir, args.event_loop
+        )
 
         port = free_port()
         env = dict(
@@ -274,6 +331,7 @@ def main() -> None:
             DRIFTLINE_FEATURES_DATA_DIR=str(workdir / "faust"),
             DRIFTLINE_FEATURES_WEB_ENABLED="false",
             DRIFTLINE_FEATURES_METRICS_PORT=str(port),
+            DRIFTLINE_FEATURES_EVENT_LOOP=args.event_loop,
             DRIFTLINE_LOG_LEVEL="WARNING",
         )
         log = (workdir / "features.log").open("wb")
@@ -281,6 +339,7 @@ def main() -> None:
             [sys.executable, "-m", "driftline.services.features"], env=env, stdout=log, stderr=log, cwd=ROOT
         )
         console.print("features service processing the pre-filled topic...")
+        cpu = CpuSampler(proc.pid)
         stamps = read_vectors(kafka_settings, vectors.name, args.events, timeout_s=300)
         if len(stamps) < args.events:
             raise SystemExit(
@@ -288,6 +347,8 @@ def main() -> None:
             )
         times = sorted(t for t, _ in stamps)
         service_rate = (len(times) - 1) / (times[-1] - times[0])
+        service_cpu = cpu.between(times[0], times[-1]) / (len(times) - 1)
+        cpu.stop()
 
         # Let the offline sink drain the backlog first, so each freshness run starts steady.
         deadline = time.monotonic() + 120
@@ -303,6 +364,12 @@ def main() -> None:
             before = histogram(port, "driftline_features_freshness_seconds")
             rng = random.Random(rate)
             producer = KafkaProducer(kafka_settings)
+            # The producer's own start (metadata, idempotent producer id: up to a second) is not the
+            # pipeline's latency: one event through first, outside the measured window.
+            first = transaction(produced, args.cards, datetime.now(UTC), rng)
+            producer.send(source, first.SerializeToString(), key=first.card_id)
+            producer.flush(30)
+            produced += 1
             total = int(rate * args.seconds)
             started = time.perf_counter()
             live_from = epoch_seconds(datetime.now(UTC))
@@ -338,7 +405,9 @@ def main() -> None:
     table.add_column("value", justify="right")
     table.add_row("bare aiokafka consume loop, events/s", f"{bare_rate:,.0f}")
     table.add_row("no-op faust agent (faust's floor), events/s", f"{noop_rate:,.0f}")
+    table.add_row("  its CPU per event (µs)", f"{noop_cpu * 1e6:,.0f}")
     table.add_row("features service, events/s", f"{service_rate:,.0f}")
+    table.add_row("  its CPU per event (µs; the offline sink lags behind)", f"{service_cpu * 1e6:,.0f}")
     table.add_row("ratio (service / bare aiokafka)", f"{service_rate / bare_rate:.3f}x  (target >= 0.5x)")
     table.add_row("ratio (no-op faust / bare aiokafka)", f"{noop_rate / bare_rate:.3f}x")
     table.add_row("ratio (service / no-op faust)", f"{service_rate / noop_rate:.2f}x")

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from driftline.featurestore.definitions import Aggregation, FeatureDefinition, FeatureSet
+from driftline.featurestore.definitions import (
+    Aggregation,
+    FeatureDefinition,
+    FeatureSet,
+    WindowType,
+)
 from driftline.featurestore.events import Event
 
 #: Sorts after every real event id: "as of time t" includes every event at t.
@@ -82,6 +87,7 @@ class EntityHistory:
         self.allowed_lateness_s = allowed_lateness_s
         self.retention_s = feature_set.retention_s(allowed_lateness_s)
         self.profile = profile
+        self._plan = _Plan(feature_set)
         self._raw_fields = sorted(
             {f.field for f in feature_set.features if f.field not in feature_set.derived}
         )
@@ -194,7 +200,7 @@ class EntityHistory:
         end = bisect_right(self._keys, (event_time, _AFTER_ALL_IDS if event_id is None else event_id))
         if end == 0:
             return None
-        values = tuple(self._value(feature, event_time, end) for feature in self.feature_set.features)
+        values = self._plan.evaluate(self._columns, self._times, event_time, end)
         newest = self._events[end - 1]
         return Computed(event_time=newest.event_time, event_id=newest.event_id, values=values)
 
@@ -210,13 +216,6 @@ class EntityHistory:
         newest = self.newest
         return None if newest is None else self.at(newest.event_time, newest.event_id)
 
-    def _value(self, feature: FeatureDefinition, t: float, end: int) -> float:
-        start = 0
-        if feature.window is not None:
-            lower, inclusive = feature.window.start(t)
-            start = (bisect_left if inclusive else bisect_right)(self._times, lower, 0, end)
-        return aggregate(feature, self._columns[feature.field], self._times, start, end)
-
 
 def _field(event: Event, name: str) -> Any:
     if name == "event_id":
@@ -230,7 +229,11 @@ def _field(event: Event, name: str) -> Any:
 def aggregate(
     feature: FeatureDefinition, column: Sequence[Any], times: Sequence[float], start: int, end: int
 ) -> float:
-    """One feature's value over ``column[start:end]`` (events in the window, oldest first)."""
+    """One feature's value over ``column[start:end]`` (events in the window, oldest first).
+
+    The definition of every aggregation; :class:`_Plan` evaluates a whole feature set with the
+    same arithmetic, sharing what features over the same window and field have in common.
+    """
     n = end - start
     kind = feature.aggregation
     if kind is Aggregation.COUNT:
@@ -256,6 +259,87 @@ def aggregate(
     if kind is Aggregation.MAX:
         return float(max(values))
     raise ValueError(f"unknown aggregation {kind}")
+
+
+_WINDOW_KINDS = {WindowType.SLIDING: 0, WindowType.TUMBLING: 1, WindowType.HOPPING: 2}
+
+
+class _Plan:
+    """A feature set compiled for evaluation: each distinct window's bounds are searched once per
+    point, and features over the same window and field share its slice and its mean (mean and std
+    of the amount over 10 minutes, say). Values equal :func:`aggregate`'s bit for bit: the same
+    operations on the same numbers in the same order."""
+
+    __slots__ = ("features", "windows")
+
+    def __init__(self, feature_set: FeatureSet) -> None:
+        self.windows: list[tuple[int, float, float]] = []
+        self.features: list[tuple[Aggregation, str, int, float]] = []
+        for feature in feature_set.features:
+            index = -1
+            if feature.window is not None:
+                window = feature.window
+                spec = (_WINDOW_KINDS[window.type], window.length_s, window.step_s)
+                if spec not in self.windows:
+                    self.windows.append(spec)
+                index = self.windows.index(spec)
+            self.features.append((feature.aggregation, feature.field, index, feature.default))
+
+    def evaluate(
+        self, columns: Mapping[str, list[Any]], times: list[float], t: float, end: int
+    ) -> tuple[float, ...]:
+        """Every feature as of ``t``, over the events ``[0, end)`` (those at or before the point)."""
+        floor = math.floor
+        starts = []
+        # Window bounds exactly as Window.start computes them.
+        for kind, length, step in self.windows:
+            if kind == 0:
+                starts.append(bisect_right(times, t - length, 0, end))
+            elif kind == 1:
+                starts.append(bisect_left(times, floor(t / length) * length, 0, end))
+            else:
+                starts.append(bisect_left(times, (floor((t - length) / step) + 1) * step, 0, end))
+        fsum = math.fsum
+        slices: dict[tuple[str, int], list[Any]] = {}
+        means: dict[tuple[str, int], float] = {}
+        out: list[float] = []
+        for kind, field, window, default in self.features:
+            start = starts[window] if window >= 0 else 0
+            n = end - start
+            if kind is Aggregation.COUNT:
+                out.append(float(n))
+                continue
+            if kind is Aggregation.TIME_SINCE_LAST:
+                out.append(times[end - 1] - times[end - 2] if n >= 2 else default)
+                continue
+            if kind is Aggregation.LAST:
+                out.append(float(columns[field][end - 1]) if n else default)
+                continue
+            key = (field, window)
+            values = slices.get(key)
+            if values is None:
+                values = slices[key] = columns[field][start:end]
+            if kind is Aggregation.DISTINCT_COUNT:
+                out.append(float(len(set(values))))
+            elif kind is Aggregation.SUM:
+                out.append(fsum(values))
+            elif n == 0:
+                out.append(default)
+            elif kind is Aggregation.MEAN or kind is Aggregation.STD:
+                mean = means.get(key)
+                if mean is None:
+                    mean = means[key] = fsum(values) / n
+                if kind is Aggregation.MEAN:
+                    out.append(mean)
+                else:
+                    out.append(math.sqrt(fsum([(x - mean) ** 2 for x in values]) / n))
+            elif kind is Aggregation.MIN:
+                out.append(float(min(values)))
+            elif kind is Aggregation.MAX:
+                out.append(float(max(values)))
+            else:
+                raise ValueError(f"unknown aggregation {kind}")
+        return tuple(out)
 
 
 def replay(feature_set: FeatureSet, events: Iterable[Event]) -> Iterator[tuple[Event, Computed]]:

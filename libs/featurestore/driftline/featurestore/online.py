@@ -1,17 +1,25 @@
-"""The online store: one Redis hash per entity and feature set version.
+"""The online store: one small Redis hash per entity and feature set version.
 
-Key ``{prefix}:{feature_set}:v{version}:{entity_id}`` (prefix ``dl:fs`` by default); fields
-``{feature}`` (the value, as Python's shortest round-tripping repr) and ``{feature}@t`` (event
-time of the newest event behind it, epoch seconds). Writes go through a Lua script that sets a
-value only when its stored event time is not newer, so a replay never moves a value backwards.
-Reads fetch any number of entities in one pipelined round trip and judge freshness on read: a
-value older than its feature's ttl is STALE, never OK, whatever Redis still holds. The key's
-Redis expiry is garbage collection only.
+Key ``{prefix}:{feature_set}:v{version}:{entity_id}`` (prefix ``dl:fs`` by default), two fields:
+``t``, the event time of the newest event behind the values (epoch seconds), and ``v``, every
+value in the feature set's order, each as Python's shortest round-tripping repr, separated by
+spaces. One event time per entity is exact, not a shortcut: a write always carries the whole
+vector as of one event (the stream writes each entity's values as of its newest event).
+
+Writes go through a Lua script that replaces both fields only when the stored event time is not
+newer, so a replay never moves a value backwards, while an equal time rewrites (a late event
+counted in changes the values as of the same newest event). A hash of the earlier per-feature
+layout (fields ``{feature}`` and ``{feature}@t``) reads as MISSING and is replaced whole by the
+first write. The key's Redis expiry is garbage collection only.
+
+Reads send one ``HMGET key t v`` per entity, any number of entities in one round trip, packed and
+sent by :mod:`driftline.featurestore.requests` (redis-py's generic command path costs more client
+time than Redis spends on the command). Freshness is judged on read: a value older than its
+feature's ttl is STALE, never OK, whatever Redis still holds.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +33,7 @@ from prometheus_client import Counter, Histogram
 from driftline.featurestore.aggregation import Computed
 from driftline.featurestore.definitions import TRANSACTION_FEATURES, FeatureSet
 from driftline.featurestore.events import epoch_seconds
+from driftline.featurestore.requests import AsyncRequests, Requests, pack
 from driftline.featurestore.vectors import (
     EntityFeatures,
     FeatureStatus,
@@ -55,31 +64,31 @@ READ_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 
-# A Lua function other scripts embed (the stream's state script does): write each value of a
-# JSON object {name: "repr of the value"} unless the stored value's event time is newer.
-# Values stay strings end to end, so no precision is lost in Lua numbers.
+# A Lua function other scripts embed (the stream's state script does): set the entity's event
+# time and values unless the stored event time is newer. Returns 1 when written, else 0. Times
+# travel as reprs and are compared as Lua numbers (doubles, like Python floats: exact); the
+# values are never parsed in Lua, so no precision is lost.
 GUARDED_WRITE_LUA = """
-local function guarded_write(key, t_text, values_json, expire_ms)
-  local t = tonumber(t_text)
-  local values = cjson.decode(values_json)
-  local written = 0
-  for i = 1, #values, 2 do
-    local time_field = values[i] .. '@t'
-    local old = redis.call('HGET', key, time_field)
-    if (not old) or tonumber(old) <= t then
-      redis.call('HSET', key, values[i], values[i + 1], time_field, t_text)
-      written = written + 1
+local function guarded_write(key, t_text, values, expire_ms)
+  local old = redis.call('HGET', key, 't')
+  if old then
+    if tonumber(old) > tonumber(t_text) then
+      return 0
     end
+  else
+    -- nothing stored yet, or a hash of the per-feature layout: start clean
+    redis.call('DEL', key)
   end
+  redis.call('HSET', key, 't', t_text, 'v', values)
   if expire_ms ~= '0' then
     redis.call('PEXPIRE', key, expire_ms)
   end
-  return written
+  return 1
 end
 """
 
 # KEYS[1]: the entity hash. ARGV[1]: event time (epoch s); ARGV[2]: key expiry in ms (0: none);
-# ARGV[3]: JSON array [name, value, name, value, ...]. Returns how many values were written.
+# ARGV[3]: the values, space-separated. Returns 1 when written, 0 when a newer one is stored.
 WRITE_SCRIPT = GUARDED_WRITE_LUA + "return guarded_write(KEYS[1], ARGV[1], ARGV[3], ARGV[2])\n"
 
 
@@ -102,13 +111,16 @@ class _Layout:
     def __init__(self, feature_set: FeatureSet, key_prefix: str, key_ttl_s: float | None) -> None:
         self.feature_set = feature_set
         self.prefix = f"{key_prefix}:{feature_set.name}:v{feature_set.version}:"
+        self._prefix_bytes = self.prefix.encode()
         self.names = feature_set.feature_names
-        # Per feature: name, value field, time field, ttl, default (bytes fields: what HGETALL returns).
-        self.specs = [
-            (f.name, f.name.encode(), f"{f.name}@t".encode(), f.ttl_s, f.default)
-            for f in feature_set.features
-        ]
+        # Per feature: name and ttl; below the shortest ttl every value is OK.
+        self.specs = [(f.name, f.ttl_s) for f in feature_set.features]
+        self._min_ttl = min(ttl for _, ttl in self.specs)
         self.defaults = feature_set.defaults
+        # FeatureValues are immutable: an absent entity always reads as these.
+        self._missing = tuple(
+            FeatureValue(f.name, f.default, None, None, FeatureStatus.MISSING) for f in feature_set.features
+        )
         self.expire_ms = "0" if not key_ttl_s else str(int(key_ttl_s * 1000))
         self.label = feature_set.key
         self._age = FEATURE_AGE.labels(self.label)
@@ -120,9 +132,15 @@ class _Layout:
     def key(self, entity_id: str) -> str:
         return self.prefix + entity_id
 
+    def read_request(self, entity_ids: Sequence[str]) -> bytes:
+        """``HMGET key t v`` of every entity, packed."""
+        prefix = self._prefix_bytes
+        return b"".join([pack(b"HMGET", prefix + entity_id.encode(), b"t", b"v") for entity_id in entity_ids])
+
     def write_args(
         self, write: FeatureWrite | tuple[str, Mapping[str, float] | Sequence[float], Any]
     ) -> list[str]:
+        """ARGV of WRITE_SCRIPT: event time, key expiry (ms), the values."""
         given: Mapping[str, float] | Sequence[float]
         if isinstance(write, FeatureWrite):
             given, event_time = write.values, write.event_time
@@ -139,59 +157,58 @@ class _Layout:
             values = given
         if len(values) != len(self.names):
             raise InvalidArgument(f"expected {len(self.names)} values, got {len(values)}", code="wrong_shape")
-        pairs: list[str] = []
-        for name, value in zip(self.names, values, strict=True):
-            number = float(value)
-            if not math.isfinite(number):
-                raise InvalidArgument(f"feature {name} is {number}", code="not_finite")
-            pairs += [name, repr(number)]
-        return [repr(float(event_time)), self.expire_ms, json.dumps(pairs, separators=(",", ":"))]
+        numbers = [float(v) for v in values]
+        if not all(map(math.isfinite, numbers)):
+            bad = next(i for i, x in enumerate(numbers) if not math.isfinite(x))
+            raise InvalidArgument(f"feature {self.names[bad]} is {numbers[bad]}", code="not_finite")
+        return [repr(float(event_time)), self.expire_ms, " ".join(map(repr, numbers))]
 
     def parse_all(
         self,
         entity_ids: Sequence[str],
-        raws: Sequence[Mapping[bytes, bytes]],
+        raws: Sequence[Sequence[bytes | None]],
         now: float,
         policy: StalenessPolicy,
     ) -> list[EntityFeatures]:
-        """Judge every value as of ``now`` and build the vectors; records the read metrics."""
+        """Judge every entity's ``[t, v]`` as of ``now`` and build the vectors; records the read metrics."""
         serve_stale = policy is StalenessPolicy.SERVE
         ok, stale, missing = FeatureStatus.OK, FeatureStatus.STALE, FeatureStatus.MISSING
         make = tuple.__new__
         name_, version = self.feature_set.name, self.feature_set.version
+        specs, size, min_ttl, none_present = self.specs, len(self.specs), self._min_ttl, self._missing
         counts = {ok: 0, stale: 0, missing: 0}
         observe = self._age.observe
         results = []
-        for entity_id, raw in zip(entity_ids, raws, strict=True):
-            values: list[FeatureValue] = []
-            worst = ok
-            oldest: float | None = None
-            for name, value_field, time_field, ttl, default in self.specs:
-                value = raw.get(value_field)
-                stamp = raw.get(time_field)
-                if value is None or stamp is None:
-                    values.append(make(FeatureValue, (name, default, None, None, missing)))
-                    worst = missing
-                    continue
-                event_time = float(stamp)
-                age = now - event_time
-                if oldest is None or age > oldest:
-                    oldest = age
-                if age > ttl:
-                    values.append(
-                        make(
-                            FeatureValue,
-                            (name, float(value) if serve_stale else default, event_time, age, stale),
-                        )
-                    )
-                    if worst is ok:
+        for entity_id, (stamp, packed) in zip(entity_ids, raws, strict=True):
+            texts = packed.split(b" ") if packed is not None else ()
+            if stamp is None or len(texts) != size:
+                counts[missing] += 1
+                results.append(EntityFeatures(entity_id, name_, version, none_present))
+                continue
+            event_time = float(stamp)
+            age = now - event_time
+            observe(age)
+            if age <= min_ttl:
+                values = tuple(
+                    [
+                        make(FeatureValue, (name, float(text), event_time, age, ok))
+                        for (name, _), text in zip(specs, texts, strict=True)
+                    ]
+                )
+                counts[ok] += 1
+            else:
+                worst = ok
+                judged: list[FeatureValue] = []
+                for (name, ttl), text, default in zip(specs, texts, self.defaults, strict=True):
+                    if age > ttl:
+                        value = float(text) if serve_stale else default
+                        judged.append(make(FeatureValue, (name, value, event_time, age, stale)))
                         worst = stale
-                else:
-                    values.append(make(FeatureValue, (name, float(value), event_time, age, ok)))
-            counts[worst] += 1
-            if oldest is not None:
-                observe(oldest)
-            results.append(EntityFeatures(entity_id, name_, version, tuple(values)))
+                    else:
+                        judged.append(make(FeatureValue, (name, float(text), event_time, age, ok)))
+                values = tuple(judged)
+                counts[worst] += 1
+            results.append(EntityFeatures(entity_id, name_, version, values))
         for status, count in counts.items():
             if count:
                 self._reads[status].inc(count)
@@ -211,13 +228,18 @@ class _Layout:
                 )
         return results
 
+    def written(self, replies: Sequence[Any]) -> list[int]:
+        """WRITE_SCRIPT replies (1 or 0) as the number of values written."""
+        size = len(self.names)
+        return [size if int(n) else 0 for n in replies]
+
 
 def _now(now: Any) -> float:
     return time.time() if now is None else epoch_seconds(now)
 
 
 class OnlineStore:
-    """Synchronous online store (redis-py; hiredis parses replies when installed)."""
+    """Synchronous online store (redis-py; hiredis parses replies when installed). Thread-safe."""
 
     def __init__(
         self,
@@ -232,6 +254,7 @@ class OnlineStore:
         self._client = client
         self._layout = _Layout(feature_set, key_prefix, key_ttl_s)
         self._write = client.register_script(WRITE_SCRIPT)
+        self._requests = Requests(client)
         self.feature_set = feature_set
 
     @classmethod
@@ -252,21 +275,15 @@ class OnlineStore:
     def read(
         self, entity_ids: Sequence[str], *, now: Any = None, policy: StalenessPolicy = StalenessPolicy.SERVE
     ) -> list[EntityFeatures]:
-        """Every entity's vector, in one pipelined round trip, judged fresh or stale as of ``now``.
+        """Every entity's vector, in one round trip, judged fresh or stale as of ``now``.
 
         ``now``: epoch seconds or an aware datetime; the wall clock when None.
         """
         started = time.perf_counter()
         layout = self._layout
-        if len(entity_ids) == 1:
-            raws = [self._client.hgetall(layout.key(entity_ids[0]))]
-        elif entity_ids:
-            pipe = self._client.pipeline(transaction=False)
-            for entity_id in entity_ids:
-                pipe.hgetall(layout.key(entity_id))
-            raws = pipe.execute()
-        else:
-            raws = []
+        raws = []
+        if entity_ids:
+            raws = self._requests.send(layout.read_request(entity_ids), len(entity_ids))
         results = layout.parse_all(entity_ids, raws, _now(now), policy)
         return layout.finish(results, policy, started)
 
@@ -276,19 +293,20 @@ class OnlineStore:
         return self.read([entity_id], now=now, policy=policy)[0]
 
     def write(self, entity_id: str, values: Mapping[str, float] | Sequence[float], event_time: Any) -> int:
-        """Write one entity's values as of ``event_time``; returns how many were newer and written."""
+        """Write one entity's values as of ``event_time``; returns how many were newer and written
+        (all of them or none)."""
         return self.write_many([(entity_id, values, event_time)])[0]
 
     def write_many(
         self, writes: Sequence[FeatureWrite | tuple[str, Mapping[str, float] | Sequence[float], Any]]
     ) -> list[int]:
-        """Write many entities in one round trip; each value only if not older than the stored one."""
+        """Write many entities in one round trip; each only if not older than the stored values."""
         layout = self._layout
         pipe = self._client.pipeline(transaction=False)
         for write in writes:
             entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
             self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
-        return [int(n) for n in pipe.execute()] if writes else []
+        return layout.written(pipe.execute()) if writes else []
 
     def stage_writes(self, pipeline: redis.client.Pipeline, writes: Sequence[FeatureWrite]) -> None:
         """Queue guarded writes on the caller's pipeline, to commit them with its other commands."""
@@ -300,6 +318,7 @@ class OnlineStore:
         return int(self._client.delete(*[self._layout.key(e) for e in entity_ids])) if entity_ids else 0
 
     def close(self) -> None:
+        self._requests.close()
         self._client.close()
 
 
@@ -319,6 +338,7 @@ class AsyncOnlineStore:
         self._client = client
         self._layout = _Layout(feature_set, key_prefix, key_ttl_s)
         self._write = client.register_script(WRITE_SCRIPT)
+        self._requests = AsyncRequests(client)
         self.feature_set = feature_set
 
     @classmethod
@@ -341,15 +361,9 @@ class AsyncOnlineStore:
         """See :meth:`OnlineStore.read`."""
         started = time.perf_counter()
         layout = self._layout
-        if len(entity_ids) == 1:
-            raws = [await self._client.hgetall(layout.key(entity_ids[0]))]
-        elif entity_ids:
-            pipe = self._client.pipeline(transaction=False)
-            for entity_id in entity_ids:
-                pipe.hgetall(layout.key(entity_id))
-            raws = await pipe.execute()
-        else:
-            raws = []
+        raws = []
+        if entity_ids:
+            raws = await self._requests.send(layout.read_request(entity_ids), len(entity_ids))
         results = layout.parse_all(entity_ids, raws, _now(now), policy)
         return layout.finish(results, policy, started)
 
@@ -371,7 +385,7 @@ class AsyncOnlineStore:
         for write in writes:
             entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
             await self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
-        return [int(n) for n in await pipe.execute()] if writes else []
+        return layout.written(await pipe.execute()) if writes else []
 
     def write_args(self, write: FeatureWrite) -> list[str]:
         """ARGV of WRITE_SCRIPT for a write (event time, expiry, values): for scripts that embed
@@ -390,4 +404,5 @@ class AsyncOnlineStore:
         return int(await self._client.delete(*[self._layout.key(e) for e in entity_ids])) if entity_ids else 0
 
     async def close(self) -> None:
+        await self._requests.close()
         await self._client.aclose()  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,6 +135,76 @@ def computed_to_proto(
         item = message.values.add(name=name, value=value, status=FeatureStatus.OK, age_seconds=age)
         item.event_time.CopyFrom(ts)
     return message
+
+
+def _varint(number: int) -> bytes:
+    if number < 0:
+        number += 1 << 64  # int64 on the wire: two's complement, ten bytes
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _length_delimited(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _timestamp(seconds: float) -> bytes:
+    """A ``google.protobuf.Timestamp``'s fields, as :func:`to_timestamp` sets them."""
+    whole, rest = divmod(round(seconds * 1_000_000), 1_000_000)
+    out = b"\x08" + _varint(whole) if whole else b""
+    return out + b"\x10" + _varint(rest * 1000) if rest else out
+
+
+class VectorEncoder:
+    """The serialized ``FeatureVector`` of :func:`computed_to_proto` (``now`` None: ages 0), built
+    directly: the same bytes in a fraction of the time (the stream publishes one per event).
+
+    Every value of a vector shares its tail (event time, status OK), so each feature's framing
+    (tag, length, name, value tag) depends only on the tail's length: it is built once per length.
+    """
+
+    def __init__(self, feature_set: FeatureSet) -> None:
+        self.feature_set = feature_set
+        self._header = (
+            _length_delimited(0x12, feature_set.name.encode()) + b"\x18" + _varint(feature_set.version)
+        )
+        self._names = [_length_delimited(0x0A, name.encode()) for name in feature_set.feature_names]
+        self._status = b"\x20" + _varint(int(FeatureStatus.OK))
+        self._framing: dict[int, list[tuple[bytes, bytes]]] = {}
+        self._double = struct.Struct("<d").pack
+
+    def _framing_for(self, tail: int) -> list[tuple[bytes, bytes]]:
+        """Per feature: what precedes a non-zero value (then 8 bytes, then the tail), and what
+        precedes the tail of a zero one (proto3 leaves 0.0 out)."""
+        framing = self._framing.get(tail)
+        if framing is None:
+            framing = self._framing[tail] = [
+                (
+                    b"\x22" + _varint(len(name) + 9 + tail) + name + b"\x11",
+                    b"\x22" + _varint(len(name) + tail) + name,
+                )
+                for name in self._names
+            ]
+        return framing
+
+    def encode(self, entity_id: str, computed: Computed) -> bytes:
+        stamp = _timestamp(computed.event_time)
+        tail = _length_delimited(0x1A, stamp) + self._status
+        double, copysign = self._double, math.copysign
+        parts = [_length_delimited(0x0A, entity_id.encode()) if entity_id else b"", self._header]
+        for (nonzero, zero), value in zip(self._framing_for(len(tail)), computed.values, strict=True):
+            if value == 0.0 and copysign(1.0, value) > 0:
+                parts += (zero, tail)
+            else:
+                parts += (nonzero, double(value), tail)
+        parts.append(_length_delimited(0x2A, stamp))
+        if computed.event_id:
+            parts.append(_length_delimited(0x32, computed.event_id.encode()))
+        return b"".join(parts)
 
 
 def entity_features_from_proto(message: features_pb2.FeatureVector) -> EntityFeatures:

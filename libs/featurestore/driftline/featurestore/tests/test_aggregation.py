@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from driftline.featurestore.aggregation import AddOutcome, EntityHistory, replay
+from driftline.featurestore.aggregation import AddOutcome, EntityHistory, aggregate, replay
 from driftline.featurestore.definitions import TRANSACTION_FEATURES
 from driftline.featurestore.events import Event, decode_events, encode_event
 from driftline.featurestore.testing import SMALL_SET, event
@@ -205,6 +205,33 @@ def test_stream_with_state_reloads_matches_offline_replay_exactly(seed: int) -> 
     assert online.keys() == offline.keys()
     for event_id, vector in online.items():
         assert vector == offline[event_id]
+
+
+@pytest.mark.parametrize("feature_set", [TRANSACTION_FEATURES, SMALL_SET], ids=lambda fs: fs.name)
+def test_shared_window_evaluation_equals_each_feature_alone_bit_for_bit(feature_set) -> None:
+    # Points between and on events, with empty windows and late events in the history.
+    history = EntityHistory(feature_set, allowed_lateness_s=1e9)
+    rng = random.Random(9)
+    for e in random_events(4, entities=1, count=300):
+        late = e if rng.random() > 0.1 else Event(e.event_id, e.entity_id, e.event_time - 30, e.fields)
+        history.add(late)
+    times = [e.event_time for e in history.events]
+    points = times + [t + rng.uniform(0, 90) for t in times[::7]] + [times[0] - 1]
+    for t in points:
+        got = history.at(t)
+        end = sum(1 for x in times if x <= t)
+        if got is None:
+            assert end == 0
+            continue
+        expected = []
+        for feature in feature_set.features:
+            start = 0
+            if feature.window is not None:
+                lower, inclusive = feature.window.start(t)
+                start = sum(1 for x in times[:end] if (x < lower if inclusive else x <= lower))
+            column = history._columns[feature.field]  # the history's per-field column, in order
+            expected.append(aggregate(feature, column, times, start, end))
+        assert repr(got.values) == repr(tuple(expected))
 
 
 def test_event_encoding_is_deterministic_and_round_trips() -> None:

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
 from driftline.featurestore.aggregation import Computed
+from driftline.featurestore.definitions import TRANSACTION_FEATURES
 from driftline.featurestore.online import _Layout
 from driftline.featurestore.testing import SMALL_SET
 from driftline.featurestore.vectors import (
     FeatureStatus,
     StalenessPolicy,
+    VectorEncoder,
     computed_to_proto,
     entity_features_from_proto,
 )
@@ -17,29 +21,24 @@ from driftline.kit.errors import InvalidArgument
 NAMES = SMALL_SET.feature_names
 
 
-def raw(values: list[float | None], times: list[float | None]) -> dict[bytes, bytes]:
-    """An entity hash as HGETALL returns it."""
-    out = {}
-    for name, v, t in zip(NAMES, values, times, strict=True):
-        if v is not None:
-            out[name.encode()] = repr(v).encode()
-        if t is not None:
-            out[f"{name}@t".encode()] = repr(t).encode()
-    return out
+def raw(values: list[float] | None, t: float | None) -> list[bytes | None]:
+    """An entity hash as ``HMGET key t v`` returns it."""
+    packed = None if values is None else " ".join(map(repr, values)).encode()
+    return [None if t is None else repr(t).encode(), packed]
 
 
 def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
     layout = _Layout(SMALL_SET, "p", None)
     n = len(NAMES)
     # last_amount has ttl 30 s, the rest 60 s; read 45 s after the event.
-    got = layout.parse_all(["c1"], [raw([2.0] * n, [1000.0] * n)], 1045.0, StalenessPolicy.SERVE)[0]
+    got = layout.parse_all(["c1"], [raw([2.0] * n, 1000.0)], 1045.0, StalenessPolicy.SERVE)[0]
     statuses = {v.name: v.status for v in got.values}
     assert statuses["last_amount"] is FeatureStatus.STALE
     assert {s for k, s in statuses.items() if k != "last_amount"} == {FeatureStatus.OK}
     assert got.status is FeatureStatus.STALE
     assert not got.ok
     assert got.as_dict()["last_amount"] == 2.0  # SERVE keeps the value
-    defaulted = layout.parse_all(["c1"], [raw([2.0] * n, [1000.0] * n)], 1045.0, StalenessPolicy.DEFAULT)[0]
+    defaulted = layout.parse_all(["c1"], [raw([2.0] * n, 1000.0)], 1045.0, StalenessPolicy.DEFAULT)[0]
     assert defaulted.as_dict()["last_amount"] == 0.0
     assert defaulted.values[NAMES.index("last_amount")].age_seconds == 45.0
 
@@ -47,7 +46,7 @@ def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
 def test_missing_values_get_defaults_and_the_vector_has_no_nan() -> None:
     layout = _Layout(SMALL_SET, "p", None)
     n = len(NAMES)
-    got = layout.parse_all(["c1"], [raw([None] * n, [None] * n)], 1.0, StalenessPolicy.SERVE)[0]
+    got = layout.parse_all(["c1"], [raw(None, None)], 1.0, StalenessPolicy.SERVE)[0]
     assert got.status is FeatureStatus.MISSING
     vector = got.vector()
     assert vector.shape == (n,)
@@ -55,6 +54,18 @@ def test_missing_values_get_defaults_and_the_vector_has_no_nan() -> None:
     assert vector[NAMES.index("mean_20s")] == -1.0
     assert got.max_age_seconds is None
     assert got.event_time is None
+
+
+def test_values_of_another_shape_read_as_missing_never_misaligned() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    got = layout.parse_all(
+        ["c1", "c2"], [raw([1.0] * (n - 1), 10.0), raw([1.0] * n, 10.0)], 11.0, StalenessPolicy.SERVE
+    )
+    assert got[0].status is FeatureStatus.MISSING
+    assert got[0].vector().tolist() == SMALL_SET.defaults
+    assert got[1].status is FeatureStatus.OK
+    assert {v.event_time for v in got[1].values} == {10.0}
 
 
 def test_writes_refuse_nan_and_wrong_shapes() -> None:
@@ -81,3 +92,26 @@ def test_published_vector_round_trips_through_protobuf() -> None:
     assert {v.status for v in back.values} == {FeatureStatus.OK}
     assert back.values[0].age_seconds == 1.0
     assert entity_features_from_proto(back.to_proto("e1")) == back
+
+
+@pytest.mark.parametrize("feature_set", [SMALL_SET, TRANSACTION_FEATURES], ids=lambda fs: fs.name)
+def test_encoded_vector_has_the_bytes_of_the_protobuf_one(feature_set) -> None:
+    rng = random.Random(3)
+    encoder = VectorEncoder(feature_set)
+    specials = [0.0, -0.0, 5e-324, -1e308, float(2**53), 1.5]
+    times = [0.0, 1e-6, -1.5, 1_700_000_000.123456, 4e9]
+    for _ in range(500):
+        values = tuple(
+            rng.choice(specials) if rng.random() < 0.3 else rng.uniform(-1e6, 1e6)
+            for _ in feature_set.features
+        )
+        computed = Computed(
+            event_time=rng.choice([*times, rng.uniform(-2e9, 4e9)]),
+            event_id=rng.choice(["", "e1", "é" * 100]),
+            values=values,
+        )
+        entity = rng.choice(["", "card-1", "x" * 200])
+        assert (
+            encoder.encode(entity, computed)
+            == computed_to_proto(feature_set, entity, computed).SerializeToString()
+        )

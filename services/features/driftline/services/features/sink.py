@@ -28,8 +28,12 @@ class OfflineSink:
 
     def add(self, token: Any, row: FeatureRow | None) -> None:
         """Queue a row (None: nothing to write, the token is done at the next flush)."""
+        self.add_many([(token, row)])
+
+    def add_many(self, items: list[tuple[Any, FeatureRow | None]]) -> None:
+        """Queue many ``(token, row)`` pairs at once."""
         with self._lock:
-            self._pending.append((token, row))
+            self._pending += items
             overflow = len(self._pending) - self._max_pending
             if overflow > 0:
                 del self._pending[:overflow]

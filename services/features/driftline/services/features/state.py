@@ -4,8 +4,9 @@ Keys (beside the online store's feature hash ``{prefix}:{set}:v{n}:{entity}``):
 ``{prefix}:state:{set}:v{n}:{entity}:events``, a sorted set of encoded events scored by event
 time (members are deterministic bytes, so re-adding a replayed event is a no-op), and
 ``...:{entity}:profile``, the entity's first-seen values as JSON. A batch's state changes and its
-guarded feature writes commit in one MULTI/EXEC, so Redis never holds features that its state
-does not explain; a crash before EXEC leaves nothing, and the replay redoes it all.
+guarded feature writes commit in one Lua script call (atomic, one round trip, a few Redis calls
+per entity), so Redis never holds features that its state does not explain; a crash before the
+call leaves nothing, and the replay redoes it all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from driftline.featurestore.aggregation import Profile
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import Event, decode_events, encode_event
 from driftline.featurestore.online import GUARDED_WRITE_LUA, AsyncOnlineStore, FeatureWrite
+from driftline.featurestore.requests import AsyncRequests, pack
 
 
 @dataclass(frozen=True)
@@ -39,41 +41,52 @@ class StateUpdate:
     features: FeatureWrite | None = None
 
 
-# KEYS: the feature hash, the events zset, the profile key. ARGV[1]: event time of the newest
-# values; ARGV[2]: expiry in ms; ARGV[3]: the values for guarded_write; ARGV[4]: JSON array
-# [score, member, ...] to add; ARGV[5]: JSON array of members to remove; ARGV[6]: the profile JSON
-# or "" when unchanged. Scores and values travel as strings: nothing is rounded in Lua.
+# One call per batch. KEYS: per entity, its feature hash, events zset and profile key, in that
+# order. ARGV[1]: key expiry in ms; then per entity: the event time of its newest values, those
+# values for guarded_write ("" when none), how many events to add, how many to remove, the
+# profile JSON ("" when unchanged), then score and member of each added event and each removed
+# member. Scores, times and values travel as strings: nothing is rounded in Lua. unpack() is
+# bounded by Lua's C stack, hence the chunks (1000 values: 500 score/member pairs).
 SAVE_SCRIPT = (
     GUARDED_WRITE_LUA
     + """
-if ARGV[4] ~= '[]' then
-  local added = cjson.decode(ARGV[4])
-  for i = 1, #added, 2 do
-    redis.call('ZADD', KEYS[2], added[i], added[i + 1])
+local expire = ARGV[1]
+local a = 2
+local written = 0
+for k = 1, #KEYS, 3 do
+  local events = KEYS[k + 1]
+  local t, values, profile = ARGV[a], ARGV[a + 1], ARGV[a + 4]
+  local adds, removes = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 5
+  local last = a + 2 * adds - 1
+  while a <= last do
+    local stop = math.min(a + 999, last)
+    redis.call('ZADD', events, unpack(ARGV, a, stop))
+    a = stop + 1
+  end
+  last = a + removes - 1
+  while a <= last do
+    local stop = math.min(a + 999, last)
+    redis.call('ZREM', events, unpack(ARGV, a, stop))
+    a = stop + 1
+  end
+  redis.call('PEXPIRE', events, expire)
+  if profile ~= '' then
+    redis.call('SET', KEYS[k + 2], profile, 'PX', expire)
+  else
+    redis.call('PEXPIRE', KEYS[k + 2], expire)
+  end
+  if values ~= '' then
+    written = written + guarded_write(KEYS[k], t, values, expire)
   end
 end
-if ARGV[5] ~= '[]' then
-  local removed = cjson.decode(ARGV[5])
-  for i = 1, #removed do
-    redis.call('ZREM', KEYS[2], removed[i])
-  end
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[2])
-else
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-end
-if ARGV[3] ~= '' then
-  return guarded_write(KEYS[1], ARGV[1], ARGV[3], ARGV[2])
-end
-return 0
+return written
 """
 )
 
 
 class RedisState:
-    """Loads and saves entity state; one script per entity, the whole batch in one MULTI/EXEC."""
+    """Loads and saves entity state; a batch's saves are one script call."""
 
     def __init__(
         self,
@@ -88,7 +101,7 @@ class RedisState:
         self._online = online
         self._prefix = f"{key_prefix}:state:{feature_set.name}:v{feature_set.version}:"
         self._expire_ms = str(int(key_ttl_s * 1000))
-        self._save = client.register_script(SAVE_SCRIPT)
+        self._requests = AsyncRequests(client)
 
     def events_key(self, entity_id: str) -> str:
         return f"{self._prefix}{entity_id}:events"
@@ -115,35 +128,28 @@ class RedisState:
         return states
 
     async def save(self, updates: Sequence[StateUpdate]) -> None:
-        """Apply every update and its guarded feature write atomically, in one round trip."""
+        """Apply every update and its guarded feature write atomically: one script call, one round trip.
+
+        EVAL with the script's text, not EVALSHA: Redis keeps the compiled script, hashing a few
+        kB per batch costs nothing, and there is no NOSCRIPT case after a Redis restart. A batch
+        is thousands of arguments, packed in C (:mod:`driftline.featurestore.requests`)."""
         if not updates:
             return
-        pipe = self._client.pipeline(transaction=True)
-        compact = (",", ":")
+        keys: list[str] = []
+        args: list[str | bytes] = [self._expire_ms]
+        online = self._online
         for update in updates:
+            entity_id = update.entity_id
+            keys += [online.key(entity_id), self.events_key(entity_id), self.profile_key(entity_id)]
             if update.features is not None:
-                event_time, _, values = self._online.write_args(update.features)
+                event_time, _, values = online.write_args(update.features)
             else:
                 event_time, values = "0", ""
-            added: list[str] = []
-            for e in update.added:
-                added += [repr(e.event_time), encode_event(e).decode()]
-            await self._save(
-                keys=[
-                    self._online.key(update.entity_id),
-                    self.events_key(update.entity_id),
-                    self.profile_key(update.entity_id),
-                ],
-                args=[
-                    event_time,
-                    self._expire_ms,
-                    values,
-                    json.dumps(added, separators=compact),
-                    json.dumps([encode_event(e).decode() for e in update.removed], separators=compact),
-                    json.dumps(update.profile.to_json(), sort_keys=True)
-                    if update.profile is not None
-                    else "",
-                ],
-                client=pipe,
+            profile = (
+                json.dumps(update.profile.to_json(), sort_keys=True) if update.profile is not None else ""
             )
-        await pipe.execute()
+            args += [event_time, values, str(len(update.added)), str(len(update.removed)), profile]
+            for e in update.added:
+                args += [repr(e.event_time), encode_event(e)]
+            args += [encode_event(e) for e in update.removed]
+        await self._requests.send(pack(b"EVAL", SAVE_SCRIPT, len(keys), *keys, *args))

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -9,6 +8,7 @@ from typing import Any
 
 import faust
 import pytest
+from confluent_kafka import KafkaError
 
 from driftline.events.v1 import transaction_pb2
 from driftline.features.v1 import features_pb2
@@ -16,7 +16,12 @@ from driftline.featurestore.definitions import TRANSACTION_FEATURES
 from driftline.featurestore.events import epoch_seconds
 from driftline.kit import kafka
 from driftline.kit.codec import to_timestamp
-from driftline.services.features.agents import PoisonEvent, TransactionsAgent, decode_transaction
+from driftline.services.features.agents import (
+    KafkaPublisher,
+    PoisonEvent,
+    TransactionsAgent,
+    decode_transaction,
+)
 from driftline.services.features.fakes import MemoryState
 from driftline.services.features.processor import FeatureProcessor
 from driftline.services.features.state import EntityState
@@ -46,21 +51,14 @@ class FakePublisher:
     def __init__(self) -> None:
         self.sent: dict[str, list[dict[str, Any]]] = {"vectors": [], "dlq": []}
         self.flushes = 0
-        self._pending: list[concurrent.futures.Future[None]] = []
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
-    ) -> concurrent.futures.Future[None]:
+    ) -> None:
         self.sent[topic].append({"value": value, "key": key, "headers": headers or []})
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._pending.append(future)
-        return future
 
     async def flush(self) -> None:
         self.flushes += 1
-        for future in self._pending:
-            future.set_result(None)
-        self._pending.clear()
 
 
 def tx(event_id: str, card: str = "c1", seconds: float = 0.0, amount: float = 10.0) -> bytes:
@@ -203,3 +201,37 @@ async def test_agent_processes_its_stream_in_a_faust_test_context() -> None:
     assert len(vectors) == 1
     assert len(dlq) == 1
     assert handler.batches >= 1
+
+
+class FakeProducer:
+    """The kit producer's produce/flush: deliveries are reported at flush, failing the chosen ones."""
+
+    def __init__(self, fail: set[bytes]) -> None:
+        self.fail = fail
+        self.queued: list[tuple[str, bytes, Any]] = []
+
+    def produce(self, topic: str, value: bytes, key: Any, headers: Any, on_delivery: Any) -> None:
+        self.queued.append((topic, value, on_delivery))
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        for topic, value, on_delivery in self.queued:
+            message = type("Delivered", (), {"topic": lambda self, t=topic: t})()
+            error = KafkaError(KafkaError._MSG_TIMED_OUT) if value in self.fail else None
+            on_delivery(error, message)
+        self.queued.clear()
+
+
+async def test_publisher_flush_raises_when_any_output_was_not_acknowledged() -> None:
+    producer = FakeProducer(fail={b"lost"})
+    publisher = KafkaPublisher(producer)  # type: ignore[arg-type]
+    before = kafka.PRODUCED.labels("vectors")._value.get()
+    publisher.send("vectors", b"a", b"c1")
+    publisher.send("vectors", b"b", b"c1")
+    await publisher.flush()
+    assert kafka.PRODUCED.labels("vectors")._value.get() == before + 2
+    publisher.send("vectors", b"lost", b"c1")
+    publisher.send("vectors", b"c", b"c1")
+    with pytest.raises(kafka.DeliveryError):
+        await publisher.flush()
+    publisher.send("vectors", b"d", b"c1")
+    await publisher.flush()  # a failure is reported once, by the flush that covers it
