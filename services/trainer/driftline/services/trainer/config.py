@@ -112,6 +112,16 @@ class Settings(BaseSettings):
         ),
         ge=0,
     )
+    refused_retries: int = Field(
+        6,
+        description=(
+            "A drift or degradation retrain whose challenger the gate refuses is deferred and tried "
+            "again (DEFER_RETRY_S apart, within MAX_DEFER_S) up to this many times before the "
+            "refusal is final: right after a change the window holds too few labels of it to win. "
+            "0 makes every refusal final."
+        ),
+        ge=0,
+    )
     seed: int = Field(7, description="Training seed; a version's seed is recorded with it.")
     n_estimators: int = Field(100, description="LightGBM boosting rounds.", ge=1)
     num_leaves: int = Field(15, description="LightGBM leaves per tree.", ge=2)
@@ -172,4 +182,5 @@ class Settings(BaseSettings):
             code_revision=code_revision,
             min_positives=self.min_positives,
             min_holdout_positives=self.min_holdout_positives,
+            refused_retries=self.refused_retries,
         )

@@ -8,7 +8,6 @@ goes to the feedback dead-letter topic with a reason, like every other consumer 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,11 +77,8 @@ class TriggerHandler:
             if topic == self._topics.degradations.name:
                 event = decode(drift_pb2.PerformanceDegradation, payload)
                 detail = f"{event.metric}={event.value:.4f} < {event.threshold:.4f}"
-                trigger = self._trigger(
+                return self._trigger(
                     topic, DEGRADATION, event.event_id or fallback_id, event.model_name, detail
-                )
-                return trigger and dataclasses.replace(
-                    trigger, metric=event.metric, threshold=event.threshold
                 )
             if topic == self._topics.retrain_requests.name:
                 request = decode(trainer_pb2.RetrainRequest, payload)

@@ -11,10 +11,10 @@ class InsufficientData(FailedPrecondition):
     code = "insufficient_data"
 
 
-class HoldoutLags(InsufficientData):
-    """Live feedback says the champion degraded, but the labelled holdout does not show it yet."""
+class RefusedForNow(InsufficientData):
+    """The gate refused the challenger of a change that may need more labels to be learnt."""
 
-    code = "holdout_lags"
+    code = "refused_for_now"
 
 
 class ParityError(FailedPrecondition):

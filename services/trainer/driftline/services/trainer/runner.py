@@ -20,7 +20,7 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,10 +33,10 @@ from driftline.kit.errors import Aborted, DataLoss, DriftlineError, InvalidArgum
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer import convert, gate
 from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
-from driftline.services.trainer.errors import HoldoutLags, InsufficientData
+from driftline.services.trainer.errors import InsufficientData, RefusedForNow
 from driftline.services.trainer.registry import Registry
 from driftline.services.trainer.train import TrainParams, predict_native, train_model
-from driftline.services.trainer.triggers import Trigger, TriggerBatch
+from driftline.services.trainer.triggers import DEGRADATION, DRIFT, TriggerBatch
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,8 @@ class RunnerConfig:
     min_positives: int = 20
     #: Fewest frauds in the holdout, where recall at the decision threshold is compared.
     min_holdout_positives: int = 10
+    #: Refusals of a drift or degradation batch deferred (tried again later) before one is final.
+    refused_retries: int = 6
 
 
 @dataclass
@@ -236,7 +238,8 @@ class RetrainRunner:
             trigger_id=batch.primary.trigger_id,
             extra_params=extra,
             may_defer=batch.may_defer,
-            degradations=batch.degradations,
+            retry_refusal=batch.primary.kind in (DRIFT, DEGRADATION)
+            and batch.attempt <= self.config.refused_retries,
         )
 
     def run_with(
@@ -247,16 +250,17 @@ class RetrainRunner:
         trigger_id: str,
         extra_params: Mapping[str, str] | None = None,
         may_defer: bool = False,
-        degradations: Sequence[Trigger] = (),
+        retry_refusal: bool = False,
     ) -> RunResult:
         """Retrain on the set ``build`` returns; never raises for a failed run, records it instead.
 
         With ``may_defer``, a set short of labelled data (``InsufficientData``) ends the run as
-        deferred rather than failed: the caller tries again once more labels have arrived. So
-        does a challenger refused while the champion still scores above a live ``degradations``
-        trigger's bound on the holdout (``HoldoutLags``): labels arrive late, and the holdout
-        does not show yet what the live feedback measured. Without another try, a degradation
-        raised early after a change would be answered by one refusal and then nothing.
+        deferred rather than failed: the caller tries again once more labels have arrived. With
+        ``retry_refusal`` too, so does a refused challenger (``RefusedForNow``, nothing
+        registered): right after a change, labels arrive late and the window holds too few of
+        the new pattern to learn it, or the holdout does not show yet what the live feedback
+        measured. The drift service's cooldowns mean no new trigger comes for minutes, so a
+        refusal made that early must not be final.
         """
         cfg = self.config
         started_at = self._now()
@@ -279,7 +283,7 @@ class RetrainRunner:
         }
         log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
         try:
-            self._run(build, result, degradations if may_defer else ())
+            self._run(build, result, retry_refusal=may_defer and retry_refusal)
         except InsufficientData as err:
             result.outcome = registry_pb2.RUN_OUTCOME_FAILED
             result.deferred = may_defer
@@ -306,9 +310,7 @@ class RetrainRunner:
         )
         return result
 
-    def _run(
-        self, build: Callable[[], TrainingSet], result: RunResult, degradations: Sequence[Trigger]
-    ) -> None:
+    def _run(self, build: Callable[[], TrainingSet], result: RunResult, *, retry_refusal: bool) -> None:
         cfg = self.config
         stages = result.stage_seconds
         with _timed(stages, "dataset"):
@@ -362,8 +364,8 @@ class RetrainRunner:
                 "parity_max_abs_diff": challenger.parity_max_abs_diff,
             }
         )
-        if verdict.decision is gate.Decision.REJECT and theirs is not None:
-            _raise_if_holdout_lags(degradations, theirs)
+        if verdict.decision is gate.Decision.REJECT and retry_refusal:
+            raise RefusedForNow(f"{verdict.reason}; trying again with the labels that arrive meanwhile")
         with _timed(stages, "register"):
             version = self._register(challenger, result, champion_version, verdict.reason)
         result.version = version
@@ -527,18 +529,6 @@ class ChampionScores:
     #: The threshold it serves with.
     threshold: float = gate.DECISION_THRESHOLD
     problem: str = ""
-
-
-def _raise_if_holdout_lags(degradations: Sequence[Trigger], champion: Mapping[str, float]) -> None:
-    """``HoldoutLags`` when the champion still scores above a live degradation's bound here."""
-    for trigger in degradations:
-        score = champion.get(trigger.metric)
-        if score is not None and trigger.threshold is not None and score >= trigger.threshold:
-            raise HoldoutLags(
-                f"live feedback put the champion's {trigger.metric} below {trigger.threshold:.4f} "
-                f"({trigger.detail}), but it scores {score:.4f} on the holdout: waiting for the "
-                "labels of the degraded period"
-            )
 
 
 def champion_threshold(params: Mapping[str, str]) -> float:

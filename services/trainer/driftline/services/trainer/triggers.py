@@ -54,9 +54,6 @@ class Trigger:
     #: Seconds since the epoch at which the trigger was received.
     received_at: float
     detail: str = ""
-    #: For a degradation: the metric the live feedback measured, and the bound it fell below.
-    metric: str = ""
-    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +73,6 @@ class TriggerBatch:
     @property
     def ids(self) -> list[str]:
         return [t.trigger_id for t in self.triggers]
-
-    @property
-    def degradations(self) -> list[Trigger]:
-        """The triggers that report a measured fall of a live metric."""
-        return [t for t in self.triggers if t.kind == DEGRADATION and t.metric and t.threshold is not None]
 
 
 class Offer(enum.Enum):

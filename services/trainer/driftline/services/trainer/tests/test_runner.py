@@ -344,49 +344,42 @@ def test_scheduler_retries_a_deferred_retrain_until_labels_suffice(world, regist
     assert registry.champion() == 1
 
 
-def degradation(trigger_id: str, *, threshold: float, may_defer: bool = True) -> TriggerBatch:
-    trigger = Trigger(
-        DEGRADATION,
-        trigger_id,
-        "fraud",
-        time.time(),
-        "auc=0.7000 < 0.8500",
-        metric="auc",
-        threshold=threshold,
-    )
-    return TriggerBatch((trigger,), may_defer=may_defer)
-
-
-def test_refusal_while_the_holdout_lags_a_live_degradation_defers_instead_of_closing(world, registry) -> None:
-    # The live feedback says AUC fell below 0.85, but the champion still ranks the holdout well:
-    # the labels of the degraded period have not arrived. Refusing for good would leave the
-    # degraded champion serving until the next degradation (a cooldown later).
+def test_an_early_refusal_after_a_change_is_deferred_and_a_later_try_can_still_win(world, registry) -> None:
+    # Right after a change the window holds too few labels of it: a refusal then must not be
+    # final, or the degraded champion serves until the drift service's cooldowns end.
     world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
     assert runner(world, registry).run(batch("initial")).promoted
-    lagging = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+    weak = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
 
-    result = lagging.run(degradation("d1", threshold=0.85))
+    first = weak.run(batch("d1", kind=DEGRADATION, may_defer=True))
 
-    assert result.deferred
-    assert result.reason.startswith(
-        "deferred: holdout_lags: live feedback put the champion's auc below 0.8500"
-    )
-    assert result.version == 0  # nothing registered for a refusal that is not final
+    assert first.deferred
+    assert first.reason.startswith("deferred: refused_for_now: refused: challenger auc=")
+    assert first.reason.endswith("trying again with the labels that arrive meanwhile")
+    assert first.version == 0  # nothing registered for a refusal that is not final
     assert registry.champion() == 1
+    later = runner(world, registry, gate=GateConfig(metric="auc", margin=-1.0)).run(
+        batch("d1", kind=DEGRADATION, may_defer=True, attempt=2)
+    )
+    assert later.promoted
 
 
-def test_refusal_is_final_when_the_holdout_shows_the_degradation_or_no_retry_is_left(world, registry) -> None:
+@pytest.mark.parametrize(
+    ("kind", "may_defer", "attempt"),
+    [
+        ("manual", True, 1),  # a person asked for this one run
+        (DEGRADATION, False, 1),  # the batch's last allowed try
+        ("drift", True, 8),  # past the refused retries (6 by default)
+    ],
+)
+def test_a_refusal_is_final_otherwise(world, registry, kind: str, may_defer: bool, attempt: int) -> None:
     world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
     assert runner(world, registry).run(batch("initial")).promoted
-    lagging = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+    weak = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
 
-    # The champion scores below the bound on the holdout too: the refusal stands.
-    below = lagging.run(degradation("d1", threshold=1.01))
-    # The last try of a batch (it may no longer be deferred): the refusal stands.
-    last = lagging.run(degradation("d2", threshold=0.85, may_defer=False))
+    result = weak.run(batch("r1", kind=kind, may_defer=may_defer, attempt=attempt))
 
-    for result in (below, last):
-        assert not result.deferred
-        assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
-        assert result.version > 1
+    assert not result.deferred
+    assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert result.version == 2
     assert registry.champion() == 1
