@@ -115,10 +115,10 @@ class Settings(BaseSettings):
     refused_retries: int = Field(
         6,
         description=(
-            "A drift or degradation retrain whose challenger the gate refuses is deferred and tried "
-            "again (DEFER_RETRY_S apart, within MAX_DEFER_S) up to this many times before the "
-            "refusal is final: right after a change the window holds too few labels of it to win. "
-            "0 makes every refusal final."
+            "A retrain with a degradation trigger whose challenger the gate refuses is deferred and "
+            "tried again (DEFER_RETRY_S apart, within MAX_DEFER_S) up to this many times before "
+            "the refusal is final: right after a change the window holds too few labels of it to "
+            "win. 0 makes every refusal final."
         ),
         ge=0,
     )

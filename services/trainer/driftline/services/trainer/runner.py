@@ -36,7 +36,7 @@ from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
 from driftline.services.trainer.errors import InsufficientData, RefusedForNow
 from driftline.services.trainer.registry import Registry
 from driftline.services.trainer.train import TrainParams, predict_native, train_model
-from driftline.services.trainer.triggers import DEGRADATION, DRIFT, TriggerBatch
+from driftline.services.trainer.triggers import DEGRADATION, TriggerBatch
 
 log = structlog.get_logger(__name__)
 
@@ -238,7 +238,9 @@ class RetrainRunner:
             trigger_id=batch.primary.trigger_id,
             extra_params=extra,
             may_defer=batch.may_defer,
-            retry_refusal=batch.primary.kind in (DRIFT, DEGRADATION)
+            # Only when live feedback measured the champion's fall: a drift report alone may be a
+            # false alarm, whose refusal is the right final answer.
+            retry_refusal=any(t.kind == DEGRADATION for t in batch.triggers)
             and batch.attempt <= self.config.refused_retries,
         )
 

@@ -368,8 +368,9 @@ def test_an_early_refusal_after_a_change_is_deferred_and_a_later_try_can_still_w
     ("kind", "may_defer", "attempt"),
     [
         ("manual", True, 1),  # a person asked for this one run
+        ("drift", True, 1),  # a distribution shift alone may be a false alarm: the champion may be fine
         (DEGRADATION, False, 1),  # the batch's last allowed try
-        ("drift", True, 8),  # past the refused retries (6 by default)
+        (DEGRADATION, True, 8),  # past the refused retries (6 by default)
     ],
 )
 def test_a_refusal_is_final_otherwise(world, registry, kind: str, may_defer: bool, attempt: int) -> None:
