@@ -81,9 +81,6 @@ class RedisDeduplicator:
     def claims(self) -> _RedisClaims:
         return _RedisClaims(self._pool, self._prefix, self._tail)
 
-    def claim(self, claims: Sequence[Claim]) -> list[bool]:
-        return claim(self, claims)
-
 
 class _RedisClaims:
     def __init__(self, pool: redis.ConnectionPool, prefix: str, tail: bytes) -> None:
@@ -142,9 +139,6 @@ class MemoryDeduplicator:
 
     def claims(self) -> _MemoryClaims:
         return _MemoryClaims(self)
-
-    def claim(self, claims: Sequence[Claim]) -> list[bool]:
-        return claim(self, claims)
 
     def decide(self, event_ids: Sequence[str], sources: Sequence[str]) -> list[bool]:
         now = self._clock()

@@ -16,7 +16,7 @@ from driftline.kit.testing import FakeMessage
 from driftline.kit.topics import TRANSACTIONS_CLEAN
 from driftline.services.ingestion.consumer import IngestionHandler
 from driftline.services.ingestion.contract import Contract
-from driftline.services.ingestion.dedup import Claim, MemoryDeduplicator
+from driftline.services.ingestion.dedup import Claim, MemoryDeduplicator, claim
 from driftline.services.ingestion.gate import Gate
 from driftline.services.ingestion.metrics import IngestionMetrics
 from driftline.services.ingestion.quality import QualityWindow
@@ -132,7 +132,7 @@ def test_a_replayed_batch_is_clean_again_not_a_duplicate_of_itself(harness: Harn
 
 
 def test_a_copy_claimed_from_elsewhere_before_the_batch_is_a_duplicate(harness: Harness) -> None:
-    harness.dedup.claim([Claim("ev-1", "raw/2/5")])
+    claim(harness.dedup, [Claim("ev-1", "raw/2/5")])
     assert harness.handler(messages([event("ev-1")])) == [[]]  # type: ignore[arg-type]
 
 
