@@ -17,6 +17,7 @@ class RunOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_OUTCOME_REJECTED: _ClassVar[RunOutcome]
     RUN_OUTCOME_PENDING_APPROVAL: _ClassVar[RunOutcome]
     RUN_OUTCOME_FAILED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_DEFERRED: _ClassVar[RunOutcome]
 
 class ModelEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ RUN_OUTCOME_PROMOTED: RunOutcome
 RUN_OUTCOME_REJECTED: RunOutcome
 RUN_OUTCOME_PENDING_APPROVAL: RunOutcome
 RUN_OUTCOME_FAILED: RunOutcome
+RUN_OUTCOME_DEFERRED: RunOutcome
 MODEL_EVENT_TYPE_UNSPECIFIED: ModelEventType
 MODEL_EVENT_TYPE_VERSION_REGISTERED: ModelEventType
 MODEL_EVENT_TYPE_ALIAS_SET: ModelEventType

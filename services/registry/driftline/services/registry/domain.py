@@ -132,6 +132,7 @@ class RunOutcome(enum.IntEnum):
     REJECTED = 2
     PENDING_APPROVAL = 3
     FAILED = 4
+    DEFERRED = 5
 
 
 @dataclass(frozen=True)

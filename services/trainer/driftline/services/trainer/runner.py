@@ -11,7 +11,7 @@ both models' ranking and operating points (recall and precision at their own thr
 
 Every run, failed and deferred ones included, is recorded in the registry with its outcome and
 the reason. A run short of labelled data is *deferred* when its trigger batch allows it: it is
-recorded (outcome FAILED, reason ``deferred: ...``) and the scheduler tries the batch again later.
+recorded (outcome DEFERRED, reason ``deferred: ...``) and the scheduler tries the batch again later.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ OUTCOME_NAMES = {
     registry_pb2.RUN_OUTCOME_REJECTED: "rejected",
     registry_pb2.RUN_OUTCOME_PENDING_APPROVAL: "pending_approval",
     registry_pb2.RUN_OUTCOME_FAILED: "failed",
+    registry_pb2.RUN_OUTCOME_DEFERRED: "deferred",
 }
 
 
@@ -94,13 +95,16 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
     recorded: bool = False
-    #: Too little labelled data yet; the batch is to be tried again (outcome stays FAILED, the
-    #: registry has no other word for a run that trained nothing).
-    deferred: bool = False
+
+    @property
+    def deferred(self) -> bool:
+        """Too little labelled data yet (or a refusal too early to be final): the batch is to be
+        tried again."""
+        return self.outcome == registry_pb2.RUN_OUTCOME_DEFERRED
 
     @property
     def outcome_name(self) -> str:
-        return "deferred" if self.deferred else OUTCOME_NAMES.get(self.outcome, "unspecified")
+        return OUTCOME_NAMES.get(self.outcome, "unspecified")
 
     @property
     def promoted(self) -> bool:
@@ -287,10 +291,10 @@ class RetrainRunner:
         try:
             self._run(build, result, retry_refusal=may_defer and retry_refusal)
         except InsufficientData as err:
-            result.outcome = registry_pb2.RUN_OUTCOME_FAILED
-            result.deferred = may_defer
-            verb = "deferred" if may_defer else "failed"
-            result.reason = f"{verb}: {err.code}: {err}"
+            result.outcome = (
+                registry_pb2.RUN_OUTCOME_DEFERRED if may_defer else registry_pb2.RUN_OUTCOME_FAILED
+            )
+            result.reason = f"{result.outcome_name}: {err.code}: {err}"
         except DriftlineError as err:
             result.outcome = registry_pb2.RUN_OUTCOME_FAILED
             result.reason = f"failed: {err.code}: {err}"

@@ -154,6 +154,13 @@ async def test_runs_round_trip_with_times(client):
         await client.get_run("run-2")
 
 
+async def test_every_run_outcome_survives_the_store(client):
+    for number in pb.RunOutcome.values():
+        run = pb.Run(run_id=f"run-{number}", model_name="fraud", outcome=number, outcome_reason="why")
+        assert (await client.record_run(run)).outcome == number
+        assert (await client.get_run(run.run_id)).outcome == number
+
+
 async def test_every_write_needs_the_token(anonymous, client):
     await client.register(testing.register_request())
     writes = [

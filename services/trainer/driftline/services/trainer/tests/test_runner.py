@@ -272,7 +272,8 @@ def test_too_few_positives_defers_the_run_and_a_later_attempt_with_enough_trains
 
     assert first.deferred
     assert first.outcome_name == "deferred"
-    assert first.outcome == registry_pb2.RUN_OUTCOME_FAILED  # the registry's word for "nothing trained"
+    assert first.outcome == registry_pb2.RUN_OUTCOME_DEFERRED
+    assert registry.runs[-1].outcome == registry_pb2.RUN_OUTCOME_DEFERRED
     assert first.reason.startswith("deferred: insufficient_data: too few positive labels: 18 among the 900")
     assert first.metrics["train_positives"] == 18
     assert not registry.versions
