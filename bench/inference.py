@@ -109,7 +109,7 @@ async def _serve_echo(port_file: Path, *, kit: bool = False) -> None:
             )
 
     if kit:
-        # The same echo behind the platform's server: default-deadline interceptor, health,
+        # The same echo behind the platform's server: default deadlines, health,
         # reflection, concurrency limit. It tells the platform's cost from the service's own.
         from driftline.kit.grpc import GrpcServer
         from driftline.services.inference.config import InferenceGrpcSettings
@@ -117,7 +117,7 @@ async def _serve_echo(port_file: Path, *, kit: bool = False) -> None:
         kit_server = GrpcServer(
             InferenceGrpcSettings(port=0), service_names=["driftline.inference.v1.InferenceService"]
         )
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(Echo(), kit_server.server)
+        kit_server.add(inference_pb2_grpc.add_InferenceServiceServicer_to_server, Echo())
         port = await kit_server.start()
         await kit_server.set_serving(True)
         port_file.write_text(str(port))

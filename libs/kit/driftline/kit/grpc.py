@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -28,50 +30,37 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-class _DefaultDeadline(grpc.aio.ServerInterceptor):
-    """Give unary calls without a client deadline the server's default one.
+class _DefaultDeadline:
+    """A servicer's stand-in that gives its unary methods the server's default deadline when the
+    client set none.
 
-    The wrapped handler of each method is built once and cached: this runs on every call.
+    Applied once, when the service is registered: the generated ``add_*_to_server`` reads every
+    method off this object and gets a wrapper for each coroutine method. A server interceptor
+    would do the same per call, and grpc.aio runs interceptors on every call of every method
+    (~90 µs of CPU per call, a fifth of a small unary call's cost). Streaming methods pass through.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, servicer: object, seconds: float) -> None:
+        self._servicer = servicer
         self._seconds = seconds
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        wrapped = self._bound(handler)
-        self._wrapped[method] = wrapped
-        return wrapped
-
-    def _bound(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        inner = handler.unary_unary
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._servicer, name)
+        if not inspect.iscoroutinefunction(method):
+            return method
         seconds = self._seconds
 
+        @functools.wraps(method)
         async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             remaining = context.time_remaining()
             if remaining is not None and remaining < seconds * 10:
-                return await inner(request, context)
+                return await method(request, context)
             try:
-                return await asyncio.wait_for(inner(request, context), timeout=seconds)
+                return await asyncio.wait_for(method(request, context), timeout=seconds)
             except TimeoutError:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {seconds}s")
 
-        return grpc.unary_unary_rpc_method_handler(
-            bounded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return bounded
 
 
 class GrpcServer:
@@ -86,7 +75,7 @@ class GrpcServer:
     ) -> None:
         self.settings = settings
         self.server = grpc.aio.server(
-            interceptors=[_DefaultDeadline(settings.default_deadline_s), *interceptors],
+            interceptors=list(interceptors) or None,
             options=channel_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -97,6 +86,11 @@ class GrpcServer:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+
+    def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: object) -> None:
+        """Register ``servicer`` with its generated ``add_*Servicer_to_server`` function; unary
+        calls whose client sets no deadline get ``settings.default_deadline_s``."""
+        add_to_server(_DefaultDeadline(servicer, self.settings.default_deadline_s), self.server)
 
     async def start(self) -> int:
         """Bind and start; every service reports NOT_SERVING until ``set_serving(True)``."""

@@ -77,13 +77,13 @@ class InferenceApp:
             max_entities=settings.max_entities_per_call,
         )
         self.server = GrpcServer(settings.grpc, service_names=[servicer.SERVICE_NAME, kserve.SERVICE_NAME])
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+        self.server.add(
+            inference_pb2_grpc.add_InferenceServiceServicer_to_server,
             servicer.InferenceServicer(self.predictor, default_deadline_s=settings.grpc.default_deadline_s),
-            self.server.server,
         )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        self.server.add(
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
             kserve.KServeServicer(self.slots, default_deadline_s=settings.grpc.default_deadline_s),
-            self.server.server,
         )
         self._aliases = {settings.alias: Role.CHAMPION}
         if settings.shadow or settings.canary_share > 0:

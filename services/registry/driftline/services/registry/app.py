@@ -90,7 +90,7 @@ class RegistryApp:
         if self.settings.metrics.enabled:
             serve_metrics(self.settings.metrics_port, self.settings.metrics, service="registry")
         self.server = GrpcServer(self.settings, service_names=[SERVICE_NAME])
-        pb_grpc.add_RegistryServiceServicer_to_server(self.servicer, self.server.server)  # type: ignore[no-untyped-call]
+        self.server.add(pb_grpc.add_RegistryServiceServicer_to_server, self.servicer)
         self.port = await self.server.start()
         if self.settings.outbox_enabled:
             publisher = self._publisher
