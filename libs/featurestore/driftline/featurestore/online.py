@@ -42,6 +42,7 @@ from driftline.featurestore.vectors import (
     StalenessPolicy,
 )
 from driftline.kit.errors import InvalidArgument
+from driftline.kit.redis_clients import async_redis_client, redis_client
 from driftline.kit.settings import RedisSettings
 
 DEFAULT_KEY_PREFIX = "dl:fs"
@@ -261,7 +262,7 @@ class OnlineStore:
     def from_settings(
         cls, settings: RedisSettings, feature_set: FeatureSet = TRANSACTION_FEATURES, **kwargs: Any
     ) -> OnlineStore:
-        client = redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout_s)
+        client = redis_client(settings)
         return cls(client, feature_set, **kwargs)
 
     @property
@@ -301,12 +302,15 @@ class OnlineStore:
         self, writes: Sequence[FeatureWrite | tuple[str, Mapping[str, float] | Sequence[float], Any]]
     ) -> list[int]:
         """Write many entities in one round trip; each only if not older than the stored values."""
+        if not writes:
+            return []
         layout = self._layout
-        pipe = self._client.pipeline(transaction=False)
-        for write in writes:
-            entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
-            self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
-        return layout.written(pipe.execute()) if writes else []
+        # The context gives the pipeline's connection back to the pool even when a command fails.
+        with self._client.pipeline(transaction=False) as pipe:
+            for write in writes:
+                entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
+                self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
+            return layout.written(pipe.execute())
 
     def stage_writes(self, pipeline: redis.client.Pipeline, writes: Sequence[FeatureWrite]) -> None:
         """Queue guarded writes on the caller's pipeline, to commit them with its other commands."""
@@ -345,7 +349,7 @@ class AsyncOnlineStore:
     def from_settings(
         cls, settings: RedisSettings, feature_set: FeatureSet = TRANSACTION_FEATURES, **kwargs: Any
     ) -> AsyncOnlineStore:
-        client = aioredis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout_s)
+        client = async_redis_client(settings)
         return cls(client, feature_set, **kwargs)
 
     @property
@@ -380,12 +384,14 @@ class AsyncOnlineStore:
     async def write_many(
         self, writes: Sequence[FeatureWrite | tuple[str, Mapping[str, float] | Sequence[float], Any]]
     ) -> list[int]:
+        if not writes:
+            return []
         layout = self._layout
-        pipe = self._client.pipeline(transaction=False)
-        for write in writes:
-            entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
-            await self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
-        return layout.written(await pipe.execute()) if writes else []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for write in writes:
+                entity_id = write.entity_id if isinstance(write, FeatureWrite) else write[0]
+                await self._write(keys=[layout.key(entity_id)], args=layout.write_args(write), client=pipe)
+            return layout.written(await pipe.execute())
 
     def write_args(self, write: FeatureWrite) -> list[str]:
         """ARGV of WRITE_SCRIPT for a write (event time, expiry, values): for scripts that embed

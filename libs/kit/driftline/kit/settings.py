@@ -50,6 +50,11 @@ class RedisSettings(BaseSettings):
         description="redis:// URL with the ACL user and password.",
     )
     socket_timeout_s: float = Field(2.0, description="Per-command socket timeout.")
+    retries: int = Field(
+        3, description="Retries of a command that met a dropped connection or a timeout, each on a new one."
+    )
+    retry_backoff_base_s: float = Field(0.01, description="First wait before a retry; doubles per retry.")
+    retry_backoff_cap_s: float = Field(0.5, description="Longest wait before a retry.")
 
     class Config:
         env_prefix = "DRIFTLINE_REDIS_"

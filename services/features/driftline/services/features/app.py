@@ -12,7 +12,6 @@ from typing import Any
 
 import faust
 import mode.loop
-import redis.asyncio as aioredis
 import structlog
 
 from driftline.featurestore.definitions import FeatureSet, feature_set_by_key
@@ -20,6 +19,7 @@ from driftline.featurestore.offline import OfflineStore
 from driftline.featurestore.online import AsyncOnlineStore
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.metrics import serve_metrics
+from driftline.kit.redis_clients import async_redis_client
 from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import FEATURE_VECTORS, Topic
 from driftline.services.features.agents import KafkaPublisher, TransactionsAgent, VectorsSinkAgent
@@ -81,9 +81,7 @@ class FeaturesApp:
         self.vectors_topic = FEATURE_VECTORS.namespaced(prefix) if prefix else FEATURE_VECTORS
 
         self.faust = faust_app(settings)
-        self.redis = aioredis.Redis.from_url(
-            settings.redis.url, socket_timeout=settings.redis.socket_timeout_s
-        )
+        self.redis = async_redis_client(settings.redis)
         self.online = AsyncOnlineStore(
             self.redis, self.feature_set, key_prefix=settings.key_prefix, key_ttl_s=settings.key_ttl_s
         )

@@ -113,11 +113,11 @@ class RedisState:
         """Every entity's buffered events and profile, in one round trip."""
         if not entity_ids:
             return {}
-        pipe = self._client.pipeline(transaction=False)
-        for entity_id in entity_ids:
-            pipe.zrange(self.events_key(entity_id), 0, -1)
-            pipe.get(self.profile_key(entity_id))
-        replies = await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entity_id in entity_ids:
+                pipe.zrange(self.events_key(entity_id), 0, -1)
+                pipe.get(self.profile_key(entity_id))
+            replies = await pipe.execute()
         states = {}
         for i, entity_id in enumerate(entity_ids):
             members, profile = replies[2 * i], replies[2 * i + 1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-import redis
 import structlog
 from confluent_kafka import Message
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -13,6 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import ConsumerHooks, ConsumerLoop, KafkaProducer, install_signal_handlers
 from driftline.kit.metrics import serve_metrics
+from driftline.kit.redis_clients import redis_client
 from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import TRANSACTIONS_CLEAN, TRANSACTIONS_RAW, Topic
 from driftline.services.ingestion.config import Settings
@@ -50,11 +50,7 @@ class IngestionApp:
         self.contract = Contract.load(settings.contract_path)
         self.metrics = IngestionMetrics(registry)
         self.quality = QualityWindow(self.contract.field_names, window=settings.quality_window)
-        self.redis = redis.Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.socket_timeout_s,
-        )
+        self.redis = redis_client(settings.redis)
         self.handler = IngestionHandler(
             Gate(self.contract, self.quality),
             RedisDeduplicator(self.redis, ttl_s=settings.dedup_ttl_s, key_prefix=settings.dedup_key_prefix),

@@ -1,0 +1,49 @@
+"""Redis clients built the one way every service builds them, from ``RedisSettings``.
+
+``redis.Redis.from_url`` alone gives a client that never retries: a connection the server (or a
+restart, a failover, an idle timeout on the way) dropped then fails the next command, and on
+the asyncio client even a command on a fresh checkout of a stale pooled connection fails
+(redis-py 8 skips its stale-connection check there). These clients retry connection errors and
+timeouts with a short exponential backoff on a new connection, so one dropped connection costs
+a reconnect, not a failed request. Only idempotent commands and scripts go through them: the
+platform's writes are guarded (``SET NX``, event-time-guarded Lua), so a retried one is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from driftline.kit.settings import RedisSettings
+
+
+def _backoff(settings: RedisSettings) -> ExponentialBackoff:
+    return ExponentialBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s)
+
+
+def redis_client(settings: RedisSettings, **options: Any) -> redis.Redis:
+    """A synchronous client (bytes replies) with the settings' timeouts and retry policy;
+    ``options`` go to ``redis.Redis.from_url`` (``client_name``, say)."""
+    return redis.Redis.from_url(
+        settings.url,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_timeout_s,
+        retry=Retry(_backoff(settings), settings.retries),
+        **options,
+    )
+
+
+def async_redis_client(settings: RedisSettings, **options: Any) -> aioredis.Redis:
+    """The asyncio counterpart of :func:`redis_client`."""
+    return aioredis.Redis.from_url(
+        settings.url,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_timeout_s,
+        retry=AsyncRetry(_backoff(settings), settings.retries),
+        **options,
+    )
