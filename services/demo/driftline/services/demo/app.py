@@ -131,7 +131,7 @@ class Demo:
         deadline = time.time() + s.max_duration_s
         with Live(console=self.console, refresh_per_second=2, transient=not s.live) as live:
             while time.time() < deadline:
-                if self.stats.phase_scores("after_promotion").labelled >= s.after_promotion_labels:
+                if self._recovered():
                     break
                 if self._producer.poll() is not None:
                     break
@@ -141,6 +141,10 @@ class Demo:
                 if s.live:
                     live.update(render(self.stats, self.prom, self.phase(), self.started, "report follows"))
                 time.sleep(1.0)
+
+    def _recovered(self) -> bool:
+        s = self.settings
+        return self.stats.recovered(labels=s.after_promotion_labels, recall=s.recovered_recall)
 
     def _wait_for_warm_features(self) -> None:
         assert self._observer is not None
@@ -161,6 +165,9 @@ class Demo:
         before = self.stats.phase_scores("before")
         after = self.stats.phase_scores("after_drift")
         promoted = self.stats.phase_scores("after_promotion")
+        final = self.stats.version_scores(
+            self.stats.champion_version, last=self.settings.after_promotion_labels
+        )
         retrain = self.prom.scalar(
             "max(driftline_trainer_retrain_seconds_sum / driftline_trainer_retrain_seconds_count)"
         )
@@ -176,6 +183,14 @@ class Demo:
                 recall_before=before.recall,
                 recall_after_drift=after.recall,
                 recall_after_promotion=promoted.recall,
+                champions_after_drift=list(t.promoted_after_onset),
+                onset_to_final_champion_serving_s=_delta(
+                    t.drift_onset,
+                    t.first_served.get(self.stats.champion_version) if t.promoted_after_onset else None,
+                ),
+                final_champion_labelled=final.labelled,
+                final_champion_accuracy=final.accuracy,
+                final_champion_recall=final.recall,
                 predictions=self.stats.predictions,
                 prediction_errors=self.stats.prediction_errors,
                 false_alarms_before_drift=self.stats.false_alarms,

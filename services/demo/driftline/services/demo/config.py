@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     after_promotion_labels: int = Field(
         1500, description="Labelled predictions to collect from the new champion before the summary."
     )
+    recovered_recall: float = Field(
+        0.6,
+        description=(
+            "The demo ends once a champion promoted after the drift reaches this live fraud recall "
+            "over its last after_promotion_labels labelled predictions (or at max_duration_s). A "
+            "first retrain after a change may promote a model that has seen too little of the new "
+            "pattern; the platform then retrains again on its own (the drift service raises a "
+            "degradation for any champion version whose live AUC stays low). 0: end at the first "
+            "new champion."
+        ),
+    )
     max_duration_s: float = Field(420.0, description="The demo ends after this long, loop closed or not.")
     garbage_rate: float = Field(0.02, description="Share of published messages that are garbage.")
     duplicate_rate: float = Field(0.01, description="Share of published messages re-sent as duplicates.")

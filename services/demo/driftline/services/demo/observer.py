@@ -45,6 +45,10 @@ class Timeline:
     new_champion_registered: float | None = None
     new_champion_version: int = 0
     first_served_by_new_champion: float | None = None
+    #: Champions promoted after the onset, in order (the first is ``new_champion_version``).
+    promoted_after_onset: list[int] = field(default_factory=list)
+    #: When each version served its first prediction.
+    first_served: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Stats:
     correct: dict[int, deque[int]] = field(default_factory=dict)
     # (predicted, actual) per phase: "before", "after_drift", "after_promotion"
     phase_pairs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # (predicted, actual) per model version, every labelled prediction it served
+    version_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     timeline: Timeline = field(default_factory=Timeline)
 
     def latency_quantile(self, q: float) -> float | None:
@@ -114,6 +120,26 @@ class Stats:
     def phase_scores(self, phase: str) -> PhaseScores:
         with self.lock:
             pairs = list(self.phase_pairs.get(phase, []))
+        return PhaseScores.of(pairs)
+
+    def recovered(self, *, labels: int, recall: float) -> bool:
+        """Whether the champion is one promoted after the drift that has served ``labels``
+        labelled predictions and caught at least ``recall`` of the frauds among the last
+        ``labels`` of them (any recall when ``recall`` is 0)."""
+        with self.lock:
+            promoted = list(self.timeline.promoted_after_onset)
+            version = self.champion_version
+        if not promoted or version != promoted[-1]:
+            return False
+        scores = self.version_scores(version, last=labels)
+        if scores.labelled < labels:
+            return False
+        return recall <= 0 or (scores.recall or 0.0) >= recall
+
+    def version_scores(self, version: int, last: int) -> PhaseScores:
+        """Scores of a version's ``last`` labelled predictions (fewer when it has fewer)."""
+        with self.lock:
+            pairs = self.version_pairs.get(version, [])[-last:]
         return PhaseScores.of(pairs)
 
 
@@ -224,6 +250,7 @@ class Observer:
             s.predictions += 1
             s.latencies_ms.append(elapsed_ms)
             s.served_versions[p.model_version] = s.served_versions.get(p.model_version, 0) + 1
+            s.timeline.first_served.setdefault(p.model_version, now)
             s.predicted[(entity_id, event_id)] = (p.label, p.model_version)
             if not s.champion_version:
                 s.champion_version = p.model_version
@@ -281,9 +308,11 @@ class Observer:
                 if self._stats.champion_version and event.version > self._stats.champion_version:
                     if t.drift_onset is None:
                         self._stats.early_promotions += 1
-                    elif not t.new_champion_version:
-                        t.new_champion_version = event.version
-                        t.new_champion_registered = time.time()
+                    else:
+                        t.promoted_after_onset.append(event.version)
+                        if not t.new_champion_version:
+                            t.new_champion_version = event.version
+                            t.new_champion_registered = time.time()
                 self._stats.champion_version = event.version
 
     def _on_feedback(self, label: feedback_pb2.FeedbackLabel) -> None:
@@ -296,3 +325,4 @@ class Observer:
             hit = int(predicted == label.label)
             self._stats.correct.setdefault(version, deque(maxlen=500)).append(hit)
             self._stats.phase_pairs.setdefault(self._phase(), []).append((predicted, label.label))
+            self._stats.version_pairs.setdefault(version, []).append((predicted, label.label))

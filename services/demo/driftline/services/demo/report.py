@@ -54,6 +54,13 @@ class Summary:
     recall_before: float | None
     recall_after_drift: float | None
     recall_after_promotion: float | None
+    #: Every champion promoted after the drift, in order.
+    champions_after_drift: list[int]
+    onset_to_final_champion_serving_s: float | None
+    #: The last champion's last labelled predictions (at most after_promotion_labels).
+    final_champion_labelled: int
+    final_champion_accuracy: float | None
+    final_champion_recall: float | None
     predictions: int
     prediction_errors: int
     false_alarms_before_drift: int

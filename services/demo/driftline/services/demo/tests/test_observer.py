@@ -1,0 +1,42 @@
+from driftline.services.demo.observer import Stats
+
+CAUGHT, MISSED, CLEAN = (1, 1), (0, 1), (0, 0)
+
+
+def _stats(champion: int, promoted: list[int], pairs: dict[int, list[tuple[int, int]]]) -> Stats:
+    stats = Stats()
+    stats.champion_version = champion
+    stats.timeline.promoted_after_onset = promoted
+    stats.version_pairs = pairs
+    return stats
+
+
+def test_a_champion_that_catches_the_frauds_ends_the_demo():
+    stats = _stats(4, [4], {4: [CAUGHT] * 7 + [MISSED] * 3 + [CLEAN] * 90})
+    assert stats.recovered(labels=100, recall=0.6)
+    assert not stats.recovered(labels=100, recall=0.8)
+
+
+def test_a_champion_that_misses_them_waits_for_the_next_retrain():
+    stats = _stats(4, [4], {4: [MISSED] * 10 + [CLEAN] * 90})
+    assert not stats.recovered(labels=100, recall=0.6)
+    assert stats.recovered(labels=100, recall=0.0)  # 0: the first new champion is enough
+
+    stats.timeline.promoted_after_onset.append(6)
+    stats.champion_version = 6
+    stats.version_pairs[6] = [CAUGHT] * 9 + [MISSED] + [CLEAN] * 90
+    assert stats.recovered(labels=100, recall=0.6)
+
+
+def test_only_the_last_labels_of_a_version_count():
+    # Early misses (labels of the transition) age out of the window.
+    stats = _stats(4, [4], {4: [MISSED] * 50 + [CAUGHT] * 10 + [CLEAN] * 90})
+    assert stats.recovered(labels=100, recall=0.6)
+    assert stats.version_scores(4, last=100).recall == 1.0
+
+
+def test_nothing_counts_before_enough_labels_or_without_a_promotion_after_the_drift():
+    assert not _stats(4, [4], {4: [CAUGHT] * 99}).recovered(labels=100, recall=0.0)
+    assert not _stats(1, [], {1: [CAUGHT] * 200}).recovered(labels=100, recall=0.0)
+    # The champion was rolled back to a version older than the last promotion.
+    assert not _stats(1, [4], {1: [CAUGHT] * 200}).recovered(labels=100, recall=0.0)
