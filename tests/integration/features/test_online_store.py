@@ -25,7 +25,7 @@ def store(redis_settings: RedisSettings):
     client = redis.Redis.from_url(redis_settings.url)
     prefix = unique_prefix().rstrip(".")
     yield OnlineStore(client, SMALL_SET, key_prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}:*"):
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         client.delete(key)
     client.close()
 
