@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
     )
+    better_f1_when_degraded: bool = Field(
+        True,
+        description=(
+            "Gate: when a performance degradation triggered the retrain, the challenger's F1 at its "
+            "decision threshold must beat the degraded champion's, on the same holdout rows."
+        ),
+    )
     manual_approval: bool = Field(
         False, description="Leave winners pending (alias 'challenger') instead of promoting them."
     )
@@ -178,6 +185,7 @@ class Settings(BaseSettings):
                 margin=self.margin,
                 manual_approval=self.manual_approval,
                 max_recall_drop=self.max_recall_drop,
+                better_f1_when_degraded=self.better_f1_when_degraded,
             ),
             code_revision=code_revision,
             min_positives=self.min_positives,

@@ -7,7 +7,11 @@ The challenger is promoted only when both hold:
   the frauds, and its recall is at most ``max_recall_drop`` below the champion's recall at the
   champion's own threshold, on the same rows. A ranking metric such as AUC says nothing about
   the threshold, and a model retrained soon after a concept drift can rank well and still flag
-  none of the new frauds at its cut.
+  none of the new frauds at its cut;
+* when live feedback measured the champion's fall (a degradation triggered the retrain), the
+  challenger's F1 at its threshold also beats the champion's at the champion's: a retrain soon
+  after a change trains on pre-change rows (the newest quarter is the holdout), and can beat a
+  degraded champion's AUC by the margin while catching exactly the frauds it catches.
 
 With manual approval configured, a winner is left pending for a person to promote. Every
 decision carries a sentence saying why, which the run record stores.
@@ -79,6 +83,11 @@ class OperatingPoint:
     positives: int
     flagged: int
 
+    @property
+    def f1(self) -> float:
+        total = self.recall + self.precision
+        return 2 * self.recall * self.precision / total if total else 0.0
+
 
 def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> OperatingPoint:
     """Recall and precision of ``scores >= threshold``, as inference labels (0.0 when undefined)."""
@@ -110,6 +119,8 @@ class GateConfig:
     manual_approval: bool = False
     #: Largest allowed fall of recall at the model's own threshold, challenger below champion.
     max_recall_drop: float = 0.10
+    #: Against a champion whose live performance degraded, require a better F1 at the threshold.
+    better_f1_when_degraded: bool = True
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -137,6 +148,7 @@ def decide(
     champion_problem: str = "",
     challenger_point: OperatingPoint | None = None,
     champion_point: OperatingPoint | None = None,
+    champion_degraded: bool = False,
 ) -> GateVerdict:
     """Compare the two models' holdout metrics and operating points.
 
@@ -144,6 +156,7 @@ def decide(
     ``champion_problem`` says why (an unloadable artifact, a feature it needs that is gone).
     ``challenger_point`` and ``champion_point`` are measured on the same rows, each at its own
     model's decision threshold; without a challenger point the operating point is not checked.
+    ``champion_degraded``: live feedback measured the champion's fall (see the module docstring).
     """
     metric = config.metric
     mine = challenger[metric]
@@ -159,7 +172,11 @@ def decide(
         )
         metric_wins, won = mine >= needed, f"wins: {comparison}"
     point_problem, point_summary = _check_operating_point(
-        config, challenger_point, None if champion is None else champion_point, champion_version
+        config,
+        challenger_point,
+        None if champion is None else champion_point,
+        champion_version,
+        champion_degraded=champion_degraded,
     )
     if metric_wins and not point_problem:
         reason = f"{won}; {point_summary}" if point_summary else won
@@ -179,6 +196,8 @@ def _check_operating_point(
     mine: OperatingPoint | None,
     theirs: OperatingPoint | None,
     champion_version: int,
+    *,
+    champion_degraded: bool = False,
 ) -> tuple[str, str]:
     """(why the challenger's operating point is refused or "", a summary of it or "")."""
     if mine is None or mine.positives == 0:
@@ -205,6 +224,11 @@ def _check_operating_point(
     floor = theirs.recall - config.max_recall_drop
     if mine.recall < floor - _RECALL_EPSILON:
         return f"{comparison} (max recall drop {config.max_recall_drop:g}, needs >= {floor:.2f})", ""
+    if champion_degraded and config.better_f1_when_degraded and mine.f1 <= theirs.f1 + _RECALL_EPSILON:
+        return (
+            f"{comparison}; the champion's live performance degraded and the challenger is no better at "
+            f"its threshold (F1 {mine.f1:.2f} vs {theirs.f1:.2f})"
+        ), ""
     return "", comparison
 
 

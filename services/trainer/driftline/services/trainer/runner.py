@@ -234,6 +234,7 @@ class RetrainRunner:
     def run(self, batch: TriggerBatch) -> RunResult:
         """Retrain on the recent horizon for a batch of coalesced triggers."""
         extra = {"coalesced_triggers": _id_list(batch.ids)} if len(batch.triggers) > 1 else {}
+        degraded = any(t.kind == DEGRADATION for t in batch.triggers)
         if batch.attempt > 1:
             extra["attempt"] = str(batch.attempt)
         return self.run_with(
@@ -244,8 +245,8 @@ class RetrainRunner:
             may_defer=batch.may_defer,
             # Only when live feedback measured the champion's fall: a drift report alone may be a
             # false alarm, whose refusal is the right final answer.
-            retry_refusal=any(t.kind == DEGRADATION for t in batch.triggers)
-            and batch.attempt <= self.config.refused_retries,
+            retry_refusal=degraded and batch.attempt <= self.config.refused_retries,
+            champion_degraded=degraded,
         )
 
     def run_with(
@@ -257,6 +258,7 @@ class RetrainRunner:
         extra_params: Mapping[str, str] | None = None,
         may_defer: bool = False,
         retry_refusal: bool = False,
+        champion_degraded: bool = False,
     ) -> RunResult:
         """Retrain on the set ``build`` returns; never raises for a failed run, records it instead.
 
@@ -266,7 +268,8 @@ class RetrainRunner:
         registered): right after a change, labels arrive late and the window holds too few of
         the new pattern to learn it, or the holdout does not show yet what the live feedback
         measured. The drift service's cooldowns mean no new trigger comes for minutes, so a
-        refusal made that early must not be final.
+        refusal made that early must not be final. ``champion_degraded``: live feedback measured
+        the champion's fall, so the gate also asks for a better operating point (``gate.py``).
         """
         cfg = self.config
         started_at = self._now()
@@ -284,12 +287,15 @@ class RetrainRunner:
             "gate_metric": cfg.gate.metric,
             "gate_margin": repr(cfg.gate.margin),
             "gate_max_recall_drop": repr(cfg.gate.max_recall_drop),
+            "gate_better_f1_when_degraded": str(champion_degraded and cfg.gate.better_f1_when_degraded),
             "threshold_folds": str(THRESHOLD_FOLDS),
             **(extra_params or {}),
         }
         log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
         try:
-            self._run(build, result, retry_refusal=may_defer and retry_refusal)
+            self._run(
+                build, result, retry_refusal=may_defer and retry_refusal, champion_degraded=champion_degraded
+            )
         except InsufficientData as err:
             result.outcome = (
                 registry_pb2.RUN_OUTCOME_DEFERRED if may_defer else registry_pb2.RUN_OUTCOME_FAILED
@@ -316,7 +322,14 @@ class RetrainRunner:
         )
         return result
 
-    def _run(self, build: Callable[[], TrainingSet], result: RunResult, *, retry_refusal: bool) -> None:
+    def _run(
+        self,
+        build: Callable[[], TrainingSet],
+        result: RunResult,
+        *,
+        retry_refusal: bool,
+        champion_degraded: bool = False,
+    ) -> None:
         cfg = self.config
         stages = result.stage_seconds
         with _timed(stages, "dataset"):
@@ -354,6 +367,7 @@ class RetrainRunner:
             champion_problem=champion.problem,
             challenger_point=my_point,
             champion_point=their_point,
+            champion_degraded=champion_degraded,
         )
         result.champion_before = result.champion_after = champion_version
         result.metrics.update({f"holdout_{k}": v for k, v in mine.items()})

@@ -175,3 +175,47 @@ def test_operating_point_flags_scores_at_or_above_the_threshold() -> None:
 def test_max_recall_drop_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="max_recall_drop"):
         GateConfig(max_recall_drop=1.5)
+
+
+def test_against_a_degraded_champion_a_tie_at_the_threshold_is_refused() -> None:
+    # Session 3's demo: trained on pre-change rows, the challenger beat the degraded champion's AUC
+    # by the margin and caught exactly the frauds it caught, at a slightly worse precision.
+    args = (GateConfig(), metrics(0.7634), metrics(0.7579))
+    points = {
+        "champion_version": 1,
+        "challenger_point": point(0.42, precision=0.11),
+        "champion_point": point(0.42, precision=0.12),
+    }
+    assert decide(*args, **points).decision is Decision.PROMOTE  # a drift report alone: as before
+    verdict = decide(*args, **points, champion_degraded=True)
+    assert verdict.decision is Decision.REJECT
+    assert "the champion's live performance degraded" in verdict.reason
+    assert "(F1 0.17 vs 0.19)" in verdict.reason
+    assert verdict.reason.startswith("refused: challenger recall=0.42")
+
+
+def test_against_a_degraded_champion_a_better_operating_point_wins() -> None:
+    verdict = decide(
+        GateConfig(),
+        metrics(0.93),
+        metrics(0.63),
+        champion_version=1,
+        challenger_point=point(0.61, precision=0.36),
+        champion_point=point(0.0, precision=0.0),
+        champion_degraded=True,
+    )
+    assert verdict.decision is Decision.PROMOTE
+
+
+def test_the_degraded_champion_rule_can_be_turned_off() -> None:
+    verdict = decide(
+        GateConfig(better_f1_when_degraded=False),
+        metrics(0.95),
+        metrics(0.90),
+        challenger_point=point(0.5),
+        champion_point=point(0.5),
+        champion_degraded=True,
+    )
+    assert verdict.decision is Decision.PROMOTE
+    assert point(0.5, precision=0.5).f1 == 0.5
+    assert point(0.0, precision=0.0).f1 == 0.0

@@ -357,11 +357,16 @@ def test_an_early_refusal_after_a_change_is_deferred_and_a_later_try_can_still_w
     assert first.deferred
     assert first.reason.startswith("deferred: refused_for_now: refused: challenger auc=")
     assert first.reason.endswith("trying again with the labels that arrive meanwhile")
+    # A degradation batch: the gate asks for a better operating point than the champion's too.
+    assert "the champion's live performance degraded and the challenger is no better" in first.reason
+    assert first.params["gate_better_f1_when_degraded"] == "True"
     assert first.version == 0  # nothing registered for a refusal that is not final
     assert registry.champion() == 1
-    later = runner(world, registry, gate=GateConfig(metric="auc", margin=-1.0)).run(
-        batch("d1", kind=DEGRADATION, may_defer=True, attempt=2)
-    )
+    # The retry retrains the champion's own recipe on the same rows: a tie, which only a gate
+    # without the degraded-champion rule (tested in test_gate.py) lets through.
+    later = runner(
+        world, registry, gate=GateConfig(metric="auc", margin=-1.0, better_f1_when_degraded=False)
+    ).run(batch("d1", kind=DEGRADATION, may_defer=True, attempt=2))
     assert later.promoted
 
 
