@@ -95,8 +95,6 @@ class Stats:
     early_promotions: int = 0
     # (entity_id, event_id) -> (label predicted, model version)
     predicted: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-    # model version -> deque of 1/0 correctness over the last labels
-    correct: dict[int, deque[int]] = field(default_factory=dict)
     # (predicted, actual) per phase: "before", "after_drift", "after_promotion"
     phase_pairs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     # (predicted, actual) per model version, every labelled prediction it served
@@ -111,11 +109,8 @@ class Stats:
         return values[min(len(values) - 1, int(q * len(values)))]
 
     def live_accuracy(self, version: int) -> float | None:
-        with self.lock:
-            window = self.correct.get(version)
-            if not window:
-                return None
-            return sum(window) / len(window)
+        """Accuracy over a version's last 500 labelled predictions (the live view's figure)."""
+        return self.version_scores(version, last=500).accuracy
 
     def phase_scores(self, phase: str) -> PhaseScores:
         with self.lock:
@@ -322,7 +317,5 @@ class Observer:
             if found is None:
                 return
             predicted, version = found
-            hit = int(predicted == label.label)
-            self._stats.correct.setdefault(version, deque(maxlen=500)).append(hit)
             self._stats.phase_pairs.setdefault(self._phase(), []).append((predicted, label.label))
             self._stats.version_pairs.setdefault(version, []).append((predicted, label.label))

@@ -1,4 +1,3 @@
-import collections
 import io
 import time
 
@@ -31,7 +30,7 @@ def test_live_view_shows_rates_versions_drift_and_loop_marks():
     stats.served_versions = {1: 100, 2: 20}
     stats.champion_version = 2
     stats.drift_status = "DRIFT"
-    stats.correct[1] = collections.deque([1, 1, 0, 1])
+    stats.version_pairs[1] = [(1, 1), (0, 0), (1, 0), (0, 0)]  # (predicted, actual): 3 of 4 right
     started = time.time() - 30
     stats.timeline.drift_onset = started + 10
     prom = _Prom(150.0)
