@@ -156,7 +156,7 @@ class InferenceApp:
         those objects are never walked again. A higher young-generation threshold means fewer
         collections: a request's objects die by reference counting, not by the collector.
         """
-        tune_gc(self.settings.gc_young_threshold or None, freeze=self.settings.gc_freeze)
+        tune_gc(self.settings.gc_young_threshold, freeze=self.settings.gc_freeze)
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Until a champion is live (tests and benchmarks)."""

@@ -179,8 +179,7 @@ class DynamicBatcher:
         except DriftlineError:
             raise
         except Exception as err:
-            log.exception("batch_failed", alias=self._alias, requests=1)
-            raise ModelFailed(f"model run failed: {type(err).__name__}") from err
+            raise self._failure(err, 1) from err
         self.inline_runs += 1
         self._ran(outputs, elapsed, run_s, rows, 1)
         return outputs
@@ -264,9 +263,8 @@ class DynamicBatcher:
                 await self._run_batch(live)
         except DriftlineError as err:
             self._fail(batch, err)
-        except Exception as err:
-            log.exception("batch_failed", alias=self._alias, requests=len(batch))
-            self._fail(batch, ModelFailed(f"model run failed: {type(err).__name__}"))
+        except Exception as err:  # noqa: BLE001 - logged in _failure, the callers get ModelFailed
+            self._fail(batch, self._failure(err, len(batch)))
         finally:
             self._slots.release()
 
@@ -325,6 +323,11 @@ class DynamicBatcher:
             and self.typical_run_s < limit
             and rows <= self.options.max_batch_size
         )
+
+    def _failure(self, err: Exception, requests: int) -> ModelFailed:
+        """A model run's unexpected error, logged with its traceback, as the requests' error."""
+        log.exception("batch_failed", alias=self._alias, requests=requests)
+        return ModelFailed(f"model run failed: {type(err).__name__}")
 
     @staticmethod
     def _fail(batch: list[_Request], err: BaseException) -> None:

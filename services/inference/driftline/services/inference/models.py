@@ -219,28 +219,21 @@ class ModelSlots:
 
     def route(self, entity_id: str) -> Route:
         """Champion, or challenger for canary entities; plus the shadow scorer when shadowing."""
-        champion = self._models.get(Role.CHAMPION)
-        if champion is None:
-            raise ModelNotReady(f"no {self.model_name} champion is loaded yet")
-        challenger = self._models.get(Role.CHALLENGER)
-        if challenger is None:
-            return Route(champion)
-        if self.routing.shadow:
-            return Route(champion, shadow=challenger)
-        share = self.routing.canary_share
-        if share > 0 and canary_bucket(self.model_name, entity_id) < share:
-            return Route(challenger)
-        return Route(champion)
+        return self.route_all((entity_id,))[0]
 
     def route_all(self, entity_ids: Sequence[str]) -> list[Route]:
-        """``route`` for each entity; without a canary, one shared route for all of them."""
+        """Each entity's route. Entities on the same side share one ``Route`` object, so a caller
+        can tell a one-sided call by identity."""
         champion = self._models.get(Role.CHAMPION)
         if champion is None:
             raise ModelNotReady(f"no {self.model_name} champion is loaded yet")
         challenger = self._models.get(Role.CHALLENGER)
-        if challenger is None or self.routing.shadow or self.routing.canary_share <= 0:
-            return [Route(champion, shadow=challenger if self.routing.shadow else None)] * len(entity_ids)
-        return [self.route(entity_id) for entity_id in entity_ids]
+        share = self.routing.canary_share
+        if challenger is None or self.routing.shadow or share <= 0:
+            shadow = challenger if self.routing.shadow else None
+            return [Route(champion, shadow=shadow)] * len(entity_ids)
+        served, canary = Route(champion), Route(challenger)
+        return [canary if canary_bucket(self.model_name, e) < share else served for e in entity_ids]
 
     def by_version(self, version: int | None) -> ServingModel:
         """The live model with this version (None: the champion)."""

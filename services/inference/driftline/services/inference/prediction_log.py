@@ -48,9 +48,9 @@ class RawProducer(Protocol):
     def flush(self, timeout: float) -> int: ...
 
 
-def encode(result: PredictionResult, predicted_at: Timestamp | None = None) -> bytes:
-    """``result`` as a serialized ``PredictionLog``; ``predicted_at`` is its time, when the caller
-    already converted it (the rows of one call share it)."""
+def encode(result: PredictionResult, predicted_at: Timestamp) -> bytes:
+    """``result`` as a serialized ``PredictionLog``; ``predicted_at`` is ``result.predicted_at``
+    already converted (the rows of one call share it: one conversion per call)."""
     features = result.features
     record = inference_pb2.PredictionLog(
         prediction_id=result.prediction_id,
@@ -62,7 +62,7 @@ def encode(result: PredictionResult, predicted_at: Timestamp | None = None) -> b
         label=result.label,
         feature_names=[f[0] for f in features],  # FeatureValue.name
         feature_values=[f[1] for f in features],  # FeatureValue.value
-        predicted_at=predicted_at if predicted_at is not None else to_timestamp(result.predicted_at),
+        predicted_at=predicted_at,
         role=result.served_by.value,
     )
     return record.SerializeToString()
@@ -104,16 +104,10 @@ class PredictionLogger:
 
     def log(self, result: PredictionResult) -> None:
         """Buffer one record; drop it (counted) when the buffer is full. Never blocks on I/O."""
-        with self._cond:
-            if len(self._buffer) >= self._capacity or self._stopping:
-                self._drop("buffer_full")
-                return
-            self._buffer.append(result)
-            if len(self._buffer) in (1, self._batch):
-                self._cond.notify()
+        self.log_many((result,))
 
     def log_many(self, results: Sequence[PredictionResult]) -> None:
-        """``log`` for each result, under one lock."""
+        """Buffer records under one lock; drop (counted) those the buffer has no room for."""
         with self._cond:
             before = len(self._buffer)
             room = 0 if self._stopping else max(0, self._capacity - before)

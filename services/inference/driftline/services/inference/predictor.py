@@ -79,8 +79,6 @@ class PredictionResult(NamedTuple):
 class PredictionSink(Protocol):
     """Where every prediction is recorded (``prediction_log.PredictionLogger``). Never blocks."""
 
-    def log(self, result: PredictionResult) -> None: ...
-
     def log_many(self, results: Sequence[PredictionResult]) -> None: ...
 
 
@@ -168,9 +166,6 @@ class Predictor:
         groups: dict[int, tuple[ServingModel, list[int]]] = {}
         for i, route in enumerate(routes):
             groups.setdefault(id(route.model), (route.model, []))[1].append(i)
-        if len(groups) == 1:  # every entity fell on one side: no task
-            model = routes[0].model
-            return await self._score_rows(model, inputs, readings, deadline, model.role)
         scored = await asyncio.gather(
             *(
                 self._score_rows(

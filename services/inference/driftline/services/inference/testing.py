@@ -213,9 +213,6 @@ class ListSink:
     def __init__(self) -> None:
         self.records: list[Any] = []
 
-    def log(self, result: Any) -> None:
-        self.records.append(result)
-
     def log_many(self, results: Sequence[Any]) -> None:
         self.records.extend(results)
 
