@@ -210,7 +210,7 @@ async def noop(stream):
 sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
 # As the features service does.
 from driftline.kit.runtime import tune_gc
-tune_gc(50_000)
+tune_gc()
 app.main()
 """
 

@@ -87,7 +87,7 @@ class EntityHistory:
         self.allowed_lateness_s = allowed_lateness_s
         self.retention_s = feature_set.retention_s(allowed_lateness_s)
         self.profile = profile
-        self._plan = _Plan(feature_set)
+        self._plan = _plan_for(feature_set)
         self._raw_fields = sorted(
             {f.field for f in feature_set.features if f.field not in feature_set.derived}
         )
@@ -340,6 +340,18 @@ class _Plan:
             else:
                 raise ValueError(f"unknown aggregation {kind}")
         return tuple(out)
+
+
+#: One plan per feature set (by identity; a FeatureSet is not hashable), shared by every entity's
+#: history: a plan is read-only, and compiling one per entity cost as much as the rest of it.
+_PLANS: dict[int, tuple[FeatureSet, _Plan]] = {}
+
+
+def _plan_for(feature_set: FeatureSet) -> _Plan:
+    cached = _PLANS.get(id(feature_set))
+    if cached is None or cached[0] is not feature_set:
+        cached = _PLANS[id(feature_set)] = (feature_set, _Plan(feature_set))
+    return cached[1]
 
 
 def replay(feature_set: FeatureSet, events: Iterable[Event]) -> Iterator[tuple[Event, Computed]]:

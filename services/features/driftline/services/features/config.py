@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseSettings, Field
 
+from driftline.kit.runtime import GEN0_THRESHOLD
 from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings, RedisSettings
 
 
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".cache/faust"), description="Where faust keeps its local state.")
 
     gc_young_threshold: int = Field(
-        50_000,
+        GEN0_THRESHOLD,
         description="Allocations between young-generation collections of Python's cyclic GC, with the "
         "startup heap frozen out of collections once the worker starts (Python's default, 700, made "
         "full collections of the per-card histories a tenth of the CPU); 0 keeps Python's settings.",

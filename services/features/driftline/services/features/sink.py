@@ -26,12 +26,9 @@ class OfflineSink:
         self._pending: list[tuple[Any, FeatureRow | None]] = []
         self._lock = threading.Lock()
 
-    def add(self, token: Any, row: FeatureRow | None) -> None:
-        """Queue a row (None: nothing to write, the token is done at the next flush)."""
-        self.add_many([(token, row)])
-
     def add_many(self, items: list[tuple[Any, FeatureRow | None]]) -> None:
-        """Queue many ``(token, row)`` pairs at once."""
+        """Queue ``(token, row)`` pairs (row None: nothing to write, the token is done at the next
+        flush)."""
         with self._lock:
             self._pending += items
             overflow = len(self._pending) - self._max_pending
