@@ -46,14 +46,6 @@ P_HOLDOUT = "holdout_fraction"
 #: The score at or above which the version says fraud; inference and the drift service read it.
 P_THRESHOLD = "decision_threshold"
 
-OUTCOME_NAMES = {
-    registry_pb2.RUN_OUTCOME_PROMOTED: "promoted",
-    registry_pb2.RUN_OUTCOME_REJECTED: "rejected",
-    registry_pb2.RUN_OUTCOME_PENDING_APPROVAL: "pending_approval",
-    registry_pb2.RUN_OUTCOME_FAILED: "failed",
-    registry_pb2.RUN_OUTCOME_DEFERRED: "deferred",
-}
-
 
 @dataclass(frozen=True)
 class RunnerConfig:
@@ -71,7 +63,7 @@ class RunnerConfig:
     min_positives: int = 20
     #: Fewest frauds in the holdout, where recall at the decision threshold is compared.
     min_holdout_positives: int = 10
-    #: Refusals of a drift or degradation batch deferred (tried again later) before one is final.
+    #: Refusals of a degradation batch deferred (tried again later) before one is final.
     refused_retries: int = 6
 
 
@@ -104,7 +96,7 @@ class RunResult:
 
     @property
     def outcome_name(self) -> str:
-        return OUTCOME_NAMES.get(self.outcome, "unspecified")
+        return registry_pb2.RunOutcome.Name(self.outcome).removeprefix("RUN_OUTCOME_").lower()
 
     @property
     def promoted(self) -> bool:
@@ -245,7 +237,7 @@ class RetrainRunner:
             may_defer=batch.may_defer,
             # Only when live feedback measured the champion's fall: a drift report alone may be a
             # false alarm, whose refusal is the right final answer.
-            retry_refusal=degraded and batch.attempt <= self.config.refused_retries,
+            retry_refusal=batch.may_defer and degraded and batch.attempt <= self.config.refused_retries,
             champion_degraded=degraded,
         )
 
@@ -264,12 +256,13 @@ class RetrainRunner:
 
         With ``may_defer``, a set short of labelled data (``InsufficientData``) ends the run as
         deferred rather than failed: the caller tries again once more labels have arrived. With
-        ``retry_refusal`` too, so does a refused challenger (``RefusedForNow``, nothing
-        registered): right after a change, labels arrive late and the window holds too few of
-        the new pattern to learn it, or the holdout does not show yet what the live feedback
-        measured. The drift service's cooldowns mean no new trigger comes for minutes, so a
-        refusal made that early must not be final. ``champion_degraded``: live feedback measured
-        the champion's fall, so the gate also asks for a better operating point (``gate.py``).
+        ``retry_refusal`` (set only together with ``may_defer``), so does a refused challenger
+        (``RefusedForNow``, nothing registered): right after a change, labels arrive late and the
+        window holds too few of the new pattern to learn it, or the holdout does not show yet
+        what the live feedback measured. The drift service's cooldowns mean no new trigger comes
+        for minutes, so a refusal made that early must not be final. ``champion_degraded``: live
+        feedback measured the champion's fall, so the gate also asks for a better operating point
+        (``gate.py``).
         """
         cfg = self.config
         started_at = self._now()
@@ -293,9 +286,7 @@ class RetrainRunner:
         }
         log.info("retrain_started", run_id=result.run_id, trigger=trigger, trigger_id=trigger_id)
         try:
-            self._run(
-                build, result, retry_refusal=may_defer and retry_refusal, champion_degraded=champion_degraded
-            )
+            self._run(build, result, retry_refusal=retry_refusal, champion_degraded=champion_degraded)
         except InsufficientData as err:
             result.outcome = (
                 registry_pb2.RUN_OUTCOME_DEFERRED if may_defer else registry_pb2.RUN_OUTCOME_FAILED
@@ -328,7 +319,7 @@ class RetrainRunner:
         result: RunResult,
         *,
         retry_refusal: bool,
-        champion_degraded: bool = False,
+        champion_degraded: bool,
     ) -> None:
         cfg = self.config
         stages = result.stage_seconds

@@ -21,6 +21,7 @@ committed on Kafka survive a restart.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
@@ -176,7 +177,9 @@ class TriggerJournal:
             return []
         try:
             rows = json.loads(self._path.read_text())
-            return [Trigger(**row) for row in rows]
+            # Fields of other versions are left out, so an older journal still loads.
+            known = {f.name for f in dataclasses.fields(Trigger)}
+            return [Trigger(**{k: v for k, v in row.items() if k in known}) for row in rows]
         except (ValueError, TypeError) as err:
             log.error("trigger_journal_unreadable", path=str(self._path), error=str(err))
             return []

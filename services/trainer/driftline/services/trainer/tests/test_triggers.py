@@ -234,3 +234,13 @@ def test_scheduler_keeps_a_deferred_batch_journaled_until_it_runs_again(tmp_path
         resumed.stop(5)
     assert [ids for ids, _ in ran] == [["a"], ["a"]]
     assert journal.load() == []
+
+
+def test_a_journal_with_fields_of_another_version_still_loads(tmp_path: Path) -> None:
+    # An earlier version journaled degradation triggers with their metric and threshold.
+    path = tmp_path / "pending.json"
+    path.write_text(
+        '[{"kind": "degradation", "trigger_id": "d1", "model_name": "fraud", "received_at": 5.0,'
+        ' "detail": "", "metric": "auc", "threshold": 0.85}]'
+    )
+    assert TriggerJournal(path).load() == [Trigger("degradation", "d1", "fraud", 5.0)]
