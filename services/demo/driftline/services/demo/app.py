@@ -165,9 +165,8 @@ class Demo:
         before = self.stats.phase_scores("before")
         after = self.stats.phase_scores("after_drift")
         promoted = self.stats.phase_scores("after_promotion")
-        final = self.stats.version_scores(
-            self.stats.champion_version, last=self.settings.after_promotion_labels
-        )
+        final_version = self.stats.final_champion()
+        final = self.stats.version_scores(final_version, last=self.settings.after_promotion_labels)
         retrain = self.prom.scalar(
             "max(driftline_trainer_retrain_seconds_sum / driftline_trainer_retrain_seconds_count)"
         )
@@ -184,10 +183,7 @@ class Demo:
                 recall_after_drift=after.recall,
                 recall_after_promotion=promoted.recall,
                 champions_after_drift=list(t.promoted_after_onset),
-                onset_to_final_champion_serving_s=_delta(
-                    t.drift_onset,
-                    t.first_served.get(self.stats.champion_version) if t.promoted_after_onset else None,
-                ),
+                onset_to_final_champion_serving_s=_delta(t.drift_onset, t.first_served.get(final_version)),
                 final_champion_labelled=final.labelled,
                 final_champion_accuracy=final.accuracy,
                 final_champion_recall=final.recall,

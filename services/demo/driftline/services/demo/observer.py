@@ -117,14 +117,19 @@ class Stats:
             pairs = list(self.phase_pairs.get(phase, []))
         return PhaseScores.of(pairs)
 
-    def recovered(self, *, labels: int, recall: float) -> bool:
-        """Whether the champion is one promoted after the drift that has served ``labels``
-        labelled predictions and caught at least ``recall`` of the frauds among the last
-        ``labels`` of them (any recall when ``recall`` is 0)."""
+    def final_champion(self) -> int:
+        """The champion when it is the last one promoted after the drift, else 0 (none yet, or
+        rolled back to an older version)."""
         with self.lock:
-            promoted = list(self.timeline.promoted_after_onset)
-            version = self.champion_version
-        if not promoted or version != promoted[-1]:
+            promoted = self.timeline.promoted_after_onset
+            return self.champion_version if promoted and self.champion_version == promoted[-1] else 0
+
+    def recovered(self, *, labels: int, recall: float) -> bool:
+        """Whether the final champion (``final_champion``) has served ``labels`` labelled
+        predictions and caught at least ``recall`` of the frauds among the last ``labels`` of
+        them (any recall when ``recall`` is 0)."""
+        version = self.final_champion()
+        if not version:
             return False
         scores = self.version_scores(version, last=labels)
         if scores.labelled < labels:
