@@ -23,6 +23,7 @@ def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
             FeatureValue("amount", 12.5, 1_800_000_000.25, 2.5, FeatureStatus.OK),
             FeatureValue("velocity", 3.0, 1_799_999_910.0, 90.5, FeatureStatus.STALE),
             FeatureValue("foreign", 0.0, None, None, FeatureStatus.MISSING),
+            FeatureValue("count", 2.0, 1_800_000_000.25, 2.5, FeatureStatus.OK),
         ),
         served_by=Role.CHALLENGER,
         predicted_at=utcnow(),
@@ -37,7 +38,7 @@ def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
         4,
     )
     assert (p.score, p.label, p.max_feature_age_seconds, p.served_by) == (0.75, 1, 90.5, "challenger")
-    amount, velocity, foreign = p.features
+    amount, velocity, foreign, count = p.features
     assert (amount.name, amount.value, amount.age_seconds) == ("amount", 12.5, 2.5)
     assert (amount.event_time.seconds, amount.event_time.nanos) == (1_800_000_000, 250_000_000)
     assert amount.status == features_pb2.FEATURE_STATUS_OK
@@ -46,3 +47,4 @@ def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
     assert foreign.status == features_pb2.FEATURE_STATUS_MISSING
     assert not foreign.HasField("event_time")
     assert foreign.age_seconds == 0.0
+    assert (count.name, count.value, count.event_time) == ("count", 2.0, amount.event_time)
