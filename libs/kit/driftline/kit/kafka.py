@@ -244,31 +244,20 @@ def wait_all(futures: Iterable[concurrent.futures.Future[Message]], timeout_s: f
         future.result(timeout=timeout_s)
 
 
-class _InFlight:
-    """One handled batch whose outputs are on their way: acknowledgements are counted as the
-    delivery callbacks arrive (on the producer's poll thread), and ``done`` is set once every
-    output is acknowledged or failed."""
+class Deliveries:
+    """A set of produced messages whose acknowledgements are awaited together.
 
-    __slots__ = (
-        "_lock",
-        "_sealed",
-        "_settled",
-        "_total",
-        "batch",
-        "dead_lettered",
-        "done",
-        "expected",
-        "failures",
-        "started",
-    )
+    ``expect`` counts each message as it is produced, with ``on_delivery`` as its callback (it
+    runs on the producer's poll thread); after ``seal`` the last acknowledgement sets ``done``.
+    ``raise_on_failure`` then books the producer metrics and raises the first failure. One
+    callback and a counter, not a future per message (a future costs a lock and a condition).
+    """
 
-    def __init__(self, batch: list[Message], started: float) -> None:
-        self.batch = batch
-        self.started = started
+    __slots__ = ("_lock", "_sealed", "_settled", "_total", "done", "expected", "failures")
+
+    def __init__(self) -> None:
         self.expected: dict[str, int] = {}
         self.failures: list[tuple[str, KafkaError]] = []
-        #: Messages of the batch sent to a dead-letter topic, by reason.
-        self.dead_lettered: dict[str, int] = {}
         self.done = threading.Event()
         self._total = 0
         self._settled = 0
@@ -276,7 +265,7 @@ class _InFlight:
         self._lock = threading.Lock()
 
     def expect(self, topic: str) -> None:
-        """Count one output about to be produced (the loop's thread, before ``seal``)."""
+        """Count one output about to be produced (the producing thread, before ``seal``)."""
         self.expected[topic] = self.expected.get(topic, 0) + 1
         self._total += 1
 
@@ -289,13 +278,14 @@ class _InFlight:
                 self.done.set()
 
     def seal(self) -> None:
-        """Every output is produced: from now on the last acknowledgement completes the batch."""
+        """Every output is produced: from now on the last acknowledgement completes the set."""
         with self._lock:
             self._sealed = True
             if self._settled == self._total:
                 self.done.set()
 
     def raise_on_failure(self) -> None:
+        """Book what was produced and what failed, per topic; raise the first failure."""
         failed: dict[str, int] = {}
         for topic, _ in self.failures:
             failed[topic] = failed.get(topic, 0) + 1
@@ -306,6 +296,19 @@ class _InFlight:
         if self.failures:
             _, err = self.failures[0]
             raise DeliveryError(err)
+
+
+class _InFlight(Deliveries):
+    """One handled batch whose outputs are on their way."""
+
+    __slots__ = ("batch", "dead_lettered", "started")
+
+    def __init__(self, batch: list[Message], started: float) -> None:
+        super().__init__()
+        self.batch = batch
+        self.started = started
+        #: Messages of the batch sent to a dead-letter topic, by reason.
+        self.dead_lettered: dict[str, int] = {}
 
 
 @dataclass

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError
 from faust import Stream
 from faust.types import EventT
 
@@ -87,56 +85,33 @@ class Publisher(Protocol):
 
 
 class KafkaPublisher:
-    """The kit's idempotent producer (acks=all) behind the Publisher protocol.
-
-    Deliveries are tracked per flush with one callback and a counter, not a future per message
-    (a future costs a lock and a condition, per vector); the kit's producer metrics are kept.
-    """
+    """The kit's idempotent producer (acks=all) behind the Publisher protocol: the outputs sent
+    since the last flush are one ``kafka.Deliveries``, settled by the flush."""
 
     def __init__(self, producer: kafka.KafkaProducer, *, timeout_s: float = 120.0) -> None:
         self.producer = producer
         self._timeout_s = timeout_s
-        self._settled = threading.Condition()
-        self._pending = 0
-        self._failures: list[KafkaError] = []
-        self._acked: Counter[str] = Counter()
-
-    def _on_delivery(self, err: KafkaError | None, message: Message) -> None:
-        # On the producer's poll thread, or the flushing one.
-        topic = message.topic() or ""
-        with self._settled:
-            if err is not None:
-                kafka.DELIVERY_FAILURES.labels(topic).inc()
-                self._failures.append(err)
-            else:
-                self._acked[topic] += 1
-            self._pending -= 1
-            if not self._pending:
-                self._settled.notify_all()
+        self._deliveries = kafka.Deliveries()
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
-        with self._settled:
-            self._pending += 1
-        self.producer.produce(topic, value, key, headers, self._on_delivery)
+        self._deliveries.expect(topic)
+        self.producer.produce(topic, value, key, headers, self._deliveries.on_delivery)
 
-    def _flush(self) -> None:
+    def _settle(self, deliveries: kafka.Deliveries) -> None:
+        deliveries.seal()
         self.producer.flush(self._timeout_s)  # raises DeliveryError if messages are still queued
-        with self._settled:
-            # flush() returns once librdkafka has handed every report over; its callback may
-            # still be running on the poll thread.
-            if not self._settled.wait_for(lambda: not self._pending, timeout=self._timeout_s):
-                raise kafka.DeliveryError(KafkaError(KafkaError._TIMED_OUT, f"{self._pending} unsettled"))
-            failures, self._failures = self._failures, []
-            acked, self._acked = self._acked, Counter()
-        for topic, count in acked.items():
-            kafka.PRODUCED.labels(topic).inc(count)
-        if failures:
-            raise kafka.DeliveryError(failures[0])
+        # flush() returns once librdkafka has handed every report over; its callback may still
+        # be running on the poll thread.
+        if not deliveries.done.wait(self._timeout_s):
+            raise kafka.DeliveryError(KafkaError(KafkaError._TIMED_OUT, "outputs left unacknowledged"))
+        deliveries.raise_on_failure()
 
     async def flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._flush)
+        # Swapped on the thread that sends: a send after this belongs to the next flush.
+        deliveries, self._deliveries = self._deliveries, kafka.Deliveries()
+        await asyncio.get_running_loop().run_in_executor(None, self._settle, deliveries)
 
 
 class TransactionsAgent:
