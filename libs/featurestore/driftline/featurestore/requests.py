@@ -298,10 +298,13 @@ class AsyncRequests:
                 pipe = self._pipe = await self._endpoint.connect()
             return pipe
 
-    async def _dropped(self, _error: Exception) -> None:
-        pipe = self._pipe
-        if pipe is not None and not pipe.closed:
-            pipe.close()
+    @staticmethod
+    async def _dropped(_error: Exception) -> None:
+        # Nothing to close: a connection that failed its requests has closed itself, and an error
+        # reply redis-py counts as a connection error (LOADING, too many clients) leaves a working
+        # one. Closing "the current" connection here could close a new one that another request's
+        # retry just opened, failing its requests in turn.
+        return None
 
     async def close(self) -> None:
         """Close the connection."""

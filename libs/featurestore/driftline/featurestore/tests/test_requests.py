@@ -225,6 +225,18 @@ async def test_a_dropped_connection_is_replaced_and_the_request_retried(fake_red
     await requests.close()
 
 
+async def test_requests_in_flight_when_the_connection_drops_all_succeed_on_one_new_connection(
+    fake_redis: FakeRedis,
+) -> None:
+    requests = async_requests(port_of(fake_redis))
+    assert await requests.send(pack("GET", "warm")) == [b"warm"]
+    fake_redis.drop_next = 1
+    replies = await asyncio.gather(*(requests.send(pack("GET", f"k{i}")) for i in range(20)))
+    assert replies == [[f"k{i}".encode()] for i in range(20)]
+    assert fake_redis.connections == 2
+    await requests.close()
+
+
 async def test_a_request_left_unanswered_times_out_and_the_next_one_reconnects(fake_redis: FakeRedis) -> None:
     requests = async_requests(port_of(fake_redis), retries=0, timeout=0.2)
     with pytest.raises(redis.TimeoutError):
