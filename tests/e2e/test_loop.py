@@ -30,13 +30,15 @@ def _promql_helpers():
 
 @pytest.fixture
 def isolated_state(tmp_path, monkeypatch):
-    """Fresh registry, offline store and trainer state for this run (the broker and Redis are shared)."""
+    """Fresh registry, offline store, trainer state and online-store keys for this run (the broker
+    and Redis are shared; the demo moves the services' consumer groups past earlier runs' data)."""
     env = {
         "DRIFTLINE_REGISTRY_DATA_DIR": str(tmp_path / "registry"),
         "DRIFTLINE_FEATURES_OFFLINE_ROOT": str(tmp_path / "offline"),
         "DRIFTLINE_FEATURES_DATA_DIR": str(tmp_path / "faust"),
         "DRIFTLINE_TRAINER_OFFLINE_STORE_DIR": str(tmp_path / "offline"),
         "DRIFTLINE_TRAINER_DATA_DIR": str(tmp_path / "trainer"),
+        "DRIFTLINE_FEATURES_KEY_PREFIX": f"dl:e2e-{tmp_path.name}:fs",
         "DRIFTLINE_LOG_FORMAT": "json",
     }
     for key, value in env.items():

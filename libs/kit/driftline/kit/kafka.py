@@ -608,3 +608,38 @@ def header(message: Message, name: str) -> bytes | None:
         if key == name:
             found = value
     return found
+
+
+def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:
+    """Move a consumer group to the end of every topic it has committed offsets on (all of each
+    topic's partitions), so that it next consumes only what is produced from now on (what
+    ``kafka-consumer-groups --reset-offsets --to-latest`` does). Returns how many partitions moved;
+    a group with no committed offsets is left to its ``auto.offset.reset``.
+
+    The group must have no active member (the broker refuses otherwise: ``KafkaException``).
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    request = [ConsumerGroupTopicPartitions(group)]
+    listed = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)[group].result(
+        timeout=timeout_s
+    )
+    topics = sorted({tp.topic for tp in listed.topic_partitions or [] if tp.offset >= 0})
+    if not topics:
+        return 0
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    partitions = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+    moved = [
+        TopicPartition(tp.topic, tp.partition, f.result(timeout=timeout_s).offset) for tp, f in ends.items()
+    ]
+    altered = admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, moved)], request_timeout=timeout_s
+    )
+    refused = [tp for tp in altered[group].result(timeout=timeout_s).topic_partitions or [] if tp.error]
+    if refused:  # per partition, e.g. while the group has members
+        raise KafkaException(refused[0].error)
+    log.info("consumer_group_skipped_to_end", group=group, topics=topics, partitions=len(moved))
+    return len(moved)

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import structlog
+from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from driftline.kit.kafka import skip_to_end
 from driftline.kit.topics import ensure_topics
 from driftline.services.demo.config import Settings
 from driftline.services.demo.observer import Observer, Stats
@@ -25,13 +27,47 @@ from driftline.services.demo.view import render
 
 log = structlog.get_logger(__name__)
 
+
+def _ingestion_groups() -> list[str]:
+    from driftline.services.ingestion.config import Settings as IngestionSettings
+
+    return [IngestionSettings().group_id]
+
+
+def _features_groups() -> list[str]:
+    from driftline.services.features.config import Settings as FeaturesSettings
+
+    return [FeaturesSettings().app_id]  # faust's consumer group is its app id
+
+
+def _trainer_groups() -> list[str]:
+    from driftline.services.trainer.config import Settings as TrainerSettings
+
+    trainer = TrainerSettings()
+    return [trainer.consumer_group, trainer.labels_group]
+
+
+def _drift_groups() -> list[str]:
+    from driftline.services.drift.config import Settings as DriftSettings
+
+    return [DriftSettings().group_id]
+
+
 #: Start order: the registry first (the first champion is registered into it); the streaming
 #: half next, warmed up with past traffic; then what watches live traffic and serves it, so
 #: that drift detection compares live steady-state features with the model's reference.
 REGISTRY = ServiceSpec("registry", 9103, grpc_address="127.0.0.1:50051")
-STREAMING = (ServiceSpec("ingestion", 9101), ServiceSpec("features", 9102))
-SERVING = (ServiceSpec("trainer", 9106), ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"))
-DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"})
+STREAMING = (
+    ServiceSpec("ingestion", 9101, consumer_groups=_ingestion_groups),
+    ServiceSpec("features", 9102, consumer_groups=_features_groups),
+)
+# Inference's model-event consumer has a group of its own per instance, pinned to the end.
+SERVING = (
+    ServiceSpec("trainer", 9106, consumer_groups=_trainer_groups),
+    ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"),
+)
+# Started after the warm-up, at the end of its topics: it watches live traffic only.
+DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"}, consumer_groups=_drift_groups)
 
 
 def _driftline(*args: str) -> list[str]:
@@ -53,9 +89,12 @@ class Demo:
         self._observer: Observer | None = None
 
     def _use_fresh_state(self) -> None:
-        """Give this run its own registry, offline store and trainer state (unless the caller
-        chose them), so every run starts from a first champion; the broker and Redis are shared."""
-        state = (self.settings.run_dir / "demo" / time.strftime("%Y%m%dT%H%M%S")).resolve()
+        """Give this run its own registry, offline store, trainer state and online-store keys
+        (unless the caller chose them), so every run starts from a first champion and empty
+        feature windows. The broker is shared: each service's consumer groups skip what earlier
+        runs left in the topics when it starts (``_start``)."""
+        run = time.strftime("%Y%m%dT%H%M%S")
+        state = (self.settings.run_dir / "demo" / run).resolve()
         for key, sub in (
             ("DRIFTLINE_REGISTRY_DATA_DIR", "registry"),
             ("DRIFTLINE_FEATURES_OFFLINE_ROOT", "offline"),
@@ -64,6 +103,8 @@ class Demo:
             ("DRIFTLINE_FEATURES_DATA_DIR", "faust"),
         ):
             os.environ.setdefault(key, str(state / sub))
+        # An earlier run's windows would count its events into this run's first features.
+        os.environ.setdefault("DRIFTLINE_FEATURES_KEY_PREFIX", f"dl:demo-{run}:fs")
 
     def phase(self) -> str:
         t = self.stats.timeline
@@ -87,6 +128,12 @@ class Demo:
 
     def _start(self, spec: ServiceSpec) -> None:
         self.console.print(f"starting [bold]{spec.name}[/bold]")
+        for group in spec.consumer_groups():
+            # What an earlier run left in the topics is not this run's traffic.
+            try:
+                skip_to_end(self.settings.kafka.bootstrap_servers, group)
+            except KafkaException as err:  # a member still runs: it resumes where it was
+                log.warning("consumer_group_not_skipped", group=group, error=str(err))
         self.supervisor.start(spec)
         self.supervisor.wait_ready(spec)
 

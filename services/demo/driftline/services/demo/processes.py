@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,9 @@ class ServiceSpec:
     metrics_port: int
     grpc_address: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    #: The consumer groups it commits offsets under, read from its own settings when asked (the
+    #: environment may name them).
+    consumer_groups: Callable[[], list[str]] = field(default=list)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", f"driftline.services.{self.name}"]

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseSettings, Field
 
+from driftline.featurestore.online import DEFAULT_KEY_PREFIX
 from driftline.kit.runtime import GEN0_THRESHOLD
 from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings, RedisSettings
 
@@ -26,7 +27,10 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(
         "", description="Prefix of every topic name (tests run on namespaced copies of the topics)."
     )
-    key_prefix: str = Field("dl:fs", description="Prefix of the Redis keys of the online store and state.")
+    key_prefix: str = Field(
+        DEFAULT_KEY_PREFIX,
+        description="Prefix of the Redis keys of the online store and state (inference reads it too).",
+    )
     key_ttl_s: float = Field(
         86_400.0,
         description="Redis expiry of an entity's keys after its last write (garbage collection only).",

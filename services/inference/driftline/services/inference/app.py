@@ -200,7 +200,9 @@ async def serve(settings: Settings) -> None:
     from driftline.services.inference.registry_source import RegistryModelSource
 
     feature_set = feature_set_by_key(settings.feature_set)
-    store = AsyncOnlineStore.from_settings(settings.redis, feature_set)
+    store = AsyncOnlineStore.from_settings(
+        settings.redis, feature_set, key_prefix=settings.online_store_key_prefix
+    )
     producer = prediction_log_producer(settings)
     client = RegistryClient(settings.registry_address, settings.registry_token or None)
     source = RegistryModelSource(client, asyncio.get_running_loop())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseSettings, Field, root_validator
 
+from driftline.featurestore.online import DEFAULT_KEY_PREFIX
 from driftline.featurestore.vectors import StalenessPolicy
 from driftline.kit.settings import (
     GrpcServerSettings,
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
     )
     model_events_group_prefix: str = Field(
         "inference", description="Prefix of this instance's own consumer group (a unique suffix is added)."
+    )
+    online_store_key_prefix: str = Field(
+        DEFAULT_KEY_PREFIX,
+        env="DRIFTLINE_FEATURES_KEY_PREFIX",
+        description="Prefix of the online store's Redis keys. The features service's variable, read "
+        "here too: the writer and the reader of the store cannot disagree.",
     )
 
     class Config:
