@@ -130,7 +130,8 @@ class FeaturesApp:
         if self.offline is not None:
             # Rows still pending after failed writes get one last try; un-acked events replay anyway.
             self.sink.flush()
-        await self.redis.aclose()  # type: ignore[attr-defined]
+        await self.state.close()
+        await self.online.close()  # and the Redis client it shares with the state
         self.producer.close()
         log.info("features_stopped", batches=self.transactions.batches)
 

@@ -20,7 +20,12 @@ import redis.asyncio as aioredis
 from driftline.featurestore.aggregation import Profile
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import Event, decode_events, encode_event
-from driftline.featurestore.online import GUARDED_WRITE_LUA, AsyncOnlineStore, FeatureWrite
+from driftline.featurestore.online import (
+    DEFAULT_KEY_PREFIX,
+    GUARDED_WRITE_LUA,
+    AsyncOnlineStore,
+    FeatureWrite,
+)
 from driftline.featurestore.requests import AsyncRequests, pack
 
 
@@ -94,14 +99,17 @@ class RedisState:
         online: AsyncOnlineStore,
         feature_set: FeatureSet,
         *,
-        key_prefix: str = "dl:fs",
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         key_ttl_s: float = 86_400.0,
     ) -> None:
-        self._client = client
         self._online = online
         self._prefix = f"{key_prefix}:state:{feature_set.name}:v{feature_set.version}:"
         self._expire_ms = str(int(key_ttl_s * 1000))
         self._requests = AsyncRequests(client)
+
+    async def close(self) -> None:
+        """Close the state's own Redis connection (the client stays the caller's)."""
+        await self._requests.close()
 
     def events_key(self, entity_id: str) -> str:
         return f"{self._prefix}{entity_id}:events"
@@ -110,14 +118,17 @@ class RedisState:
         return f"{self._prefix}{entity_id}:profile"
 
     async def load(self, entity_ids: Sequence[str]) -> dict[str, EntityState]:
-        """Every entity's buffered events and profile, in one round trip."""
+        """Every entity's buffered events and profile, in one round trip (packed requests: a
+        redis-py pipeline spends ~10 µs of CPU on each of the two replies per entity)."""
         if not entity_ids:
             return {}
-        async with self._client.pipeline(transaction=False) as pipe:
-            for entity_id in entity_ids:
-                pipe.zrange(self.events_key(entity_id), 0, -1)
-                pipe.get(self.profile_key(entity_id))
-            replies = await pipe.execute()
+        request = b"".join(
+            [
+                pack(b"ZRANGE", self.events_key(entity_id), 0, -1) + pack(b"GET", self.profile_key(entity_id))
+                for entity_id in entity_ids
+            ]
+        )
+        replies = await self._requests.send(request, 2 * len(entity_ids))
         states = {}
         for i, entity_id in enumerate(entity_ids):
             members, profile = replies[2 * i], replies[2 * i + 1]
