@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_categories: int = Field(
         10, description="Integer-valued features with at most this many distinct values are categorical."
     )
+    unwatched_features: list[str] | None = Field(
+        None,
+        description=(
+            "Features no detector tests. Unset: the model's feature-set features computed over "
+            "tumbling windows, whose values restart at every window boundary and so differ from "
+            "the reference in any few seconds of stationary traffic; [] tests every feature."
+        ),
+    )
 
     # -- windowed tests (KS / chi-square)
     window_size: int = Field(500, description="Rows in the sliding window of the KS / chi-square tests.")
@@ -145,6 +153,7 @@ class Settings(BaseSettings):
             ),
             categorical=frozenset(self.categorical_features),
             max_categories=self.max_categories,
+            unwatched=None if self.unwatched_features is None else frozenset(self.unwatched_features),
             online_features=self.online_features,
         )
 

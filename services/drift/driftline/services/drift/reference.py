@@ -103,6 +103,7 @@ def reference_from_version(
         scores=scores,
         decision_threshold=decision_threshold(version.params, default_threshold),
         feature_set=version.feature_set,
+        feature_set_version=int(version.feature_set_version),
     )
 
 

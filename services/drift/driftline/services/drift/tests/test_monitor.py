@@ -17,6 +17,7 @@ from driftline.services.drift.monitor import (
     MonitorConfig,
     Reference,
     reference_from_arrays,
+    restarting_features,
 )
 
 POLICY = HysteresisPolicy(enter_after=2, exit_after=2, cooldown_s=60)
@@ -148,3 +149,88 @@ def test_nan_and_constant_feature_streams_end_in_insufficient_data_reports() -> 
     statuses = {(r.detector, r.status) for r in nan_reports + constant_reports}
     assert {s for _, s in statuses} == {Status.INSUFFICIENT_DATA}
     assert {d for d, _ in statuses} == {"window", "cvm-online", "fet-online"}
+
+
+def _transactions_reference(rows: np.ndarray) -> Reference:
+    from driftline.featurestore.definitions import TRANSACTION_FEATURES
+
+    return reference_from_arrays(
+        "fraud",
+        1,
+        TRANSACTION_FEATURES.feature_names,
+        rows,
+        feature_set=TRANSACTION_FEATURES.name,
+        feature_set_version=TRANSACTION_FEATURES.version,
+    )
+
+
+def test_features_over_tumbling_windows_are_left_out_by_default() -> None:
+    from driftline.featurestore.definitions import TRANSACTION_FEATURES
+
+    assert restarting_features(TRANSACTION_FEATURES.name, TRANSACTION_FEATURES.version) == {"amount_sum_1m"}
+    assert restarting_features("unknown", 1) == frozenset()
+    factory = ScriptedFactory()
+    monitor = DriftMonitor(CONFIG, factory)
+    names = TRANSACTION_FEATURES.feature_names
+    monitor.load(_transactions_reference(np.random.default_rng(0).random((50, len(names)))))
+    kept = [n for n in names if n != "amount_sum_1m"]
+    assert monitor.feature_names == tuple(kept)
+    _, reference, specs = factory.builds[0]
+    assert [s.name for s in specs] == kept
+    assert reference.shape == (50, len(kept))
+    # Rows are built from the kept columns: the left-out feature never reaches a detector.
+    row = monitor.feature_row({"amount_sum_1m": 1e9, "amount": 2.0})
+    assert row.shape == (len(kept),)
+    assert row[kept.index("amount")] == 2.0
+    assert 1e9 not in row
+
+
+def test_the_left_out_features_can_be_named_or_none() -> None:
+    from driftline.featurestore.definitions import TRANSACTION_FEATURES
+
+    names = TRANSACTION_FEATURES.feature_names
+    rows = np.random.default_rng(0).random((50, len(names)))
+    everything = DriftMonitor(MonitorConfig(unwatched=frozenset()), ScriptedFactory())
+    everything.load(_transactions_reference(rows))
+    assert everything.feature_names == tuple(names)
+    named = DriftMonitor(MonitorConfig(unwatched=frozenset({"amount", "is_foreign"})), ScriptedFactory())
+    named.load(_transactions_reference(rows))
+    assert "amount" not in named.feature_names
+    assert "is_foreign" not in named.feature_names
+    assert "amount_sum_1m" in named.feature_names
+
+
+def test_a_restarting_feature_fails_windowed_tests_on_stationary_traffic_unless_left_out() -> None:
+    """Why the default exists, on the real window test: a value that climbs through every aligned
+    minute, sampled a few seconds at a time, against a reference spread over whole minutes."""
+    rng = np.random.default_rng(7)
+
+    def columns(times: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "steady": rng.normal(size=times.size),
+            "sum_1m": (times % 60.0) * rng.lognormal(0.0, 0.3, times.size),  # grows through each minute
+        }
+
+    reference_columns = columns(rng.uniform(0, 3600, 2000))
+    reference = reference_from_arrays(
+        "fraud", 1, list(reference_columns), np.column_stack(list(reference_columns.values()))
+    )
+    times = np.arange(0, 600, 0.1)  # ten minutes of stationary traffic at 10 rows/s
+    live = columns(times)
+    every_drifted_window = HysteresisPolicy(enter_after=1, exit_after=1, cooldown_s=0)
+
+    def drift_reports(unwatched: frozenset[str]) -> int:
+        config = MonitorConfig(
+            window=WindowConfig(size=200, step=100, p_value=0.001),
+            window_policy=every_drifted_window,
+            online_features=False,
+            watch_predictions=False,
+            unwatched=unwatched,
+        )
+        monitor = DriftMonitor(config, AlibiDetectorFactory())
+        monitor.load(reference)
+        rows = np.column_stack([live[name] for name in monitor.feature_names])
+        return sum(r.status is Status.DRIFT for r in monitor.observe_features(rows, times))
+
+    assert drift_reports(frozenset()) > 10
+    assert drift_reports(frozenset({"sum_1m"})) == 0
