@@ -28,46 +28,21 @@ from driftline.services.demo.view import render
 log = structlog.get_logger(__name__)
 
 
-def _ingestion_groups() -> list[str]:
-    from driftline.services.ingestion.config import Settings as IngestionSettings
-
-    return [IngestionSettings().group_id]
-
-
-def _features_groups() -> list[str]:
-    from driftline.services.features.config import Settings as FeaturesSettings
-
-    return [FeaturesSettings().app_id]  # faust's consumer group is its app id
-
-
-def _trainer_groups() -> list[str]:
-    from driftline.services.trainer.config import Settings as TrainerSettings
-
-    trainer = TrainerSettings()
-    return [trainer.consumer_group, trainer.labels_group]
-
-
-def _drift_groups() -> list[str]:
-    from driftline.services.drift.config import Settings as DriftSettings
-
-    return [DriftSettings().group_id]
-
-
 #: Start order: the registry first (the first champion is registered into it); the streaming
 #: half next, warmed up with past traffic; then what watches live traffic and serves it, so
 #: that drift detection compares live steady-state features with the model's reference.
 REGISTRY = ServiceSpec("registry", 9103, grpc_address="127.0.0.1:50051")
 STREAMING = (
-    ServiceSpec("ingestion", 9101, consumer_groups=_ingestion_groups),
-    ServiceSpec("features", 9102, consumer_groups=_features_groups),
+    ServiceSpec("ingestion", 9101, consumes=True),
+    ServiceSpec("features", 9102, consumes=True),
 )
 # Inference's model-event consumer has a group of its own per instance, pinned to the end.
 SERVING = (
-    ServiceSpec("trainer", 9106, consumer_groups=_trainer_groups),
+    ServiceSpec("trainer", 9106, consumes=True),
     ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"),
 )
 # Started after the warm-up, at the end of its topics: it watches live traffic only.
-DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"}, consumer_groups=_drift_groups)
+DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"}, consumes=True)
 
 
 def _driftline(*args: str) -> list[str]:

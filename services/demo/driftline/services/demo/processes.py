@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import requests
@@ -17,6 +18,12 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+
+class ConsumerSettings(Protocol):
+    """A service's settings that name the consumer groups it commits offsets under."""
+
+    def consumer_groups(self) -> list[str]: ...
 
 
 @dataclass
@@ -27,12 +34,21 @@ class ServiceSpec:
     metrics_port: int
     grpc_address: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    #: The consumer groups it commits offsets under, read from its own settings when asked (the
-    #: environment may name them).
-    consumer_groups: Callable[[], list[str]] = field(default=list)
+    #: Whether it commits Kafka consumer offsets (its settings then name the groups).
+    consumes: bool = False
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", f"driftline.services.{self.name}"]
+
+    def consumer_groups(self) -> list[str]:
+        """Its consumer groups, as its settings (``driftline.services.<name>.config.Settings``, the
+        skeleton every service shares) name them now: the environment may change them."""
+        if not self.consumes:
+            return []
+        settings: ConsumerSettings = importlib.import_module(
+            f"driftline.services.{self.name}.config"
+        ).Settings()
+        return settings.consumer_groups()
 
 
 class Supervisor:

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     class Config:
         env_prefix = "DRIFTLINE_DRIFT_"
 
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups this service commits offsets under."""
+        return [self.group_id]
+
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
             window=WindowConfig(

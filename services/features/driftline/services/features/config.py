@@ -81,3 +81,7 @@ class Settings(BaseSettings):
     class Config:
         env_prefix = "DRIFTLINE_FEATURES_"
         env_nested_delimiter = "__"
+
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups this service commits offsets under: faust's is its app id."""
+        return [self.app_id]

@@ -39,3 +39,7 @@ class Settings(BaseSettings):
 
     class Config:
         env_prefix = "DRIFTLINE_INGESTION_"
+
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups this service commits offsets under."""
+        return [self.group_id]

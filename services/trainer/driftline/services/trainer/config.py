@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     class Config:
         env_prefix = "DRIFTLINE_TRAINER_"
 
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups this service commits offsets under."""
+        return [self.consumer_group, self.labels_group]
+
     @property
     def labels_dir(self) -> Path:
         return self.data_dir / "labels"
