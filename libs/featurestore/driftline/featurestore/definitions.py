@@ -362,3 +362,11 @@ def feature_set_by_key(key: str) -> FeatureSet:
         if feature_set.key == key:
             return feature_set
     raise LookupError(f"undeclared feature set {key!r}")
+
+
+def declared_feature_set(name: str, version: int) -> FeatureSet | None:
+    """The declared feature set of this name and version (as a model version records them), if any."""
+    for feature_set in FEATURE_SETS:
+        if (feature_set.name, feature_set.version) == (name, version):
+            return feature_set
+    return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import structlog
 
-from driftline.featurestore.definitions import WindowType, feature_set_by_key
+from driftline.featurestore.definitions import WindowType, declared_feature_set
 from driftline.services.drift.detectors import (
     Detector,
     DetectorFactory,
@@ -94,10 +94,8 @@ def restarting_features(feature_set: str, version: int) -> frozenset[str]:
     current aligned minute) rose from a median of ~35 to ~100 across each minute and failed about
     half the windowed tests before any drift. Unknown feature sets have none.
     """
-    key = f"{feature_set}.v{version}"
-    try:
-        declared = feature_set_by_key(key)
-    except LookupError:
+    declared = declared_feature_set(feature_set, version)
+    if declared is None:
         return frozenset()
     return frozenset(
         f.name for f in declared.features if f.window is not None and f.window.type is WindowType.TUMBLING

@@ -79,7 +79,7 @@ def fill(prediction: inference_pb2.Prediction, result: PredictionResult) -> None
     # Timestamp is built once and copied into each: a third less time than a dict per feature.
     add = prediction.features.add
     stamped: float | None = None
-    stamp = Timestamp()
+    stamp: Timestamp | None = None  # set by the first feature with an event time
     for name, value, event_time, age, status in result.features:
         # FeatureStatus uses the proto enum's numbers.
         if event_time is None:
