@@ -11,6 +11,7 @@ help: ## Show this help
 
 .PHONY: setup
 setup: ## Build the Python environment from nothing (installs uv from PyPI if absent)
+	@command -v cargo >/dev/null 2>&1 || { echo "make setup: Rust 1.85+ (cargo) builds ingestion's native fast path; install it with rustup (https://rustup.rs)"; exit 1; }
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@$$(command -v uv || echo "$(UV)") sync --frozen --all-packages --python 3.11
 
@@ -38,10 +39,12 @@ status: ## Show what of the local stack is running
 	@bash deploy/local/stack.sh status
 
 .PHONY: lint
-lint: ## ruff and mypy
+lint: ## ruff, mypy, and rustfmt and clippy for the native crate
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy libs/kit libs/featurestore services
+	@cargo fmt --check --manifest-path services/ingestion/fastgate/Cargo.toml
+	@cargo clippy --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml -- -D warnings
 
 .PHONY: test
 test: setup ## Run every test (unit, contract, integration, e2e) against the real local stack

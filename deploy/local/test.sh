@@ -2,7 +2,7 @@
 # `make test`: start the real local stack, run every test tier against it, stop the stack even
 # when tests fail. Tiers run in order so a broken foundation fails fast:
 #   1. generated code is current (make proto-check) and ruff is clean
-#   2. unit and contract tests (no stack needed)
+#   2. unit and contract tests (no stack needed), and the Rust crate's own tests
 #   3. integration tests (real Kafka, Redis, Prometheus, PostgreSQL)
 #   4. end-to-end tests (the whole loop)
 #   5. tests that restart a shared server (the broker), last so nothing else feels it
@@ -34,6 +34,8 @@ $PY -m ruff check --quiet .
 
 echo "== unit and contract tests"
 "${PYTEST[@]}" -m "not integration and not e2e" -q
+echo "== native unit tests (cargo)"
+cargo test --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml
 
 echo "== starting the local stack (Kafka, Redis, Prometheus, PostgreSQL)"
 if ! bash deploy/local/stack.sh status >/dev/null 2>&1; then

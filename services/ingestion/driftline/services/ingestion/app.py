@@ -21,6 +21,7 @@ from driftline.services.ingestion.contract import Contract
 from driftline.services.ingestion.dedup import RedisDeduplicator
 from driftline.services.ingestion.gate import Gate
 from driftline.services.ingestion.metrics import IngestionMetrics
+from driftline.services.ingestion.native import compile_batch_gate
 from driftline.services.ingestion.quality import QualityWindow
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,7 @@ class IngestionApp:
             RedisDeduplicator(self.redis, ttl_s=settings.dedup_ttl_s, key_prefix=settings.dedup_key_prefix),
             clean_topic,
             self.metrics,
+            batch_gate=compile_batch_gate(self.contract) if settings.native_gate else None,
             clock=clock,
         )
         self._before_commit = before_commit

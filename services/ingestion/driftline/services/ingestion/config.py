@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     dedup_key_prefix: str = Field(
         "driftline:ingestion:dedup:v1:", description="Prefix of the Redis keys that remember event ids."
     )
+    native_gate: bool = Field(
+        True,
+        description="Check canonical JSON events in the native batch fast path (docs/adr/0006); "
+        "false sends every event through the Python gate, which decides the same, more slowly.",
+    )
     quality_window: int = Field(
         10_000, description="How many recent decoded events the per-field data-quality gauges cover."
     )

@@ -1,8 +1,10 @@
 """The Kafka adapter: a ConsumerLoop batch handler around the gate and the de-duplicator.
 
-Per batch: examine every message, claim the valid ones' event ids in one Redis round trip
-(building their clean events while Redis works), then return one outcome per message: the clean
-event (keyed by card id), a dead letter with its reason code, or nothing for a duplicate. The
+Per batch: examine every message, claim the valid ones' event ids in Redis (examining the next
+part of the batch while Redis works), then return one outcome per message: the clean event
+(keyed by card id), a dead letter with its reason code, or nothing for a duplicate. The native
+gate examines each part first and builds the clean events of the canonical valid messages; the
+Python gate decides the rest (docs/adr/0006). The
 accounting is booked in ``on_delivered``, which the loop calls once the outputs are acknowledged
 and before it commits, so every consumed message is counted exactly once as clean,
 dead-lettered or duplicate.
@@ -11,18 +13,19 @@ dead-lettered or duplicate.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import Message
+from driftline_fastgate import BatchGate
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, DeadLetter, Outcome, Output, header
 from driftline.kit.topics import Topic
 from driftline.services.ingestion.dedup import Deduplicator, source_token
-from driftline.services.ingestion.gate import Accepted, Gate, Rejected, Verdict, timestamp, to_clean
+from driftline.services.ingestion.gate import Accepted, Gate, Rejected, timestamp, to_clean
 from driftline.services.ingestion.metrics import IngestionMetrics
 
 log = structlog.get_logger(__name__)
@@ -37,6 +40,12 @@ _BatchKey = tuple[str | None, int | None, int | None, int]
 _CLEAN_HEADERS = [(CONTENT_TYPE, PROTOBUF.encode())]
 #: Messages examined per de-duplication round trip sent (the rest of a batch overlaps with it).
 _CLAIM_PART = 250
+#: A valid message's clean event ready to send, as the native gate returns it: the serialised
+#: ``CleanTransaction``, its key (the card id), its event id and its source coordinates
+#: (``topic/partition/offset``), all bytes.
+_Clean = tuple[bytes, bytes, bytes, bytes]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class IngestionHandler:
@@ -49,12 +58,16 @@ class IngestionHandler:
         clean_topic: Topic,
         metrics: IngestionMetrics,
         *,
+        batch_gate: BatchGate | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._gate = gate
         self._dedup = dedup
         self._clean_topic = clean_topic.name
         self._metrics = metrics
+        #: The native fast path (``native.compile_batch_gate``); None sends every message through
+        #: the Python gate.
+        self._batch_gate = batch_gate
         self._clock = clock
         #: What happened to each message of the handled batches not delivered yet (a retried
         #: batch overwrites its entry; a batch the loop split up has one entry per message).
@@ -63,34 +76,38 @@ class IngestionHandler:
     def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
         now = self._clock()
         ingested_at = timestamp(now)
-        examine = self._gate.examine
-        verdicts: list[Verdict] = []
-        cleans: dict[int, Output] = {}
+        fast = self._fast_path(now, ingested_at)
+        entries: list[_Clean | Rejected] = []
+        fast_accepted = 0
         with self._dedup.claims() as claims:
             # Part by part: Redis decides one part's claims while the next part is examined.
             for start in range(0, len(messages), _CLAIM_PART):
                 part = messages[start : start + _CLAIM_PART]
-                verdicts += [examine(m.value(), header(m, CONTENT_TYPE), now) for m in part]
-                accepted = [i for i in range(start, start + len(part)) if type(verdicts[i]) is Accepted]
-                claims.send(
-                    [cast(Accepted, verdicts[i]).event_id for i in accepted],
-                    [
-                        source_token(m.topic(), m.partition(), m.offset())
-                        for m in map(messages.__getitem__, accepted)
-                    ],
-                )
-                # Every accepted event's clean message (a duplicate's is dropped below).
-                cleans.update(self._clean_outputs(messages, verdicts, accepted, ingested_at))
-            won = dict(zip(cleans, claims.verdicts(), strict=True))
+                examined = fast(part)
+                event_ids: list[bytes] = []
+                sources: list[bytes] = []
+                for i, entry in enumerate(examined):
+                    if entry is None:
+                        entry = examined[i] = self._examine(part[i], now, ingested_at)
+                        if isinstance(entry, Rejected):
+                            continue
+                    else:
+                        fast_accepted += 1
+                    event_ids.append(entry[2])
+                    sources.append(entry[3])
+                claims.send(event_ids, sources)
+                entries += examined
+            won = iter(claims.verdicts())
+        clean_topic = self._clean_topic
         outcomes: list[Outcome] = []
         kinds: list[str] = []
-        for i, verdict in enumerate(verdicts):
-            if type(verdict) is Rejected:
-                reason = verdict.reason.value
-                outcomes.append(DeadLetter(reason, verdict.detail))
+        for entry in entries:
+            if isinstance(entry, Rejected):
+                reason = entry.reason.value
+                outcomes.append(DeadLetter(reason, entry.detail))
                 kinds.append(reason)
-            elif won[i]:
-                outcomes.append([cleans[i]])
+            elif next(won):
+                outcomes.append([Output(clean_topic, entry[0], entry[1], _CLEAN_HEADERS)])
                 kinds.append(CLEAN)
             else:
                 outcomes.append([])
@@ -100,29 +117,47 @@ class IngestionHandler:
             self._pending[(first.topic(), first.partition(), first.offset(), len(messages))] = kinds
         quality = self._gate.quality
         if quality is not None:
+            quality.observe_valid(fast_accepted)  # the Python gate records the events it examines
             self._metrics.set_quality(quality.snapshot(), quality.events)
         return outcomes
 
-    def _clean_outputs(
-        self,
-        messages: Sequence[Message],
-        verdicts: list[Verdict],
-        accepted: list[int],
-        ingested_at: Timestamp,
-    ) -> dict[int, Output]:
-        clean_topic = self._clean_topic
-        cleans: dict[int, Output] = {}
-        for i in accepted:
-            m = messages[i]
-            clean = to_clean(
-                cast(Accepted, verdicts[i]).values,
-                ingested_at=ingested_at,
-                source_topic=cast(str, m.topic()),
-                source_partition=cast(int, m.partition()),
-                source_offset=cast(int, m.offset()),
-            )
-            cleans[i] = Output(clean_topic, clean.SerializeToString(), clean.card_id, _CLEAN_HEADERS)
-        return cleans
+    def _fast_path(self, now: datetime, ingested_at: Timestamp) -> Callable[[Sequence[Message]], list[Any]]:
+        """The native gate with this batch's clocks, or a path that declines every message."""
+        native = self._batch_gate
+        if native is None:
+            return lambda part: [None] * len(part)
+        now_us = (now - _EPOCH) // _MICROSECOND
+        ingested = (ingested_at.seconds, ingested_at.nanos)
+        return lambda part: cast(list[Any], native.examine(part, now_us, ingested))
+
+    def _examine(self, message: Message, now: datetime, ingested_at: Timestamp) -> _Clean | Rejected:
+        """The Python gate's verdict on one message, with its clean event when it is valid."""
+        verdict = self._gate.examine(
+            message.value(),
+            header(message, CONTENT_TYPE),
+            now,
+            canonical_json_declined=self._batch_gate is not None,
+        )
+        if type(verdict) is Rejected:
+            return verdict
+        topic, partition, offset = (
+            cast(str, message.topic()),
+            cast(int, message.partition()),
+            cast(int, message.offset()),
+        )
+        clean = to_clean(
+            cast(Accepted, verdict).values,
+            ingested_at=ingested_at,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+        )
+        return (
+            clean.SerializeToString(),
+            clean.card_id.encode(),
+            clean.event_id.encode(),
+            source_token(topic, partition, offset).encode(),
+        )
 
     def on_delivered(self, batch: Sequence[Message]) -> None:
         """Book the batch's outcomes: called after the broker acknowledged them, before the commit."""

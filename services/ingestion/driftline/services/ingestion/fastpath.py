@@ -68,7 +68,7 @@ def compile_json_fast_path(contract: Contract) -> JsonFastPath:
     # characters, and this payload has no escapes, so a space is the only whitespace there can be.
     trimmed, cased = [], []
     for spec in fields:
-        if spec.type is FieldType.STRING and _enum_values(spec) is None:
+        if spec.type is FieldType.STRING and enum_values(spec) is None:
             trimmed += [spec.name] if "trim" in spec.normalize else []
             cased += [(spec.name, _NORMALIZERS[step]) for step in spec.normalize if step != "trim"]
     # Every pattern (and RFC 3339 for timestamps) in one regex over the values joined with NUL: a
@@ -77,7 +77,7 @@ def compile_json_fast_path(contract: Contract) -> JsonFastPath:
     matched = [
         (spec.name, spec.pattern.pattern if spec.pattern is not None else RFC3339.pattern)
         for spec in fields
-        if spec.type is FieldType.TIMESTAMP or (spec.pattern is not None and _enum_values(spec) is None)
+        if spec.type is FieldType.TIMESTAMP or (spec.pattern is not None and enum_values(spec) is None)
     ]
     matched_names = tuple(name for name, _ in matched)
     all_match = re.compile("\\x00".join(f"(?:{pattern})" for _, pattern in matched)).fullmatch
@@ -133,16 +133,25 @@ def compile_json_fast_path(contract: Contract) -> JsonFastPath:
     return fast
 
 
-def _enum_values(spec: FieldSpec) -> tuple[str, ...] | None:
-    """The enum values the field's other rules accept, when each is already normalised."""
+def enum_values(spec: FieldSpec) -> tuple[str, ...] | None:
+    """The canonical values an enum field accepts (None when it has no enum).
+
+    A canonical value is one its normalisation leaves unchanged; the engine accepts it when it
+    is in the enum and passes the field's other rules. An enum value normalisation would change
+    can never be accepted (the engine compares normalised values), so it is not among them.
+    """
     if spec.enum is None:
         return None
     steps = [_NORMALIZERS[step] for step in spec.normalize]
-    if any(step(value) != value for value in spec.enum for step in steps):
-        return None
     checker = spec.checker()
     now = datetime.now(UTC)
-    return tuple(sorted(value for value in spec.enum if checker(value, now)[1] is None))
+    return tuple(
+        sorted(
+            value
+            for value in spec.enum
+            if all(step(value) == value for step in steps) and checker(value, now)[1] is None
+        )
+    )
 
 
 def _schema_type(spec: FieldSpec) -> Any:
@@ -157,7 +166,7 @@ def _schema_type(spec: FieldSpec) -> Any:
         return Annotated[float, msgspec.Meta(**{k: v for k, v in bounds.items() if v is not None})]
     if spec.type is FieldType.TIMESTAMP:
         return str
-    enum = _enum_values(spec)
+    enum = enum_values(spec)
     if enum is not None:
         return Literal[enum] if enum else Annotated[str, msgspec.Meta(pattern=r"\A(?!)")]
     lengths = {"min_length": spec.min_length, "max_length": spec.max_length}

@@ -96,8 +96,21 @@ class Gate:
         self._fast = compile_fast_path(contract)
         self._fast_json = compile_json_fast_path(contract)
 
-    def examine(self, payload: bytes | None, content_type: str | bytes | None, now: datetime) -> Verdict:
-        """The verdict on one message; ``now`` is the clock the event-time window uses."""
+    def examine(
+        self,
+        payload: bytes | None,
+        content_type: str | bytes | None,
+        now: datetime,
+        *,
+        canonical_json_declined: bool = False,
+    ) -> Verdict:
+        """The verdict on one message; ``now`` is the clock the event-time window uses.
+
+        ``canonical_json_declined``: the native gate, which accepts every valid canonical JSON
+        event, already declined this message. A JSON payload then skips the fast paths, which
+        only accept canonical events too: it is invalid (the common case, where they would be
+        wasted work) or valid but not canonical, which the engine decides.
+        """
         if payload is None or len(payload) == 0:
             return Rejected(Reason.EMPTY_PAYLOAD, "the message has no value")
         if len(payload) > self.contract.max_payload_bytes:
@@ -106,8 +119,10 @@ class Gate:
                 f"{len(payload)} bytes, at most {self.contract.max_payload_bytes}",
             )
         media = media_type(content_type)
+        fast = True
         if media == JSON:
-            values = self._fast_json(payload, now)
+            fast = not canonical_json_declined
+            values = self._fast_json(payload, now) if fast else None
             if values is not None:
                 if self.quality is not None:
                     self.quality.observe(())
@@ -121,7 +136,7 @@ class Gate:
             )
         if isinstance(decoded, Rejected):
             return decoded
-        values = self._fast(decoded, now)
+        values = self._fast(decoded, now) if fast else None
         if values is not None:
             if self.quality is not None:
                 self.quality.observe(())

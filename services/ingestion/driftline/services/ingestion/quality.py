@@ -62,6 +62,17 @@ class QualityWindow:
             self._closed.append(block)
             self._current = _Block(self.fields)
 
+    def observe_valid(self, count: int) -> None:
+        """Record ``count`` events that broke no rule (what ``observe(())`` does, ``count`` times)."""
+        while count > 0:
+            block = self._current
+            taken = min(count, self._block_size - block.events)
+            block.events += taken
+            count -= taken
+            if block.events >= self._block_size:
+                self._closed.append(block)
+                self._current = _Block(self.fields)
+
     @property
     def events(self) -> int:
         """How many events the rates cover."""

@@ -19,6 +19,7 @@ from driftline.services.ingestion.contract import Contract
 from driftline.services.ingestion.dedup import Claim, MemoryDeduplicator, claim
 from driftline.services.ingestion.gate import Gate
 from driftline.services.ingestion.metrics import IngestionMetrics
+from driftline.services.ingestion.native import compile_batch_gate
 from driftline.services.ingestion.quality import QualityWindow
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -43,7 +44,7 @@ def event(event_id: str, **changes: Any) -> bytes:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool) -> None:
         self.registry = CollectorRegistry()
         contract = Contract.load()
         self.quality = QualityWindow(contract.field_names, window=1000)
@@ -53,6 +54,7 @@ class Harness:
             self.dedup,
             CLEAN_TOPIC,
             IngestionMetrics(self.registry),
+            batch_gate=compile_batch_gate(contract) if native else None,
             clock=lambda: NOW,
         )
 
@@ -66,9 +68,10 @@ def messages(values: Sequence[bytes], start: int = 0, partition: int = 0) -> lis
     ]
 
 
-@pytest.fixture
-def harness() -> Harness:
-    return Harness()
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def harness(request: pytest.FixtureRequest) -> Harness:
+    """Every test runs with the native fast path and without it: the outcomes must not differ."""
+    return Harness(native=request.param)
 
 
 def test_a_valid_event_becomes_a_clean_event_keyed_by_card(harness: Harness) -> None:
@@ -77,7 +80,7 @@ def test_a_valid_event_becomes_a_clean_event_keyed_by_card(harness: Harness) -> 
     [output] = outcome
     assert isinstance(output, Output)
     assert output.topic == CLEAN_TOPIC.name
-    assert output.key == "card-7"
+    assert output.key == b"card-7"
     assert (CONTENT_TYPE, PROTOBUF.encode()) in output.headers
     clean = transaction_pb2.CleanTransaction.FromString(output.value)
     assert (clean.event_id, clean.currency, clean.country) == ("ev-1", "EUR", "FR")

@@ -216,3 +216,19 @@ def test_timestamp_matches_protobufs_own_conversion(moment: datetime) -> None:
     expected = Timestamp()
     expected.FromDatetime(moment)
     assert timestamp(moment) == expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # canonical: the fast paths would take it
+        {"currency": "usd", "card_id": " card-000001 "},  # valid, normalised by the engine
+        {"amount": -1},  # invalid
+        {"event_time": "2025-06-02T13:59:00+02:00"},  # invalid: in the future
+    ],
+)
+def test_skipping_the_fast_paths_after_the_native_gate_declined_changes_no_verdict(
+    gate: Gate, changes: dict[str, Any]
+) -> None:
+    payload = _json({**EVENT, "currency": "USD", "country": "US", **changes})
+    assert gate.examine(payload, None, NOW, canonical_json_declined=True) == gate.examine(payload, None, NOW)

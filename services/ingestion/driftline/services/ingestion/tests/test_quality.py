@@ -40,3 +40,16 @@ def test_the_window_slides_and_old_events_fall_out() -> None:
 def test_a_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         QualityWindow(["a"], window=0)
+
+
+@pytest.mark.parametrize("count", [0, 1, 9, 10, 25, 250])
+def test_valid_events_recorded_at_once_count_as_recorded_one_by_one(count: int) -> None:
+    one_by_one, at_once = QualityWindow(["a"], window=100), QualityWindow(["a"], window=100)
+    for window in (one_by_one, at_once):
+        for _ in range(7):
+            window.observe([Violation("a", Reason.MISSING_FIELD, "")])
+    for _ in range(count):
+        one_by_one.observe([])
+    at_once.observe_valid(count)
+    assert at_once.events == one_by_one.events
+    assert at_once.snapshot() == one_by_one.snapshot()
