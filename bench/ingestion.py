@@ -13,7 +13,6 @@ first committed batch to the last, so consumer-group joins do not count.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import threading
 import time
@@ -30,6 +29,7 @@ from rich.table import Table
 
 from driftline.kit.kafka import ConsumerHooks, ConsumerLoop, KafkaProducer, Output
 from driftline.kit.logging import configure_logging
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.runtime import tune_gc
 from driftline.kit.settings import KafkaSettings, LogSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
@@ -203,15 +203,11 @@ def main() -> None:
             with console.status(f"round {round_ + 1}: ConsumerLoop pass-through"):
                 passthrough_rates.append(passthrough(kafka, raw, bare_sink.name, args.events))
             # Every round de-duplicates from scratch, like the first time these events are seen.
-            keys = client.scan_iter(match=f"{prefix}*", count=5000)
-            while batch := list(itertools.islice(keys, 5000)):
-                client.unlink(*batch)
+            delete_keys(client, prefix)
             with console.status(f"round {round_ + 1}: ingestion"):
                 ingestion_rates.append(ingestion(settings, raw, clean, args.events))
     finally:
-        keys = client.scan_iter(match=f"{prefix}*", count=5000)
-        while batch := list(itertools.islice(keys, 5000)):
-            client.unlink(*batch)
+        delete_keys(client, prefix)
         client.close()
         delete_topics(kafka, topics)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +15,7 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import FEEDBACK, TRANSACTIONS_CLEAN, TRANSACTIONS_RAW, Topic
@@ -120,9 +120,7 @@ def ingestion_env(
     try:
         yield Env(prefix, kafka, settings, raw, clean, feedback, client)
     finally:
-        keys = client.scan_iter(match=f"{prefix}*", count=5000)
-        while batch := list(itertools.islice(keys, 5000)):
-            client.unlink(*batch)
+        delete_keys(client, prefix)
         client.close()
         delete_topics(kafka, [raw, clean, feedback])
 

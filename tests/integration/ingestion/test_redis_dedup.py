@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import RedisSettings
 from driftline.kit.testing import unique_prefix
 from driftline.services.ingestion.dedup import RedisDeduplicator
@@ -22,9 +22,7 @@ def client(redis_settings: RedisSettings) -> Iterator[tuple[redis.Redis, str]]:
     try:
         yield client, prefix
     finally:
-        keys = client.scan_iter(match=f"{prefix}*", count=1000)
-        while batch := list(itertools.islice(keys, 1000)):
-            client.unlink(*batch)
+        delete_keys(client, prefix)
         client.close()
 
 

@@ -11,6 +11,8 @@ platform's writes are guarded (``SET NX``, event-time-guarded Lua), so a retried
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 import redis
@@ -47,3 +49,16 @@ def async_redis_client(settings: RedisSettings, **options: Any) -> aioredis.Redi
         retry=AsyncRetry(_backoff(settings), settings.retries),
         **options,
     )
+
+
+def delete_keys(client: redis.Redis, prefix: str | bytes, *, chunk: int = 5000) -> int:
+    """Delete every key that starts with ``prefix`` (SCAN, then UNLINK in chunks); returns how
+    many. For cleaning up what one run or one test wrote under a prefix of its own; glob
+    characters in the prefix are matched literally."""
+    raw = prefix.encode() if isinstance(prefix, str) else prefix
+    pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", raw) + b"*"
+    deleted = 0
+    keys = client.scan_iter(match=pattern, count=chunk)
+    while batch := list(itertools.islice(keys, chunk)):
+        deleted += int(client.unlink(*batch))
+    return deleted

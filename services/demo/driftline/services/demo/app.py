@@ -12,11 +12,13 @@ from pathlib import Path
 
 import structlog
 from confluent_kafka import KafkaException
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from driftline.kit.kafka import skip_to_end
+from driftline.kit.redis_clients import delete_keys, redis_client
 from driftline.kit.topics import ensure_topics
 from driftline.services.demo.config import Settings
 from driftline.services.demo.observer import Observer, Stats
@@ -78,8 +80,12 @@ class Demo:
             ("DRIFTLINE_FEATURES_DATA_DIR", "faust"),
         ):
             os.environ.setdefault(key, str(state / sub))
-        # An earlier run's windows would count its events into this run's first features.
-        os.environ.setdefault("DRIFTLINE_FEATURES_KEY_PREFIX", f"dl:demo-{run}:fs")
+        # An earlier run's windows would count its events into this run's first features, and
+        # its de-duplication claims would outlive it by a day: this run's keys live under a
+        # prefix of its own, deleted when the demo stops (``stop``).
+        self._run_keys = f"dl:demo-{run}:"
+        os.environ.setdefault("DRIFTLINE_FEATURES_KEY_PREFIX", f"{self._run_keys}fs")
+        os.environ.setdefault("DRIFTLINE_INGESTION_DEDUP_KEY_PREFIX", f"{self._run_keys}dedup:")
 
     def phase(self) -> str:
         t = self.stats.timeline
@@ -228,6 +234,19 @@ class Demo:
         if self._observer is not None:
             self._observer.stop()
         self.supervisor.stop_all()
+        self._delete_run_keys()
+
+    def _delete_run_keys(self) -> None:
+        """Delete the Redis keys this run wrote under its own prefix (online features and
+        de-duplication claims): repeated runs must not fill Redis up to its memory limit."""
+        client = redis_client(self.settings.redis)
+        try:
+            deleted = delete_keys(client, self._run_keys)
+            log.info("demo_keys_deleted", prefix=self._run_keys, keys=deleted)
+        except RedisError as err:
+            log.warning("demo_keys_not_deleted", prefix=self._run_keys, error=str(err))
+        finally:
+            client.close()
 
 
 def _delta(start: float | None, end: float | None) -> float | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseSettings, Field
 
-from driftline.kit.settings import KafkaSettings
+from driftline.kit.settings import KafkaSettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     out_dir: Path = Field(Path("out/demo"), description="Where the report (HTML + PNG) is written.")
     live: bool = Field(True, description="Show the live terminal view (off in tests).")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(
+        default_factory=RedisSettings, description="Redis, where the run's keys are deleted when it stops."
+    )
     log_level: str = Field(
         "WARNING", description="The demo's own log level (its console belongs to the live view)."
     )

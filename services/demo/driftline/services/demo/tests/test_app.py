@@ -80,3 +80,37 @@ def test_each_run_writes_and_reads_online_features_under_keys_of_its_own(demo, e
     prefix = environ["DRIFTLINE_FEATURES_KEY_PREFIX"]
     assert prefix.startswith("dl:demo-")
     assert FeaturesSettings().key_prefix == InferenceSettings().online_store_key_prefix == prefix
+
+
+def test_each_run_claims_event_ids_under_keys_of_its_own(demo, environ):
+    from driftline.services.ingestion.config import Settings as IngestionSettings
+
+    demo, _ = demo
+    dedup = IngestionSettings().dedup_key_prefix
+    assert dedup == environ["DRIFTLINE_INGESTION_DEDUP_KEY_PREFIX"]
+    assert dedup.startswith(demo._run_keys)
+    assert environ["DRIFTLINE_FEATURES_KEY_PREFIX"].startswith(demo._run_keys)
+
+
+def test_stopping_deletes_the_keys_of_this_run_only(demo, monkeypatch):
+    demo, calls = demo
+    demo.supervisor.stop_all = lambda: calls.append("stop all")  # type: ignore[attr-defined]
+    deleted: list[str] = []
+    monkeypatch.setattr(app, "delete_keys", lambda client, prefix: deleted.append(prefix) or 3)
+    demo.stop()
+    assert calls == ["stop all"]
+    assert deleted == [demo._run_keys]
+
+
+def test_a_redis_that_cannot_be_reached_does_not_fail_the_stop(demo, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    demo, calls = demo
+    demo.supervisor.stop_all = lambda: calls.append("stop all")  # type: ignore[attr-defined]
+
+    def unreachable(client, prefix):
+        raise RedisConnectionError("refused")
+
+    monkeypatch.setattr(app, "delete_keys", unreachable)
+    demo.stop()
+    assert calls == ["stop all"]
