@@ -19,8 +19,9 @@ class BatchGate:
     ) -> None: ...
     def examine(
         self, messages: Iterable[Any], now_us: int, ingested_at: tuple[int, int]
-    ) -> list[tuple[bytes, bytes, bytes, bytes] | None]:
-        """Per message: (clean event, key, event id, source) when accepted, else None."""
+    ) -> tuple[list[tuple[bytes, bytes] | None], list[bytes | None], list[bytes | None], list[int]]:
+        """Per message, (clean event, key), event id and source when accepted, else None
+        three times; and the indices of the declined messages."""
 
 def resp_set_commands(prefix: bytes, keys: list[bytes], values: list[bytes], options: list[bytes]) -> bytes:
     """``SET <prefix><key> <value> <options...>`` per key, as one RESP buffer."""

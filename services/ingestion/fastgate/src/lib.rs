@@ -345,22 +345,29 @@ impl BatchGate {
         })
     }
 
-    /// One entry per message: `(clean event, key, event id, source b"topic/partition/offset")`,
-    /// all bytes, when the fast path accepts it, else None. `now_us` is the clock of the event-time window
-    /// (µs since the epoch); `ingested_at` the clean events' ingestion time (seconds, nanos).
+    /// Four lists over the messages: `cleans[i]` is `(clean event, key)` when the fast path
+    /// accepts message `i`, `event_ids[i]` and `sources[i]` (`b"topic/partition/offset"`) its
+    /// de-duplication claim; all three are None for a declined message, whose index is in
+    /// `declined`. `now_us` is the clock of the event-time window (µs since the epoch);
+    /// `ingested_at` the clean events' ingestion time (seconds, nanos).
     fn examine<'py>(
         &self,
         py: Python<'py>,
         messages: &Bound<'py, PyAny>,
         now_us: i64,
         ingested_at: (i64, i32),
-    ) -> PyResult<Bound<'py, PyList>> {
-        let results = PyList::empty(py);
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (cleans, event_ids, sources, declined) = (
+            PyList::empty(py),
+            PyList::empty(py),
+            PyList::empty(py),
+            PyList::empty(py),
+        );
         let mut slots = vec![None; self.fields.len()];
         let mut checked = Vec::with_capacity(self.fields.len());
         let mut out = Vec::with_capacity(512);
         let mut source = Vec::with_capacity(128);
-        for message in messages.try_iter()? {
+        for (index, message) in messages.try_iter()?.enumerate() {
             let message = message?;
             let value = message.call_method0(intern!(py, "value"))?;
             let accepted = match value.cast::<PyBytes>() {
@@ -371,7 +378,10 @@ impl BatchGate {
                 Err(_) => false,
             };
             if !accepted {
-                results.append(py.None())?;
+                for list in [&cleans, &event_ids, &sources] {
+                    list.append(py.None())?;
+                }
+                declined.append(index)?;
                 continue;
             }
             let p = value.cast::<PyBytes>()?.as_bytes();
@@ -396,19 +406,12 @@ impl BatchGate {
             push_decimal(&mut source, partition);
             source.push(b'/');
             push_decimal(&mut source, offset);
-            let source = PyBytes::new(py, &source);
-            let entry = PyTuple::new(
-                py,
-                [
-                    PyBytes::new(py, &out).into_any(),
-                    text(self.key_field).into_any(),
-                    text(self.id_field).into_any(),
-                    source.into_any(),
-                ],
-            )?;
-            results.append(entry)?;
+            let clean = PyTuple::new(py, [PyBytes::new(py, &out), text(self.key_field)])?;
+            cleans.append(clean)?;
+            event_ids.append(text(self.id_field))?;
+            sources.append(PyBytes::new(py, &source))?;
         }
-        Ok(results)
+        PyTuple::new(py, [cleans, event_ids, sources, declined])
     }
 }
 

@@ -12,6 +12,7 @@ dead-lettered or duplicate.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -44,7 +45,11 @@ _CLAIM_PART = 250
 #: ``CleanTransaction``, its key (the card id), its event id and its source coordinates
 #: (``topic/partition/offset``), all bytes.
 _Clean = tuple[bytes, bytes, bytes, bytes]
+#: A part as the native gate examined it: per message the clean event and key, the event id
+#: and the source (each None when declined), and the indices of the declined messages.
+_Examined = tuple[list[Any], list[Any], list[Any], Sequence[int]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_new_tuple = tuple.__new__
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -77,37 +82,39 @@ class IngestionHandler:
         now = self._clock()
         ingested_at = timestamp(now)
         fast = self._fast_path(now, ingested_at)
-        entries: list[_Clean | Rejected] = []
+        entries: list[tuple[bytes, bytes] | Rejected] = []
         fast_accepted = 0
         with self._dedup.claims() as claims:
             # Part by part: Redis decides one part's claims while the next part is examined.
             for start in range(0, len(messages), _CLAIM_PART):
                 part = messages[start : start + _CLAIM_PART]
-                examined = fast(part)
-                event_ids: list[bytes] = []
-                sources: list[bytes] = []
-                for i, entry in enumerate(examined):
-                    if entry is None:
-                        entry = examined[i] = self._examine(part[i], now, ingested_at)
-                        if isinstance(entry, Rejected):
-                            continue
+                cleans, event_ids, sources, declined = fast(part)
+                fast_accepted += len(part) - len(declined)
+                for i in declined:
+                    verdict = self._examine(part[i], now, ingested_at)
+                    if type(verdict) is Rejected:
+                        cleans[i] = verdict
                     else:
-                        fast_accepted += 1
-                    event_ids.append(entry[2])
-                    sources.append(entry[3])
-                claims.send(event_ids, sources)
-                entries += examined
+                        clean, key, event_ids[i], sources[i] = cast(_Clean, verdict)
+                        cleans[i] = (clean, key)
+                if declined:  # claims in message order, for the accepted messages only
+                    event_ids = [e for e in event_ids if e is not None]
+                    sources = [s for s in sources if s is not None]
+                claims.send(cast(list[bytes], event_ids), cast(list[bytes], sources))
+                entries += cast(list[tuple[bytes, bytes] | Rejected], cleans)
             won = iter(claims.verdicts())
         clean_topic = self._clean_topic
         outcomes: list[Outcome] = []
         kinds: list[str] = []
         for entry in entries:
-            if isinstance(entry, Rejected):
-                reason = entry.reason.value
-                outcomes.append(DeadLetter(reason, entry.detail))
+            if type(entry) is Rejected:
+                rejected = cast(Rejected, entry)
+                reason = rejected.reason.value
+                outcomes.append(DeadLetter(reason, rejected.detail))
                 kinds.append(reason)
             elif next(won):
-                outcomes.append([Output(clean_topic, entry[0], entry[1], _CLEAN_HEADERS)])
+                # tuple.__new__ builds the named tuple in C (Output(...) runs Python code).
+                outcomes.append([_new_tuple(Output, (clean_topic, entry[0], entry[1], _CLEAN_HEADERS))])
                 kinds.append(CLEAN)
             else:
                 outcomes.append([])
@@ -121,14 +128,14 @@ class IngestionHandler:
             self._metrics.set_quality(quality.snapshot(), quality.events)
         return outcomes
 
-    def _fast_path(self, now: datetime, ingested_at: Timestamp) -> Callable[[Sequence[Message]], list[Any]]:
+    def _fast_path(self, now: datetime, ingested_at: Timestamp) -> Callable[[Sequence[Message]], _Examined]:
         """The native gate with this batch's clocks, or a path that declines every message."""
         native = self._batch_gate
         if native is None:
-            return lambda part: [None] * len(part)
+            return lambda part: ([None] * len(part), [None] * len(part), [None] * len(part), range(len(part)))
         now_us = (now - _EPOCH) // _MICROSECOND
         ingested = (ingested_at.seconds, ingested_at.nanos)
-        return lambda part: cast(list[Any], native.examine(part, now_us, ingested))
+        return lambda part: cast(_Examined, native.examine(part, now_us, ingested))
 
     def _examine(self, message: Message, now: datetime, ingested_at: Timestamp) -> _Clean | Rejected:
         """The Python gate's verdict on one message, with its clean event when it is valid."""
@@ -162,9 +169,7 @@ class IngestionHandler:
     def on_delivered(self, batch: Sequence[Message]) -> None:
         """Book the batch's outcomes: called after the broker acknowledged them, before the commit."""
         m = self._metrics
-        counts: dict[str, int] = {}
-        for kind in self._kinds(batch):
-            counts[kind] = counts.get(kind, 0) + 1
+        counts = Counter(self._kinds(batch))
         m.consumed.inc(len(batch))
         for kind, n in counts.items():
             if kind == CLEAN:

@@ -43,7 +43,11 @@ VALID: dict[str, Any] = {
 def native_entries(messages: list[FakeMessage], now: datetime = NOW) -> list[Any]:
     assert NATIVE is not None
     now_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    return list(NATIVE.examine(messages, now_us, (INGESTED.seconds, INGESTED.nanos)))
+    cleans, event_ids, sources, declined = NATIVE.examine(
+        messages, now_us, (INGESTED.seconds, INGESTED.nanos)
+    )
+    assert declined == [i for i, c in enumerate(cleans) if c is None]
+    return [None if c is None else (*c, e, s) for c, e, s in zip(cleans, event_ids, sources, strict=True)]
 
 
 def python_entry(message: FakeMessage, now: datetime = NOW) -> tuple[bytes, bytes, bytes, bytes] | None:
@@ -267,7 +271,7 @@ def test_an_enum_value_normalisation_would_change_is_never_accepted() -> None:
     for channel, accepted in [("online", True), ("pos", False), ("POS", False)]:
         payload = json.dumps({**VALID, "channel": channel}).encode()
         assert isinstance(python.examine(payload, None, NOW), Accepted) is accepted
-        [entry] = gate.examine([message(payload)], _micros(NOW), (0, 0))
+        [entry], _, _, _ = gate.examine([message(payload)], _micros(NOW), (0, 0))
         assert (entry is not None) is accepted
 
 
