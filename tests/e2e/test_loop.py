@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from driftline.kit.redis_clients import redis_client
 from driftline.services.demo.app import Demo
 from driftline.services.demo.config import Settings
 
@@ -28,22 +30,30 @@ def _promql_helpers():
     return module
 
 
+#: Chosen by the demo for each run, under a Redis key prefix of its own that it deletes at the end.
+_RUN_KEY_PREFIXES = ("DRIFTLINE_FEATURES_KEY_PREFIX", "DRIFTLINE_INGESTION_DEDUP_KEY_PREFIX")
+
+
 @pytest.fixture
 def isolated_state(tmp_path, monkeypatch):
-    """Fresh registry, offline store, trainer state and online-store keys for this run (the broker
-    and Redis are shared; the demo moves the services' consumer groups past earlier runs' data)."""
+    """Fresh registry, offline store and trainer state for this run; the demo gives it Redis keys
+    of its own (the broker and Redis are shared; the demo moves the services' consumer groups
+    past earlier runs' data)."""
     env = {
         "DRIFTLINE_REGISTRY_DATA_DIR": str(tmp_path / "registry"),
         "DRIFTLINE_FEATURES_OFFLINE_ROOT": str(tmp_path / "offline"),
         "DRIFTLINE_FEATURES_DATA_DIR": str(tmp_path / "faust"),
         "DRIFTLINE_TRAINER_OFFLINE_STORE_DIR": str(tmp_path / "offline"),
         "DRIFTLINE_TRAINER_DATA_DIR": str(tmp_path / "trainer"),
-        "DRIFTLINE_FEATURES_KEY_PREFIX": f"dl:e2e-{tmp_path.name}:fs",
         "DRIFTLINE_LOG_FORMAT": "json",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return tmp_path
+    for key in _RUN_KEY_PREFIXES:
+        monkeypatch.delenv(key, raising=False)
+    yield tmp_path
+    for key in _RUN_KEY_PREFIXES:
+        os.environ.pop(key, None)  # set by the demo, for its services
 
 
 def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_state):
@@ -78,6 +88,13 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
     assert t.first_served_by_new_champion is not None, f"the new champion served nothing; {logs}"
     assert demo.stats.served_versions.get(t.new_champion_version, 0) > 0
     assert summary.prediction_errors == 0, demo.stats.error_codes
+    # The run's online features and de-duplication claims are gone with it.
+    client = redis_client(redis_settings)
+    try:
+        assert os.environ["DRIFTLINE_INGESTION_DEDUP_KEY_PREFIX"].startswith(demo._run_keys)
+        assert next(client.scan_iter(match=f"{demo._run_keys}*", count=1000), None) is None
+    finally:
+        client.close()
     assert summary.promotions_before_drift == 0, "a champion was replaced before any drift"
     assert summary.accuracy_before is not None, "no labelled prediction before the drift"
 

@@ -15,12 +15,13 @@ effects must therefore be idempotent, which keys and event ids make them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -269,6 +270,13 @@ class Deliveries:
         self.expected[topic] = self.expected.get(topic, 0) + 1
         self._total += 1
 
+    def expect_many(self, counts: Mapping[str, int]) -> None:
+        """Count outputs already produced, by topic (the producing thread, before ``seal``;
+        acknowledgements that arrived first are settled already, and ``seal`` compares)."""
+        for topic, n in counts.items():
+            self.expected[topic] = self.expected.get(topic, 0) + n
+            self._total += n
+
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         with self._lock:
             if err is not None:
@@ -435,13 +443,16 @@ class ConsumerLoop:
         flight = _InFlight(batch, time.perf_counter())
         outcomes = self._handle_with_retries(batch)
         produce, on_delivery = self._producer.produce, flight.on_delivery
+        # The hot loop of every consumer: outputs unpacked as tuples, counted in one go below.
+        topics: list[str] = []
         for message, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeadLetter):
                 self._dead_letter(message, outcome, flight)
             else:
-                for output in outcome:
-                    flight.expect(output.topic)
-                    produce(output.topic, output.value, output.key, output.headers, on_delivery)
+                for topic, value, key, headers in outcome:
+                    topics.append(topic)
+                    produce(topic, value, key, headers, on_delivery)
+        flight.expect_many(collections.Counter(topics))
         flight.seal()
         self._in_flight.append(flight)
         while len(self._in_flight) > self._settings.max_in_flight_batches:

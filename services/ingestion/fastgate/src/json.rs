@@ -108,11 +108,14 @@ pub fn read_object(
             // ASCII digits, signs, '.', 'e': always UTF-8, and Rust's parse is correctly rounded,
             // as Python's float() and msgspec's are.
             let text = unsafe { std::str::from_utf8_unchecked(&p[i..end]) };
-            let Ok(number) = text.parse::<f64>() else {
+            let Ok(mut number) = text.parse::<f64>() else {
                 return false;
             };
             if !number.is_finite() {
                 return false;
+            }
+            if number == 0.0 && !text.contains(['.', 'e', 'E']) {
+                number = 0.0; // `-0` is the integer 0 in Python (and msgspec), not -0.0
             }
             i = end;
             Value::Num(number)
@@ -151,6 +154,17 @@ mod tests {
     fn reads_a_flat_object_of_strings_and_numbers() {
         let got = read(" {\"a\" : \"xy\", \"b\":-1.5e2}\n", &["a", "b"]).unwrap();
         assert_eq!(got, vec![Value::Str(9, 11), Value::Num(-150.0)]);
+    }
+
+    #[test]
+    fn reads_minus_zero_as_python_does() {
+        let negative = |p: &str| match read(p, &["b"]).unwrap()[0] {
+            Value::Num(x) => x.is_sign_negative(),
+            Value::Str(..) => unreachable!(),
+        };
+        assert!(!negative("{\"b\":-0}"), "the integer -0 is 0");
+        assert!(negative("{\"b\":-0.0}"));
+        assert!(negative("{\"b\":-0e3}"));
     }
 
     #[test]

@@ -4,9 +4,10 @@ Per batch: examine every message, claim the valid ones' event ids in Redis (exam
 part of the batch while Redis works), then return one outcome per message: the clean event
 (keyed by card id), a dead letter with its reason code, or nothing for a duplicate. The native
 gate examines each part first and builds the clean events of the canonical valid messages; the
-Python gate decides the rest (docs/adr/0006). The
-accounting is booked in ``on_delivered``, which the loop calls once the outputs are acknowledged
-and before it commits, so every consumed message is counted exactly once as clean,
+Python gate decides the rest (docs/adr/0006-native-ingestion-fast-path.md).
+
+The accounting is booked in ``on_delivered``, which the loop calls once the outputs are
+acknowledged and before it commits, so every consumed message is counted exactly once as clean,
 dead-lettered or duplicate.
 """
 
@@ -41,9 +42,9 @@ _BatchKey = tuple[str | None, int | None, int | None, int]
 _CLEAN_HEADERS = [(CONTENT_TYPE, PROTOBUF.encode())]
 #: Messages examined per de-duplication round trip sent (the rest of a batch overlaps with it).
 _CLAIM_PART = 250
-#: A valid message's clean event ready to send, as the native gate returns it: the serialised
+#: A valid message's clean event as the Python path builds it: the serialised
 #: ``CleanTransaction``, its key (the card id), its event id and its source coordinates
-#: (``topic/partition/offset``), all bytes.
+#: (``topic/partition/offset``), all bytes, as the native gate returns them.
 _Clean = tuple[bytes, bytes, bytes, bytes]
 #: A part as the native gate examined it: per message the clean event and key, the event id
 #: and the source (each None when declined), and the indices of the declined messages.

@@ -10,6 +10,7 @@ from typing import Any
 import hiredis
 import pytest
 from driftline_fastgate import resp_set_commands
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,6 +175,29 @@ def test_native_accepts_only_what_the_python_gate_accepts_with_the_same_clean_by
             assert tuple(entry) == python_entry(m), m.value()
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(near_canonical_payloads(), min_size=1, max_size=6))
+def test_with_zero_and_negative_amounts_allowed_too(payloads: list[bytes]) -> None:
+    fields = {**_fields(CONTRACT), "amount": {"type": "number", "minimum": -1e30, "maximum": 1e30}}
+    contract = Contract.from_mapping({**_document(CONTRACT), "fields": fields})
+    native, python = compile_batch_gate(contract), Gate(contract)
+    assert native is not None
+    messages = [message(p, offset=i) for i, p in enumerate(payloads)]
+    cleans, _, _, _ = native.examine(messages, _micros(NOW), (INGESTED.seconds, INGESTED.nanos))
+    for m, clean in zip(messages, cleans, strict=True):
+        if clean is not None:
+            verdict = python.examine(m.value(), None, NOW)
+            assert isinstance(verdict, Accepted), m.value()
+            expected = to_clean(
+                verdict.values,
+                ingested_at=INGESTED,
+                source_topic="raw.t",
+                source_partition=3,
+                source_offset=m.offset(),
+            )
+            assert clean[0] == expected.SerializeToString(), m.value()
+
+
 def test_every_valid_simulated_event_takes_the_native_path() -> None:
     now = datetime.now(UTC)
     traffic = live_traffic(seed=5, count=3000, rate=None, garbage_rate=0.0, duplicate_rate=0.0, now=now)
@@ -250,6 +274,8 @@ def contract_with(**field_changes: Any) -> Contract:
     "pattern",
     ["[[:alpha:]]+", "[a-z&&[^x]]+", "a{,3}", "(?=a)a", "(?<=a)b", "a\\Z", "[0-9--5]+", "\u00e9+"],
 )
+# Python itself warns that these patterns may change meaning (a FutureWarning): that is the point.
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_a_pattern_rust_could_read_otherwise_gets_no_native_gate(pattern: str) -> None:
     assert compile_batch_gate(contract_with(card_id={"type": "string", "pattern": pattern})) is None
 
@@ -319,3 +345,26 @@ def test_claims_are_packed_as_redis_commands() -> None:
 def test_claims_need_one_value_per_key() -> None:
     with pytest.raises(ValueError, match="as many values as keys"):
         resp_set_commands(b"p:", [b"a"], [], [])
+
+
+@pytest.mark.parametrize("amount", ["0", "-0", "-0.0", "0.0", "-1.5", "1e-320"])
+def test_zeros_and_negative_numbers_encode_as_upb_writes_them(amount: str) -> None:
+    fields = {**_fields(CONTRACT), "amount": {"type": "number", "minimum": -2}}
+    contract = Contract.from_mapping({**_document(CONTRACT), "fields": fields})
+    gate = compile_batch_gate(contract)
+    assert gate is not None
+    payload = json.dumps(VALID).replace('"amount": 10.5', f'"amount": {amount}').encode()
+    [clean], [event_id], [source], declined = gate.examine([message(payload)], _micros(NOW), (1, 2))
+    assert declined == []
+    assert clean is not None
+    assert (event_id, source) == (b"ev-1", b"raw.t/3/7")
+    verdict = Gate(contract).examine(payload, None, NOW)
+    assert isinstance(verdict, Accepted)
+    expected = to_clean(
+        verdict.values,
+        ingested_at=Timestamp(seconds=1, nanos=2),
+        source_topic="raw.t",
+        source_partition=3,
+        source_offset=7,
+    )
+    assert clean == (expected.SerializeToString(), b"card-1")
