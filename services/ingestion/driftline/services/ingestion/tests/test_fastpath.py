@@ -14,23 +14,13 @@ from hypothesis import strategies as st
 from driftline.services.ingestion.contract import DEFAULT_CONTRACT_PATH, Contract
 from driftline.services.ingestion.fastpath import compile_fast_path, compile_json_fast_path
 from driftline.services.ingestion.gate import Gate, Rejected
+from driftline.services.ingestion.testing import valid_event
 from driftline.simulator import SimulatorConfig, TransactionSimulator
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CONTRACT = Contract.load()
 FAST = compile_fast_path(CONTRACT)
-VALID: dict[str, Any] = {
-    "event_id": "ev-1",
-    "card_id": "card-1",
-    "merchant_id": "m-1",
-    "amount": 10.0,
-    "currency": "EUR",
-    "merchant_category": "travel",
-    "country": "FR",
-    "channel": "online",
-    "event_time": "2025-06-01T11:00:00.250000Z",
-    "contract_version": "1",
-}
+VALID: dict[str, Any] = valid_event(event_time="2025-06-01T11:00:00.250000Z")
 # Values near every rule's edge, canonical or not.
 EDGE_VALUES = st.sampled_from(
     [

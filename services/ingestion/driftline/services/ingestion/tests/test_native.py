@@ -20,6 +20,7 @@ from driftline.services.ingestion.contract import Contract
 from driftline.services.ingestion.gate import Accepted, Gate, timestamp, to_clean
 from driftline.services.ingestion.native import compile_batch_gate
 from driftline.services.ingestion.produce import live_traffic
+from driftline.services.ingestion.testing import valid_event
 from driftline.services.ingestion.traffic import Kind, simulated
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -27,18 +28,7 @@ INGESTED = timestamp(NOW + timedelta(milliseconds=3))
 CONTRACT = Contract.load()
 GATE = Gate(CONTRACT)
 NATIVE = compile_batch_gate(CONTRACT)
-VALID: dict[str, Any] = {
-    "event_id": "ev-1",
-    "card_id": "card-1",
-    "merchant_id": "m-1",
-    "amount": 10.5,
-    "currency": "EUR",
-    "merchant_category": "travel",
-    "country": "FR",
-    "channel": "online",
-    "event_time": "2025-06-01T11:00:00Z",
-    "contract_version": "1",
-}
+VALID: dict[str, Any] = valid_event()
 
 
 def native_entries(messages: list[FakeMessage], now: datetime = NOW) -> list[Any]:
@@ -353,7 +343,8 @@ def test_zeros_and_negative_numbers_encode_as_upb_writes_them(amount: str) -> No
     contract = Contract.from_mapping({**_document(CONTRACT), "fields": fields})
     gate = compile_batch_gate(contract)
     assert gate is not None
-    payload = json.dumps(VALID).replace('"amount": 10.5', f'"amount": {amount}').encode()
+    payload = json.dumps(VALID).replace('"amount": 10.0', f'"amount": {amount}').encode()
+    assert f'"amount": {amount},'.encode() in payload
     [clean], [event_id], [source], declined = gate.examine([message(payload)], _micros(NOW), (1, 2))
     assert declined == []
     assert clean is not None

@@ -22,22 +22,12 @@ from driftline.services.ingestion.dedup import MemoryDeduplicator
 from driftline.services.ingestion.gate import Gate
 from driftline.services.ingestion.metrics import IngestionMetrics
 from driftline.services.ingestion.native import compile_batch_gate
+from driftline.services.ingestion.testing import valid_event
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CONTRACT = Contract.load()
 REASONS = {r.value for r in Reason}
-VALID: dict[str, Any] = {
-    "event_id": "ev-1",
-    "card_id": "card-1",
-    "merchant_id": "m-1",
-    "amount": 10.0,
-    "currency": "EUR",
-    "merchant_category": "travel",
-    "country": "FR",
-    "channel": "online",
-    "event_time": "2025-06-01T11:00:00Z",
-    "contract_version": "1",
-}
+VALID: dict[str, Any] = valid_event()
 CONTENT_TYPES = st.sampled_from(
     [None, "application/json", "application/x-protobuf", "text/plain", "", "garbage"]
 )
