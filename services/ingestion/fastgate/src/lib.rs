@@ -159,8 +159,11 @@ impl Field {
 
     fn time_ok(&self, micros: i64, now_us: i64) -> bool {
         let r = &self.rules;
-        !(r.max_future_us.is_some_and(|f| micros > now_us + f)
-            || r.max_age_us.is_some_and(|a| micros < now_us - a))
+        // Saturating: a window wider than an i64 of microseconds is no bound at all.
+        !(r.max_future_us
+            .is_some_and(|f| micros > now_us.saturating_add(f))
+            || r.max_age_us
+                .is_some_and(|a| micros < now_us.saturating_sub(a)))
     }
 }
 

@@ -120,6 +120,8 @@ _FIELD_KEYS = {
     "max_future_s",
     "max_age_s",
 }
+#: The widest event-time window a contract may declare, in seconds.
+_MAX_WINDOW_S = 1000 * 365.25 * 86_400
 _CONTRACT_KEYS = {"contract", "version", "description", "max_payload_bytes", "unknown_fields", "fields"}
 
 
@@ -377,6 +379,9 @@ def _field_spec(name: str, spec: Any, source: str) -> FieldSpec:
 
     def seconds(key: str) -> timedelta | None:
         value = number(key)
+        if value is not None and not 0 <= value <= _MAX_WINDOW_S:
+            # Wider windows reach past the dates Python can represent, and mean nothing anyway.
+            raise ContractError(f"{where}: {key} must be between 0 and {_MAX_WINDOW_S:.0f} (1,000 years)")
         return None if value is None else timedelta(seconds=value)
 
     def length(key: str) -> int | None:

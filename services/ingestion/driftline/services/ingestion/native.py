@@ -85,7 +85,7 @@ def compile_batch_gate(contract: Contract) -> BatchGate | None:
             content_type_header=CONTENT_TYPE,
             json_media_type=JSON.encode(),
         )
-    except (Unsupported, ValueError) as err:
+    except (Unsupported, ValueError, OverflowError) as err:
         log.warning(
             "native_gate_unavailable", contract=contract.name, version=contract.version, reason=str(err)
         )
@@ -154,4 +154,9 @@ def _bound(value: float | None) -> float | None:
 
 
 def _micros(delta: timedelta | None) -> int | None:
-    return None if delta is None else delta // timedelta(microseconds=1)
+    if delta is None:
+        return None
+    micros = delta // timedelta(microseconds=1)
+    if abs(micros) >= 2**63:
+        raise Unsupported(f"event-time window {delta} does not fit 64-bit microseconds")
+    return micros

@@ -332,6 +332,8 @@ def _document(**field_rules: Any) -> dict[str, Any]:
         _document(type="number", minimum="one"),
         _document(type="number", maximum=float("nan")),
         _document(type="string", required="yes"),
+        _document(type="timestamp", max_age_s=10**14),  # past the dates Python can represent
+        _document(type="timestamp", max_future_s=-1),
     ],
 )
 def test_a_broken_contract_file_is_refused_at_load(document: Any) -> None:
