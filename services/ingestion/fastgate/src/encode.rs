@@ -1,6 +1,7 @@
-//! Protobuf wire encoding of proto3 fields with implicit presence, byte for byte as upb (the
-//! Python protobuf runtime) writes them: fields in the order given (the caller sorts them by
-//! number), default values left out, message fields always written once set.
+//! What the gate writes: protobuf wire encoding of proto3 fields with implicit presence, byte
+//! for byte as upb (the Python protobuf runtime) writes them (fields in the order given, the
+//! caller sorts them by number; default values left out; message fields always written once
+//! set), and decimal integers.
 
 #[inline]
 pub fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -52,6 +53,25 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+/// `n` in decimal, as Python's `str(int)` writes it (without `format!`'s machinery).
+pub fn decimal(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +104,14 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    #[test]
+    fn writes_decimals_as_python_does() {
+        for n in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
     }
 }

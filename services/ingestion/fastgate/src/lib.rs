@@ -12,82 +12,15 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use regex::bytes::Regex;
 
 mod encode;
 mod json;
+mod resp;
 mod rfc3339;
+mod rules;
 
 use json::Value;
-
-#[cfg(test)]
-mod tests {
-    use super::push_decimal;
-
-    #[test]
-    fn writes_decimals_as_python_does() {
-        for n in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
-        }
-    }
-}
-
-/// One contract field's rules, as `driftline.services.ingestion.native` compiles them.
-#[derive(FromPyObject)]
-struct FieldRules {
-    #[pyo3(item)]
-    name: String,
-    /// "string", "number" or "timestamp".
-    #[pyo3(item)]
-    kind: String,
-    /// The clean event's field number for this field's value.
-    #[pyo3(item)]
-    number: u32,
-    /// For enums: the canonical values the contract accepts (every other rule is implied).
-    #[pyo3(item)]
-    allowed: Option<Vec<String>>,
-    #[pyo3(item)]
-    trim: bool,
-    #[pyo3(item)]
-    upper: bool,
-    #[pyo3(item)]
-    lower: bool,
-    #[pyo3(item)]
-    min_length: Option<usize>,
-    #[pyo3(item)]
-    max_length: Option<usize>,
-    /// Matched against the whole value.
-    #[pyo3(item)]
-    pattern: Option<String>,
-    #[pyo3(item)]
-    ge: Option<f64>,
-    #[pyo3(item)]
-    le: Option<f64>,
-    #[pyo3(item)]
-    gt: Option<f64>,
-    #[pyo3(item)]
-    lt: Option<f64>,
-    #[pyo3(item)]
-    max_future_us: Option<i64>,
-    #[pyo3(item)]
-    max_age_us: Option<i64>,
-}
-
-enum Kind {
-    Str,
-    Num,
-    Time,
-}
-
-struct Field {
-    name: Vec<u8>,
-    kind: Kind,
-    rules: FieldRules,
-    pattern: Option<Regex>,
-    allowed: Option<Vec<Vec<u8>>>,
-}
+use rules::{Checked, Field, FieldRules, Kind};
 
 /// What goes into the clean event, in field-number order.
 enum Slot {
@@ -98,75 +31,6 @@ enum Slot {
     IngestedAt,
 }
 
-impl Field {
-    fn new(rules: FieldRules) -> PyResult<Self> {
-        let kind = match rules.kind.as_str() {
-            "string" => Kind::Str,
-            "number" => Kind::Num,
-            "timestamp" => Kind::Time,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown field kind {other:?}"
-                )))
-            }
-        };
-        let pattern = match &rules.pattern {
-            Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|err| {
-                PyValueError::new_err(format!("pattern of {}: {err}", rules.name))
-            })?),
-            None => None,
-        };
-        let allowed = rules
-            .allowed
-            .as_ref()
-            .map(|values| values.iter().map(|v| v.as_bytes().to_vec()).collect());
-        Ok(Field {
-            name: rules.name.as_bytes().to_vec(),
-            kind,
-            rules,
-            pattern,
-            allowed,
-        })
-    }
-
-    /// Whether a canonical string value satisfies every rule.
-    fn string_ok(&self, s: &[u8]) -> bool {
-        if let Some(allowed) = &self.allowed {
-            return allowed.iter().any(|v| v == s);
-        }
-        let r = &self.rules;
-        if r.trim && (s.first() == Some(&b' ') || s.last() == Some(&b' ')) {
-            return false; // ASCII without control characters: a space is the only whitespace
-        }
-        if (r.upper && s.iter().any(u8::is_ascii_lowercase))
-            || (r.lower && s.iter().any(u8::is_ascii_uppercase))
-        {
-            return false;
-        }
-        if r.min_length.is_some_and(|n| s.len() < n) || r.max_length.is_some_and(|n| s.len() > n) {
-            return false;
-        }
-        self.pattern.as_ref().is_none_or(|p| p.is_match(s))
-    }
-
-    fn number_ok(&self, x: f64) -> bool {
-        let r = &self.rules;
-        !(r.ge.is_some_and(|b| x < b)
-            || r.le.is_some_and(|b| x > b)
-            || r.gt.is_some_and(|b| x <= b)
-            || r.lt.is_some_and(|b| x >= b))
-    }
-
-    fn time_ok(&self, micros: i64, now_us: i64) -> bool {
-        let r = &self.rules;
-        // Saturating: a window wider than an i64 of microseconds is no bound at all.
-        !(r.max_future_us
-            .is_some_and(|f| micros > now_us.saturating_add(f))
-            || r.max_age_us
-                .is_some_and(|a| micros < now_us.saturating_sub(a)))
-    }
-}
-
 /// Where a clean event came from, and when it was ingested (seconds, nanos).
 #[derive(Clone, Copy)]
 struct Lineage<'a> {
@@ -174,14 +38,6 @@ struct Lineage<'a> {
     partition: i64,
     offset: i64,
     ingested: (i64, i32),
-}
-
-/// A checked field value.
-#[derive(Clone, Copy)]
-enum Checked {
-    Str(usize, usize),
-    Num(f64),
-    Time(i64),
 }
 
 #[pyclass(frozen, module = "driftline_fastgate")]
@@ -406,9 +262,9 @@ impl BatchGate {
             source.clear();
             source.extend_from_slice(topic.as_bytes());
             source.push(b'/');
-            push_decimal(&mut source, partition);
+            encode::decimal(&mut source, partition);
             source.push(b'/');
-            push_decimal(&mut source, offset);
+            encode::decimal(&mut source, offset);
             let clean = PyTuple::new(py, [PyBytes::new(py, &out), text(self.key_field)])?;
             cleans.append(clean)?;
             event_ids.append(text(self.id_field))?;
@@ -418,65 +274,9 @@ impl BatchGate {
     }
 }
 
-/// `SET <prefix><key> <value> <options...>` for each key and value, as one RESP buffer to
-/// pipeline (the de-duplication claims: packing them in Python costs as much as Redis's work).
-#[pyfunction]
-fn resp_set_commands<'py>(
-    py: Python<'py>,
-    prefix: &[u8],
-    keys: Vec<Bound<'py, PyBytes>>,
-    values: Vec<Bound<'py, PyBytes>>,
-    options: Vec<Vec<u8>>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    if keys.len() != values.len() {
-        return Err(PyValueError::new_err("as many values as keys"));
-    }
-    let mut out = Vec::with_capacity(keys.len() * (prefix.len() + 96));
-    let bulk = |out: &mut Vec<u8>, parts: &[&[u8]]| {
-        out.push(b'$');
-        push_decimal(out, parts.iter().map(|p| p.len()).sum::<usize>() as i64);
-        out.extend_from_slice(b"\r\n");
-        for part in parts {
-            out.extend_from_slice(part);
-        }
-        out.extend_from_slice(b"\r\n");
-    };
-    for (key, value) in keys.iter().zip(&values) {
-        out.push(b'*');
-        push_decimal(&mut out, 3 + options.len() as i64);
-        out.extend_from_slice(b"\r\n");
-        bulk(&mut out, &[b"SET"]);
-        bulk(&mut out, &[prefix, key.as_bytes()]);
-        bulk(&mut out, &[value.as_bytes()]);
-        for option in &options {
-            bulk(&mut out, &[option]);
-        }
-    }
-    Ok(PyBytes::new(py, &out))
-}
-
-/// `n` in decimal, as Python's `str(int)` writes it (without `format!`'s machinery).
-fn push_decimal(out: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        out.push(b'-');
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 #[pymodule]
 fn driftline_fastgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BatchGate>()?;
-    m.add_function(wrap_pyfunction!(resp_set_commands, m)?)?;
+    m.add_function(wrap_pyfunction!(resp::resp_set_commands, m)?)?;
     Ok(())
 }
