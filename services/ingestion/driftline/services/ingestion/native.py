@@ -44,7 +44,8 @@ _CLEAN_TYPE = {
     FieldType.TIMESTAMP: _TIMESTAMP,
 }
 #: Syntax that Python's ``re`` and Rust's ``regex`` read differently (Rust's class set
-#: operations and POSIX classes, Python's ``{,n}``), or that only one of them has.
+#: operations, POSIX classes and word-boundary escapes, Python's ``{,n}``), or that only one of
+#: them has.
 _AMBIGUOUS_REGEX = (
     "[[",
     "&&",
@@ -53,6 +54,10 @@ _AMBIGUOUS_REGEX = (
     "{,",
     "\\Z",
     "\\z",
+    "\\<",
+    "\\>",
+    "\\b{",
+    "\\B{",
     "(?<",
     "(?=",
     "(?!",
@@ -61,6 +66,8 @@ _AMBIGUOUS_REGEX = (
     "\\U",
     "\\N",
 )
+#: An inline verbose flag: Rust ignores whitespace inside character classes there, Python does not.
+_VERBOSE_FLAG = re.compile(r"\(\?[a-zA-Z-]*x")
 
 
 class Unsupported(ValueError):
@@ -140,7 +147,7 @@ def _portable_pattern(pattern: re.Pattern[str]) -> str:
     if pattern.flags != re.UNICODE:
         raise Unsupported(f"pattern {pattern.pattern!r} has flags")
     text = pattern.pattern
-    if not text.isascii() or any(token in text for token in _AMBIGUOUS_REGEX):
+    if not text.isascii() or any(token in text for token in _AMBIGUOUS_REGEX) or _VERBOSE_FLAG.search(text):
         raise Unsupported(f"pattern {text!r} may mean something else in Rust's regex")
     return text
 

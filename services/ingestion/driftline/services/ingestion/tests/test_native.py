@@ -262,7 +262,20 @@ def contract_with(**field_changes: Any) -> Contract:
 
 @pytest.mark.parametrize(
     "pattern",
-    ["[[:alpha:]]+", "[a-z&&[^x]]+", "a{,3}", "(?=a)a", "(?<=a)b", "a\\Z", "[0-9--5]+", "\u00e9+"],
+    [
+        "[[:alpha:]]+",
+        "[a-z&&[^x]]+",
+        "a{,3}",
+        "(?=a)a",
+        "(?<=a)b",
+        "a\\Z",
+        "[0-9--5]+",
+        "\u00e9+",
+        "(?x)[ a]+",
+        "(?ix:[ a])+",
+        "\\<a",
+        "a\\b{end}",
+    ],
 )
 # Python itself warns that these patterns may change meaning (a FutureWarning): that is the point.
 @pytest.mark.filterwarnings("ignore::FutureWarning")
