@@ -36,7 +36,7 @@ ACTOR_HEADER = "x-driftline-actor"
 class RegistryClientSettings(BaseSettings):
     """How to reach the registry (environment prefix ``DRIFTLINE_REGISTRY_``)."""
 
-    address: str = Field("127.0.0.1:50051", description="host:port of the registry's gRPC server.")
+    address: str = Field("127.0.0.1:15051", description="host:port of the registry's gRPC server.")
     token: SecretStr | None = Field(None, description="Bearer token for writes (DRIFTLINE_REGISTRY_TOKEN).")
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES, description="Largest message sent or received (artifacts travel whole)."

@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 #: Start order: the registry first (the first champion is registered into it); the streaming
 #: half next, warmed up with past traffic; then what watches live traffic and serves it, so
 #: that drift detection compares live steady-state features with the model's reference.
-REGISTRY = ServiceSpec("registry", 9103, grpc_address="127.0.0.1:50051")
+REGISTRY = ServiceSpec("registry", 9103, grpc_address="127.0.0.1:15051")
 STREAMING = (
     ServiceSpec("ingestion", 9101, consumes=True),
     ServiceSpec("features", 9102, consumes=True),
@@ -41,7 +41,7 @@ STREAMING = (
 # Inference's model-event consumer has a group of its own per instance, pinned to the end.
 SERVING = (
     ServiceSpec("trainer", 9106, consumes=True),
-    ServiceSpec("inference", 9104, grpc_address="127.0.0.1:50052"),
+    ServiceSpec("inference", 9104, grpc_address="127.0.0.1:15052"),
 )
 # Started after the warm-up, at the end of its topics: it watches live traffic only.
 DRIFT = ServiceSpec("drift", 9105, env={"DRIFTLINE_DRIFT_START_AT": "latest"}, consumes=True)

@@ -19,7 +19,7 @@ from driftline.services.inference.runtime import Device
 class InferenceGrpcSettings(GrpcServerSettings):
     """The gRPC server serving driftline.inference.v1 and KServe v2 on one port."""
 
-    port: int = Field(50052, description="Port the server binds (INFERENCE_GRPC_PORT).")
+    port: int = Field(15052, description="Port the server binds (INFERENCE_GRPC_PORT).")
     max_message_bytes: int = Field(
         4 * 1024 * 1024,
         description="Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED.",
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         description="Alias of the shadow or canary model; used only when shadow or canary is on.",
     )
     registry_address: str = Field(
-        "127.0.0.1:50051",
+        "127.0.0.1:15051",
         description="host:port of the registry's gRPC API.",
         env=["DRIFTLINE_INFERENCE_REGISTRY_ADDRESS", "DRIFTLINE_REGISTRY_ADDRESS"],
     )

@@ -19,7 +19,7 @@ MIB = 1024 * 1024
 class Settings(GrpcServerSettings):
     """Everything the registry reads from its environment; defaults suit a laptop."""
 
-    port: int = Field(50051, description="gRPC port (REGISTRY_GRPC_PORT in .env).")
+    port: int = Field(15051, description="gRPC port (REGISTRY_GRPC_PORT in .env).")
     max_message_bytes: int = Field(
         64 * MIB,
         description="Largest gRPC message; must exceed max_artifact_bytes plus the reference sample.",

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         env=["DRIFTLINE_TRAINER_OFFLINE_STORE_DIR", "DRIFTLINE_FEATURES_OFFLINE_ROOT"],
     )
     registry_address: str = Field(
-        "127.0.0.1:50051",
+        "127.0.0.1:15051",
         description="host:port of the registry's gRPC API.",
         env=["DRIFTLINE_TRAINER_REGISTRY_ADDRESS", "DRIFTLINE_REGISTRY_ADDRESS"],
     )

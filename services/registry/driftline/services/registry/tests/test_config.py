@@ -11,7 +11,7 @@ def test_defaults_bind_loopback_on_the_registry_ports(monkeypatch):
     for name in ("DRIFTLINE_REGISTRY_TOKEN", "DRIFTLINE_REGISTRY_PORT", "DRIFTLINE_REGISTRY_HOST"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert (settings.host, settings.port, settings.metrics_port) == ("127.0.0.1", 50051, 9103)
+    assert (settings.host, settings.port, settings.metrics_port) == ("127.0.0.1", 15051, 9103)
     assert settings.token is None
     assert settings.write_tokens() == {}
     assert settings.max_artifact_bytes < settings.max_message_bytes
