@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import structlog
@@ -27,7 +27,7 @@ from driftline.kit.codec import utcnow
 from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, DeadLetter, Outcome, Output, header
 from driftline.kit.topics import Topic
 from driftline.services.ingestion.dedup import Deduplicator, source_token
-from driftline.services.ingestion.gate import Accepted, Gate, Rejected, timestamp, to_clean
+from driftline.services.ingestion.gate import Accepted, Gate, Rejected, epoch_micros, timestamp, to_clean
 from driftline.services.ingestion.metrics import IngestionMetrics
 
 log = structlog.get_logger(__name__)
@@ -49,9 +49,7 @@ _Clean = tuple[bytes, bytes, bytes, bytes]
 #: A part as the native gate examined it: per message the clean event and key, the event id
 #: and the source (each None when declined), and the indices of the declined messages.
 _Examined = tuple[list[Any], list[Any], list[Any], Sequence[int]]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _new_tuple = tuple.__new__
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class IngestionHandler:
@@ -134,7 +132,7 @@ class IngestionHandler:
         native = self._batch_gate
         if native is None:
             return lambda part: ([None] * len(part), [None] * len(part), [None] * len(part), range(len(part)))
-        now_us = (now - _EPOCH) // _MICROSECOND
+        now_us = epoch_micros(now)
         ingested = (ingested_at.seconds, ingested_at.nanos)
         return lambda part: cast(_Examined, native.examine(part, now_us, ingested))
 

@@ -8,7 +8,7 @@ input: every byte string becomes either :class:`Accepted` or :class:`Rejected` w
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -67,6 +67,12 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
 # Built once: json.loads would build a decoder per call when given a hook.
 _DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (the native gate's clock)."""
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def timestamp(moment: datetime) -> Timestamp:

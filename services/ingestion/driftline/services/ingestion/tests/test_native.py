@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from driftline.kit.kafka import CONTENT_TYPE, header
 from driftline.kit.testing import FakeMessage
 from driftline.services.ingestion.contract import Contract
-from driftline.services.ingestion.gate import Accepted, Gate, timestamp, to_clean
+from driftline.services.ingestion.gate import Accepted, Gate, epoch_micros, timestamp, to_clean
 from driftline.services.ingestion.native import compile_batch_gate
 from driftline.services.ingestion.produce import live_traffic
 from driftline.services.ingestion.testing import valid_event
@@ -33,7 +33,7 @@ VALID: dict[str, Any] = valid_event()
 
 def native_entries(messages: list[FakeMessage], now: datetime = NOW) -> list[Any]:
     assert NATIVE is not None
-    now_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    now_us = epoch_micros(now)
     cleans, event_ids, sources, declined = NATIVE.examine(
         messages, now_us, (INGESTED.seconds, INGESTED.nanos)
     )
@@ -173,7 +173,7 @@ def test_with_zero_and_negative_amounts_allowed_too(payloads: list[bytes]) -> No
     native, python = compile_batch_gate(contract), Gate(contract)
     assert native is not None
     messages = [message(p, offset=i) for i, p in enumerate(payloads)]
-    cleans, _, _, _ = native.examine(messages, _micros(NOW), (INGESTED.seconds, INGESTED.nanos))
+    cleans, _, _, _ = native.examine(messages, epoch_micros(NOW), (INGESTED.seconds, INGESTED.nanos))
     for m, clean in zip(messages, cleans, strict=True):
         if clean is not None:
             verdict = python.examine(m.value(), None, NOW)
@@ -300,12 +300,8 @@ def test_an_enum_value_normalisation_would_change_is_never_accepted() -> None:
     for channel, accepted in [("online", True), ("pos", False), ("POS", False)]:
         payload = json.dumps({**VALID, "channel": channel}).encode()
         assert isinstance(python.examine(payload, None, NOW), Accepted) is accepted
-        [entry], _, _, _ = gate.examine([message(payload)], _micros(NOW), (0, 0))
+        [entry], _, _, _ = gate.examine([message(payload)], epoch_micros(NOW), (0, 0))
         assert (entry is not None) is accepted
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _fields(contract: Contract) -> dict[str, Any]:
@@ -358,7 +354,7 @@ def test_zeros_and_negative_numbers_encode_as_upb_writes_them(amount: str) -> No
     assert gate is not None
     payload = json.dumps(VALID).replace('"amount": 10.0', f'"amount": {amount}').encode()
     assert f'"amount": {amount},'.encode() in payload
-    [clean], [event_id], [source], declined = gate.examine([message(payload)], _micros(NOW), (1, 2))
+    [clean], [event_id], [source], declined = gate.examine([message(payload)], epoch_micros(NOW), (1, 2))
     assert declined == []
     assert clean is not None
     assert (event_id, source) == (b"ev-1", b"raw.t/3/7")
