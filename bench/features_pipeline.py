@@ -54,6 +54,7 @@ from driftline.features.v1 import features_pb2
 from driftline.featurestore.events import epoch_seconds
 from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN, Topic
@@ -395,8 +396,7 @@ def main() -> None:
             proc.kill()
         delete_topics(kafka_settings, [source, vectors])
         client = redis.Redis.from_url(redis_settings.url)
-        for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
-            client.delete(key)
+        delete_keys(client, f"{key_prefix}:")
         client.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -21,6 +21,7 @@ import redis
 from driftline.events.v1 import transaction_pb2
 from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN, Topic
@@ -75,8 +76,7 @@ def namespace_factory(
                 proc.kill()
                 proc.wait(10)
         delete_topics(kafka_settings, [ns.source, ns.vectors])
-        for key in client.scan_iter(match=f"{ns.key_prefix}:*", count=1000):
-            client.delete(key)
+        delete_keys(client, f"{ns.key_prefix}:")
     client.close()
 
 

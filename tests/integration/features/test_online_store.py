@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from driftline.featurestore.online import AsyncOnlineStore, FeatureWrite, OnlineStore
 from driftline.featurestore.testing import SMALL_SET
 from driftline.featurestore.vectors import FeatureStatus, FeaturesUnavailable, StalenessPolicy
+from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import RedisSettings
 from driftline.kit.testing import unique_prefix
 
@@ -25,8 +26,7 @@ def store(redis_settings: RedisSettings):
     client = redis.Redis.from_url(redis_settings.url)
     prefix = unique_prefix().rstrip(".")
     yield OnlineStore(client, SMALL_SET, key_prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
+    delete_keys(client, f"{prefix}:")
     client.close()
 
 

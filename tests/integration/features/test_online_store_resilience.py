@@ -11,7 +11,7 @@ import redis
 from driftline.featurestore.online import AsyncOnlineStore, OnlineStore
 from driftline.featurestore.testing import SMALL_SET
 from driftline.featurestore.vectors import EntityFeatures, FeatureStatus
-from driftline.kit.redis_clients import async_redis_client, redis_client
+from driftline.kit.redis_clients import async_redis_client, delete_keys, redis_client
 from driftline.kit.settings import RedisSettings
 from driftline.kit.testing import unique_prefix
 
@@ -39,8 +39,7 @@ def prefix(admin: redis.Redis) -> Iterator[str]:
     """The test's key prefix, also the CLIENT SETNAME of its store's connections."""
     prefix = unique_prefix().rstrip(".")
     yield prefix
-    for key in admin.scan_iter(match=f"{prefix}:*", count=1000):
-        admin.delete(key)
+    delete_keys(admin, f"{prefix}:")
 
 
 @pytest.fixture
