@@ -447,7 +447,9 @@ class ConsumerLoop:
         topics: list[str] = []
         for message, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeadLetter):
-                self._dead_letter(message, outcome, flight)
+                dead_letter = self._dead_letter(message, outcome, flight)
+                if dead_letter is not None:
+                    topics.append(dead_letter)
             else:
                 for topic, value, key, headers in outcome:
                     topics.append(topic)
@@ -535,7 +537,9 @@ class ConsumerLoop:
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
                 time.sleep(self._retry_backoff_s * attempt)
 
-    def _dead_letter(self, message: Message, verdict: DeadLetter, flight: _InFlight) -> None:
+    def _dead_letter(self, message: Message, verdict: DeadLetter, flight: _InFlight) -> str | None:
+        """Produce the message to its topic's dead-letter topic and return that topic's name;
+        None when the topic declares no dead-letter topic (the message is counted and logged)."""
         source = self._topics[message.topic()]
         if source.dead_letter is None:
             # Topics written only by Driftline's own services declare no dead-letter topic: the
@@ -549,7 +553,7 @@ class ConsumerLoop:
                 reason=verdict.reason,
                 detail=verdict.detail[:500],
             )
-            return
+            return None
         DEAD_LETTERED.labels(self._group, source.name, verdict.reason).inc()
         _, timestamp = message.timestamp()
         headers: Headers = list(cast(Headers, message.headers() or []))
@@ -574,10 +578,10 @@ class ConsumerLoop:
         )
         flight.dead_lettered[verdict.reason] = flight.dead_lettered.get(verdict.reason, 0) + 1
         dead_letter = source.dead_letter_topic().name
-        flight.expect(dead_letter)
         self._producer.produce(
             dead_letter, message.value() or b"", message.key(), headers, flight.on_delivery
         )
+        return dead_letter
 
     def _report_lag(self) -> None:
         now = time.monotonic()
