@@ -8,6 +8,9 @@ validates, de-duplicates in Redis, normalises and dead-letters. Throughput is me
 first committed batch to the last, so consumer-group joins do not count.
 
     .venv/bin/python bench/ingestion.py [--events 100000] [--rounds 2] [--batch-size 2000]
+
+``DRIFTLINE_INGESTION_NATIVE_GATE=false`` measures ingestion without its native fast path
+(docs/adr/0006-native-ingestion-fast-path.md), for an A/B against the default.
 """
 
 from __future__ import annotations

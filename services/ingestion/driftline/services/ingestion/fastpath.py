@@ -13,6 +13,8 @@ text, any rule broken):
 
 The general engine (:meth:`Contract.validate`) then decides, and stays the reference: a fast path
 only ever accepts what the engine accepts, with the same values (property tests hold them to it).
+The consumer runs the native gate (:mod:`.native`) before both, a batch at a time; these paths
+serve when it is off or the contract cannot be compiled for it, and for protobuf input.
 """
 
 from __future__ import annotations
