@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="Seed of calibration and subsampling (reproducible thresholds).")
 
     report_cooldown_s: float = Field(
-        300.0, description="Least time between two DRIFT reports of one detector."
+        300.0,
+        description=(
+            "Least time between two DRIFT reports of one drift episode of a detector (a new "
+            "episode, after the drift was seen gone, is reported at once)."
+        ),
     )
 
     # -- feedback join and performance

@@ -7,10 +7,14 @@ The state machine, per detector:
   is no evidence that the drift went away.
 * Outside DRIFT, the first clean verdict sets NO_DRIFT, and ``exit_after`` consecutive
   insufficient verdicts set INSUFFICIENT_DATA (one odd window is not worth a report).
-* A report is due on every state change. DRIFT reports are further limited by the cooldown:
-  at most one every ``cooldown_s``; while the drift lasts, one DRIFT report is repeated per
-  cooldown (a reminder for a retrain that did not fix it). A DRIFT entered during the cooldown
-  is reported once the cooldown has passed, if the drift is still there.
+* A report is due on every state change. While a drift lasts, its DRIFT report is repeated
+  once per ``cooldown_s`` (a reminder for a retrain that did not fix it).
+* After a DRIFT report the detector re-arms once it has seen ``exit_after`` consecutive clean
+  verdicts (the drift went away, as confirmed as leaving DRIFT needs). A DRIFT entered while
+  armed is a new episode and is reported at once, cooldown or not: a false alarm must not hide
+  a real drift that begins minutes later. A DRIFT entered unarmed (after ``reset``, with the
+  reported drift never seen gone) waits for the cooldown, and is reported then if it is still
+  there. Retrain storms from a flapping detector are the trainer's to coalesce (its debouncer).
 
 Time is passed in (seconds), so tests drive it.
 """
@@ -44,6 +48,8 @@ class Hysteresis:
         self._insufficient = 0
         self._last_drift_report: float | None = None
         self._drift_unreported = False
+        #: Whether a new DRIFT episode would be reported at once (see the module's docstring).
+        self._armed = True
 
     def observe(self, verdict: Status, now: float) -> Status | None:
         """Account for one verdict at time ``now``; the status to report, or None."""
@@ -56,6 +62,8 @@ class Hysteresis:
         else:
             raise ValueError(f"not a verdict: {verdict!r}")
 
+        if self._clean >= self.policy.exit_after:
+            self._armed = True
         previous = self.state
         if self.state is Status.DRIFT:
             if self._clean >= self.policy.exit_after:
@@ -71,9 +79,10 @@ class Hysteresis:
         if self.state is Status.DRIFT:
             # Due when newly entered (and not yet reported), or as a reminder while it lasts.
             due = self._drift_unreported or verdict is Status.DRIFT
-            if due and self._cooled(now):
+            if due and (self._armed or self._cooled(now)):
                 self._last_drift_report = now
                 self._drift_unreported = False
+                self._armed = False
                 return Status.DRIFT
             return None
         self._drift_unreported = False
@@ -84,7 +93,8 @@ class Hysteresis:
         return last is None or now - last >= self.policy.cooldown_s
 
     def reset(self) -> None:
-        """Forget the state (a new reference); the cooldown of DRIFT reports survives."""
+        """Forget the state (a new reference); the cooldown of DRIFT reports, and whether the
+        detector is armed, survive: a drift that outlives a retrain is a reminder, not news."""
         self.state = Status.UNSPECIFIED
         self._drifted = self._clean = self._insufficient = 0
         self._drift_unreported = False

@@ -259,8 +259,8 @@ class RetrainRunner:
         ``retry_refusal`` (set only together with ``may_defer``), so does a refused challenger
         (``RefusedForNow``, nothing registered): right after a change, labels arrive late and the
         window holds too few of the new pattern to learn it, or the holdout does not show yet
-        what the live feedback measured. The drift service's cooldowns mean no new trigger comes
-        for minutes, so a refusal made that early must not be final. ``champion_degraded``: live
+        what the live feedback measured. While a drift lasts the drift service reminds only once
+        per cooldown (minutes), so a refusal made that early must not be final. ``champion_degraded``: live
         feedback measured the champion's fall, so the gate also asks for a better operating point
         (``gate.py``).
         """

@@ -40,11 +40,29 @@ def test_cooldown_limits_drift_reports_and_reminds_while_drift_lasts() -> None:
     assert due == [(0, D), (10, D), (20, D)]
 
 
-def test_drift_entered_during_cooldown_is_reported_when_it_ends() -> None:
-    policy = HysteresisPolicy(enter_after=1, exit_after=1, cooldown_s=10)
-    # Drift at 0, clean at 1 (left), drift again at 2..: reported again only at 10.
-    due = _run(policy, [D, N, D, D, D, D, D, D, D, D, D, D])
-    assert due == [(0, D), (1, N), (10, D)]
+def test_a_drift_after_a_confirmed_exit_is_a_new_episode_reported_at_once() -> None:
+    # A false alarm at 1, gone by 4 (three clean verdicts), a real drift from 5: reported at
+    # 6, within the cooldown of the false alarm's report, not 300 s later.
+    policy = HysteresisPolicy(enter_after=2, exit_after=3, cooldown_s=300)
+    due = _run(policy, [D, D, N, N, N, D, D, D, D])
+    assert due == [(1, D), (4, N), (6, D)]
+
+
+def test_clean_verdicts_short_of_an_exit_do_not_rearm() -> None:
+    # Two clean verdicts do not end the drift (exit_after=3): the drift resumes as the same
+    # episode, reminded only once the cooldown has passed.
+    policy = HysteresisPolicy(enter_after=1, exit_after=3, cooldown_s=10)
+    due = _run(policy, [D, N, N, D, D, D, D, D, D, D, D, D])
+    assert due == [(0, D), (10, D)]
+
+
+def test_a_drift_seen_gone_after_a_reset_rearms() -> None:
+    h = Hysteresis(HysteresisPolicy(enter_after=1, exit_after=2, cooldown_s=100))
+    assert h.observe(D, 0.0) is D
+    h.reset()  # a retrain's new reference: the drift is gone against it
+    assert h.observe(N, 1.0) is N
+    assert h.observe(N, 2.0) is None
+    assert h.observe(D, 3.0) is D
 
 
 def test_insufficient_data_holds_a_drift_state() -> None:
