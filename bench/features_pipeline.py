@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
-from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
+from driftline.kit.testing import create_test_topics, delete_topics, free_port, unique_prefix
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN, Topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,12 +276,6 @@ class CpuSampler:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

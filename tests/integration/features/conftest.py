@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,10 @@ from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
-from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
+from driftline.kit.testing import create_test_topics, delete_topics, free_port, unique_prefix
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN, Topic
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -81,8 +74,15 @@ def namespace_factory(
 
 
 def start_service(
-    ns: Namespace, log_path: Path, *, metrics_port: int = 0, **overrides: str
+    ns: Namespace,
+    log_path: Path,
+    *,
+    metrics_port: int = 0,
+    environment: dict[str, str] | None = None,
+    **overrides: str,
 ) -> subprocess.Popen[bytes]:
+    """The service as a subprocess; ``overrides`` are its own settings (``DRIFTLINE_FEATURES_*``),
+    ``environment`` any other variables (``DRIFTLINE_REDIS_URL``, say)."""
     env = dict(os.environ)
     env.update(
         {
@@ -99,6 +99,7 @@ def start_service(
         }
     )
     env.update({f"DRIFTLINE_FEATURES_{k.upper()}": v for k, v in overrides.items()})
+    env.update(environment or {})
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "driftline.services.features"], env=env, stdout=log, stderr=log, cwd=ROOT

@@ -29,6 +29,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 
@@ -83,6 +84,10 @@ BATCH_SECONDS = Histogram(
 
 class DeliveryError(KafkaException):
     """The broker did not acknowledge a message."""
+
+
+class _Outage(Exception):
+    """A handler failed because a dependency is down (the cause); the batch is not at fault."""
 
 
 class Output(NamedTuple):
@@ -335,6 +340,12 @@ class ConsumerLoop:
     is idle, on a rebalance and on stop, every batch in flight is drained and committed first.
     The loop stops after the batches in flight when ``stop()`` is called or SIGTERM arrives
     (see ``install_signal_handlers``), commits what it delivered, and leaves the group.
+
+    A handler failure that ``outages`` calls an outage (a dependency down) holds the batch back:
+    its partitions are rewound to it, nothing of it is produced or committed, and it is consumed
+    and handled again after a back-off, for as long as the outage lasts (``driftline.kit.outages``).
+    Any other failure is retried ``max_retries`` times, then the batch is handled message by
+    message and only the messages that still fail are dead-lettered (``handler_error``).
     """
 
     def __init__(
@@ -350,6 +361,7 @@ class ConsumerLoop:
         retry_backoff_s: float = 0.5,
         hooks: ConsumerHooks | None = None,
         config: dict[str, Any] | None = None,
+        outages: OutagePolicy | None = None,
     ) -> None:
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -374,6 +386,9 @@ class ConsumerLoop:
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
         self._hooks = hooks or ConsumerHooks()
+        self._outages = outages or OutagePolicy()
+        #: Consecutive attempts that met an outage (0: the last batch went through).
+        self._outage_attempts = 0
         self._consumer = Consumer(conf)
         self._stopping = threading.Event()
         self._in_flight: deque[_InFlight] = deque()
@@ -441,7 +456,12 @@ class ConsumerLoop:
     def _dispatch(self, batch: list[Message]) -> None:
         """Handle a batch and produce its outputs; it joins the batches in flight."""
         flight = _InFlight(batch, time.perf_counter())
-        outcomes = self._handle_with_retries(batch)
+        try:
+            outcomes = self._handle_with_retries(batch)
+        except _Outage as outage:
+            self._hold_back(batch, outage.__cause__)
+            return
+        self._outage_attempts = 0
         produce, on_delivery = self._producer.produce, flight.on_delivery
         # The hot loop of every consumer: outputs unpacked as tuples, counted in one go below.
         topics: list[str] = []
@@ -459,6 +479,29 @@ class ConsumerLoop:
         self._in_flight.append(flight)
         while len(self._in_flight) > self._settings.max_in_flight_batches:
             self._complete(self._in_flight[0], wait=True)
+
+    def _hold_back(self, batch: list[Message], err: BaseException | None) -> None:
+        """A dependency is down: rewind the batch's partitions to it, so that it is consumed
+        and handled again, and wait out the back-off (``stop()`` cuts the wait short)."""
+        first: dict[tuple[str, int], int] = {}
+        for message in batch:
+            first.setdefault(
+                (cast(str, message.topic()), cast(int, message.partition())), cast(int, message.offset())
+            )
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        self._outage_attempts += 1
+        wait_s = self._outages.backoff_s(self._outage_attempts)
+        OUTAGE_WAITS.labels(self._group).inc()
+        log.warning(
+            "dependency_unavailable",
+            group=self._group,
+            attempt=self._outage_attempts,
+            messages=len(batch),
+            retry_in_s=wait_s,
+            error=f"{type(err).__name__}: {err}",
+        )
+        self._stopping.wait(wait_s)
 
     def _commit_completed(self, *, wait: bool) -> None:
         """Commit the batches in flight, oldest first, that are fully acknowledged."""
@@ -526,6 +569,8 @@ class ConsumerLoop:
                     raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} messages")
                 return outcomes
             except Exception as err:
+                if self._outages.is_outage(err):
+                    raise _Outage from err  # not the batch's fault: held back whole, see _hold_back
                 attempt += 1
                 if attempt > self._max_retries or self._stopping.is_set():
                     if len(batch) > 1:

@@ -23,6 +23,12 @@ from redis.retry import Retry
 
 from driftline.kit.settings import RedisSettings
 
+#: What redis-py raises when the server cannot be reached or answer in time (refused, reset,
+#: timed out, still loading its data, wrong credentials after a restart): an outage for the
+#: consumers' ``driftline.kit.outages.OutagePolicy``, not a bad message. Raised only once the
+#: client's own retries are spent.
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+
 
 def _backoff(settings: RedisSettings) -> ExponentialBackoff:
     return ExponentialBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s)

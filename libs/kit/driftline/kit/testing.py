@@ -3,11 +3,17 @@ the real broker (they never replace it)."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import redis
 from confluent_kafka import Consumer, Message
 
 from driftline.kit.kafka import Headers
@@ -54,6 +60,41 @@ class FakeMessage:
 
 def fake_messages(values: Iterable[bytes], topic: str = "test.topic.v1") -> list[FakeMessage]:
     return [FakeMessage(v, _topic=topic, _offset=i) for i, v in enumerate(values)]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def redis_server(port: int, data_dir: Path, *, timeout_s: float = 20.0) -> Iterator[redis.Redis]:
+    """A redis-server of the test's own on ``port`` (no password, no persistence), yielding a
+    client of it: for tests that take Redis away from a service and give it back, while the
+    stack's Redis serves every other test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make setup installs it)")
+    args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen([*args, "--dir", str(data_dir)], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+        yield client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=timeout_s)
 
 
 def unique_prefix() -> str:

@@ -156,3 +156,131 @@ def test_poison_on_a_topic_without_dead_letter_topic_is_skipped_and_the_loop_goe
     assert [s[1] for s in producer.sent] == [b"a", b"c"]
     assert kafka.SKIPPED.labels("g2", PREDICTIONS.name, "undecodable")._value.get() == before + 1
     assert loop._consumer.commits == [[(PREDICTIONS.name, 0, 3)]]
+
+
+class _Log:
+    """A consumer over one partition's messages: consume reads from the position, seek moves it."""
+
+    def __init__(self, messages, on_consume=None):
+        self.messages = messages
+        self.position = 0
+        self.commits = []
+        self.seeks = []
+        self.on_consume = on_consume
+
+    def subscribe(self, topics, on_revoke=None):
+        pass
+
+    def consume(self, num_messages, timeout):
+        if self.on_consume is not None:
+            self.on_consume(self)
+        batch = self.messages[self.position : self.position + num_messages]
+        self.position += len(batch)
+        return batch
+
+    def seek(self, partition):
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+        self.position = next(i for i, m in enumerate(self.messages) if m.offset() == partition.offset)
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def assignment(self):
+        return []
+
+    def close(self):
+        pass
+
+
+class _Outage(Exception):
+    """A client's own "cannot reach the server" error."""
+
+
+def _run_until_consumed(loop, log, stop_when):
+    def on_consume(consumer):
+        if stop_when(consumer):
+            loop.stop()
+
+    log.on_consume = on_consume
+    loop._consumer = log
+    loop.run()
+
+
+def test_an_outage_holds_the_batch_back_whole_and_nothing_is_dead_lettered():
+    from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
+
+    calls = {"n": 0}
+
+    def handler(messages):
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise _Outage("connection refused")
+        return [[kafka.Output("out", m.value())] for m in messages]
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=0, outages=OutagePolicy(errors=(_Outage,), base_s=0, cap_s=0))
+    loop._settings = loop._settings.copy(update={"batch_size": 2})
+    messages = fake_messages([b"a", b"b", b"c"], topic=TRANSACTIONS_RAW.name)
+    log = _Log(messages)
+    before = OUTAGE_WAITS.labels("g")._value.get()
+    _run_until_consumed(loop, log, lambda consumer: consumer.position == len(messages))
+
+    # Three attempts met the outage: each time the batch went back to its first offset.
+    assert log.seeks == [(TRANSACTIONS_RAW.name, 0, 0)] * 3
+    assert OUTAGE_WAITS.labels("g")._value.get() == before + 3
+    # Then every message went through once; none was dead-lettered, and all were committed.
+    assert [s[1] for s in producer.sent] == [b"a", b"b", b"c"]
+    assert log.commits[-1] == [(TRANSACTIONS_RAW.name, 0, 3)]
+
+
+def test_an_outage_never_dead_letters_even_at_stop():
+    from driftline.kit.errors import Unavailable
+    from driftline.kit.outages import OutagePolicy
+
+    def handler(messages):
+        raise Unavailable("registry is down")  # an outage by default, whatever the client
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=0, outages=OutagePolicy(base_s=0, cap_s=0))
+    messages = fake_messages([b"a", b"b"], topic=TRANSACTIONS_RAW.name)
+    log = _Log(messages)
+    attempts = {"n": 0}
+
+    def stop_after_two(consumer):
+        attempts["n"] += 1
+        return attempts["n"] == 2
+
+    _run_until_consumed(loop, log, stop_after_two)
+    assert producer.sent == []
+    assert log.commits == []  # the batch stays uncommitted: the next run handles it
+    assert log.position == 0
+
+
+def test_an_outage_met_while_isolating_a_culprit_holds_the_whole_batch_back():
+    from driftline.kit.outages import OutagePolicy
+
+    state = {"down": True}
+
+    def handler(messages):
+        if len(messages) > 1:
+            raise ValueError("something in this batch is bad")
+        if messages[0].value() == b"b" and state["down"]:
+            state["down"] = False
+            raise _Outage("connection reset")
+        if messages[0].value() == b"c":
+            raise ValueError("c is bad")
+        return [[kafka.Output("out", messages[0].value())]]
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=0, outages=OutagePolicy(errors=(_Outage,), base_s=0, cap_s=0))
+    messages = fake_messages([b"a", b"b", b"c"], topic=TRANSACTIONS_RAW.name)
+    log = _Log(messages)
+    _run_until_consumed(loop, log, lambda consumer: consumer.position == len(messages) and log.commits)
+
+    assert log.seeks == [(TRANSACTIONS_RAW.name, 0, 0)]
+    # "a" was handled before the outage and again after it: its first outputs were never sent.
+    assert [(s[0], s[1]) for s in producer.sent] == [
+        ("out", b"a"),
+        ("out", b"b"),
+        ("transactions.raw-dlq.v1", b"c"),
+    ]

@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import ConsumerHooks, ConsumerLoop, KafkaProducer, install_signal_handlers
 from driftline.kit.metrics import serve_metrics
-from driftline.kit.redis_clients import redis_client
+from driftline.kit.outages import OutagePolicy
+from driftline.kit.redis_clients import REDIS_OUTAGE, redis_client
 from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import TRANSACTIONS_CLEAN, TRANSACTIONS_RAW, Topic
 from driftline.services.ingestion.config import Settings
@@ -70,6 +71,8 @@ class IngestionApp:
             producer=self.producer,
             service=SERVICE,
             hooks=ConsumerHooks(before_commit=self._delivered),
+            # Redis down: the batch waits, rather than valid events going to the dead letters.
+            outages=OutagePolicy(errors=REDIS_OUTAGE),
         )
 
     def _delivered(self, batch: Sequence[Message]) -> None:
