@@ -33,6 +33,8 @@ from driftline.featurestore.offline import FeatureRow
 from driftline.featurestore.vectors import VectorEncoder
 from driftline.kit import kafka
 from driftline.kit.codec import decode
+from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
+from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.services.features import metrics
 from driftline.services.features.processor import FeatureProcessor, Processed
 from driftline.services.features.sink import OfflineSink
@@ -130,6 +132,7 @@ class TransactionsAgent:
         max_retries: int = 3,
         retry_backoff_s: float = 0.2,
         service: str = "features",
+        outages: OutagePolicy | None = None,
     ) -> None:
         self._processor = processor
         self._feature_set: FeatureSet = processor.feature_set
@@ -141,8 +144,13 @@ class TransactionsAgent:
         self._within = batch_within_s
         self._max_retries = max_retries
         self._backoff = retry_backoff_s
+        #: Redis (the online store and the stream's state) down: the batch waits, un-acked,
+        #: for as long as the outage lasts, instead of its events being dead-lettered.
+        self._outages = outages or OutagePolicy(errors=REDIS_OUTAGE)
         self._service = service.encode()
         self._encoder = VectorEncoder(self._feature_set)
+        #: The consumer's name in logs and in ``driftline_outage_waits_total``.
+        self._agent = f"{service}.transactions"
         self.batches = 0
 
     async def __call__(self, stream: Stream) -> None:
@@ -191,12 +199,16 @@ class TransactionsAgent:
     ) -> list[tuple[EventT, Processed | PoisonEvent]]:
         if not decoded:
             return []
-        attempt = 0
+        attempt = outage = 0
         while True:
             try:
                 results = await self._processor.process([e for _, e in decoded])
                 return [(item, r) for (item, _), r in zip(decoded, results, strict=True)]
-            except Exception as err:  # retried, then isolated and dead-lettered
+            except Exception as err:  # an outage is waited out; anything else is retried,
+                if self._outages.is_outage(err):  # then isolated and dead-lettered
+                    outage += 1
+                    await self._wait_out(err, outage, len(decoded))
+                    continue
                 attempt += 1
                 if attempt > self._max_retries:
                     if len(decoded) > 1:
@@ -210,6 +222,21 @@ class TransactionsAgent:
                 metrics.RETRIES.inc()
                 log.warning("batch_retry", attempt=attempt, events=len(decoded), error=str(err))
                 await asyncio.sleep(self._backoff * attempt)
+
+    async def _wait_out(self, err: BaseException, attempt: int, events: int) -> None:
+        """A dependency is down: wait before the batch is tried again (cancelling the agent
+        at shutdown ends the wait, with the batch un-acked for the next run)."""
+        wait_s = self._outages.backoff_s(attempt)
+        OUTAGE_WAITS.labels(self._agent).inc()
+        log.warning(
+            "dependency_unavailable",
+            agent=self._agent,
+            attempt=attempt,
+            events=events,
+            retry_in_s=wait_s,
+            error=f"{type(err).__name__}: {err}",
+        )
+        await asyncio.sleep(wait_s)
 
     def _dead_letter(self, item: EventT, reason: str, detail: str) -> None:
         message = item.message

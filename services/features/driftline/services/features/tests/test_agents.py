@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 import pytest
+import redis
 from confluent_kafka import KafkaError
 
 from driftline.events.v1 import transaction_pb2
@@ -16,6 +17,8 @@ from driftline.featurestore.definitions import TRANSACTION_FEATURES
 from driftline.featurestore.events import epoch_seconds
 from driftline.kit import kafka
 from driftline.kit.codec import to_timestamp
+from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
+from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.services.features.agents import (
     KafkaPublisher,
     PoisonEvent,
@@ -160,6 +163,44 @@ async def test_transient_error_is_retried_without_dead_letters() -> None:
     await agent.handle([FakeEvent(FakeMessage(tx("e1")))])  # type: ignore[arg-type]
     assert len(vectors) == 1
     assert dlq == []
+
+
+class DownState(MemoryState):
+    """Redis refuses connections for the first ``outages`` loads."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    async def load(self, entity_ids: Sequence[str]) -> dict[str, EntityState]:
+        if self.outages:
+            self.outages -= 1
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:16379. Connection refused.")
+        return await super().load(entity_ids)
+
+
+async def test_a_redis_outage_is_waited_out_however_long_and_nothing_is_dead_lettered() -> None:
+    publisher = FakePublisher()
+    vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
+    agent = TransactionsAgent(
+        FeatureProcessor(TRANSACTION_FEATURES, DownState(outages=6), allowed_lateness_s=5.0),
+        publisher,
+        vectors_topic="vectors",
+        dead_letter_topic="dlq",
+        source_name="transactions.clean.v1",
+        max_retries=1,  # an outage does not count towards these
+        retry_backoff_s=0.0,
+        outages=OutagePolicy(errors=REDIS_OUTAGE, base_s=0.0, cap_s=0.0),
+    )
+    waits = OUTAGE_WAITS.labels("features.transactions")._value.get()
+    batch = [
+        FakeEvent(FakeMessage(tx("e1", card="c1"), offset=0)),
+        FakeEvent(FakeMessage(tx("e2", card="c2"), offset=1)),
+    ]
+    await agent.handle(batch)  # type: ignore[arg-type]
+    assert sorted(features_pb2.FeatureVector.FromString(s["value"]).event_id for s in vectors) == ["e1", "e2"]
+    assert dlq == []
+    assert OUTAGE_WAITS.labels("features.transactions")._value.get() == waits + 6
 
 
 @pytest.mark.parametrize(
