@@ -354,3 +354,29 @@ async def test_client_and_default_deadlines_end_the_call_and_its_work(stack):
     assert stack.app.prediction_log.buffered + stack.app.prediction_log.acknowledged == logged_before
     ok = await stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entity), timeout=5)
     assert ok.prediction.entity_id == entity
+
+
+async def test_an_online_store_that_cannot_be_reached_answers_unavailable(stack, monkeypatch, tmp_path):
+    from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, OnlineStore
+    from driftline.kit.redis_clients import async_redis_client
+    from driftline.kit.settings import RedisSettings
+    from driftline.kit.testing import free_port, redis_server
+
+    await stack.serve_versions(1)
+    port = free_port()
+    # A store built as the service builds it, on a Redis that is not there yet; the service's
+    # own wiring decides what an unreachable store means.
+    client = async_redis_client(RedisSettings(url=f"redis://127.0.0.1:{port}/0", retries=1))
+    store = AsyncOnlineStore(client, TRANSACTION_FEATURES, key_prefix="fs")
+    monkeypatch.setattr(stack.app.predictor, "_features", store)
+    predict = stack.inference.Predict
+    request = inference_pb2.PredictRequest(entity_id="card-1")
+    assert await rpc_code(predict(request)) is grpc.StatusCode.UNAVAILABLE
+    assert await stack.health() == SERVING  # a store outage is not the server's: it stays up
+
+    with redis_server(port, tmp_path) as sync_client:
+        values = [1.0] * len(TRANSACTION_FEATURES.feature_names)
+        writer = OnlineStore(sync_client, TRANSACTION_FEATURES, key_prefix="fs")
+        writer.write_many([("card-1", values, time.time())])
+        assert (await predict(request)).prediction.entity_id == "card-1"
+    await client.aclose()

@@ -10,6 +10,7 @@ import structlog
 from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import GrpcServer, wait_for_signal
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS, Topic
 from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
@@ -75,6 +76,7 @@ class InferenceApp:
             policy=settings.staleness_policy,
             threshold=settings.decision_threshold,
             max_entities=settings.max_entities_per_call,
+            unavailable=REDIS_OUTAGE,
         )
         self.server = GrpcServer(settings.grpc, service_names=[servicer.SERVICE_NAME, kserve.SERVICE_NAME])
         self.server.add(

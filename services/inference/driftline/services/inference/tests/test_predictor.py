@@ -177,3 +177,25 @@ def test_prediction_ids_are_distinct_random_uuids():
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
+
+
+async def test_an_unreachable_online_store_is_unavailable_not_an_internal_error():
+    import redis
+
+    from driftline.kit.errors import Unavailable
+
+    class DownStore(FakeStore):
+        async def read(self, entity_ids, *, now=None, policy=None):
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:16379. Connection refused.")
+
+    slots = ModelSlots("fraud", BatchingOptions(max_batch_size=16), RoutingOptions())
+    await slots.install(Role.CHAMPION, ModelMeta("fraud", 1, feature_names=NAMES), FakeRuntime())
+    sink = ListSink()
+    predictor = Predictor(
+        slots=slots, features=DownStore(NAMES), sink=sink, unavailable=(redis.ConnectionError,)
+    )
+    with pytest.raises(Unavailable) as err:
+        await predictor.predict([PredictInput("card-1")])
+    assert err.value.status.name == "UNAVAILABLE"
+    assert sink.records == []
+    await slots.close()
