@@ -17,6 +17,7 @@ from confluent_kafka import Message
 from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.kit.codec import decode, from_timestamp
+from driftline.kit.errors import Unavailable
 from driftline.kit.kafka import DeadLetter, Outcome
 from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
 from driftline.services.trainer import metrics
@@ -121,8 +122,13 @@ class LabelHandler:
             outcomes.append(outcome)
             if record is not None:
                 records.append(record)
-        # One immutable file per batch; a failure here makes the loop retry the whole batch.
-        self._log.append(records)
+        # One immutable file per batch. A file that cannot be written (disk full, read-only
+        # volume) is not the labels' fault: the loop holds the batch back until it can be, rather
+        # than dead-lettering good labels (driftline.kit.outages).
+        try:
+            self._log.append(records)
+        except OSError as err:
+            raise Unavailable(f"the label log cannot be written: {err}") from err
         metrics.LABELS.labels("appended").inc(len(records))
         return outcomes
 

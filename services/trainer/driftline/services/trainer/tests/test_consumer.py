@@ -144,3 +144,20 @@ def test_feedback_keyed_only_by_prediction_id_is_skipped_not_dead_lettered(tmp_p
     outcomes = LabelHandler(log)([FakeMessage(message, _topic=FEEDBACK.name)])
     assert outcomes == [[]]
     assert log.read().empty
+
+
+def test_a_label_log_that_cannot_be_written_is_an_outage_not_bad_labels(tmp_path) -> None:
+    import errno
+
+    import pytest
+
+    from driftline.kit.errors import Unavailable
+    from driftline.kit.outages import OutagePolicy
+
+    class FullDisk(LabelLog):
+        def append(self, records):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(Unavailable, match="No space left") as err:
+        LabelHandler(FullDisk(tmp_path))([FakeMessage(feedback(), _topic=FEEDBACK.name)])
+    assert OutagePolicy().is_outage(err.value)  # the consumer loop waits; nothing is dead-lettered
