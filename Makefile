@@ -39,12 +39,14 @@ status: ## Show what of the local stack is running
 	@bash deploy/local/stack.sh status
 
 .PHONY: lint
-lint: ## ruff, mypy, and rustfmt and clippy for the native crate
+lint: ## ruff, mypy, rustfmt and clippy for the native crate, gofmt and go vet for deploy/tools
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy libs/kit libs/featurestore services
 	@cargo fmt --check --manifest-path services/ingestion/fastgate/Cargo.toml
 	@cargo clippy --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml -- -D warnings
+	@test -z "$$(gofmt -l deploy/tools)" || { gofmt -l deploy/tools; echo "gofmt: run gofmt -w deploy/tools"; exit 1; }
+	@cd deploy/tools/composecheck && go vet ./...
 
 .PHONY: test
 test: setup ## Run every test (unit, contract, integration, e2e) against the real local stack

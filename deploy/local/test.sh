@@ -27,6 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# The tests build deploy/tools/composecheck (Go) to load docker-compose.yml as docker compose does.
+command -v go >/dev/null || { echo "make test: Go 1.24+ (go) is needed to check docker-compose.yml" >&2; exit 1; }
+
 echo "== generated code is current"
 make --no-print-directory proto-check
 echo "== lint"

@@ -1,12 +1,21 @@
 """docker-compose.yml, which no machine here can run, agrees with the code it starts: every
 service command names a module that exists, and no DRIFTLINE_* variable it sets goes unread (a
 misspelt or stale one is silently ignored). The services share one block of variables, so a
-shared one needs one reader among them; one a service sets for itself, that service."""
+shared one needs one reader among them; one a service sets for itself, that service.
+
+And it loads as `docker compose` would load it: deploy/tools/composecheck runs compose-go, the
+library docker compose is built on (schema, .env interpolation, references between services,
+volumes and networks), and must refuse files broken in each of those ways."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +89,78 @@ def test_every_shared_variable_is_read_by_a_service():
     read = set().union(*(env_names(_class(path)) for path in SETTINGS.values()))
     unread = {k for k in _shared() if k.startswith("DRIFTLINE_")} - read
     assert not unread, f"no service reads {sorted(unread)}"
+
+
+COMPOSECHECK = ROOT / "deploy" / "tools" / "composecheck"
+
+
+@pytest.fixture(scope="module")
+def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("go (1.24+) is not on PATH: it builds deploy/tools/composecheck", pytrace=False)
+    binary = tmp_path_factory.mktemp("composecheck") / "composecheck"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=COMPOSECHECK, check=True, timeout=900)
+    return binary
+
+
+def _load(composecheck: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(composecheck), str(project), str(project / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_compose_file_loads_as_docker_compose_loads_it(composecheck: Path) -> None:
+    result = _load(composecheck, ROOT)
+    assert result.returncode == 0, result.stderr
+    project = json.loads(result.stdout)
+    assert set(project["services"]) == set(_services())
+    for name, service in project["services"].items():
+        for port in service.get("ports") or []:
+            assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond the loopback"
+        for volume in service.get("volumes") or []:
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), f"{name} mounts {volume['source']}, which is not here"
+        build = service.get("build")
+        if build:
+            assert (Path(build["context"]) / build["dockerfile"]).is_file(), name
+
+
+def _broken_dependency(compose: dict[str, Any]) -> None:
+    compose["services"]["ingestion"]["depends_on"]["nosuch"] = {"condition": "service_started"}
+
+
+def _misspelt_key(compose: dict[str, Any]) -> None:
+    compose["services"]["ingestion"]["restrat"] = "always"
+
+
+def _unset_variable(compose: dict[str, Any]) -> None:
+    compose["services"]["ingestion"]["environment"]["DRIFTLINE_X"] = "${DRIFTLINE_SET_NOWHERE}"
+
+
+def _undeclared_volume(compose: dict[str, Any]) -> None:
+    compose["services"]["redis"]["volumes"] = ["undeclared:/data"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (_broken_dependency, "nosuch"),
+        (_misspelt_key, "restrat"),
+        (_unset_variable, "DRIFTLINE_SET_NOWHERE"),
+        (_undeclared_volume, "undeclared"),
+    ],
+)
+def test_composecheck_refuses_a_broken_compose_file(
+    composecheck: Path, tmp_path: Path, breakage: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    compose = copy.deepcopy(_compose())
+    breakage(compose)
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(compose, sort_keys=False))
+    shutil.copy(ROOT / ".env", tmp_path / ".env")
+    result = _load(composecheck, tmp_path)
+    assert result.returncode == 1, result.stdout[:500]
+    assert message in result.stderr
