@@ -46,7 +46,7 @@ lint: ## ruff, mypy, rustfmt and clippy for the native crate, gofmt and go vet f
 	@cargo fmt --check --manifest-path services/ingestion/fastgate/Cargo.toml
 	@cargo clippy --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml -- -D warnings
 	@test -z "$$(gofmt -l deploy/tools)" || { gofmt -l deploy/tools; echo "gofmt: run gofmt -w deploy/tools"; exit 1; }
-	@cd deploy/tools/composecheck && go vet ./...
+	@cd deploy/tools && go vet ./...
 
 .PHONY: test
 test: setup ## Run every test (unit, contract, integration, e2e) against the real local stack

@@ -27,8 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# The tests build deploy/tools/composecheck (Go) to load docker-compose.yml as docker compose does.
-command -v go >/dev/null || { echo "make test: Go 1.24+ (go) is needed to check docker-compose.yml" >&2; exit 1; }
+# The tests build deploy/tools (Go) to check docker-compose.yml and the Dockerfile.
+command -v go >/dev/null || { echo "make test: Go 1.24+ (go) is needed to check docker-compose.yml and the Dockerfile" >&2; exit 1; }
 
 echo "== generated code is current"
 make --no-print-directory proto-check

@@ -91,17 +91,9 @@ def test_every_shared_variable_is_read_by_a_service():
     assert not unread, f"no service reads {sorted(unread)}"
 
 
-COMPOSECHECK = ROOT / "deploy" / "tools" / "composecheck"
-
-
 @pytest.fixture(scope="module")
-def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("go (1.24+) is not on PATH: it builds deploy/tools/composecheck", pytrace=False)
-    binary = tmp_path_factory.mktemp("composecheck") / "composecheck"
-    subprocess.run([go, "build", "-o", str(binary), "."], cwd=COMPOSECHECK, check=True, timeout=900)
-    return binary
+def composecheck(deploy_tools: Path) -> Path:
+    return deploy_tools / "composecheck"
 
 
 def _load(composecheck: Path, project: Path) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@
 // No Docker engine runs on the development machines, so this is how tests/contract/test_compose.py
 // knows that docker-compose.yml would load.
 //
-//	go run ./deploy/tools/composecheck <project dir> <compose file>...
+//	cd deploy/tools && go run ./composecheck <project dir> <compose file>...
 package main
 
 import (
