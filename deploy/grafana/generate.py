@@ -268,8 +268,9 @@ STREAMING = Dashboard(
             (
                 Panel(
                     "Consumed messages/s by group and topic",
-                    "Messages handled by each consumer group (kit consumer loop), and batches retried "
-                    "after a transient handler error.",
+                    "Messages handled by each consumer group (kit consumer loop), batches retried "
+                    "after a handler error, and batches held back while a dependency was down "
+                    "(alert: DriftlineDependencyUnavailable).",
                     (
                         Query(
                             rate("driftline_kafka_consumed_total", "group, topic"), "{{group}} · {{topic}}"
@@ -277,6 +278,10 @@ STREAMING = Dashboard(
                         Query(
                             rate("driftline_kafka_handler_retries_total", "group"),
                             "retried batches · {{group}}",
+                        ),
+                        Query(
+                            rate("driftline_outage_waits_total", "consumer"),
+                            "waiting for a dependency · {{consumer}}",
                         ),
                     ),
                     unit="ops",
