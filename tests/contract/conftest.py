@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,16 @@ def deploy_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deploy-tools")
     subprocess.run([go, "build", "-o", f"{out}/", "./..."], cwd=TOOLS, check=True, timeout=900)
     return out
+
+
+#: Runs one of the tools with its arguments: ``deploy_tool("composecheck", project, file)``.
+DeployTool = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def deploy_tool(deploy_tools: Path) -> DeployTool:
+    def run(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        command = [str(deploy_tools / name), *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    return run

@@ -91,22 +91,12 @@ def test_every_shared_variable_is_read_by_a_service():
     assert not unread, f"no service reads {sorted(unread)}"
 
 
-@pytest.fixture(scope="module")
-def composecheck(deploy_tools: Path) -> Path:
-    return deploy_tools / "composecheck"
+def _load(deploy_tool: Callable[..., subprocess.CompletedProcess[str]], project: Path) -> Any:
+    return deploy_tool("composecheck", project, project / "docker-compose.yml")
 
 
-def _load(composecheck: Path, project: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(composecheck), str(project), str(project / "docker-compose.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_the_compose_file_loads_as_docker_compose_loads_it(composecheck: Path) -> None:
-    result = _load(composecheck, ROOT)
+def test_the_compose_file_loads_as_docker_compose_loads_it(deploy_tool: Any) -> None:
+    result = _load(deploy_tool, ROOT)
     assert result.returncode == 0, result.stderr
     project = json.loads(result.stdout)
     assert set(project["services"]) == set(_services())
@@ -147,12 +137,12 @@ def _undeclared_volume(compose: dict[str, Any]) -> None:
     ],
 )
 def test_composecheck_refuses_a_broken_compose_file(
-    composecheck: Path, tmp_path: Path, breakage: Callable[[dict[str, Any]], None], message: str
+    deploy_tool: Any, tmp_path: Path, breakage: Callable[[dict[str, Any]], None], message: str
 ) -> None:
     compose = copy.deepcopy(_compose())
     breakage(compose)
     (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(compose, sort_keys=False))
     shutil.copy(ROOT / ".env", tmp_path / ".env")
-    result = _load(composecheck, tmp_path)
+    result = _load(deploy_tool, tmp_path)
     assert result.returncode == 1, result.stdout[:500]
     assert message in result.stderr

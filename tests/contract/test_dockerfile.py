@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,17 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 
 
-def _check(deploy_tools: Path, dockerfile: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(deploy_tools / "dockerfilecheck"), str(ROOT), str(dockerfile)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _check(deploy_tool: Any, dockerfile: Path) -> Any:
+    return deploy_tool("dockerfilecheck", ROOT, dockerfile)
 
 
-def test_the_dockerfile_reads_as_buildkit_reads_it(deploy_tools: Path) -> None:
-    result = _check(deploy_tools, DOCKERFILE)
+def test_the_dockerfile_reads_as_buildkit_reads_it(deploy_tool: Any) -> None:
+    result = _check(deploy_tool, DOCKERFILE)
     assert result.returncode == 0, result.stderr
     stages = {s["name"]: s for s in json.loads(result.stdout)["stages"]}
     # The image compose runs is the last stage, and it holds the built environment.
@@ -45,13 +40,13 @@ def test_the_dockerfile_reads_as_buildkit_reads_it(deploy_tools: Path) -> None:
     ],
 )
 def test_dockerfilecheck_refuses_a_broken_dockerfile(
-    deploy_tools: Path, tmp_path: Path, old: str, new: str, message: str
+    deploy_tool: Any, tmp_path: Path, old: str, new: str, message: str
 ) -> None:
     text = DOCKERFILE.read_text()
     assert old in text, f"the Dockerfile changed: {old!r} is gone; update this case"
     broken = tmp_path / "Dockerfile"
     broken.write_text(text.replace(old, new, 1))
     shutil.copy(DOCKERFILE.with_name("Dockerfile.dockerignore"), tmp_path / "Dockerfile.dockerignore")
-    result = _check(deploy_tools, broken)
+    result = _check(deploy_tool, broken)
     assert result.returncode == 1, result.stdout[:500]
     assert message in result.stderr
