@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
+from driftline.kit.outages import OutagePolicy
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 
@@ -491,17 +491,7 @@ class ConsumerLoop:
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
         self._outage_attempts += 1
-        wait_s = self._outages.backoff_s(self._outage_attempts)
-        OUTAGE_WAITS.labels(self._group).inc()
-        log.warning(
-            "dependency_unavailable",
-            group=self._group,
-            attempt=self._outage_attempts,
-            messages=len(batch),
-            retry_in_s=wait_s,
-            error=f"{type(err).__name__}: {err}",
-        )
-        self._stopping.wait(wait_s)
+        self._stopping.wait(self._outages.hold(self._group, self._outage_attempts, err, messages=len(batch)))
 
     def _commit_completed(self, *, wait: bool) -> None:
         """Commit the batches in flight, oldest first, that are fully acknowledged."""

@@ -13,10 +13,14 @@ which a message is isolated and dead-lettered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import structlog
 from prometheus_client import Counter
 
 from driftline.kit.errors import Unavailable
+
+log = structlog.get_logger(__name__)
 
 OUTAGE_WAITS = Counter(
     "driftline_outage_waits_total",
@@ -48,3 +52,19 @@ class OutagePolicy:
     def backoff_s(self, attempt: int) -> float:
         """The wait after the ``attempt``-th consecutive failed attempt (from 1)."""
         return min(self.cap_s, self.base_s * 2.0 ** min(max(attempt - 1, 0), 62))
+
+    def hold(self, consumer: str, attempt: int, err: BaseException | None, **context: Any) -> float:
+        """Book that ``consumer`` holds its batch back after its ``attempt``-th consecutive outage
+        (``driftline_outage_waits_total`` and a ``dependency_unavailable`` warning); returns how
+        long it waits before trying again."""
+        wait_s = self.backoff_s(attempt)
+        OUTAGE_WAITS.labels(consumer).inc()
+        log.warning(
+            "dependency_unavailable",
+            consumer=consumer,
+            attempt=attempt,
+            retry_in_s=wait_s,
+            error=f"{type(err).__name__}: {err}",
+            **context,
+        )
+        return wait_s

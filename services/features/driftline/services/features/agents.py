@@ -33,7 +33,7 @@ from driftline.featurestore.offline import FeatureRow
 from driftline.featurestore.vectors import VectorEncoder
 from driftline.kit import kafka
 from driftline.kit.codec import decode
-from driftline.kit.outages import OUTAGE_WAITS, OutagePolicy
+from driftline.kit.outages import OutagePolicy
 from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.services.features import metrics
 from driftline.services.features.processor import FeatureProcessor, Processed
@@ -206,8 +206,9 @@ class TransactionsAgent:
                 return [(item, r) for (item, _), r in zip(decoded, results, strict=True)]
             except Exception as err:  # an outage is waited out; anything else is retried,
                 if self._outages.is_outage(err):  # then isolated and dead-lettered
+                    # The batch waits, un-acked; cancelling the agent at shutdown ends the wait.
                     outage += 1
-                    await self._wait_out(err, outage, len(decoded))
+                    await asyncio.sleep(self._outages.hold(self._agent, outage, err, events=len(decoded)))
                     continue
                 attempt += 1
                 if attempt > self._max_retries:
@@ -222,21 +223,6 @@ class TransactionsAgent:
                 metrics.RETRIES.inc()
                 log.warning("batch_retry", attempt=attempt, events=len(decoded), error=str(err))
                 await asyncio.sleep(self._backoff * attempt)
-
-    async def _wait_out(self, err: BaseException, attempt: int, events: int) -> None:
-        """A dependency is down: wait before the batch is tried again (cancelling the agent
-        at shutdown ends the wait, with the batch un-acked for the next run)."""
-        wait_s = self._outages.backoff_s(attempt)
-        OUTAGE_WAITS.labels(self._agent).inc()
-        log.warning(
-            "dependency_unavailable",
-            agent=self._agent,
-            attempt=attempt,
-            events=events,
-            retry_in_s=wait_s,
-            error=f"{type(err).__name__}: {err}",
-        )
-        await asyncio.sleep(wait_s)
 
     def _dead_letter(self, item: EventT, reason: str, detail: str) -> None:
         message = item.message
