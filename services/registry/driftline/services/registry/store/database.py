@@ -14,9 +14,9 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from driftline.kit.errors import InvalidArgument
+from driftline.kit.errors import InvalidArgument, Unavailable
 from driftline.services.registry.store import schema
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that may write; committed on success, rolled back on any exception."""
-        with self.engine.connect() as conn:
+        with _unavailable_when_unreachable(), self.engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
@@ -77,7 +77,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (on SQLite it takes no write lock)."""
-        with self.engine.connect() as conn, conn.begin():
+        with _unavailable_when_unreachable(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     def ping(self) -> None:
@@ -86,6 +86,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _unavailable_when_unreachable() -> Iterator[None]:
+    """The database refused, dropped or timed out a connection, or stayed locked past the busy
+    timeout (``OperationalError``): callers get UNAVAILABLE, a status clients may retry, rather
+    than INTERNAL. As with any lost connection, a write whose commit was under way when it was
+    lost may have been applied: clients read before they write again."""
+    try:
+        yield
+    except OperationalError as err:
+        raise Unavailable(f"the registry's database is unavailable: {type(err.orig).__name__}") from err
 
 
 def _ensure_sqlite_dir(url: str) -> None:
