@@ -27,6 +27,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from driftline.kit.codec import utcnow
+from driftline.kit.errors import Unavailable
 from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, Headers
 from driftline.kit.topics import Topic
 from driftline.services.registry.domain import EventType, ModelEvent
@@ -251,7 +252,7 @@ class OutboxRelay:
                     await self.publish_pending()
                 except PublishFailed as err:
                     log.warning("outbox_publish_failed", error=str(err.__cause__ or err))
-                except SQLAlchemyError as err:
+                except (SQLAlchemyError, Unavailable) as err:  # Unavailable: the database is out
                     log.warning("outbox_database_error", error=str(err))
                 if self._stopping:
                     break
@@ -260,7 +261,7 @@ class OutboxRelay:
         finally:
             try:
                 await asyncio.to_thread(self._outbox.release_lease, self.owner)
-            except SQLAlchemyError as err:
+            except (SQLAlchemyError, Unavailable) as err:
                 log.warning("outbox_lease_release_failed", error=str(err))
             log.info("outbox_relay_stopped", owner=self.owner, published=self.published)
 

@@ -171,3 +171,33 @@ def test_event_json_and_protobuf_round_trip(registry, database):
             event.audit_seq,
         )
         assert convert.event_to_pb(replace(event)).occurred_at.ToDatetime().year == event.occurred_at.year
+
+
+async def test_the_relay_outlives_a_database_it_cannot_use_and_publishes_after(tmp_path, artifacts, clock):
+    import sqlite3
+
+    from driftline.services.registry.store import Database
+
+    path = tmp_path / "locked.db"
+    database = Database(f"sqlite:///{path}", busy_timeout_s=0.1)
+    database.create_schema()
+    registry = Registry(database, artifacts, OnnxValidator(1_000_000), AuditLog(), clock=clock)
+    await asyncio.to_thread(_changes, registry, 0)
+    publisher = FakePublisher()
+    relay = _relay(database, publisher, poll_interval_s=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the relay cannot lease
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.5)  # several passes meet the locked database
+    assert not task.done()
+    assert publisher.sent == []
+    holder.execute("ROLLBACK")
+    holder.close()
+    for _ in range(200):
+        if len(publisher.sent) == 2:
+            break
+        await asyncio.sleep(0.02)
+    relay.stop()
+    await task
+    assert len(publisher.sent) == 2
+    database.dispose()
