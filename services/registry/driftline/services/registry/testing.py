@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import pickle
+import sqlite3
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -147,3 +151,15 @@ def register_request(name: str = "fraud", **overrides: object) -> pb.RegisterMod
         else:
             setattr(request, key, value)
     return request
+
+
+@contextmanager
+def sqlite_write_lock(path: Path) -> Iterator[None]:
+    """Another writer holding a SQLite file's write lock (``BEGIN IMMEDIATE``) until the block ends."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

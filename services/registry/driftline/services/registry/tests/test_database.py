@@ -4,7 +4,6 @@ and a SQLite file another connection keeps locked."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from sqlalchemy import text
 from driftline.kit.errors import Unavailable
 from driftline.kit.testing import free_port
 from driftline.services.registry.store import Database
+from driftline.services.registry.testing import sqlite_write_lock
 
 
 def test_a_postgresql_that_refuses_connections_is_unavailable() -> None:
@@ -29,14 +29,8 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_unavailable(tmp_path: Pat
     path = tmp_path / "registry.db"
     database = Database(f"sqlite:///{path}", busy_timeout_s=0.2)
     database.create_schema()
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another writer keeps the write lock
-    try:
-        with pytest.raises(Unavailable), database.write() as conn:
-            conn.execute(text("SELECT 1"))
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    with sqlite_write_lock(path), pytest.raises(Unavailable), database.write() as conn:
+        conn.execute(text("SELECT 1"))
     with database.write() as conn:  # the lock is gone: writes go through again
         assert conn.execute(text("SELECT 1")).scalar() == 1
     database.dispose()

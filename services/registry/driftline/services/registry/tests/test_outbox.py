@@ -59,6 +59,18 @@ def _relay(database, publisher, **kwargs) -> OutboxRelay:
     return OutboxRelay(Outbox(database), publisher, MODEL_EVENTS, convert.encode_event, **kwargs)
 
 
+async def _stop_once_sent(
+    relay: OutboxRelay, task: asyncio.Task, publisher: FakePublisher, count: int
+) -> None:
+    """Wait (up to 10 s) until ``count`` events went out, then stop the relay's loop."""
+    for _ in range(500):
+        if len(publisher.sent) == count:
+            break
+        await asyncio.sleep(0.02)
+    relay.stop()
+    await task
+
+
 def _decoded(publisher: FakePublisher) -> list[pb.ModelEvent]:
     return [decode(pb.ModelEvent, value) for _, value, _, _ in publisher.sent]
 
@@ -150,12 +162,7 @@ async def test_run_loop_publishes_as_soon_as_a_change_commits(database, artifact
     task = asyncio.create_task(relay.run())
     await asyncio.sleep(0.05)
     await asyncio.to_thread(_changes, registry, 0)
-    for _ in range(500):
-        if len(publisher.sent) == 2:
-            break
-        await asyncio.sleep(0.02)
-    relay.stop()
-    await task
+    await _stop_once_sent(relay, task, publisher, 2)
     assert len(publisher.sent) == 2
 
 
@@ -174,8 +181,6 @@ def test_event_json_and_protobuf_round_trip(registry, database):
 
 
 async def test_the_relay_outlives_a_database_it_cannot_use_and_publishes_after(tmp_path, artifacts, clock):
-    import sqlite3
-
     from driftline.services.registry.store import Database
 
     path = tmp_path / "locked.db"
@@ -185,19 +190,11 @@ async def test_the_relay_outlives_a_database_it_cannot_use_and_publishes_after(t
     await asyncio.to_thread(_changes, registry, 0)
     publisher = FakePublisher()
     relay = _relay(database, publisher, poll_interval_s=0.05)
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the relay cannot lease
-    task = asyncio.create_task(relay.run())
-    await asyncio.sleep(0.5)  # several passes meet the locked database
-    assert not task.done()
-    assert publisher.sent == []
-    holder.execute("ROLLBACK")
-    holder.close()
-    for _ in range(200):
-        if len(publisher.sent) == 2:
-            break
-        await asyncio.sleep(0.02)
-    relay.stop()
-    await task
+    with testing.sqlite_write_lock(path):  # another writer holds the lock: the relay cannot lease
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0.5)  # several passes meet the locked database
+        assert not task.done()
+        assert publisher.sent == []
+    await _stop_once_sent(relay, task, publisher, 2)
     assert len(publisher.sent) == 2
     database.dispose()
