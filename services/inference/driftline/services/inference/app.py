@@ -10,6 +10,7 @@ import structlog
 from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import GrpcServer, wait_for_signal
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.outages import OutagePolicy
 from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.kit.runtime import tune_gc
 from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS, Topic
@@ -76,7 +77,7 @@ class InferenceApp:
             policy=settings.staleness_policy,
             threshold=settings.decision_threshold,
             max_entities=settings.max_entities_per_call,
-            unavailable=REDIS_OUTAGE,
+            outages=OutagePolicy(errors=REDIS_OUTAGE),
         )
         self.server = GrpcServer(settings.grpc, service_names=[servicer.SERVICE_NAME, kserve.SERVICE_NAME])
         self.server.add(

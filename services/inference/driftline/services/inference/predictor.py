@@ -16,6 +16,7 @@ import structlog
 from driftline.featurestore.vectors import EntityFeatures, FeatureStatus, FeatureValue, StalenessPolicy
 from driftline.kit.codec import utcnow
 from driftline.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from driftline.kit.outages import OutagePolicy
 from driftline.services.inference import metrics
 from driftline.services.inference.errors import StaleFeatures, UnknownEntity
 from driftline.services.inference.models import ModelSlots, Role, Route, ServingModel
@@ -95,11 +96,11 @@ class Predictor:
         threshold: float = 0.5,
         max_entities: int = 1024,
         max_pending_shadows: int = 256,
-        unavailable: tuple[type[BaseException], ...] = (),
+        outages: OutagePolicy | None = None,
     ) -> None:
-        """``unavailable``: the errors of the feature source that mean it cannot be reached
-        (``driftline.kit.redis_clients.REDIS_OUTAGE``); callers get UNAVAILABLE for them, a
-        status gRPC clients may retry, not INTERNAL."""
+        """``outages``: which errors of the feature source mean it cannot be reached (the
+        consumers' policy, ``OutagePolicy(errors=REDIS_OUTAGE)``); callers get UNAVAILABLE for
+        them, a status gRPC clients may retry, not INTERNAL."""
         self._slots = slots
         self._features = features
         self._sink = sink
@@ -109,7 +110,7 @@ class Predictor:
         self._threshold = threshold
         self._max_entities = max_entities
         self._max_pending_shadows = max_pending_shadows
-        self._unavailable = unavailable
+        self._unreachable = (outages or OutagePolicy()).errors
         self._shadows: set[asyncio.Task[None]] = set()
         self._features_seconds = metrics.STAGE_SECONDS.labels("features")
         self._predictions = {role: metrics.PREDICTIONS.labels(role.value) for role in Role}
@@ -142,7 +143,7 @@ class Predictor:
             started = time.perf_counter()
             try:
                 readings = await self._features.read(entity_ids, policy=self._read_policy)
-            except self._unavailable as err:
+            except self._unreachable as err:
                 raise Unavailable(f"the online store cannot be reached: {type(err).__name__}") from err
             self._features_seconds.observe(time.perf_counter() - started)
             self._check(readings)

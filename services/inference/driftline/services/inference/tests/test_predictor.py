@@ -183,6 +183,7 @@ async def test_an_unreachable_online_store_is_unavailable_not_an_internal_error(
     import redis
 
     from driftline.kit.errors import Unavailable
+    from driftline.kit.outages import OutagePolicy
 
     class DownStore(FakeStore):
         async def read(self, entity_ids, *, now=None, policy=None):
@@ -192,7 +193,10 @@ async def test_an_unreachable_online_store_is_unavailable_not_an_internal_error(
     await slots.install(Role.CHAMPION, ModelMeta("fraud", 1, feature_names=NAMES), FakeRuntime())
     sink = ListSink()
     predictor = Predictor(
-        slots=slots, features=DownStore(NAMES), sink=sink, unavailable=(redis.ConnectionError,)
+        slots=slots,
+        features=DownStore(NAMES),
+        sink=sink,
+        outages=OutagePolicy(errors=(redis.ConnectionError,)),
     )
     with pytest.raises(Unavailable) as err:
         await predictor.predict([PredictInput("card-1")])
