@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from driftline.kit.codec import to_timestamp
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.redis_clients import delete_keys
 from driftline.kit.settings import KafkaSettings, RedisSettings
-from driftline.kit.testing import create_test_topics, delete_topics, free_port, unique_prefix
+from driftline.kit.testing import create_test_topics, delete_topics, free_port, unique_prefix, wait_for
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN, Topic
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -148,15 +147,6 @@ def produce(settings: KafkaSettings, topic: Topic, messages: list[transaction_pb
     for message in messages:
         producer.send(topic, message.SerializeToString(), key=message.card_id)
     producer.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class Harness:

@@ -6,7 +6,6 @@ outage (the shared one serves the other tests)."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,13 @@ from driftline.events.v1 import transaction_pb2
 from driftline.kit.kafka import CONTENT_TYPE, JSON
 from driftline.kit.outages import OUTAGE_WAITS
 from driftline.kit.settings import RedisSettings
-from driftline.kit.testing import consume, free_port, redis_server
+from driftline.kit.testing import consume, free_port, redis_server, wait_for
 from driftline.services.ingestion.testing import valid_event
 from driftline.simulator import rfc3339
 
 pytestmark = pytest.mark.integration
 
 VALID = 40
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_redis_outage_holds_ingestion_back_and_loses_nothing(env: Any, tmp_path: Path) -> None:
@@ -55,7 +47,7 @@ def test_a_redis_outage_holds_ingestion_back_and_loses_nothing(env: Any, tmp_pat
     before = waits._value.get()
     with env.ingestion(settings=settings) as running:
         # Nothing listens on the port: every attempt meets the outage and the batch waits.
-        wait_for(lambda: waits._value.get() >= before + 2, 30, "two waits for Redis")
+        wait_for(lambda: waits._value.get() >= before + 2, 30, "two waits for Redis", interval_s=0.05)
         assert running.consumed == 0
         assert running.dead_lettered() == {}
         assert running.thread.is_alive()
