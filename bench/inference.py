@@ -1,13 +1,15 @@
 """Inference benchmark: Predict (batch 1) and PredictBatch (64) against baselines in the same run.
 
     .venv/bin/python bench/inference.py                      # service + curve, ~1-2 minutes
+    .venv/bin/python bench/inference.py --only service --view full   # predictions with features
     .venv/bin/python bench/inference.py --only curve --device cuda --plot /tmp/curve.png
 
 Service part (needs the local stack: Redis and Kafka). Two servers run, one after the other, each
 in its own process, driven by the same grpc.aio client in this process:
 
 * an echo server of ``driftline.inference.v1.InferenceService`` that answers every call with a
-  canned response of the real size (no Redis, no model): the raw cost of the gRPC call;
+  canned response of the real size for the request's view (no Redis, no model): the raw cost of
+  the gRPC call;
 * the inference server (``InferenceApp``: real Redis online store, real Kafka prediction log,
   the model behind the dynamic batcher), with a static model source in place of the registry.
 
@@ -75,8 +77,10 @@ async def _serve_echo(port_file: Path, *, kit: bool = False) -> None:
     from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
     from driftline.kit.grpc import channel_options
 
-    def canned(entity: str) -> inference_pb2.Prediction:
-        # Same fields and sizes as a real prediction: 12 features with event times.
+    def canned(entity: str, view: int) -> inference_pb2.Prediction:
+        # Same fields and sizes as a real prediction in the view asked: in the FULL view, 12
+        # features with event times.
+        full = view == inference_pb2.PREDICTION_VIEW_FULL
         values = [
             {
                 "name": n,
@@ -85,7 +89,7 @@ async def _serve_echo(port_file: Path, *, kit: bool = False) -> None:
                 "age_seconds": 1.5,
                 "event_time": {"seconds": 1_800_000_000},
             }
-            for n in features()
+            for n in (features() if full else ())
         ]
         return inference_pb2.Prediction(
             prediction_id="5f0c2a1e-8a3b-4c55-9a0d-2f7f3c1e9b11",
@@ -101,11 +105,11 @@ async def _serve_echo(port_file: Path, *, kit: bool = False) -> None:
 
     class Echo(inference_pb2_grpc.InferenceServiceServicer):
         async def Predict(self, request, context):  # noqa: N802
-            return inference_pb2.PredictResponse(prediction=canned(request.entity_id))
+            return inference_pb2.PredictResponse(prediction=canned(request.entity_id, request.view))
 
         async def PredictBatch(self, request, context):  # noqa: N802
             return inference_pb2.PredictBatchResponse(
-                predictions=[canned(r.entity_id) for r in request.requests]
+                predictions=[canned(r.entity_id, request.view) for r in request.requests]
             )
 
     if kit:
@@ -317,6 +321,7 @@ async def _drive(
     label: str,
     seconds: float,
     concurrency: int,
+    view: int,
     stages: Stages | None = None,
 ) -> list[Result]:
     import grpc
@@ -325,10 +330,11 @@ async def _drive(
 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    singles = [inference_pb2.PredictRequest(entity_id=e) for e in entities]
+    singles = [inference_pb2.PredictRequest(entity_id=e, view=view) for e in entities]
     batches = [
         inference_pb2.PredictBatchRequest(
-            requests=[singles[(k * BATCH + j) % len(singles)] for j in range(BATCH)]
+            requests=[singles[(k * BATCH + j) % len(singles)] for j in range(BATCH)],
+            view=view,
         )
         for k in range(len(singles) // BATCH)
     ]
@@ -425,8 +431,11 @@ def _teardown(prefix: str, entities: list[str]) -> None:
     delete_topics(KafkaSettings(), [PREDICTIONS.namespaced(prefix), MODEL_EVENTS.namespaced(prefix)])
 
 
-def run_service(seconds: float, concurrency: int, device: str) -> None:
+def run_service(seconds: float, concurrency: int, device: str, view_name: str) -> None:
+    from driftline.inference.v1 import inference_pb2
     from driftline.kit.testing import unique_prefix
+
+    view = inference_pb2.PredictionView.Value(f"PREDICTION_VIEW_{view_name.upper()}")
 
     prefix = unique_prefix()
     entities = _setup(prefix)
@@ -434,7 +443,7 @@ def run_service(seconds: float, concurrency: int, device: str) -> None:
         echo, port_text = _spawn(["echo"])
         try:
             echo_results = asyncio.run(
-                _drive(int(port_text), echo.pid, entities, "echo", seconds, concurrency)
+                _drive(int(port_text), echo.pid, entities, "echo", seconds, concurrency, view)
             )
         finally:
             echo.terminate()
@@ -442,7 +451,15 @@ def run_service(seconds: float, concurrency: int, device: str) -> None:
         kit_echo, port_text = _spawn(["echo-kit"])
         try:
             kit_results = asyncio.run(
-                _drive(int(port_text), kit_echo.pid, entities, "echo on kit GrpcServer", seconds, concurrency)
+                _drive(
+                    int(port_text),
+                    kit_echo.pid,
+                    entities,
+                    "echo on kit GrpcServer",
+                    seconds,
+                    concurrency,
+                    view,
+                )
             )
         finally:
             kit_echo.terminate()
@@ -458,6 +475,7 @@ def run_service(seconds: float, concurrency: int, device: str) -> None:
                     "inference",
                     seconds,
                     concurrency,
+                    view,
                     _stage_reader(int(metrics_port)),
                 )
             )
@@ -478,6 +496,7 @@ def run_service(seconds: float, concurrency: int, device: str) -> None:
         {1: redis_1, BATCH: redis_64},
         {1: (ort_1, ort_rps_1), BATCH: (ort_64, ort_rps_64)},
         concurrency,
+        view_name,
     )
 
 
@@ -489,9 +508,13 @@ def _report(
     redis_p50: dict[int, float],
     ort: dict[int, tuple[float, float]],
     concurrency: int,
+    view: str,
 ) -> None:
     table = Table(
-        title=f"inference vs echo vs onnxruntime in-process (provider {provider}, {concurrency} in flight)"
+        title=(
+            f"inference vs echo vs onnxruntime in-process (provider {provider}, {concurrency} in flight, "
+            f"{view} view)"
+        )
     )
     columns = (
         *("call", "p50 µs", "p99 µs", "max req/s", "rows/s", "server CPU µs/call"),
@@ -696,6 +719,13 @@ def _plot(points: list[tuple[int, float, float]], provider: str, device: str, pa
 )
 @click.option("--hidden", default=256, show_default=True, help="Width of the curve's MLP layers.")
 @click.option(
+    "--view",
+    type=click.Choice(["basic", "full"]),
+    default="basic",
+    show_default=True,
+    help="The predictions' view: full adds the 12 features used to each (the echo answers alike).",
+)
+@click.option(
     "--plot",
     type=click.Path(path_type=Path),
     default=Path("/tmp/driftline-bench/inference_curve.png"),
@@ -713,6 +743,7 @@ def main(
     seconds_per_point: float,
     model_kind: str,
     hidden: int,
+    view: str,
     plot: Path,
     serve: str | None,
     port_file: Path | None,
@@ -727,7 +758,7 @@ def main(
         asyncio.run(_serve_inference(port_file, prefix, device))
         return
     if only in ("all", "service"):
-        run_service(seconds, concurrency, device)
+        run_service(seconds, concurrency, device, view)
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
 

@@ -63,7 +63,9 @@ async def test_health_waits_for_a_warm_champion_then_predictions_flow(stack):
     await wait_health(stack, SERVING)
 
     response = await stack.inference.Predict(
-        inference_pb2.PredictRequest(entity_id=entities[3], event_id="evt-3")
+        inference_pb2.PredictRequest(
+            entity_id=entities[3], event_id="evt-3", view=inference_pb2.PREDICTION_VIEW_FULL
+        )
     )
     p = response.prediction
     assert p.entity_id == entities[3]
@@ -76,6 +78,11 @@ async def test_health_waits_for_a_warm_champion_then_predictions_flow(stack):
     assert [f.name for f in p.features] == list(stack.features)
     assert {f.status for f in p.features} == {features_pb2.FEATURE_STATUS_OK}
     assert 0 <= p.max_feature_age_seconds < 60
+    # The default view (BASIC) is the same prediction without its features.
+    basic = (await stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entities[3]))).prediction
+    assert (basic.score, basic.model_version, basic.served_by) == (p.score, v1, "champion")
+    assert 0 <= basic.max_feature_age_seconds < 60
+    assert len(basic.features) == 0
 
     batch = await stack.inference.PredictBatch(
         inference_pb2.PredictBatchRequest(
@@ -85,7 +92,15 @@ async def test_health_waits_for_a_warm_champion_then_predictions_flow(stack):
     assert [q.entity_id for q in batch.predictions] == entities
     for i, q in enumerate(batch.predictions):
         assert q.score == pytest.approx(expected_score(1, float(i % 50)), rel=1e-5)
+        assert len(q.features) == 0
     assert len({q.prediction_id for q in batch.predictions}) == 64
+    full = await stack.inference.PredictBatch(
+        inference_pb2.PredictBatchRequest(
+            requests=[inference_pb2.PredictRequest(entity_id=e) for e in entities[:3]],
+            view=inference_pb2.PREDICTION_VIEW_FULL,
+        )
+    )
+    assert [[f.name for f in q.features] for q in full.predictions] == [list(stack.features)] * 3
 
 
 async def test_prediction_logs_arrive_on_the_predictions_topic(stack):
@@ -213,6 +228,22 @@ async def test_bad_inputs_get_their_status_codes_and_the_server_stays_up(stack):
     )
     assert (
         await rpc_code(predict(inference_pb2.PredictRequest(entity_id="")))
+        is grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # A view this server does not know (a newer client's enum value) is refused, not guessed.
+    assert (
+        await rpc_code(predict(inference_pb2.PredictRequest(entity_id=entity, view=7)))  # type: ignore[arg-type]
+        is grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        await rpc_code(
+            stack.inference.PredictBatch(
+                inference_pb2.PredictBatchRequest(
+                    requests=[inference_pb2.PredictRequest(entity_id=entity)],
+                    view=7,  # type: ignore[arg-type]
+                )
+            )
+        )
         is grpc.StatusCode.INVALID_ARGUMENT
     )
     assert await rpc_code(stack.kserve.ModelMetadata(v2.ModelMetadataRequest(name="credit"))) is (

@@ -26,25 +26,27 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from driftline.features.v1 import features_pb2 as driftline_dot_features_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&driftline/inference/v1/inference.proto\x12\x16\x64riftline.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$driftline/features/v1/features.proto\"I\n\x0ePredictRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"\xea\x01\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\r\n\x05label\x18\x04 \x01(\x05\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\x05\x12\x1f\n\x17max_feature_age_seconds\x18\x07 \x01(\x01\x12\x35\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32#.driftline.features.v1.FeatureValue\x12\x11\n\tserved_by\x18\t \x01(\t\"I\n\x0fPredictResponse\x12\x36\n\nprediction\x18\x01 \x01(\x0b\x32\".driftline.inference.v1.Prediction\"O\n\x13PredictBatchRequest\x12\x38\n\x08requests\x18\x01 \x03(\x0b\x32&.driftline.inference.v1.PredictRequest\"O\n\x14PredictBatchResponse\x12\x37\n\x0bpredictions\x18\x01 \x03(\x0b\x32\".driftline.inference.v1.Prediction\"\x83\x02\n\rPredictionLog\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x01\x12\r\n\x05label\x18\x07 \x01(\x05\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x16\n\x0e\x66\x65\x61ture_values\x18\t \x03(\x01\x12\x30\n\x0cpredicted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04role\x18\x0b \x01(\t2\xd9\x01\n\x10InferenceService\x12Z\n\x07Predict\x12&.driftline.inference.v1.PredictRequest\x1a\'.driftline.inference.v1.PredictResponse\x12i\n\x0cPredictBatch\x12+.driftline.inference.v1.PredictBatchRequest\x1a,.driftline.inference.v1.PredictBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&driftline/inference/v1/inference.proto\x12\x16\x64riftline.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$driftline/features/v1/features.proto\"\x7f\n\x0ePredictRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x34\n\x04view\x18\x04 \x01(\x0e\x32&.driftline.inference.v1.PredictionView\"\xea\x01\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\r\n\x05label\x18\x04 \x01(\x05\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\x05\x12\x1f\n\x17max_feature_age_seconds\x18\x07 \x01(\x01\x12\x35\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32#.driftline.features.v1.FeatureValue\x12\x11\n\tserved_by\x18\t \x01(\t\"I\n\x0fPredictResponse\x12\x36\n\nprediction\x18\x01 \x01(\x0b\x32\".driftline.inference.v1.Prediction\"\x85\x01\n\x13PredictBatchRequest\x12\x38\n\x08requests\x18\x01 \x03(\x0b\x32&.driftline.inference.v1.PredictRequest\x12\x34\n\x04view\x18\x02 \x01(\x0e\x32&.driftline.inference.v1.PredictionView\"O\n\x14PredictBatchResponse\x12\x37\n\x0bpredictions\x18\x01 \x03(\x0b\x32\".driftline.inference.v1.Prediction\"\x83\x02\n\rPredictionLog\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x01\x12\r\n\x05label\x18\x07 \x01(\x05\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x16\n\x0e\x66\x65\x61ture_values\x18\t \x03(\x01\x12\x30\n\x0cpredicted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04role\x18\x0b \x01(\t*f\n\x0ePredictionView\x12\x1f\n\x1bPREDICTION_VIEW_UNSPECIFIED\x10\x00\x12\x19\n\x15PREDICTION_VIEW_BASIC\x10\x01\x12\x18\n\x14PREDICTION_VIEW_FULL\x10\x02\x32\xd9\x01\n\x10InferenceService\x12Z\n\x07Predict\x12&.driftline.inference.v1.PredictRequest\x1a\'.driftline.inference.v1.PredictResponse\x12i\n\x0cPredictBatch\x12+.driftline.inference.v1.PredictBatchRequest\x1a,.driftline.inference.v1.PredictBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftline.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREDICTIONVIEW']._serialized_start=1057
+  _globals['_PREDICTIONVIEW']._serialized_end=1159
   _globals['_PREDICTREQUEST']._serialized_start=137
-  _globals['_PREDICTREQUEST']._serialized_end=210
-  _globals['_PREDICTION']._serialized_start=213
-  _globals['_PREDICTION']._serialized_end=447
-  _globals['_PREDICTRESPONSE']._serialized_start=449
-  _globals['_PREDICTRESPONSE']._serialized_end=522
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=524
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=603
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=605
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=684
-  _globals['_PREDICTIONLOG']._serialized_start=687
-  _globals['_PREDICTIONLOG']._serialized_end=946
-  _globals['_INFERENCESERVICE']._serialized_start=949
-  _globals['_INFERENCESERVICE']._serialized_end=1166
+  _globals['_PREDICTREQUEST']._serialized_end=264
+  _globals['_PREDICTION']._serialized_start=267
+  _globals['_PREDICTION']._serialized_end=501
+  _globals['_PREDICTRESPONSE']._serialized_start=503
+  _globals['_PREDICTRESPONSE']._serialized_end=576
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=579
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=712
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=714
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=793
+  _globals['_PREDICTIONLOG']._serialized_start=796
+  _globals['_PREDICTIONLOG']._serialized_end=1055
+  _globals['_INFERENCESERVICE']._serialized_start=1162
+  _globals['_INFERENCESERVICE']._serialized_end=1379
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from driftline.features.v1 import features_pb2 as _features_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -10,15 +11,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PredictionView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PREDICTION_VIEW_UNSPECIFIED: _ClassVar[PredictionView]
+    PREDICTION_VIEW_BASIC: _ClassVar[PredictionView]
+    PREDICTION_VIEW_FULL: _ClassVar[PredictionView]
+PREDICTION_VIEW_UNSPECIFIED: PredictionView
+PREDICTION_VIEW_BASIC: PredictionView
+PREDICTION_VIEW_FULL: PredictionView
+
 class PredictRequest(_message.Message):
-    __slots__ = ("entity_id", "event_id", "model_name")
+    __slots__ = ("entity_id", "event_id", "model_name", "view")
     ENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     entity_id: str
     event_id: str
     model_name: str
-    def __init__(self, entity_id: _Optional[str] = ..., event_id: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
+    view: PredictionView
+    def __init__(self, entity_id: _Optional[str] = ..., event_id: _Optional[str] = ..., model_name: _Optional[str] = ..., view: _Optional[_Union[PredictionView, str]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("prediction_id", "entity_id", "score", "label", "model_name", "model_version", "max_feature_age_seconds", "features", "served_by")
@@ -49,10 +61,12 @@ class PredictResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "view")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[PredictRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ...) -> None: ...
+    view: PredictionView
+    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ..., view: _Optional[_Union[PredictionView, str]] = ...) -> None: ...
 
 class PredictBatchResponse(_message.Message):
     __slots__ = ("predictions",)
