@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
 from driftline.featurestore.vectors import FeatureStatus, FeatureValue
 from driftline.inference.v1 import inference_pb2
-from driftline.kit.codec import utcnow
+from driftline.kit.codec import to_timestamp, utcnow
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.models import Role
-from driftline.services.inference.prediction_log import PredictionLogger
+from driftline.services.inference.prediction_log import PredictionLogger, RecordEncoder
 from driftline.services.inference.predictor import PredictionResult
 
 
@@ -144,3 +146,58 @@ def test_a_call_logs_its_rows_at_once_and_what_does_not_fit_is_dropped_and_count
     assert [key for _, _, key in producer.sent] == [f"card-{i}".encode() for i in range(10)]
     records = [inference_pb2.PredictionLog.FromString(value) for _, value, _ in producer.sent]
     assert all(record.predicted_at.seconds > 0 for record in records)
+
+
+def _canonical(r: PredictionResult) -> inference_pb2.PredictionLog:
+    """The record as one message built field by field: what the encoder's parts must add up to."""
+    return inference_pb2.PredictionLog(
+        prediction_id=r.prediction_id,
+        entity_id=r.entity_id,
+        event_id=r.event_id,
+        model_name=r.model_name,
+        model_version=r.model_version,
+        score=r.score,
+        label=r.label,
+        feature_names=[f.name for f in r.features],
+        feature_values=[f.value for f in r.features],
+        predicted_at=to_timestamp(r.predicted_at),
+        role=r.served_by.value,
+    )
+
+
+def test_records_built_from_shared_parts_read_back_as_the_whole_message():
+    start = utcnow()
+    calls = [start, start + timedelta(microseconds=1), start + timedelta(seconds=3)]
+    feature_sets = [
+        (FeatureValue("amount", 12.5, 1.0, 1.0, FeatureStatus.OK),),
+        (
+            FeatureValue("amount", -0.0, 1.0, 1.0, FeatureStatus.OK),
+            FeatureValue("velocity", 0.0, None, None, FeatureStatus.MISSING),
+            FeatureValue("pays_à_l'étranger", 1e300, 1.0, 99.0, FeatureStatus.STALE),
+        ),
+        (),
+    ]
+    encoder = RecordEncoder()
+    cases = itertools.product(calls, ("fraud", "fraud-v2"), (0, 3, 2**31 - 1), list(Role), feature_sets)
+    for i, (moment, model, version, role, features) in enumerate(cases):
+        r = result(i)._replace(
+            prediction_id="p" * (i % 200),  # 0 to 199 bytes: one- and two-byte lengths
+            entity_id=f"card-{i}-ü",
+            event_id="" if i % 3 else f"e{i}",
+            score=0.0 if i % 4 == 0 else i / 7,
+            label=i % 2,
+            model_name=model,
+            model_version=version,
+            features=features,
+            served_by=role,
+            predicted_at=moment,
+        )
+        assert inference_pb2.PredictionLog.FromString(encoder.encode(r)) == _canonical(r), r
+
+
+def test_the_shared_parts_kept_are_bounded_and_records_stay_right_past_the_bound():
+    encoder = RecordEncoder()
+    for version in range(200):
+        r = result(version)._replace(model_version=version)
+        assert inference_pb2.PredictionLog.FromString(encoder.encode(r)) == _canonical(r)
+    assert len(encoder._shared) <= 64
