@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from driftline.featurestore.online import AsyncOnlineStore, FeatureWrite, OnlineStore
 from driftline.featurestore.testing import SMALL_SET
@@ -34,10 +35,19 @@ def test_key_format_is_versioned(store: OnlineStore) -> None:
     assert store.key("card-1").endswith(":small:v1:card-1")
 
 
+def _ages(le: str) -> float:
+    name = "driftline_featurestore_feature_age_seconds"
+    labels = {"feature_set": SMALL_SET.key}
+    return REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": le}) or 0.0
+
+
 def test_write_then_read_many_entities_in_one_round_trip(store: OnlineStore) -> None:
     now = time.time()
     store.write_many([FeatureWrite(f"c{i}", now - 1, [float(i)] * N) for i in range(64)])
+    before = {le: _ages(le) for le in ("0.5", "2.5", "+Inf")}
     got = store.read([f"c{i}" for i in range(64)] + ["nobody"], now=now)
+    # One age observed per entity found (~1 s old), none for the one missing.
+    assert {le: _ages(le) - n for le, n in before.items()} == {"0.5": 0, "2.5": 64, "+Inf": 64}
     assert [e.entity_id for e in got[:3]] == ["c0", "c1", "c2"]
     assert got[5].vector().tolist() == [5.0] * N
     assert got[5].status is FeatureStatus.OK

@@ -43,6 +43,7 @@ from driftline.featurestore.vectors import (
     StalenessPolicy,
 )
 from driftline.kit.errors import InvalidArgument
+from driftline.kit.metrics import observe_many
 from driftline.kit.redis_clients import async_redis_client, redis_client
 from driftline.kit.settings import RedisSettings
 
@@ -180,7 +181,8 @@ class _Layout:
         specs, size, min_ttl, none_present = self.specs, len(self.specs), self._min_ttl, self._missing
         names = self.names
         counts = {ok: 0, stale: 0, missing: 0}
-        observe = self._age.observe
+        ages: list[float] = []
+        observe = ages.append  # one histogram update per read, not per entity (observe_many)
         results = []
         for entity_id, (stamp, packed) in zip(entity_ids, raws, strict=True):
             texts = packed.split(b" ") if packed is not None else ()
@@ -211,6 +213,7 @@ class _Layout:
                 values = tuple(judged)
                 counts[worst] += 1
             results.append(EntityFeatures(entity_id, name_, version, values))
+        observe_many(self._age, ages)
         for status, count in counts.items():
             if count:
                 self._reads[status].inc(count)

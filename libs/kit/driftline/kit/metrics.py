@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
 import structlog
-from prometheus_client import Info, start_http_server
+from prometheus_client import Histogram, Info, start_http_server
 
 from driftline.kit.settings import MetricsSettings
 
@@ -22,3 +27,37 @@ def serve_metrics(port: int, settings: MetricsSettings | None = None, *, service
     bound = int(server.server_address[1])
     log.info("metrics_started", address=f"{settings.host}:{bound}")
     return bound
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(amount)`` for every amount, with one update per bucket touched.
+
+    ``Histogram.observe`` takes two locks per call (the sum's and a bucket's) and walks the
+    bounds in order: ~1.6 µs each, which per row of a batch read adds up (64 entities: 100 µs).
+    Here the bounds are searched by bisection, and the sum and each bucket touched are updated
+    once. The samples are the same as one ``observe`` per amount (a unit test compares them).
+    A histogram without the attributes this relies on (a prometheus-client that changed them)
+    gets one ``observe`` per amount.
+    """
+    child: Any = histogram
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts: Counter[int] = Counter()
+    added = 0.0
+    observed = False
+    for amount in amounts:
+        observed = True
+        added += amount
+        if amount == amount:  # NaN is in no bucket (it is no bound's `<=`), only in the sum
+            # The first bound >= amount, as observe's `amount <= bound` finds it (+Inf is last).
+            counts[bisect_left(bounds, amount)] += 1
+    if not observed:
+        return
+    total.inc(added)
+    for index, count in counts.items():
+        buckets[index].inc(count)
