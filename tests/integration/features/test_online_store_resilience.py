@@ -1,5 +1,6 @@
-"""The online store against the real Redis when things change under it: a hash of the earlier
-per-feature layout at an entity's key, and connections that the server drops."""
+"""The online store against the real Redis when things change under it: a hash of an earlier
+layout at an entity's key (per-feature fields, or the previous version's text values), and
+connections that the server drops."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ pytestmark = pytest.mark.integration
 
 NAMES = SMALL_SET.feature_names
 N = len(NAMES)
-# The per-feature layout: a value and its event time per feature, and no ``t`` or ``v`` field.
+# The per-feature layout: a value and its event time per feature, and no ``t`` field.
 OLD_LAYOUT = {field: "7.5" for name in NAMES for field in (name, f"{name}@t")}
+# What the previous version wrote: the values as text in ``v``, no ``d``.
+TEXT_LAYOUT = {"t": "1000.0", "v": " ".join(["7.5"] * N)}
 # The stores' clients are built as the services build them (driftline.kit.redis_clients, with
 # its retry policy), plus a name that finds their connections in CLIENT LIST. Without the retry
 # policy (Redis.from_url's default: none) the async write after a drop fails.
@@ -90,7 +93,7 @@ def test_a_per_feature_layout_hash_reads_missing_until_a_write_replaces_it(
     assert_missing(store.read_one("c1", now=1001.0))
     assert store.write("c1", [2.0] * N, 1000.0) == N
     assert_ok(store.read_one("c1", now=1001.0), 2.0)
-    assert set(admin.hkeys(key)) == {b"t", b"v"}
+    assert set(admin.hkeys(key)) == {b"t", b"d"}
     assert admin.pttl(key) > 0  # the old hash had no expiry; the new one has the store's
 
 
@@ -102,8 +105,33 @@ async def test_async_a_per_feature_layout_hash_reads_missing_until_a_write_repla
     assert_missing(await async_store.read_one("c1", now=1001.0))
     assert await async_store.write("c1", [2.0] * N, 1000.0) == N
     assert_ok(await async_store.read_one("c1", now=1001.0), 2.0)
-    assert set(admin.hkeys(key)) == {b"t", b"v"}
+    assert set(admin.hkeys(key)) == {b"t", b"d"}
     assert admin.pttl(key) > 0
+
+
+def test_values_the_previous_version_wrote_as_text_read_until_a_newer_write_replaces_them(
+    store: OnlineStore, admin: redis.Redis
+) -> None:
+    key = store.key("c1")
+    admin.hset(key, mapping=TEXT_LAYOUT)
+    assert_ok(store.read_one("c1", now=1001.0), 7.5)  # an upgrade loses no entity
+    assert store.write("c1", [2.0] * N, 999.0) == 0  # older: never moves the values backwards
+    assert_ok(store.read_one("c1", now=1001.0), 7.5)
+    assert set(admin.hkeys(key)) == {b"t", b"v"}
+    assert store.write("c1", [2.0] * N, 1000.5) == N
+    assert_ok(store.read_one("c1", now=1001.0), 2.0)
+    assert set(admin.hkeys(key)) == {b"t", b"d"}
+
+
+async def test_async_values_the_previous_version_wrote_as_text_read_until_a_newer_write_replaces_them(
+    async_store: AsyncOnlineStore, admin: redis.Redis
+) -> None:
+    key = async_store.key("c1")
+    admin.hset(key, mapping=TEXT_LAYOUT)
+    assert_ok(await async_store.read_one("c1", now=1001.0), 7.5)
+    assert await async_store.write("c1", [2.0] * N, 1000.0) == N  # an equal time rewrites
+    assert_ok(await async_store.read_one("c1", now=1001.0), 2.0)
+    assert set(admin.hkeys(key)) == {b"t", b"d"}
 
 
 def test_reads_and_writes_reconnect_after_the_server_drops_the_connections(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -22,9 +23,14 @@ NAMES = SMALL_SET.feature_names
 
 
 def raw(values: list[float] | None, t: float | None) -> list[bytes | None]:
-    """An entity hash as ``HMGET key t v`` returns it."""
-    packed = None if values is None else " ".join(map(repr, values)).encode()
-    return [None if t is None else repr(t).encode(), packed]
+    """An entity hash as ``HMGET key t d v`` returns it."""
+    packed = None if values is None else struct.pack(f"<{len(values)}d", *values)
+    return [None if t is None else repr(t).encode(), packed, None]
+
+
+def raw_text(text: bytes, t: float) -> list[bytes | None]:
+    """A hash the previous version wrote: the values as text in ``v``, no ``d``."""
+    return [repr(t).encode(), None, text]
 
 
 def test_value_older_than_its_ttl_is_stale_never_ok() -> None:
@@ -66,6 +72,36 @@ def test_values_of_another_shape_read_as_missing_never_misaligned() -> None:
     assert got[0].vector().tolist() == SMALL_SET.defaults
     assert got[1].status is FeatureStatus.OK
     assert {v.event_time for v in got[1].values} == {10.0}
+
+
+def test_written_values_read_back_exactly_and_a_previous_version_s_text_values_still_read() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    values = [0.1, -0.0, 1e-310, 1.7976931348623157e308, 2.0 / 3.0] + [float(i) for i in range(n - 5)]
+    event_time, _, packed = layout.write_args(("c1", values, 10.0))
+    assert isinstance(packed, bytes)
+    assert len(packed) == 8 * n
+    text = " ".join(map(repr, values)).encode()
+    entities = [[str(event_time).encode(), packed, None], raw_text(text, 10.0)]
+    new, old = layout.parse_all(["c1", "c2"], entities, 11.0, StalenessPolicy.SERVE)
+    exact = struct.pack(f"<{n}d", *values)  # bit for bit: -0.0 and the subnormal too
+    assert struct.pack(f"<{n}d", *(v.value for v in new.values)) == exact
+    assert struct.pack(f"<{n}d", *(v.value for v in old.values)) == exact
+    assert new.values == old.values
+    assert new.status is old.status is FeatureStatus.OK
+
+
+def test_values_that_are_not_the_feature_set_s_read_as_missing() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    broken = [
+        raw_text(b" ".join([b"1.0"] * (n - 1)), 10.0),  # text of another shape
+        raw_text(b" ".join([b"1.0"] * (n - 1) + [b"x"]), 10.0),  # text that is not numbers
+        [b"10.0", struct.pack(f"<{n + 1}d", *[1.0] * (n + 1)), None],  # doubles of another shape
+        [None, struct.pack(f"<{n}d", *[1.0] * n), None],  # values without an event time
+    ]
+    got = layout.parse_all([f"c{i}" for i in range(len(broken))], broken, 11.0, StalenessPolicy.SERVE)
+    assert [e.status for e in got] == [FeatureStatus.MISSING] * len(broken)
 
 
 def test_writes_refuse_nan_and_wrong_shapes() -> None:
