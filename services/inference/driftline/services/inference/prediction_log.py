@@ -73,11 +73,11 @@ class RecordEncoder:
         self._stamp = b""
 
     def encode(self, result: PredictionResult) -> bytes:
-        if result.predicted_at is not self._moment:  # one conversion per call, not per row
-            self._moment = result.predicted_at
-            self._stamp = inference_pb2.PredictionLog(
-                predicted_at=to_timestamp(result.predicted_at)
-            ).SerializeToString()
+        moment = result.predicted_at
+        if moment is not self._moment:  # one conversion per call, not per row
+            # The time first: a record that fails here must not leave the next with a stale one.
+            self._stamp = inference_pb2.PredictionLog(predicted_at=to_timestamp(moment)).SerializeToString()
+            self._moment = moment
         features = result.features
         names = tuple(map(_name, features))
         key = (result.model_name, result.model_version, result.served_by, names)

@@ -5,6 +5,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from prometheus_client import REGISTRY
 
 from driftline.featurestore.vectors import FeatureStatus, FeatureValue
@@ -201,3 +202,14 @@ def test_the_shared_parts_kept_are_bounded_and_records_stay_right_past_the_bound
         r = result(version)._replace(model_version=version)
         assert inference_pb2.PredictionLog.FromString(encoder.encode(r)) == _canonical(r)
     assert len(encoder._shared) <= 64
+
+
+def test_a_call_time_that_cannot_be_encoded_fails_each_of_its_records_not_only_the_first():
+    encoder = RecordEncoder()
+    good = result(1)
+    encoder.encode(good)
+    broken_time = "not a datetime"
+    for i in range(2):  # the second record of the call must not reuse the previous call's time
+        with pytest.raises(Exception):  # noqa: B017 - whatever to_timestamp raises
+            encoder.encode(result(i)._replace(predicted_at=broken_time))
+    assert inference_pb2.PredictionLog.FromString(encoder.encode(good)) == _canonical(good)
