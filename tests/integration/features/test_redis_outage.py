@@ -1,8 +1,11 @@
 """Redis down under the features service: the stream waits for it, un-acked, instead of
-dead-lettering good transactions, and catches up when Redis is back. The service runs as a real
+dead-lettering good transactions, and catches up when Redis is back, also after an outage
+longer than the consumer's max.poll.interval. The service runs as a real
 process; a redis-server of the test's own, on a port of its own, plays the outage."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -16,9 +19,16 @@ pytestmark = pytest.mark.integration
 COUNT = 60
 
 
+#: The long case: the outage lasts four times faust's max.poll.interval, so a consumer that
+#: stopped polling while its stream waits would be dropped from the group and its batch handed on.
+LONG_POLL_INTERVAL_S, LONG_OUTAGE_S = 5.0, 20.0
+
+
+@pytest.mark.parametrize("outage", ["short", "longer than max.poll.interval"])
 def test_a_redis_outage_is_waited_out_and_no_transaction_is_dead_lettered(
-    namespace_factory, harness, kafka_settings, tmp_path
+    namespace_factory, harness, kafka_settings, tmp_path, outage
 ):
+    long = outage != "short"
     ns = namespace_factory()
     messages = harness.transactions(COUNT, cards=12, seed=11)
     harness.produce(kafka_settings, ns.source, messages)
@@ -30,6 +40,7 @@ def test_a_redis_outage_is_waited_out_and_no_transaction_is_dead_lettered(
         environment={"DRIFTLINE_REDIS_URL": f"redis://127.0.0.1:{port}/0", "DRIFTLINE_REDIS_RETRIES": "1"},
         batch_max="20",
         offline_enabled="false",
+        **({"max_poll_interval_s": str(LONG_POLL_INTERVAL_S)} if long else {}),
     )
 
     def waits() -> int:
@@ -37,6 +48,11 @@ def test_a_redis_outage_is_waited_out_and_no_transaction_is_dead_lettered(
 
     # Nothing listens on the port yet: the agent's first batch waits, attempt after attempt.
     harness.wait_for(lambda: waits() >= 2, 120, "the agent to wait for Redis twice")
+    if long:
+        time.sleep(LONG_OUTAGE_S)
+        assert waits() >= 4
+        # The consumer kept polling while its stream waited: the group never rebalanced.
+        assert log_path.read_text(errors="replace").count("Setting newly assigned partitions") == 1
     assert proc.poll() is None
     with redis_server(port, tmp_path) as client:
         vectors = consume(kafka_settings, ns.vectors.name, expected=COUNT, timeout_s=120)

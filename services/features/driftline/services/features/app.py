@@ -45,6 +45,7 @@ def faust_app(settings: Settings) -> faust.App:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_max_poll_interval=settings.max_poll_interval_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         producer_acks=-1,

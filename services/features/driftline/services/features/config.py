@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         3, description="Retries of a batch after a transient error before isolating events."
     )
     retry_backoff_s: float = Field(0.2, description="Back-off between retries, times the attempt number.")
+    max_poll_interval_s: float = Field(
+        1000.0,
+        description="Kafka's max.poll.interval for faust's consumer: the longest it may go without "
+        "polling before the group counts it gone (faust's default). The stream waiting out an outage "
+        "of Redis does not hold the polls back.",
+    )
 
     offline_enabled: bool = Field(True, description="Append feature vectors to the offline store.")
     offline_root: Path = Field(
