@@ -2,7 +2,7 @@
 
 Same Redis (``make up``), same run, same 12-feature vectors (``card_transactions.v1``):
 
-* 1 entity: p50 and p99 latency of ``OnlineStore.read([id])`` (one ``HMGET key t v``, staleness
+* 1 entity: p50 and p99 latency of ``OnlineStore.read([id])`` (one ``HMGET key t d v``, staleness
   judged on read, one ``EntityFeatures`` of 12 ``FeatureValue``s built) vs one bare redis-py
   ``HGETALL`` of the same key.
 * 64 entities: rows/s of ``OnlineStore.read(ids)`` (one round trip) vs a bare redis-py pipeline
