@@ -20,6 +20,7 @@ from driftline.featurestore.aggregation import AddOutcome, Computed, EntityHisto
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import Event
 from driftline.featurestore.online import FeatureWrite
+from driftline.kit.metrics import observe_many
 from driftline.services.features import metrics
 from driftline.services.features.state import EntityState, StateUpdate
 
@@ -163,11 +164,12 @@ class FeatureProcessor:
     def _observe(self, results: Sequence[Processed]) -> None:
         visible_at = self._clock()
         counts: dict[AddOutcome, int] = {}
-        freshness = metrics.FRESHNESS.labels(self._label)
+        fresh: list[float] = []
         for result in results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
             if result.outcome in (AddOutcome.ADDED, AddOutcome.LATE):
-                freshness.observe(max(0.0, visible_at - result.event.event_time))
+                fresh.append(max(0.0, visible_at - result.event.event_time))
+        observe_many(metrics.FRESHNESS.labels(self._label), fresh)
         for outcome, count in counts.items():
             metrics.EVENTS.labels(self._label, outcome.value).inc(count)
         if counts.get(AddOutcome.LATE):

@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 
 from driftline.kit.errors import DriftlineError
+from driftline.kit.metrics import observe_many
 from driftline.services.inference import metrics
 from driftline.services.inference.errors import Expired, ModelFailed, ModelNotReady, QueueFull
 
@@ -275,8 +276,7 @@ class DynamicBatcher:
             feeds = {name: np.concatenate([r.feeds[name] for r in live]) for name in live[0].feeds}
         total = sum(r.rows for r in live)
         started = time.perf_counter()
-        for request in live:
-            self._queue_seconds.observe(started - request.enqueued)
+        observe_many(self._queue_seconds, [started - request.enqueued for request in live])
         if self._inline(total):
             self.inline_runs += 1
             outputs, elapsed, run_s = self._timed_run(feeds)

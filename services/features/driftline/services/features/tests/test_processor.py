@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from driftline.featurestore.aggregation import AddOutcome, replay
 from driftline.featurestore.testing import SMALL_SET, event
@@ -78,3 +79,18 @@ async def test_cached_histories_skip_reloads_until_invalidated() -> None:
     assert state.loads == 2
     assert result[0].computed is not None
     assert result[0].computed.as_dict(SMALL_SET)["sum_10s"] == 103.0  # a, b, x, c
+
+
+async def test_freshness_is_observed_for_added_and_late_events_only() -> None:
+    labels = {"feature_set": SMALL_SET.key}
+
+    def observed(le: str) -> float:
+        name = "driftline_features_freshness_seconds_bucket"
+        return REGISTRY.get_sample_value(name, {**labels, "le": le}) or 0.0
+
+    before = {le: observed(le) for le in ("10.0", "30.0", "+Inf")}
+    processor = FeatureProcessor(SMALL_SET, MemoryState(), allowed_lateness_s=5.0, clock=lambda: 120.0)
+    await processor.process([event("a", 100.0, 1.0), event("b", 110.0, 2.0)])
+    await processor.process([event("late", 106.0, 4.0), event("too-late", 104.0, 8.0)])
+    # Visible at 120: b after 10 s, late after 14 s, a after 20 s; the dropped event is not counted.
+    assert {le: observed(le) - n for le, n in before.items()} == {"10.0": 1, "30.0": 3, "+Inf": 3}
