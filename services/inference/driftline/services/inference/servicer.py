@@ -76,7 +76,7 @@ def with_features(view: int) -> bool:
     return view == inference_pb2.PREDICTION_VIEW_FULL
 
 
-def fill(prediction: inference_pb2.Prediction, result: PredictionResult, *, features: bool = True) -> None:
+def fill(prediction: inference_pb2.Prediction, result: PredictionResult, *, features: bool) -> None:
     """Write ``result`` into an empty ``prediction`` that already sits in its response: building
     the message in place spares a copy of it (and of its features) into the response.
 

@@ -36,7 +36,7 @@ def _result() -> PredictionResult:
 def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
     result = _result()
     response = inference_pb2.PredictResponse()
-    fill(response.prediction, result)
+    fill(response.prediction, result, features=True)
     p = inference_pb2.PredictResponse.FromString(response.SerializeToString()).prediction
     assert (p.prediction_id, p.entity_id, p.model_name, p.model_version) == (
         result.prediction_id,
@@ -60,7 +60,7 @@ def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
 def test_without_features_a_prediction_keeps_everything_else():
     result = _result()
     full, basic = inference_pb2.Prediction(), inference_pb2.Prediction()
-    fill(full, result)
+    fill(full, result, features=True)
     fill(basic, result, features=False)
     assert len(basic.features) == 0
     del full.features[:]
