@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import signal
 import threading
 import time
@@ -320,8 +321,8 @@ class _InFlight(Deliveries):
         super().__init__()
         self.batch = batch
         self.started = started
-        #: Messages of the batch sent to a dead-letter topic, by reason.
-        self.dead_lettered: dict[str, int] = {}
+        #: Messages of the batch sent to a dead-letter topic, by source topic and reason.
+        self.dead_lettered: dict[tuple[str, str], int] = {}
 
 
 @dataclass
@@ -397,6 +398,7 @@ class ConsumerLoop:
         self._lag_reported = 0.0
         self._broken = False
         self.batches = 0
+        self._log_each_dead_letter = _debug_enabled()
 
     def stop(self) -> None:
         """Ask the loop to finish its batches in flight, commit and return."""
@@ -408,6 +410,7 @@ class ConsumerLoop:
 
     def run(self) -> None:
         """Run until ``stop()``. Raises only when a batch cannot be delivered at all."""
+        self._log_each_dead_letter = _debug_enabled()
         self._consumer.subscribe(list(self._topics), on_revoke=self._on_revoke)
         log.info("consumer_started", group=self._group, topics=list(self._topics))
         try:
@@ -510,18 +513,22 @@ class ConsumerLoop:
             raise DeliveryError(KafkaError(KafkaError._TIMED_OUT, "a batch's outputs were not acknowledged"))
         self._in_flight.popleft()
         flight.raise_on_failure()
-        consumed: dict[str, int] = {}
-        last: dict[tuple[str, int], int] = {}
+        # The last offset of each partition (a partition's messages come in offset order).
+        offsets: dict[Any, Any] = {}
         for message in flight.batch:
-            topic = cast(str, message.topic())
-            consumed[topic] = consumed.get(topic, 0) + 1
-            last[(topic, cast(int, message.partition()))] = cast(int, message.offset()) + 1
-        for topic, n in consumed.items():
-            CONSUMED.labels(self._group, topic).inc(n)
+            offsets[(message.topic(), message.partition())] = message.offset()
+        last: dict[tuple[str, int], int] = {position: offset + 1 for position, offset in offsets.items()}
+        if len(self._topics) == 1:
+            CONSUMED.labels(self._group, next(iter(self._topics))).inc(len(flight.batch))
+        else:
+            for topic, n in collections.Counter(message.topic() for message in flight.batch).items():
+                CONSUMED.labels(self._group, topic).inc(n)
         if flight.dead_lettered:
-            log.info(
-                "dead_lettered", group=self._group, messages=len(flight.batch), reasons=flight.dead_lettered
-            )
+            reasons: dict[str, int] = {}
+            for (topic, reason), n in flight.dead_lettered.items():
+                DEAD_LETTERED.labels(self._group, topic, reason).inc(n)
+                reasons[reason] = reasons.get(reason, 0) + n
+            log.info("dead_lettered", group=self._group, messages=len(flight.batch), reasons=reasons)
         if self._hooks.before_commit is not None:
             self._hooks.before_commit(flight.batch)
         self._consumer.commit(offsets=self._offsets(last), asynchronous=True)
@@ -589,7 +596,6 @@ class ConsumerLoop:
                 detail=verdict.detail[:500],
             )
             return None
-        DEAD_LETTERED.labels(self._group, source.name, verdict.reason).inc()
         _, timestamp = message.timestamp()
         headers: Headers = list(cast(Headers, message.headers() or []))
         headers += [
@@ -601,17 +607,20 @@ class ConsumerLoop:
             (DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()),
             (DLQ_SERVICE, self._service.encode()),
         ]
-        # Per message at debug only: a producer sending garbage must not flood the logs. The
-        # record itself (reason and source coordinates in its headers) and the counter by reason
-        # are the trail; the batch logs one summary line.
-        log.debug(
-            "dead_lettered",
-            topic=source.name,
-            partition=message.partition(),
-            offset=message.offset(),
-            reason=verdict.reason,
-        )
-        flight.dead_lettered[verdict.reason] = flight.dead_lettered.get(verdict.reason, 0) + 1
+        # Per message at debug only (a producer sending garbage must not flood the logs), and
+        # only when debug is on: a filtered call still costs microseconds. The record itself
+        # (reason and source coordinates in its headers) and the counter by reason, booked once
+        # the batch is acknowledged, are the trail; the batch logs one summary line.
+        if self._log_each_dead_letter:
+            log.debug(
+                "dead_lettered",
+                topic=source.name,
+                partition=message.partition(),
+                offset=message.offset(),
+                reason=verdict.reason,
+            )
+        counted = (source.name, verdict.reason)
+        flight.dead_lettered[counted] = flight.dead_lettered.get(counted, 0) + 1
         dead_letter = source.dead_letter_topic().name
         self._producer.produce(
             dead_letter, message.value() or b"", message.key(), headers, flight.on_delivery
@@ -638,6 +647,12 @@ class ConsumerLoop:
             if high < 0 or tp.offset < 0:
                 continue
             CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _debug_enabled() -> bool:
+    """Whether this module's debug lines would be written (the level set by ``configure_logging``)."""
+    enabled = getattr(log.bind(), "is_enabled_for", None)  # structlog's filtering loggers have it
+    return True if enabled is None else bool(enabled(logging.DEBUG))
 
 
 def install_signal_handlers(on_stop: Callable[[], None]) -> None:

@@ -76,6 +76,63 @@ def test_poison_message_goes_to_dead_letter_topic_with_reason_and_coordinates():
     assert loop._consumer.commits == [[("transactions.raw.v1", 0, 3)]]
 
 
+def _count(counter, *labels):
+    return counter.labels(*labels)._value.get()
+
+
+def _mixed_batch():
+    """Two partitions, interleaved as a fetch returns them; two poison reasons."""
+    raw = TRANSACTIONS_RAW.name
+    return [
+        FakeMessage(b"ok", _topic=raw, _partition=0, _offset=10),
+        FakeMessage(b"bad", _topic=raw, _partition=1, _offset=4),
+        FakeMessage(b"worse", _topic=raw, _partition=0, _offset=11),
+        FakeMessage(b"bad", _topic=raw, _partition=0, _offset=12),
+        FakeMessage(b"ok", _topic=raw, _partition=1, _offset=5),
+    ]
+
+
+def _poison(message):
+    reasons = {b"bad": "malformed_json", b"worse": "not_in_enum"}
+    if message.value() in reasons:
+        raise kafka.PoisonMessage(reasons[message.value()], "")
+    return [kafka.Output("out", message.value())]
+
+
+def test_a_batch_is_counted_and_committed_per_partition_once_acknowledged():
+    raw = TRANSACTIONS_RAW.name
+    before = {
+        reason: _count(kafka.DEAD_LETTERED, "g", raw, reason) for reason in ("malformed_json", "not_in_enum")
+    }
+    consumed = _count(kafka.CONSUMED, "g", raw)
+    loop = _loop(kafka.per_message(_poison), _Producer())
+    loop._process(_mixed_batch())
+
+    assert _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json") - before["malformed_json"] == 2
+    assert _count(kafka.DEAD_LETTERED, "g", raw, "not_in_enum") - before["not_in_enum"] == 1
+    assert _count(kafka.CONSUMED, "g", raw) - consumed == 5
+    # The next offset to read, per partition: one past the last message of each.
+    assert sorted(loop._consumer.commits[0]) == [(raw, 0, 13), (raw, 1, 6)]
+
+
+def test_dead_letters_are_not_counted_when_the_batch_is_not_acknowledged():
+    import pytest
+
+    class _FailingProducer(_Producer):
+        def produce(self, topic, value, key, headers, on_delivery):
+            on_delivery(
+                KafkaError(KafkaError._MSG_TIMED_OUT, "broker said no"), FakeMessage(value, _topic=topic)
+            )
+
+    raw = TRANSACTIONS_RAW.name
+    before = _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json")
+    loop = _loop(kafka.per_message(_poison), _FailingProducer())
+    with pytest.raises(kafka.DeliveryError):
+        loop._process(_mixed_batch())
+    assert _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json") == before
+    assert loop._consumer.commits == []
+
+
 def test_transient_error_is_retried_then_succeeds_without_dead_letter():
     calls = {"n": 0}
 
@@ -284,3 +341,35 @@ def test_an_outage_met_while_isolating_a_culprit_holds_the_whole_batch_back():
         ("out", b"b"),
         ("transactions.raw-dlq.v1", b"c"),
     ]
+
+
+def test_each_dead_letter_is_logged_only_at_debug_level(capsys, monkeypatch):
+    import json
+
+    import structlog
+
+    from driftline.kit.logging import configure_logging
+    from driftline.kit.settings import LogSettings
+
+    def dead_letter_lines(level):
+        structlog.reset_defaults()
+        configure_logging(LogSettings(format="json", level=level))
+        # A fresh logger: the module's caches the configuration of its first use.
+        monkeypatch.setattr(kafka, "log", structlog.get_logger(kafka.__name__))
+        try:
+            capsys.readouterr()
+            _loop(kafka.per_message(_poison), _Producer())._process(_mixed_batch())
+            lines = capsys.readouterr().err.splitlines()
+        finally:
+            structlog.reset_defaults()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r["event"] == "dead_lettered"]
+
+    # At INFO: the batch's one summary line, with the count per reason.
+    (summary,) = dead_letter_lines("INFO")
+    assert summary["reasons"] == {"malformed_json": 2, "not_in_enum": 1}
+    # At DEBUG: one more line per message, with its coordinates.
+    lines = dead_letter_lines("DEBUG")
+    per_message = sorted((r["partition"], r["offset"], r["reason"]) for r in lines if "offset" in r)
+    assert per_message == [(0, 11, "not_in_enum"), (0, 12, "malformed_json"), (1, 4, "malformed_json")]
+    assert len(lines) == 4
