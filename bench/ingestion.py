@@ -5,7 +5,9 @@ after the other (alternating, ``--rounds`` times each), with the same batch size
 delivery discipline: produce every message with an idempotent ``acks=all`` producer, wait for
 the acknowledgements, commit the batch. The bare loop copies bytes; ingestion decodes,
 validates, de-duplicates in Redis, normalises and dead-letters. Throughput is measured from the
-first committed batch to the last, so consumer-group joins do not count.
+first committed batch to the last, so consumer-group joins do not count. Over the same span it
+prints this process's CPU per message (every thread: the loop's and its Kafka clients'; Redis
+and the broker are other processes), which the machine's swings in speed move less than rates.
 
     .venv/bin/python bench/ingestion.py [--events 100000] [--rounds 2] [--batch-size 2000]
 
@@ -22,6 +24,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 import structlog
@@ -42,26 +45,29 @@ from driftline.services.ingestion.config import Settings
 from driftline.services.ingestion.produce import Publisher, live_traffic
 from driftline.services.ingestion.traffic import simulated
 
-console = Console()
+console = Console(width=160)
 
 
 class Clock:
-    """First and last commit times and how many messages were committed after the first batch."""
+    """First and last commit times, this process's CPU time at each, and how many messages were
+    committed after the first batch."""
 
     def __init__(self) -> None:
         self.first: float | None = None
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.after_first = 0
         self.total = 0
         self.done = threading.Event()
 
     def committed(self, n: int, expected: int) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.first is None:
-            self.first = now
+            self.first, self.cpu_first = now, cpu
         else:
             self.after_first += n
-        self.last = now
+        self.last, self.cpu_last = now, cpu
         self.total += n
         if self.total >= expected:
             self.done.set()
@@ -72,8 +78,18 @@ class Clock:
             return 0.0
         return self.after_first / (self.last - self.first)
 
+    @property
+    def cpu_per_message_us(self) -> float:
+        """CPU of every thread of this process (the loop's and its Kafka clients') per message."""
+        return (self.cpu_last - self.cpu_first) / self.after_first * 1e6 if self.after_first else 0.0
 
-def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> float:
+
+class Run(NamedTuple):
+    rate: float
+    cpu_us: float
+
+
+def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> Run:
     consumer = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap_servers,
@@ -116,10 +132,10 @@ def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> 
             clock.committed(len(batch), expected)
     finally:
         consumer.close()
-    return clock.rate
+    return Run(clock.rate, clock.cpu_per_message_us)
 
 
-def passthrough(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> float:
+def passthrough(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> Run:
     """The framework alone: ConsumerLoop + KafkaProducer with a handler that forwards the bytes."""
     clock = Clock()
     producer = KafkaProducer(kafka)
@@ -137,10 +153,10 @@ def passthrough(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -
     loop.stop()
     thread.join(timeout=60)
     producer.close()
-    return clock.rate
+    return Run(clock.rate, clock.cpu_per_message_us)
 
 
-def ingestion(settings: Settings, raw: Topic, clean: Topic, expected: int) -> float:
+def ingestion(settings: Settings, raw: Topic, clean: Topic, expected: int) -> Run:
     clock = Clock()
 
     def committed(batch: Sequence[Message]) -> None:
@@ -155,7 +171,7 @@ def ingestion(settings: Settings, raw: Topic, clean: Topic, expected: int) -> fl
     clock.done.wait(timeout=900)
     app.stop()
     thread.join(timeout=60)
-    return clock.rate
+    return Run(clock.rate, clock.cpu_per_message_us)
 
 
 def main() -> None:
@@ -197,35 +213,45 @@ def main() -> None:
         # Every loop below runs with the collector tuned as the services' entry points tune it.
         tune_gc()
 
-        bare_rates: list[float] = []
-        passthrough_rates: list[float] = []
-        ingestion_rates: list[float] = []
+        bare_runs: list[Run] = []
+        passthrough_runs: list[Run] = []
+        ingestion_runs: list[Run] = []
         for round_ in range(args.rounds):
             with console.status(f"round {round_ + 1}: bare consume -> produce loop"):
-                bare_rates.append(bare_loop(kafka, raw, bare_sink.name, args.events))
+                bare_runs.append(bare_loop(kafka, raw, bare_sink.name, args.events))
             with console.status(f"round {round_ + 1}: ConsumerLoop pass-through"):
-                passthrough_rates.append(passthrough(kafka, raw, bare_sink.name, args.events))
+                passthrough_runs.append(passthrough(kafka, raw, bare_sink.name, args.events))
             # Every round de-duplicates from scratch, like the first time these events are seen.
             delete_keys(client, prefix)
             with console.status(f"round {round_ + 1}: ingestion"):
-                ingestion_rates.append(ingestion(settings, raw, clean, args.events))
+                ingestion_runs.append(ingestion(settings, raw, clean, args.events))
     finally:
         delete_keys(client, prefix)
         client.close()
         delete_topics(kafka, topics)
 
     table = Table(title=f"ingestion throughput, {args.events} messages, batch {args.batch_size}")
-    for column in ("round", "bare loop (msg/s)", "kit pass-through (msg/s)", "ingestion (msg/s)", "ratio"):
+    columns = ("round", "bare loop (msg/s)", "kit pass-through (msg/s)", "ingestion (msg/s)", "ratio")
+    cpu_columns = ("bare loop (CPU µs/msg)", "kit pass-through (CPU µs/msg)", "ingestion (CPU µs/msg)")
+    for column in (*columns, *cpu_columns):
         table.add_column(column, justify="left" if column == "round" else "right")
-    rows = list(zip(bare_rates, passthrough_rates, ingestion_rates, strict=True))
-    for i, (b, p, g) in enumerate(rows, start=1):
-        table.add_row(str(i), f"{b:,.0f}", f"{p:,.0f}", f"{g:,.0f}", f"{g / b:.2f}x")
-    bare, through, ingest = (statistics.median(r) for r in (bare_rates, passthrough_rates, ingestion_rates))
-    table.add_row("median", f"{bare:,.0f}", f"{through:,.0f}", f"{ingest:,.0f}", f"{ingest / bare:.2f}x")
+    rounds = zip(bare_runs, passthrough_runs, ingestion_runs, strict=True)
+    rows: list[tuple[str, Run, Run, Run]] = [(str(i), *runs) for i, runs in enumerate(rounds, 1)]
+    bare, through, ingest = (
+        Run(statistics.median(r.rate for r in runs), statistics.median(r.cpu_us for r in runs))
+        for runs in (bare_runs, passthrough_runs, ingestion_runs)
+    )
+    rows.append(("median", bare, through, ingest))
+    for name, b, p, g in rows:
+        rates = [f"{r.rate:,.0f}" for r in (b, p, g)]
+        cpus = [f"{r.cpu_us:.1f}" for r in (b, p, g)]
+        table.add_row(name, *rates, f"{g.rate / b.rate:.2f}x", *cpus)
     console.print(table)
     console.print(
-        f"ingestion / bare loop = {ingest / bare:.2f}x (target >= 0.5x); "
-        f"kit ConsumerLoop pass-through / bare loop = {through / bare:.2f}x"
+        f"ingestion / bare loop = {ingest.rate / bare.rate:.2f}x (target >= 0.5x); "
+        f"kit ConsumerLoop pass-through / bare loop = {through.rate / bare.rate:.2f}x; "
+        f"CPU per message (this process, all threads; Redis and the broker not counted): "
+        f"ingestion {ingest.cpu_us:.1f} µs, bare loop {bare.cpu_us:.1f} µs"
     )
 
 
