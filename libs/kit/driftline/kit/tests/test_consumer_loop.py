@@ -76,8 +76,10 @@ def test_poison_message_goes_to_dead_letter_topic_with_reason_and_coordinates():
     assert loop._consumer.commits == [[("transactions.raw.v1", 0, 3)]]
 
 
-def _count(counter, *labels):
-    return counter.labels(*labels)._value.get()
+def _count(name, **labels):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(f"driftline_kafka_{name}_total", labels) or 0.0
 
 
 def _mixed_batch():
@@ -102,15 +104,16 @@ def _poison(message):
 def test_a_batch_is_counted_and_committed_per_partition_once_acknowledged():
     raw = TRANSACTIONS_RAW.name
     before = {
-        reason: _count(kafka.DEAD_LETTERED, "g", raw, reason) for reason in ("malformed_json", "not_in_enum")
+        reason: _count("dead_lettered", group="g", topic=raw, reason=reason)
+        for reason in ("malformed_json", "not_in_enum")
     }
-    consumed = _count(kafka.CONSUMED, "g", raw)
+    consumed = _count("consumed", group="g", topic=raw)
     loop = _loop(kafka.per_message(_poison), _Producer())
     loop._process(_mixed_batch())
 
-    assert _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json") - before["malformed_json"] == 2
-    assert _count(kafka.DEAD_LETTERED, "g", raw, "not_in_enum") - before["not_in_enum"] == 1
-    assert _count(kafka.CONSUMED, "g", raw) - consumed == 5
+    for reason, added in (("malformed_json", 2), ("not_in_enum", 1)):
+        assert _count("dead_lettered", group="g", topic=raw, reason=reason) - before[reason] == added
+    assert _count("consumed", group="g", topic=raw) - consumed == 5
     # The next offset to read, per partition: one past the last message of each.
     assert sorted(loop._consumer.commits[0]) == [(raw, 0, 13), (raw, 1, 6)]
 
@@ -125,11 +128,11 @@ def test_dead_letters_are_not_counted_when_the_batch_is_not_acknowledged():
             )
 
     raw = TRANSACTIONS_RAW.name
-    before = _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json")
+    before = _count("dead_lettered", group="g", topic=raw, reason="malformed_json")
     loop = _loop(kafka.per_message(_poison), _FailingProducer())
     with pytest.raises(kafka.DeliveryError):
         loop._process(_mixed_batch())
-    assert _count(kafka.DEAD_LETTERED, "g", raw, "malformed_json") == before
+    assert _count("dead_lettered", group="g", topic=raw, reason="malformed_json") == before
     assert loop._consumer.commits == []
 
 
