@@ -38,6 +38,9 @@ class _DefaultDeadline:
     method off this object and gets a wrapper for each coroutine method. A server interceptor
     would do the same per call, and grpc.aio runs interceptors on every call of every method
     (~90 µs of CPU per call, a fifth of a small unary call's cost). Streaming methods pass through.
+    The deadline is an ``asyncio.timeout`` on the call's own task (~5 µs a call), not
+    ``asyncio.wait_for``, which runs the method as a second task (~15 to 18 µs and one more turn of
+    the event loop). A ``TimeoutError`` the method raises itself is not taken for the deadline.
     """
 
     def __init__(self, servicer: object, seconds: float) -> None:
@@ -55,9 +58,13 @@ class _DefaultDeadline:
             remaining = context.time_remaining()
             if remaining is not None and remaining < seconds * 10:
                 return await method(request, context)
+            deadline = asyncio.timeout(seconds)
             try:
-                return await asyncio.wait_for(method(request, context), timeout=seconds)
+                async with deadline:
+                    return await method(request, context)
             except TimeoutError:
+                if not deadline.expired():
+                    raise
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {seconds}s")
 
         return bounded
