@@ -7,7 +7,7 @@ the acknowledgements, commit the batch. The bare loop copies bytes; ingestion de
 validates, de-duplicates in Redis, normalises and dead-letters. Throughput is measured from the
 first committed batch to the last, so consumer-group joins do not count. Over the same span it
 prints this process's CPU per message (every thread: the loop's and its Kafka clients'; Redis
-and the broker are other processes), which the machine's swings in speed move less than rates.
+and the broker are other processes): what each loop costs, beside how fast it went.
 
     .venv/bin/python bench/ingestion.py [--events 100000] [--rounds 2] [--batch-size 2000]
 
