@@ -398,7 +398,6 @@ class ConsumerLoop:
         self._lag_reported = 0.0
         self._broken = False
         self.batches = 0
-        self._log_each_dead_letter = _debug_enabled()
 
     def stop(self) -> None:
         """Ask the loop to finish its batches in flight, commit and return."""
@@ -410,7 +409,6 @@ class ConsumerLoop:
 
     def run(self) -> None:
         """Run until ``stop()``. Raises only when a batch cannot be delivered at all."""
-        self._log_each_dead_letter = _debug_enabled()
         self._consumer.subscribe(list(self._topics), on_revoke=self._on_revoke)
         log.info("consumer_started", group=self._group, topics=list(self._topics))
         try:
@@ -466,11 +464,12 @@ class ConsumerLoop:
             return
         self._outage_attempts = 0
         produce, on_delivery = self._producer.produce, flight.on_delivery
+        log_each = _debug_enabled()  # once a batch: a filtered debug call costs microseconds
         # The hot loop of every consumer: outputs unpacked as tuples, counted in one go below.
         topics: list[str] = []
         for message, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeadLetter):
-                dead_letter = self._dead_letter(message, outcome, flight)
+                dead_letter = self._dead_letter(message, outcome, flight, log_each=log_each)
                 if dead_letter is not None:
                     topics.append(dead_letter)
             else:
@@ -579,7 +578,9 @@ class ConsumerLoop:
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
                 time.sleep(self._retry_backoff_s * attempt)
 
-    def _dead_letter(self, message: Message, verdict: DeadLetter, flight: _InFlight) -> str | None:
+    def _dead_letter(
+        self, message: Message, verdict: DeadLetter, flight: _InFlight, *, log_each: bool
+    ) -> str | None:
         """Produce the message to its topic's dead-letter topic and return that topic's name;
         None when the topic declares no dead-letter topic (the message is counted and logged)."""
         source = self._topics[message.topic()]
@@ -607,11 +608,11 @@ class ConsumerLoop:
             (DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()),
             (DLQ_SERVICE, self._service.encode()),
         ]
-        # Per message at debug only (a producer sending garbage must not flood the logs), and
-        # only when debug is on: a filtered call still costs microseconds. The record itself
-        # (reason and source coordinates in its headers) and the counter by reason, booked once
-        # the batch is acknowledged, are the trail; the batch logs one summary line.
-        if self._log_each_dead_letter:
+        # Per message at debug only (``log_each``): a producer sending garbage must not flood the
+        # logs. The record itself (reason and source coordinates in its headers) and the counter
+        # by reason, booked once the batch is acknowledged, are the trail; the batch logs one
+        # summary line.
+        if log_each:
             log.debug(
                 "dead_lettered",
                 topic=source.name,
