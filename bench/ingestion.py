@@ -136,9 +136,10 @@ def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> 
 
 
 def passthrough(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> Run:
-    """The framework alone: ConsumerLoop + KafkaProducer with a handler that forwards the bytes."""
+    """The framework alone: ConsumerLoop + KafkaProducer, set up as ingestion sets them up, with a
+    handler that forwards the bytes."""
     clock = Clock()
-    producer = KafkaProducer(kafka)
+    producer = KafkaProducer(kafka, reports="errors")
     loop = ConsumerLoop(
         kafka,
         group_id=f"bench-passthrough-{uuid.uuid4().hex}",

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from driftline.kit import kafka
 from driftline.kit.settings import KafkaSettings
@@ -61,7 +62,10 @@ def test_produce_then_consume_round_trip(kafka_settings, topics):
     assert sorted(m.value() for m in got) == sorted(values)
 
 
-def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(kafka_settings, topics):
+@pytest.mark.parametrize("reports", ["all", "errors"])
+def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(
+    kafka_settings, topics, reports
+):
     source, sink = topics
 
     def handler(message):
@@ -70,7 +74,7 @@ def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(ka
         return [kafka.Output(sink.name, message.value().upper(), message.key())]
 
     _produce(kafka_settings, source.name, [b"a", b"poison-1", b"b", b"c"])
-    producer = kafka.KafkaProducer(kafka_settings)
+    producer = kafka.KafkaProducer(kafka_settings, reports=reports)
     loop = kafka.ConsumerLoop(
         kafka_settings,
         group_id=f"{source.name}-g",
@@ -98,6 +102,18 @@ def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(ka
     assert headers[kafka.DLQ_SOURCE_TOPIC] == source.name.encode()
     assert int(headers[kafka.DLQ_SOURCE_PARTITION]) in range(source.partitions)
     assert int(headers[kafka.DLQ_SOURCE_OFFSET]) >= 0
+    # Every message handled and delivered is committed, the poison included.
+    assert _committed(kafka_settings, f"{source.name}-g", source) == 5
+
+
+def _committed(settings: KafkaSettings, group: str, topic: Topic) -> int:
+    """Messages of ``topic`` the group has committed, over all partitions."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        partitions = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+    finally:
+        consumer.close()
 
 
 _CRASHING_WORKER = textwrap.dedent(

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -37,6 +37,8 @@ from driftline.kit.topics import Topic
 log = structlog.get_logger(__name__)
 
 Headers = list[tuple[str, bytes]]
+#: Which deliveries a producer reports: every one, or only the failed ones (see KafkaProducer).
+DeliveryReports = Literal["all", "errors"]
 #: Lag is read from the client's cached watermarks at most this often.
 _LAG_REPORT_INTERVAL_S = 1.0
 
@@ -142,7 +144,16 @@ def per_message(handler: Callable[[Message], Iterable[Output]]) -> BatchHandler:
 
 
 class KafkaProducer:
-    """An idempotent producer whose sends are acknowledged or reported, never lost silently."""
+    """An idempotent producer whose sends are acknowledged or reported, never lost silently.
+
+    ``reports="errors"`` asks the client for the failed deliveries' reports only: no Python
+    callback per acknowledged message, on the poll thread, under the GIL (a sixth of the CPU of
+    producing a small message: ``bench/kafka_reports.py``). Its user learns that everything
+    produced so far is acknowledged, or its failures reported, when ``outstanding()`` falls to
+    zero or ``flush`` returns; ``send`` (a future per message) needs every report and refuses.
+    A consumer loop given such a producer for itself alone completes its batches that way (see
+    ``ConsumerLoop``).
+    """
 
     def __init__(
         self,
@@ -150,6 +161,7 @@ class KafkaProducer:
         *,
         transactional_id: str | None = None,
         config: dict[str, Any] | None = None,
+        reports: DeliveryReports = "all",
     ) -> None:
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -162,7 +174,10 @@ class KafkaProducer:
         }
         if transactional_id:
             conf["transactional.id"] = transactional_id
+        if reports == "errors":
+            conf["delivery.report.only.error"] = True
         conf.update(config or {})
+        self.reports: DeliveryReports = reports
         self._producer = Producer(conf)
         self._pending = 0
         self._lock = threading.Lock()
@@ -182,6 +197,8 @@ class KafkaProducer:
         headers: Headers | None = None,
     ) -> concurrent.futures.Future[Message]:
         """Queue one message; the future resolves on acknowledgement or fails with DeliveryError."""
+        if self.reports != "all":
+            raise TypeError("send() needs every delivery report; this producer reports errors only")
         name = topic if isinstance(topic, str) else topic.name
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
 
@@ -225,6 +242,10 @@ class KafkaProducer:
     ) -> Message:
         """Send and await the broker's acknowledgement from asyncio code."""
         return await asyncio.wrap_future(self.send(topic, value, key, headers))
+
+    def outstanding(self) -> int:
+        """Messages produced and not yet acknowledged or reported failed (their reports served)."""
+        return len(self._producer)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every queued message is acknowledged; raise if any is still pending."""
@@ -337,7 +358,12 @@ class ConsumerLoop:
 
     Handling is pipelined with delivery: batch N+1 is handled while batch N's outputs are in
     flight, up to ``max_in_flight_batches``; offsets are committed per batch, in order, once its
-    outputs are acknowledged (asynchronously: a lost commit only means a replay). When the loop
+    outputs are acknowledged (asynchronously: a lost commit only means a replay). With a
+    producer of its own that reports failed deliveries only (``KafkaProducer(reports="errors")``)
+    the loop counts no acknowledgements: the batches in flight are done together when the
+    producer has no output outstanding, which the loop checks once a batch is handled, before
+    producing its outputs (the earlier batches' acknowledgements usually arrived meanwhile), and
+    which a flush waits for when ``max_in_flight_batches`` are in flight. When the loop
     is idle, on a rebalance and on stop, every batch in flight is drained and committed first.
     The loop stops after the batches in flight when ``stop()`` is called or SIGTERM arrives
     (see ``install_signal_handlers``), commits what it delivered, and leaves the group.
@@ -393,6 +419,9 @@ class ConsumerLoop:
         self._consumer = Consumer(conf)
         self._stopping = threading.Event()
         self._in_flight: deque[_InFlight] = deque()
+        #: The producer reports failures only: the batches in flight are done together, once the
+        #: producer has nothing outstanding (see ``_settle``).
+        self._settled_together = getattr(producer, "reports", "all") == "errors"
         #: Offsets (next to read) of every batch committed so far: the final commit repeats them.
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_reported = 0.0
@@ -463,6 +492,10 @@ class ConsumerLoop:
             self._hold_back(batch, outage.__cause__)
             return
         self._outage_attempts = 0
+        if self._settled_together:
+            # The earlier batches' outputs were on their way while this batch was handled: commit
+            # them now if they all arrived, before this batch's outputs are outstanding too.
+            self._commit_completed(wait=False)
         produce, on_delivery = self._producer.produce, flight.on_delivery
         log_each = _debug_enabled()  # once a batch: a filtered debug call costs microseconds
         # The hot loop of every consumer: outputs unpacked as tuples, counted in one go below.
@@ -480,7 +513,10 @@ class ConsumerLoop:
         flight.seal()
         self._in_flight.append(flight)
         while len(self._in_flight) > self._settings.max_in_flight_batches:
-            self._complete(self._in_flight[0], wait=True)
+            if self._settled_together:
+                self._drain()
+            else:
+                self._complete(self._in_flight[0], wait=True)
 
     def _hold_back(self, batch: list[Message], err: BaseException | None) -> None:
         """A dependency is down: rewind the batch's partitions to it, so that it is consumed
@@ -497,6 +533,7 @@ class ConsumerLoop:
 
     def _commit_completed(self, *, wait: bool) -> None:
         """Commit the batches in flight, oldest first, that are fully acknowledged."""
+        self._settle()
         while self._in_flight and (wait or self._in_flight[0].done.is_set()):
             self._complete(self._in_flight[0], wait=wait)
 
@@ -506,6 +543,13 @@ class ConsumerLoop:
             # Commit only what the broker has acknowledged; a failure leaves offsets uncommitted.
             self._producer.flush(self._settings.delivery_timeout_ms / 1000)
             self._commit_completed(wait=True)
+
+    def _settle(self) -> None:
+        """With a producer that reports failures only: when it has no output outstanding, every
+        batch in flight is done (each failure was reported to its batch before the count fell)."""
+        if self._settled_together and self._in_flight and not self._producer.outstanding():
+            for flight in self._in_flight:
+                flight.done.set()
 
     def _complete(self, flight: _InFlight, *, wait: bool) -> None:
         if wait and not flight.done.wait(self._settings.delivery_timeout_ms / 1000):

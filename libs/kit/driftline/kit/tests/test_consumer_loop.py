@@ -376,3 +376,118 @@ def test_each_dead_letter_is_logged_only_at_debug_level(capsys, monkeypatch):
     per_message = sorted((r["partition"], r["offset"], r["reason"]) for r in lines if "offset" in r)
     assert per_message == [(0, 11, "not_in_enum"), (0, 12, "malformed_json"), (1, 4, "malformed_json")]
     assert len(lines) == 4
+
+
+class _ErrorsOnlyProducer:
+    """Reports failed deliveries only, like ``KafkaProducer(reports="errors")``: outputs are
+    outstanding until ``acknowledge`` (the broker's answers arriving) or ``flush`` settles them,
+    calling back only for those in ``fail``."""
+
+    reports = "errors"
+
+    def __init__(self, events, fail=()):
+        self.events = events
+        self.fail = set(fail)
+        self.queued = []
+
+    def produce(self, topic, value, key, headers, on_delivery):
+        self.events.append(("produce", value))
+        self.queued.append((topic, value, on_delivery))
+
+    def outstanding(self):
+        return len(self.queued)
+
+    def acknowledge(self):
+        for topic, value, on_delivery in self.queued:
+            if value in self.fail:
+                on_delivery(
+                    KafkaError(KafkaError._MSG_TIMED_OUT, "broker said no"), FakeMessage(value, _topic=topic)
+                )
+        self.queued = []
+
+    def flush(self, timeout_s=None):
+        self.events.append(("flush", len(self.queued)))
+        self.acknowledge()
+
+
+class _LoggingConsumer(_Consumer):
+    def __init__(self, events):
+        super().__init__()
+        self.events = events
+
+    def commit(self, offsets, asynchronous):
+        super().commit(offsets, asynchronous)
+        self.events.append(("commit", [tp.offset for tp in offsets]))
+
+
+def _errors_only_loop(producer, events, max_in_flight_batches=4):
+    loop = kafka.ConsumerLoop(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1", max_in_flight_batches=max_in_flight_batches),
+        group_id="g",
+        topics=[TRANSACTIONS_RAW],
+        handler=kafka.per_message(lambda m: [kafka.Output("out", m.value())]),
+        producer=producer,
+    )
+    loop._consumer = _LoggingConsumer(events)
+    return loop
+
+
+def _batch(*values, first_offset=0):
+    return [
+        FakeMessage(v, _topic=TRANSACTIONS_RAW.name, _offset=first_offset + i) for i, v in enumerate(values)
+    ]
+
+
+def test_with_errors_only_reports_batches_are_committed_once_nothing_is_outstanding():
+    events = []
+    producer = _ErrorsOnlyProducer(events)
+    loop = _errors_only_loop(producer, events)
+
+    loop._dispatch(_batch(b"a", b"b"))
+    loop._dispatch(_batch(b"c", first_offset=2))  # a and b still outstanding: nothing committed
+    producer.acknowledge()  # while the next batch is handled
+    loop._dispatch(_batch(b"d", first_offset=3))
+    assert events == [
+        ("produce", b"a"),
+        ("produce", b"b"),
+        ("produce", b"c"),
+        # Nothing outstanding once d is handled: both earlier batches are done, in order.
+        ("commit", [2]),
+        ("commit", [3]),
+        ("produce", b"d"),
+    ]
+    loop._drain()
+    assert events[-2:] == [("flush", 1), ("commit", [4])]
+
+
+def test_with_errors_only_reports_a_full_pipeline_waits_for_a_flush():
+    events = []
+    loop = _errors_only_loop(_ErrorsOnlyProducer(events), events, max_in_flight_batches=1)
+    loop._dispatch(_batch(b"a"))
+    loop._dispatch(_batch(b"b", first_offset=1))
+    assert events == [("produce", b"a"), ("produce", b"b"), ("flush", 2), ("commit", [1]), ("commit", [2])]
+
+
+def test_with_errors_only_reports_a_reported_failure_stops_the_loop_before_commit_and_later_outputs():
+    import pytest
+
+    events = []
+    producer = _ErrorsOnlyProducer(events, fail={b"b"})
+    loop = _errors_only_loop(producer, events)
+    loop._dispatch(_batch(b"a", b"b"))
+    producer.acknowledge()
+    with pytest.raises(kafka.DeliveryError):
+        loop._dispatch(_batch(b"c", first_offset=2))
+    assert ("produce", b"c") not in events
+    assert loop._consumer.commits == []
+
+
+def test_a_producer_reporting_errors_only_refuses_sends_that_need_every_report():
+    import pytest
+
+    producer = kafka.KafkaProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), reports="errors")
+    try:
+        with pytest.raises(TypeError, match="errors only"):
+            producer.send("out", b"v")
+    finally:
+        producer.close(timeout_s=0)

@@ -62,7 +62,9 @@ class IngestionApp:
             clock=clock,
         )
         self._before_commit = before_commit
-        self.producer = KafkaProducer(settings.kafka)
+        # The loop's alone: it reports failed deliveries only, and the loop completes its batches
+        # once nothing is outstanding (a Python callback per acknowledged message costs more).
+        self.producer = KafkaProducer(settings.kafka, reports="errors")
         self.loop = ConsumerLoop(
             settings.kafka,
             group_id=settings.group_id,
