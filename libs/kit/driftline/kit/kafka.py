@@ -123,7 +123,16 @@ class PoisonMessage(Exception):
 
 
 class BatchHandler(Protocol):
-    """Turns a batch of consumed messages into one outcome per message, in order."""
+    """Turns a batch of consumed messages into one outcome per message, in order.
+
+    A handler may also have ``prepare(messages)``: the loop then calls it with the next batch
+    when that batch is already consumed, once the current batch is handled and before its
+    outputs are produced, and calls the handler with that batch afterwards (or drops it, when
+    the current batch is held back). ``prepare`` starts what the handler waits for (requests to
+    another server), so that it runs while the loop produces; it must have no effect a fresh
+    call would not repeat, since the handler may instead be called on the batch, or on a part
+    of it, without it. What it raises is ignored: the handler meets it again.
+    """
 
     def __call__(self, messages: Sequence[Message]) -> Sequence[Outcome]: ...
 
@@ -368,6 +377,11 @@ class ConsumerLoop:
     The loop stops after the batches in flight when ``stop()`` is called or SIGTERM arrives
     (see ``install_signal_handlers``), commits what it delivered, and leaves the group.
 
+    A handler with ``prepare`` (see ``BatchHandler``) is given the next batch to prepare when
+    that batch is already there: after a batch is consumed the loop looks for the next without
+    waiting, and handles the first (prepares the second, produces the first's outputs) only
+    then; with none there, it handles the batch at once, so a slow stream waits for nothing.
+
     A handler failure that ``outages`` calls an outage (a dependency down) holds the batch back:
     its partitions are rewound to it, nothing of it is produced or committed, and it is consumed
     and handled again after a back-off, for as long as the outage lasts (``driftline.kit.outages``).
@@ -418,6 +432,9 @@ class ConsumerLoop:
         self._outage_attempts = 0
         self._consumer = Consumer(conf)
         self._stopping = threading.Event()
+        self._prepare: Callable[[Sequence[Message]], None] | None = getattr(handler, "prepare", None)
+        #: A batch consumed, prepared and not handled yet: it waits for the next batch's poll.
+        self._waiting: list[Message] | None = None
         self._in_flight: deque[_InFlight] = deque()
         #: The producer reports failures only: the batches in flight are done together, once the
         #: producer has nothing outstanding (see ``_settle``).
@@ -442,16 +459,25 @@ class ConsumerLoop:
         log.info("consumer_started", group=self._group, topics=list(self._topics))
         try:
             while not self._stopping.is_set():
-                messages = self._consumer.consume(
-                    num_messages=self._settings.batch_size, timeout=self._settings.poll_timeout_s
-                )
+                # A batch waiting to be handled waits for no more than what is already there.
+                timeout = 0 if self._waiting else self._settings.poll_timeout_s
+                messages = self._consumer.consume(num_messages=self._settings.batch_size, timeout=timeout)
                 batch = [m for m in messages if not self._is_partition_event(m)]
-                if batch:
+                waiting, self._waiting = self._waiting, None
+                if waiting:
+                    if self._dispatch(waiting, then_prepare=batch) and batch:
+                        self._waiting = batch
+                    self._commit_completed(wait=False)
+                elif batch and self._prepare is not None:
+                    self._prepare_batch(batch)
+                    self._waiting = batch
+                elif batch:
                     self._dispatch(batch)
                     self._commit_completed(wait=False)
                 else:
                     self._drain()
                 self._report_lag()
+            self._dispatch_waiting()
             self._drain()
             if self._committed:
                 # Asynchronous commits may still be on their way: make the last position durable.
@@ -462,6 +488,7 @@ class ConsumerLoop:
             # committing a later batch's offsets would skip the failed one's messages.
             self._broken = True
             self._in_flight.clear()
+            self._waiting = None
             raise
         finally:
             self._consumer.close()
@@ -483,15 +510,19 @@ class ConsumerLoop:
         self._dispatch(batch)
         self._drain()
 
-    def _dispatch(self, batch: list[Message]) -> None:
-        """Handle a batch and produce its outputs; it joins the batches in flight."""
+    def _dispatch(self, batch: list[Message], then_prepare: list[Message] | None = None) -> bool:
+        """Handle a batch and produce its outputs; it joins the batches in flight. The handler
+        prepares ``then_prepare`` in between. False: the batch (and ``then_prepare``) was held
+        back, not handled."""
         flight = _InFlight(batch, time.perf_counter())
         try:
             outcomes = self._handle_with_retries(batch)
         except _Outage as outage:
-            self._hold_back(batch, outage.__cause__)
-            return
+            self._hold_back(batch + (then_prepare or []), outage.__cause__)
+            return False
         self._outage_attempts = 0
+        if then_prepare:
+            self._prepare_batch(then_prepare)
         if self._settled_together:
             # The earlier batches' outputs were on their way while this batch was handled: commit
             # them now if they all arrived, before this batch's outputs are outstanding too.
@@ -517,10 +548,25 @@ class ConsumerLoop:
                 self._drain()
             else:
                 self._complete(self._in_flight[0], wait=True)
+        return True
+
+    def _prepare_batch(self, batch: list[Message]) -> None:
+        assert self._prepare is not None
+        try:
+            self._prepare(batch)
+        except Exception as err:  # noqa: BLE001 - the handler meets it again when it handles the batch
+            log.debug("prepare_failed", group=self._group, error=str(err))
+
+    def _dispatch_waiting(self) -> None:
+        """Handle the batch waiting for the next one's poll, if any (stop, rebalance)."""
+        waiting, self._waiting = self._waiting, None
+        if waiting:
+            self._dispatch(waiting)
 
     def _hold_back(self, batch: list[Message], err: BaseException | None) -> None:
         """A dependency is down: rewind the batch's partitions to it, so that it is consumed
-        and handled again, and wait out the back-off (``stop()`` cuts the wait short)."""
+        and handled again, and wait out the back-off (``stop()`` cuts the wait short). The
+        batch may span two consumed batches: each partition goes back to its first message."""
         first: dict[tuple[str, int], int] = {}
         for message in batch:
             first.setdefault(
@@ -587,6 +633,7 @@ class ConsumerLoop:
         """Before partitions move to another member: deliver and commit everything in flight."""
         if self._broken:
             return
+        self._dispatch_waiting()
         self._drain()
         if self._committed:
             try:

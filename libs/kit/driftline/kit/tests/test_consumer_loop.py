@@ -491,3 +491,175 @@ def test_a_producer_reporting_errors_only_refuses_sends_that_need_every_report()
             producer.send("out", b"v")
     finally:
         producer.close(timeout_s=0)
+
+
+class _Preparing:
+    """A batch handler with ``prepare``; it records what it is asked in ``events``."""
+
+    def __init__(self, events, *, prepare_fails=False, outages=0):
+        self.events = events
+        self.prepare_fails = prepare_fails
+        self.outages = outages
+
+    def prepare(self, messages):
+        self.events.append(("prepare", [m.value() for m in messages]))
+        if self.prepare_fails:
+            raise ConnectionError("redis is down")
+
+    def __call__(self, messages):
+        self.events.append(("handle", [m.value() for m in messages]))
+        if self.outages:
+            self.outages -= 1
+            raise _Outage("connection refused")
+        return [[kafka.Output("out", m.value())] for m in messages]
+
+
+class _RecordingProducer(_Producer):
+    def __init__(self, events):
+        super().__init__()
+        self.events = events
+
+    def produce(self, topic, value, key, headers, on_delivery):
+        self.events.append(("produce", value))
+        super().produce(topic, value, key, headers, on_delivery)
+
+
+class _Script:
+    """A consumer that returns the scripted batches, one per poll, then stops the loop."""
+
+    def __init__(self, loop, events, batches, on_poll=None):
+        self.loop = loop
+        self.events = events
+        self.batches = list(batches)
+        self.on_poll = on_poll
+        self.polls = 0
+        self.seeks = []
+
+    def subscribe(self, topics, on_revoke=None):
+        pass
+
+    def consume(self, num_messages, timeout):
+        self.events.append(("poll", timeout))
+        self.polls += 1
+        if self.on_poll is not None:
+            self.on_poll(self.polls)
+        if self.batches:
+            return self.batches.pop(0)
+        self.loop.stop()
+        return []
+
+    def seek(self, partition):
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+
+    def commit(self, offsets, asynchronous):
+        self.events.append(("commit", sorted((tp.partition, tp.offset) for tp in offsets)))
+
+    def assignment(self):
+        return []
+
+    def close(self):
+        pass
+
+
+def _preparing_loop(handler, events, batches, on_poll=None, **kwargs):
+    loop = _loop(handler, _RecordingProducer(events), **kwargs)
+    loop._consumer = _Script(loop, events, batches, on_poll)
+    return loop
+
+
+def _raw(*values, partition=0, first_offset=0):
+    return [
+        FakeMessage(v, _topic=TRANSACTIONS_RAW.name, _partition=partition, _offset=first_offset + i)
+        for i, v in enumerate(values)
+    ]
+
+
+def test_a_handler_prepares_the_next_batch_while_the_loop_produces_the_current_one():
+    events = []
+    batches = [_raw(b"a", b"b"), _raw(b"c", first_offset=2), _raw(b"d", first_offset=3)]
+    _preparing_loop(_Preparing(events), events, batches).run()
+
+    poll = 0.5  # KafkaSettings().poll_timeout_s
+    assert [e for e in events if e[0] != "commit"] == [
+        ("poll", poll),
+        ("prepare", [b"a", b"b"]),
+        # A batch is waiting: the loop only takes what is already there.
+        ("poll", 0),
+        ("handle", [b"a", b"b"]),
+        ("prepare", [b"c"]),  # before the handled batch's outputs are produced
+        ("produce", b"a"),
+        ("produce", b"b"),
+        ("poll", 0),
+        ("handle", [b"c"]),
+        ("prepare", [b"d"]),
+        ("produce", b"c"),
+        ("poll", 0),  # nothing more there: the waiting batch is handled at once
+        ("handle", [b"d"]),
+        ("produce", b"d"),
+    ]
+    commits = [e[1] for e in events if e[0] == "commit"]
+    assert commits[-1] == [(0, 4)]
+
+
+def test_on_a_slow_stream_a_batch_waits_for_nothing():
+    events = []
+    _preparing_loop(_Preparing(events), events, [_raw(b"a"), [], _raw(b"b", first_offset=1)]).run()
+    polls_and_handles = [e for e in events if e[0] in ("poll", "handle")]
+    assert polls_and_handles[:5] == [
+        ("poll", 0.5),
+        ("poll", 0),  # found nothing: "a" is handled now, not after the next full poll
+        ("handle", [b"a"]),
+        ("poll", 0.5),
+        ("poll", 0),
+    ]
+    assert ("handle", [b"b"]) in events
+
+
+def test_a_failed_prepare_is_ignored_and_the_handler_meets_the_failure_itself():
+    events = []
+    handler = _Preparing(events, prepare_fails=True)
+    _preparing_loop(handler, events, [_raw(b"a"), _raw(b"b", first_offset=1)]).run()
+    assert [e[1] for e in events if e[0] == "produce"] == [b"a", b"b"]
+    assert [e[1] for e in events if e[0] == "commit"][-1] == [(0, 2)]
+
+
+def test_an_outage_holds_back_the_waiting_batch_and_drops_the_prepared_one_with_it():
+    from driftline.kit.outages import OutagePolicy
+
+    events = []
+    # The next batch reaches a partition the held-back one does not: it must be rewound too.
+    batches = [_raw(b"a", b"b"), _raw(b"c", first_offset=2) + _raw(b"x", partition=1, first_offset=7)]
+    loop = _preparing_loop(
+        _Preparing(events, outages=1),
+        events,
+        batches,
+        max_retries=0,
+        outages=OutagePolicy(errors=(_Outage,), base_s=0, cap_s=0),
+    )
+    loop.run()
+    assert loop._consumer.seeks == [(TRANSACTIONS_RAW.name, 0, 0), (TRANSACTIONS_RAW.name, 1, 7)]
+    # Nothing of either batch was produced or committed; the prepared batch was not handled.
+    assert [e for e in events if e[0] in ("produce", "commit")] == []
+    assert ("handle", [b"c", b"x"]) not in events
+
+
+def test_a_rebalance_handles_delivers_and_commits_the_waiting_batch_first():
+    events = []
+
+    def revoke_on_second_poll(polls):
+        if polls == 2:
+            loop._on_revoke(loop._consumer, [])
+            events.append(("revoked",))
+
+    loop = _preparing_loop(_Preparing(events), events, [_raw(b"a"), []], on_poll=revoke_on_second_poll)
+    loop.run()
+    handled, revoked = events.index(("handle", [b"a"])), events.index(("revoked",))
+    # Inside the revocation: handled, delivered and committed (the loop's commit, then the
+    # revocation's own of every position committed so far).
+    assert events[handled:revoked] == [
+        ("handle", [b"a"]),
+        ("produce", b"a"),
+        ("commit", [(0, 1)]),
+        ("commit", [(0, 1)]),
+    ]
+    assert events.count(("handle", [b"a"])) == 1

@@ -2,9 +2,12 @@
 
 Per batch: examine every message, claim the valid ones' event ids in Redis (examining the next
 part of the batch while Redis works), then return one outcome per message: the clean event
-(keyed by card id), a dead letter with its reason code, or nothing for a duplicate. The native
-gate examines each part first and builds the clean events of the canonical valid messages; the
-Python gate decides the rest (docs/adr/0006-native-ingestion-fast-path.md).
+(keyed by card id), a dead letter with its reason code, or nothing for a duplicate. The loop
+has the handler ``prepare`` the next batch, when it is already consumed, while it produces the
+current one's outputs: the examining and the claims are done then, and Redis decides the claims
+meanwhile; handling the batch then only reads the verdicts. The native gate examines each part
+first and builds the clean events of the canonical valid messages; the Python gate decides the
+rest (docs/adr/0006-native-ingestion-fast-path.md).
 
 The accounting is booked in ``on_delivered``, which the loop calls once the outputs are
 acknowledged and before it commits, so every consumed message is counted exactly once as clean,
@@ -14,9 +17,9 @@ dead-lettered or duplicate.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import structlog
 from confluent_kafka import Message
@@ -26,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, DeadLetter, Outcome, Output, header
 from driftline.kit.topics import Topic
-from driftline.services.ingestion.dedup import Deduplicator, source_token
+from driftline.services.ingestion.dedup import Claims, Deduplicator, source_token
 from driftline.services.ingestion.gate import Accepted, Gate, Rejected, epoch_micros, timestamp, to_clean
 from driftline.services.ingestion.metrics import IngestionMetrics
 
@@ -50,6 +53,21 @@ _Clean = tuple[bytes, bytes, bytes, bytes]
 #: and the source (each None when declined), and the indices of the declined messages.
 _Examined = tuple[list[Any], list[Any], list[Any], Sequence[int]]
 _new_tuple = tuple.__new__
+
+
+class _Started(NamedTuple):
+    """A batch examined and its claims sent: what is left is to read the verdicts."""
+
+    #: Per message, the clean event and its key, or the rejection.
+    entries: list[tuple[bytes, bytes] | Rejected]
+    claims: Claims
+    #: Messages the native gate accepted (the quality window counts them valid).
+    fast_accepted: int
+
+
+def _batch_key(messages: Sequence[Message]) -> _BatchKey:
+    first = messages[0]
+    return (first.topic(), first.partition(), first.offset(), len(messages))
 
 
 class IngestionHandler:
@@ -76,15 +94,43 @@ class IngestionHandler:
         #: What happened to each message of the handled batches not delivered yet (a retried
         #: batch overwrites its entry; a batch the loop split up has one entry per message).
         self._pending: dict[_BatchKey, list[str]] = {}
+        #: The batch ``prepare`` started, if it is not handled yet.
+        self._prepared: tuple[_BatchKey, _Started] | None = None
+
+    def prepare(self, messages: Sequence[Message]) -> None:
+        """Examine the next batch and send its claims; ``__call__`` on it reads the verdicts."""
+        self._forget_prepared()
+        if messages:
+            self._prepared = (_batch_key(messages), self._start(messages))
 
     def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
+        prepared = self._prepared
+        if prepared is not None and messages and prepared[0] == _batch_key(messages):
+            self._prepared = None
+            started = prepared[1]
+        else:
+            # Not this batch: a retry, a part of a batch the loop split up, or none was prepared.
+            self._forget_prepared()
+            started = self._start(messages)
+        with started.claims as claims:
+            won = iter(claims.verdicts())
+        return self._outcomes(messages, started, won)
+
+    def _forget_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared[1].claims.__exit__(None, None, None)  # its replies unread: disconnected
+
+    def _start(self, messages: Sequence[Message]) -> _Started:
+        """Examine the batch and send the valid messages' claims, part by part: Redis decides
+        one part's claims while the next part is examined."""
         now = self._clock()
         ingested_at = timestamp(now)
         fast = self._fast_path(now, ingested_at)
         entries: list[tuple[bytes, bytes] | Rejected] = []
         fast_accepted = 0
-        with self._dedup.claims() as claims:
-            # Part by part: Redis decides one part's claims while the next part is examined.
+        claims = self._dedup.claims()
+        try:
             for start in range(0, len(messages), _CLAIM_PART):
                 part = messages[start : start + _CLAIM_PART]
                 cleans, event_ids, sources, declined = fast(part)
@@ -101,11 +147,16 @@ class IngestionHandler:
                     sources = [s for s in sources if s is not None]
                 claims.send(cast(list[bytes], event_ids), cast(list[bytes], sources))
                 entries += cast(list[tuple[bytes, bytes] | Rejected], cleans)
-            won = iter(claims.verdicts())
+        except BaseException:
+            claims.__exit__(None, None, None)
+            raise
+        return _Started(entries, claims, fast_accepted)
+
+    def _outcomes(self, messages: Sequence[Message], started: _Started, won: Iterator[bool]) -> list[Outcome]:
         clean_topic = self._clean_topic
         outcomes: list[Outcome] = []
         kinds: list[str] = []
-        for entry in entries:
+        for entry in started.entries:
             if type(entry) is Rejected:
                 rejected = cast(Rejected, entry)
                 reason = rejected.reason.value
@@ -119,11 +170,10 @@ class IngestionHandler:
                 outcomes.append([])
                 kinds.append(DUPLICATE)
         if messages:
-            first = messages[0]
-            self._pending[(first.topic(), first.partition(), first.offset(), len(messages))] = kinds
+            self._pending[_batch_key(messages)] = kinds
         quality = self._gate.quality
         if quality is not None:
-            quality.observe_valid(fast_accepted)  # the Python gate records the events it examines
+            quality.observe_valid(started.fast_accepted)  # the Python gate records the events it examines
             self._metrics.set_quality(quality.snapshot(), quality.events)
         return outcomes
 
@@ -182,8 +232,7 @@ class IngestionHandler:
     def _kinds(self, batch: Sequence[Message]) -> list[str]:
         if not batch:
             return []
-        first = batch[0]
-        kinds = self._pending.pop((first.topic(), first.partition(), first.offset(), len(batch)), None)
+        kinds = self._pending.pop(_batch_key(batch), None)
         if kinds is not None:
             return kinds
         # The loop handled this batch message by message (it isolates a failing message that

@@ -203,3 +203,55 @@ def test_quality_gauges_follow_the_batch(harness: Harness) -> None:
     )
     assert harness.value("driftline_ingestion_field_null_ratio", field="card_id") == 0
     assert harness.value("driftline_ingestion_quality_window_events") == 3
+
+
+def test_a_prepared_batch_is_claimed_when_prepared_and_handled_like_a_fresh_one(harness: Harness) -> None:
+    batch = messages([event("ev-1"), b"{not json", event("ev-2")])
+    harness.handler.prepare(batch)  # type: ignore[arg-type]
+    # Its claims are made: a copy claimed from elsewhere now is the duplicate.
+    assert claim(harness.dedup, [Claim("ev-1", "other/0/9")]) == [False]
+
+    outcomes = harness.handler(batch)  # type: ignore[arg-type]
+    assert [type(o).__name__ for o in outcomes] == ["list", "DeadLetter", "list"]
+    assert [len(o) for o in (outcomes[0], outcomes[2])] == [1, 1]
+    harness.handler.on_delivered(batch)  # type: ignore[arg-type]
+    assert harness.value("driftline_ingestion_clean_total") == 2
+
+
+class _Recorded:
+    """Claims that record what happens to them, deciding like a fresh ``MemoryDeduplicator``."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+        self.inner = MemoryDeduplicator(ttl_s=3600).claims()
+
+    def send(self, event_ids: Sequence[bytes], sources: Sequence[bytes]) -> None:
+        self.log.append(f"{self.name} send")
+        self.inner.send(event_ids, sources)
+
+    def verdicts(self) -> list[bool]:
+        self.log.append(f"{self.name} verdicts")
+        return self.inner.verdicts()
+
+    def __enter__(self) -> _Recorded:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.log.append(f"{self.name} closed")
+
+
+def test_handling_a_batch_other_than_the_prepared_one_releases_the_prepared_claims() -> None:
+    log: list[str] = []
+    made = iter("ABC")
+
+    class Dedup:
+        def claims(self) -> _Recorded:
+            return _Recorded(log, next(made))
+
+    metrics = IngestionMetrics(CollectorRegistry())
+    handler = IngestionHandler(Gate(Contract.load()), Dedup(), CLEAN_TOPIC, metrics, clock=lambda: NOW)
+    handler.prepare(messages([event("ev-1"), event("ev-2")]))  # type: ignore[arg-type]
+    # The loop split the batch up (or retries it): a part is not the prepared batch.
+    outcomes = handler(messages([event("ev-1")]))  # type: ignore[arg-type]
+    assert [len(o) for o in outcomes] == [1]  # one clean event
+    assert log == ["A send", "A closed", "B send", "B verdicts", "B closed"]
