@@ -249,7 +249,7 @@ def main() -> None:
         table.add_row(name, *rates, f"{g.rate / b.rate:.2f}x", *cpus)
     console.print(table)
     console.print(
-        f"ingestion / bare loop = {ingest.rate / bare.rate:.2f}x (target >= 0.5x); "
+        f"ingestion / bare loop = {ingest.rate / bare.rate:.3f}x (target >= 0.5x); "
         f"kit ConsumerLoop pass-through / bare loop = {through.rate / bare.rate:.2f}x; "
         f"CPU per message (this process, all threads; Redis and the broker not counted): "
         f"ingestion {ingest.cpu_us:.1f} µs, bare loop {bare.cpu_us:.1f} µs"
