@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from driftline.kit import kafka
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix
+from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix, wait_for
 from driftline.kit.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -106,6 +106,19 @@ def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(
     assert _committed(kafka_settings, f"{source.name}-g", source) == 5
 
 
+def _written(settings: KafkaSettings, topic: Topic) -> int:
+    """Messages written to ``topic`` so far, over all partitions (its end offsets)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": unique_prefix()})
+    try:
+        ends = (
+            consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=10)
+            for p in range(topic.partitions)
+        )
+        return sum(high for _, high in ends)
+    finally:
+        consumer.close()
+
+
 def _committed(settings: KafkaSettings, group: str, topic: Topic) -> int:
     """Messages of ``topic`` the group has committed, over all partitions."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
@@ -114,6 +127,61 @@ def _committed(settings: KafkaSettings, group: str, topic: Topic) -> int:
         return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
     finally:
         consumer.close()
+
+
+class _SlowForward:
+    """Forwards each message to ``sink``, a tenth of a second a batch; counts what it prepares."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.prepared = 0
+
+    def prepare(self, messages: list) -> None:
+        self.prepared += 1
+
+    def __call__(self, messages: list) -> list:
+        time.sleep(0.1)  # a backlog builds up: the next batch is always there, waiting
+        return [[kafka.Output(self.sink, m.value(), m.key())] for m in messages]
+
+
+def test_a_member_joining_mid_stream_makes_a_preparing_loop_lose_and_repeat_nothing(kafka_settings, topics):
+    source, sink = topics
+    values = [f"v{i}".encode() for i in range(6000)]
+    _produce(kafka_settings, source.name, values)
+    settings = kafka_settings.copy(update={"batch_size": 100})
+    group = f"{source.name}-join"
+    handlers = [_SlowForward(sink.name), _SlowForward(sink.name)]
+    producers = [kafka.KafkaProducer(settings, reports="errors") for _ in handlers]
+    loops = [
+        kafka.ConsumerLoop(
+            settings,
+            group_id=group,
+            topics=[source],
+            handler=handler,
+            producer=producer,
+            config={"heartbeat.interval.ms": 300},  # the first member learns of the join soon
+        )
+        for handler, producer in zip(handlers, producers, strict=True)
+    ]
+    threads = [_run_loop(loops[0])]
+    try:
+        wait_for(lambda: handlers[0].prepared >= 3, 60, "the first member to prepare batches")
+        threads.append(_run_loop(loops[1]))  # the group rebalances while batches wait
+        wait_for(
+            lambda: _committed(kafka_settings, group, source) == len(values), 120, "every message committed"
+        )
+    finally:
+        for loop in loops:
+            loop.stop()
+        for thread in threads:
+            thread.join(30)
+        for producer in producers:
+            producer.close()
+    assert handlers[1].prepared > 0  # the second member took over partitions and prepared too
+    # Every message forwarded exactly once: none lost, none repeated across the rebalance.
+    assert _written(kafka_settings, sink) == len(values)
+    out = consume(kafka_settings, sink.name, expected=len(values), timeout_s=60)
+    assert sorted(m.value() for m in out) == sorted(values)
 
 
 _CRASHING_WORKER = textwrap.dedent(
