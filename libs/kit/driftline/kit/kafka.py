@@ -6,7 +6,8 @@ every send returns a future, and ``flush`` raises when any message was not ackno
 The consumer loop handles a batch of messages and sends every output; it commits the batch's
 offsets only once the broker has acknowledged all of them. Batches are pipelined: while one
 batch's outputs are in flight the loop already handles the next (at most
-``max_in_flight_batches``), and batches are committed strictly in order. A message that cannot
+``max_in_flight_batches``; a handler may prepare the next batch while the current one's outputs
+are produced), and batches are committed strictly in order. A message that cannot
 be processed goes to its topic's dead-letter topic with the reason in headers; the loop goes on.
 A process killed between output and commit reprocesses the uncommitted batches when it restarts:
 effects must therefore be idempotent, which keys and event ids make them.
