@@ -119,7 +119,7 @@ class IngestionHandler:
     def _forget_prepared(self) -> None:
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
-            prepared[1].claims.__exit__(None, None, None)  # its replies unread: disconnected
+            prepared[1].claims.close()  # its replies unread: dropped with their connection
 
     def _start(self, messages: Sequence[Message]) -> _Started:
         """Examine the batch and send the valid messages' claims, part by part: Redis decides
@@ -148,7 +148,7 @@ class IngestionHandler:
                 claims.send(cast(list[bytes], event_ids), cast(list[bytes], sources))
                 entries += cast(list[tuple[bytes, bytes] | Rejected], cleans)
         except BaseException:
-            claims.__exit__(None, None, None)
+            claims.close()
             raise
         return _Started(entries, claims, fast_accepted)
 

@@ -34,18 +34,21 @@ def source_token(topic: str, partition: int, offset: int) -> str:
 
 
 class Claims(Protocol):
-    """The claims of one batch, sent in parts as they are ready; a context manager.
+    """The claims of one batch, sent in parts as they are ready; a context manager that closes them.
 
     ``send`` may return before the claims are decided, so the caller can work meanwhile;
     ``verdicts`` waits for every claim sent so far and returns, in order, True when the claim is
     the event's first copy (or a replay of that very copy), False when another copy claimed the
     id within the horizon. Claims are decided in the order they were sent. Event ids and
-    sources are UTF-8 bytes (the native gate returns them so).
+    sources are UTF-8 bytes (the native gate returns them so). ``close`` releases what the claims
+    hold; replies not read by then are dropped with their connection.
     """
 
     def send(self, event_ids: Sequence[bytes], sources: Sequence[bytes]) -> None: ...
 
     def verdicts(self) -> list[bool]: ...
+
+    def close(self) -> None: ...
 
     def __enter__(self) -> Claims: ...
 
@@ -118,6 +121,9 @@ class _RedisClaims:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._connection is None:
             return
         if self._unread:
@@ -197,4 +203,7 @@ class _MemoryClaims:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._decided = []

@@ -168,11 +168,14 @@ def test_a_deduplicator_failure_propagates_so_the_loop_retries(when: str) -> Non
         def verdicts(self) -> list[bool]:
             raise ConnectionError("redis went away")
 
+        def close(self) -> None:
+            self.closed = True
+
         def __enter__(self) -> Down:
             return self
 
         def __exit__(self, *exc_info: object) -> None:
-            self.closed = True
+            self.close()
 
     down = Down()
 
@@ -233,11 +236,14 @@ class _Recorded:
         self.log.append(f"{self.name} verdicts")
         return self.inner.verdicts()
 
+    def close(self) -> None:
+        self.log.append(f"{self.name} closed")
+
     def __enter__(self) -> _Recorded:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.log.append(f"{self.name} closed")
+        self.close()
 
 
 def test_handling_a_batch_other_than_the_prepared_one_releases_the_prepared_claims() -> None:
