@@ -328,10 +328,10 @@ class GatedFeatures:
         self.gate = asyncio.Event()
         self.waiting = 0
 
-    async def read(self, entity_ids, **kwargs):
+    async def read_frame(self, entity_ids, **kwargs):
         self.waiting += 1
         await self.gate.wait()
-        return await self.inner.read(entity_ids, **kwargs)
+        return await self.inner.read_frame(entity_ids, **kwargs)
 
 
 async def test_stop_drains_in_flight_requests(stack):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, StrEnum
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -116,6 +117,152 @@ class EntityFeatures:
         if newest is not None:
             message.event_time.CopyFrom(to_timestamp(newest))
         return message
+
+
+#: FeatureStatus by its number, for building FeatureValues from a frame's status codes.
+_STATUS_BY_CODE = {status.value: status for status in FeatureStatus}
+_MISSING_CODE = FeatureStatus.MISSING.value
+
+
+@dataclass(slots=True, eq=False)
+class FeatureFrame:
+    """Many entities' vectors as read, column-wise: what a model scores, without a Python object
+    per value. Row ``i`` is ``entity_ids[i]``; columns follow ``names``.
+
+    An entity's values share one event time (the store keeps one per entity), so times and ages
+    are per row. A MISSING row has NaN time and age and holds the features' defaults; under the
+    ``default`` policy a STALE value holds its default too (its status still says STALE).
+    :meth:`entity` gives a row as :class:`EntityFeatures`, with the same values and statuses.
+
+    Read-only by convention (not frozen: a frozen dataclass's ``__init__`` costs more than a
+    one-entity read's parsing); :meth:`take` and :meth:`select` make new frames.
+    """
+
+    entity_ids: tuple[str, ...]
+    feature_set: str
+    version: int
+    names: tuple[str, ...]
+    #: (rows, features) float64.
+    values: np.ndarray
+    #: (rows,) float64: each entity's event time, epoch seconds; NaN when MISSING.
+    event_times: np.ndarray
+    #: (rows,) float64: read time minus event time, seconds; NaN when MISSING.
+    ages: np.ndarray
+    #: (rows, features) int8: FeatureStatus numbers.
+    statuses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.entity_ids)
+
+    @property
+    def found(self) -> np.ndarray:
+        """(rows,) bool: whether the store holds anything for the entity."""
+        return (self.statuses != FeatureStatus.MISSING).any(axis=1)
+
+    @property
+    def all_ok(self) -> bool:
+        return bool((self.statuses == FeatureStatus.OK).all())
+
+    def take(self, rows: Sequence[int]) -> FeatureFrame:
+        """The frame of these rows, in this order."""
+        index = np.asarray(rows, dtype=np.intp)
+        return FeatureFrame(
+            tuple(self.entity_ids[i] for i in rows),
+            self.feature_set,
+            self.version,
+            self.names,
+            self.values[index],
+            self.event_times[index],
+            self.ages[index],
+            self.statuses[index],
+        )
+
+    def select(self, columns: Sequence[int]) -> FeatureFrame:
+        """The frame of these features, in this order."""
+        index = np.asarray(columns, dtype=np.intp)
+        return FeatureFrame(
+            self.entity_ids,
+            self.feature_set,
+            self.version,
+            tuple(self.names[k] for k in columns),
+            self.values[:, index],
+            self.event_times,
+            self.ages,
+            self.statuses[:, index],
+        )
+
+    def row_values(self, row: int) -> list[float]:
+        """One entity's values, in column order."""
+        return self.values[row].tolist()  # type: ignore[no-any-return]
+
+    def feature_values(self, row: int) -> tuple[FeatureValue, ...]:
+        """One entity's values as :class:`FeatureValue`s."""
+        return self._rows(slice(row, row + 1))[0]
+
+    def entity(self, row: int) -> EntityFeatures:
+        return EntityFeatures(self.entity_ids[row], self.feature_set, self.version, self.feature_values(row))
+
+    def entities(self) -> list[EntityFeatures]:
+        """Every row as :class:`EntityFeatures` (what ``OnlineStore.read`` returns)."""
+        name, version = self.feature_set, self.version
+        rows = zip(self.entity_ids, self._rows(slice(None)), strict=True)
+        return [EntityFeatures(entity_id, name, version, values) for entity_id, values in rows]
+
+    def _rows(self, rows: slice) -> list[tuple[FeatureValue, ...]]:
+        make, names, by_code = tuple.__new__, self.names, _STATUS_BY_CODE
+        out = []
+        for values, event_time, age, codes in zip(
+            self.values[rows].tolist(),
+            self.event_times[rows].tolist(),
+            self.ages[rows].tolist(),
+            self.statuses[rows].tolist(),
+            strict=True,
+        ):
+            if event_time != event_time:  # NaN: MISSING, no time and no age
+                event_time = age = None
+            elif _MISSING_CODE in codes:  # a row of some missing values (built by from_entities)
+                out.append(
+                    tuple(
+                        FeatureValue(n, v, None, None, FeatureStatus.MISSING)
+                        if code == _MISSING_CODE
+                        else FeatureValue(n, v, event_time, age, by_code[code])
+                        for n, v, code in zip(names, values, codes, strict=True)
+                    )
+                )
+                continue
+            # The tuples are built in C, without a Python-level loop per value.
+            fields = zip(names, values, repeat(event_time), repeat(age), map(by_code.__getitem__, codes))
+            out.append(tuple(map(make, repeat(FeatureValue), fields)))
+        return out
+
+    @classmethod
+    def from_entities(cls, entities: Sequence[EntityFeatures]) -> FeatureFrame:
+        """The frame of vectors that share a feature set and its features (fakes and tests)."""
+        if not entities:
+            raise ValueError("a frame needs at least one entity")
+        first = entities[0]
+        names = tuple(v.name for v in first.values)
+        times, ages = [], []
+        for e in entities:
+            if tuple(v.name for v in e.values) != names:
+                raise ValueError(f"entity {e.entity_id} has other features than {first.entity_id}")
+            known = [(v.event_time, v.age_seconds or 0.0) for v in e.values if v.event_time is not None]
+            times.append(max((t for t, _ in known), default=math.nan))
+            ages.append(max((a for _, a in known), default=math.nan))
+        return cls(
+            tuple(e.entity_id for e in entities),
+            first.feature_set,
+            first.version,
+            names,
+            np.array([[v.value for v in e.values] for e in entities], dtype=np.float64).reshape(
+                len(entities), len(names)
+            ),
+            np.array(times, dtype=np.float64),
+            np.array(ages, dtype=np.float64),
+            np.array([[int(v.status) for v in e.values] for e in entities], dtype=np.int8).reshape(
+                len(entities), len(names)
+            ),
+        )
 
 
 def computed_to_proto(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -39,6 +39,10 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
     A histogram without the attributes this relies on (a prometheus-client that changed them)
     gets one ``observe`` per amount.
     """
+    if isinstance(amounts, Sequence) and len(amounts) < 2:  # one observe is cheaper then
+        for amount in amounts:
+            histogram.observe(amount)
+        return
     child: Any = histogram
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import structlog
 
-from driftline.featurestore.vectors import EntityFeatures, FeatureStatus, FeatureValue, StalenessPolicy
+from driftline.featurestore.vectors import FeatureFrame, FeatureStatus, FeatureValue, StalenessPolicy
 from driftline.kit.codec import utcnow
 from driftline.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
 from driftline.kit.outages import OutagePolicy
@@ -23,22 +23,15 @@ from driftline.services.inference.models import ModelSlots, Role, Route, Serving
 
 log = structlog.get_logger(__name__)
 
-_MISSING = FeatureStatus.MISSING
-
 
 class FeatureSource(Protocol):
     """The online store as the predictor needs it: ``driftline.featurestore.AsyncOnlineStore``."""
 
-    async def read(
+    async def read_frame(
         self, entity_ids: Sequence[str], *, now: Any = None, policy: StalenessPolicy = StalenessPolicy.SERVE
-    ) -> Sequence[EntityFeatures]:
-        """Every entity's features, in one pipelined round trip, in the order asked."""
+    ) -> FeatureFrame:
+        """Every entity's features, in one pipelined round trip, a row per entity in the order asked."""
         ...
-
-
-def _found(entity: EntityFeatures) -> bool:
-    """Whether the store holds anything at all for this entity."""
-    return any(value.status is not _MISSING for value in entity.values)
 
 
 def prediction_ids(count: int) -> list[str]:
@@ -62,7 +55,10 @@ class PredictInput(NamedTuple):
 
 class PredictionResult(NamedTuple):
     """One served (or shadow) prediction. A named tuple: immutable, and built in a fifth of the
-    time of a frozen dataclass, once per row."""
+    time of a frozen dataclass, once per row.
+
+    The features it was scored on are row ``row`` of ``frame`` (the call's, in the model's
+    columns), shared by the call's results: nothing is built per value unless asked for."""
 
     prediction_id: str
     entity_id: str
@@ -72,9 +68,15 @@ class PredictionResult(NamedTuple):
     model_name: str
     model_version: int
     max_feature_age_seconds: float
-    features: tuple[FeatureValue, ...]
+    frame: FeatureFrame
+    row: int
     served_by: Role
     predicted_at: datetime
+
+    @property
+    def features(self) -> tuple[FeatureValue, ...]:
+        """The features used, in the model's order, with their times, ages and statuses."""
+        return self.frame.feature_values(self.row)
 
 
 class PredictionSink(Protocol):
@@ -142,15 +144,15 @@ class Predictor:
         try:
             started = time.perf_counter()
             try:
-                readings = await self._features.read(entity_ids, policy=self._read_policy)
+                frame = await self._features.read_frame(entity_ids, policy=self._read_policy)
             except self._unreachable as err:
                 raise Unavailable(f"the online store cannot be reached: {type(err).__name__}") from err
             self._features_seconds.observe(time.perf_counter() - started)
-            self._check(readings)
+            self._check(frame)
             if uniform:
-                results = await self._score_rows(first.model, inputs, readings, deadline, first.model.role)
+                results = await self._score_rows(first.model, inputs, frame, deadline, first.model.role)
             else:
-                results = await self._score_routed(routes, inputs, readings, deadline)
+                results = await self._score_routed(routes, inputs, frame, deadline)
         finally:
             for model in held:
                 model.release()
@@ -161,14 +163,14 @@ class Predictor:
             for result in results:
                 self._predictions[result.served_by].inc()
         if first.shadow is not None:  # shadowing routes every entity the same way
-            self._spawn_shadow(first.shadow, inputs, readings)
+            self._spawn_shadow(first.shadow, inputs, frame)
         return results
 
     async def _score_routed(
         self,
         routes: Sequence[Route],
         inputs: Sequence[PredictInput],
-        readings: Sequence[EntityFeatures],
+        frame: FeatureFrame,
         deadline: float | None,
     ) -> list[PredictionResult]:
         """Canary calls: each model scores its own entities, concurrently; results in input order."""
@@ -177,9 +179,7 @@ class Predictor:
             groups.setdefault(id(route.model), (route.model, []))[1].append(i)
         scored = await asyncio.gather(
             *(
-                self._score_rows(
-                    model, [inputs[i] for i in rows], [readings[i] for i in rows], deadline, model.role
-                )
+                self._score_rows(model, [inputs[i] for i in rows], frame.take(rows), deadline, model.role)
                 for model, rows in groups.values()
             )
         )
@@ -189,31 +189,32 @@ class Predictor:
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def _check(self, readings: Sequence[EntityFeatures]) -> None:
-        unknown = [r.entity_id for r in readings if not _found(r)]
+    def _check(self, frame: FeatureFrame) -> None:
+        unknown = [frame.entity_ids[i] for i in np.flatnonzero(~frame.found).tolist()]
         if unknown:
             raise UnknownEntity(
                 f"no features for entity {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
             )
         if self._policy is StalenessPolicy.FAIL:
-            for reading in readings:
-                for feature in reading.values:
-                    if feature.status is not FeatureStatus.OK:
-                        raise StaleFeatures(
-                            f"feature {feature.name} of {reading.entity_id} is {feature.status.name} "
-                            "and the staleness policy is fail"
-                        )
+            bad = np.argwhere(frame.statuses != FeatureStatus.OK)
+            if len(bad):
+                row, column = bad[0].tolist()
+                status = FeatureStatus(int(frame.statuses[row, column]))
+                raise StaleFeatures(
+                    f"feature {frame.names[column]} of {frame.entity_ids[row]} is {status.name} "
+                    "and the staleness policy is fail"
+                )
 
-    def _columns(self, model: ServingModel, reading: EntityFeatures) -> list[int] | None:
-        """Positions of the model's feature columns within the store's reading (cached); None
-        when the model takes the reading's features as they are, in order."""
+    def _columns(self, model: ServingModel, frame: FeatureFrame) -> list[int] | None:
+        """Positions of the model's feature columns within the store's frame (cached); None when
+        the model takes the frame's features as they are, in order."""
         # A feature set version always lists the same features in the same order.
-        key = (reading.feature_set, reading.version, len(reading.values), model.meta.feature_names)
+        key = (frame.feature_set, frame.version, len(frame.names), model.meta.feature_names)
         try:
             return self._index_cache[key]
         except KeyError:
             pass
-        have = tuple(f.name for f in reading.values)
+        have = frame.names
         want = model.meta.feature_names or have
         position = {name: i for i, name in enumerate(have)}
         missing = [name for name in want if name not in position]
@@ -228,20 +229,15 @@ class Predictor:
         return index
 
     async def _score(
-        self, model: ServingModel, readings: Sequence[EntityFeatures], deadline: float | None
-    ) -> tuple[list[float], list[tuple[FeatureValue, ...]]]:
-        """Each reading's score, and the features it was scored on."""
+        self, model: ServingModel, frame: FeatureFrame, deadline: float | None
+    ) -> tuple[list[float], FeatureFrame]:
+        """Each row's score, and the frame of the features it was scored on (the model's columns)."""
         spec = model.feature_input
         if spec is None:
             raise FailedPrecondition(f"model {model.name} v{model.version} does not take one feature matrix")
-        used = []
-        for reading in readings:
-            index = self._columns(model, reading)
-            values = reading.values
-            used.append(values if index is None else tuple(values[k] for k in index))
-        width = len(used[0])
-        flat = [f[1] for row in used for f in row]  # FeatureValue.value
-        matrix = np.fromiter(flat, spec.dtype, len(flat)).reshape(len(used), width)
+        index = self._columns(model, frame)
+        used = frame if index is None else frame.select(index)
+        matrix = np.ascontiguousarray(used.values, dtype=spec.dtype)
         if not np.isfinite(matrix).all():
             raise FailedPrecondition("the online store returned a NaN or infinite feature value")
         outputs = await model.infer({spec.name: matrix}, deadline=deadline)
@@ -251,11 +247,11 @@ class Predictor:
         self,
         model: ServingModel,
         inputs: Sequence[PredictInput],
-        readings: Sequence[EntityFeatures],
+        frame: FeatureFrame,
         deadline: float | None,
         role: Role,
     ) -> list[PredictionResult]:
-        scores, used = await self._score(model, readings, deadline)
+        scores, used = await self._score(model, frame, deadline)
         return self._results(model, inputs, scores, used, role)
 
     def _results(
@@ -263,54 +259,47 @@ class Predictor:
         model: ServingModel,
         inputs: Sequence[PredictInput],
         scores: Sequence[float],
-        used: Sequence[tuple[FeatureValue, ...]],
+        used: FeatureFrame,
         role: Role,
     ) -> list[PredictionResult]:
         now = utcnow()
         threshold = model.meta.threshold if model.meta.threshold is not None else self._threshold
         name, version = model.name, model.version
-        results = []
-        for item, score, row, prediction_id in zip(
-            inputs, scores, used, prediction_ids(len(inputs)), strict=True
-        ):
-            ages = [f[3] for f in row]  # FeatureValue.age_seconds; None when MISSING
-            if None in ages:
-                age = max((a for a in ages if a is not None), default=0.0)
-            else:
-                age = max(ages, default=0.0)
-            results.append(
-                PredictionResult(
-                    prediction_id,
-                    item.entity_id,
-                    item.event_id,
-                    score,
-                    int(score >= threshold),
-                    name,
-                    version,
-                    age,
-                    row,
-                    role,
-                    now,
-                )
+        # An entity's values share one age (the store keeps one event time per entity); none
+        # when MISSING, reported as 0.
+        ages = np.nan_to_num(used.ages, nan=0.0).tolist()
+        return [
+            PredictionResult(
+                prediction_id,
+                item.entity_id,
+                item.event_id,
+                score,
+                int(score >= threshold),
+                name,
+                version,
+                age,
+                used,
+                row,
+                role,
+                now,
             )
-        return results
+            for row, (item, score, age, prediction_id) in enumerate(
+                zip(inputs, scores, ages, prediction_ids(len(inputs)), strict=True)
+            )
+        ]
 
-    def _spawn_shadow(
-        self, model: ServingModel, inputs: Sequence[PredictInput], readings: Sequence[EntityFeatures]
-    ) -> None:
+    def _spawn_shadow(self, model: ServingModel, inputs: Sequence[PredictInput], frame: FeatureFrame) -> None:
         if len(self._shadows) >= self._max_pending_shadows:
             metrics.SHADOW_SKIPPED.inc()
             return
         model.hold()
-        task = asyncio.get_running_loop().create_task(self._shadow(model, inputs, readings))
+        task = asyncio.get_running_loop().create_task(self._shadow(model, inputs, frame))
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(
-        self, model: ServingModel, inputs: Sequence[PredictInput], readings: Sequence[EntityFeatures]
-    ) -> None:
+    async def _shadow(self, model: ServingModel, inputs: Sequence[PredictInput], frame: FeatureFrame) -> None:
         try:
-            results = await self._score_rows(model, inputs, readings, None, Role.SHADOW)
+            results = await self._score_rows(model, inputs, frame, None, Role.SHADOW)
             self._sink.log_many(results)
             self._predictions[Role.SHADOW].inc(len(results))
         except Exception as err:  # noqa: BLE001 - a failing shadow never affects served traffic

@@ -175,7 +175,7 @@ class FakeRuntime:
 
 
 class FakeStore:
-    """An online store in memory: ``put`` values, ``read`` like ``AsyncOnlineStore.read``."""
+    """An online store in memory: ``put`` values, ``read_frame`` like ``AsyncOnlineStore.read_frame``."""
 
     def __init__(self, feature_names: Sequence[str]) -> None:
         self.names = tuple(feature_names)
@@ -199,12 +199,14 @@ class FakeStore:
             for name, v in zip(self.names, values, strict=True)
         )
 
-    async def read(self, entity_ids: Sequence[str], *, now: Any = None, policy: Any = None) -> list[Any]:
-        from driftline.featurestore.vectors import EntityFeatures, FeatureStatus, FeatureValue
+    async def read_frame(self, entity_ids: Sequence[str], *, now: Any = None, policy: Any = None) -> Any:
+        from driftline.featurestore.vectors import EntityFeatures, FeatureFrame, FeatureStatus, FeatureValue
 
         self.reads.append((list(entity_ids), policy))
         missing = tuple(FeatureValue(n, 0.0, None, None, FeatureStatus.MISSING) for n in self.names)
-        return [EntityFeatures(e, "test", 1, self.values.get(e, missing)) for e in entity_ids]
+        return FeatureFrame.from_entities(
+            [EntityFeatures(e, "test", 1, self.values.get(e, missing)) for e in entity_ids]
+        )
 
 
 class ListSink:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client import REGISTRY
 
-from driftline.featurestore.vectors import FeatureStatus, FeatureValue
+from driftline.featurestore.vectors import EntityFeatures, FeatureFrame, FeatureStatus, FeatureValue
 from driftline.inference.v1 import inference_pb2
 from driftline.kit.codec import to_timestamp, utcnow
 from driftline.kit.topics import PREDICTIONS
@@ -24,6 +24,16 @@ def dropped(reason: str) -> float:
     )
 
 
+def frame_of(*rows: tuple[FeatureValue, ...]) -> FeatureFrame:
+    """A frame of these entities' features (card-0, card-1, ...)."""
+    return FeatureFrame.from_entities(
+        [EntityFeatures(f"card-{i}", "transactions", 1, values) for i, values in enumerate(rows)]
+    )
+
+
+ONE_FEATURE = frame_of((FeatureValue("amount", 12.5, 1.0, 1.0, FeatureStatus.OK),))
+
+
 def result(i: int) -> PredictionResult:
     return PredictionResult(
         prediction_id=f"p{i}",
@@ -34,7 +44,8 @@ def result(i: int) -> PredictionResult:
         model_name="fraud",
         model_version=3,
         max_feature_age_seconds=1.0,
-        features=(FeatureValue("amount", 12.5, 1.0, 1.0, FeatureStatus.OK),),
+        frame=ONE_FEATURE,
+        row=0,
         served_by=Role.CHALLENGER,
         predicted_at=utcnow(),
     )
@@ -169,18 +180,23 @@ def _canonical(r: PredictionResult) -> inference_pb2.PredictionLog:
 def test_records_built_from_shared_parts_read_back_as_the_whole_message():
     start = utcnow()
     calls = [start, start + timedelta(microseconds=1), start + timedelta(seconds=3)]
-    feature_sets = [
-        (FeatureValue("amount", 12.5, 1.0, 1.0, FeatureStatus.OK),),
+    three = frame_of(
         (
             FeatureValue("amount", -0.0, 1.0, 1.0, FeatureStatus.OK),
             FeatureValue("velocity", 0.0, None, None, FeatureStatus.MISSING),
             FeatureValue("pays_à_l'étranger", 1e300, 1.0, 99.0, FeatureStatus.STALE),
         ),
-        (),
-    ]
+        (
+            FeatureValue("amount", 7.25, 2.0, 0.5, FeatureStatus.OK),
+            FeatureValue("velocity", -3.5, 2.0, 0.5, FeatureStatus.OK),
+            FeatureValue("pays_à_l'étranger", 0.0, 2.0, 0.5, FeatureStatus.OK),
+        ),
+    )
+    # (frame, row): rows of one frame in turn, as a call's results come, and other frames between.
+    feature_sets = [(ONE_FEATURE, 0), (three, 0), (three, 1), (frame_of(()), 0), (three, 1)]
     encoder = RecordEncoder()
     cases = itertools.product(calls, ("fraud", "fraud-v2"), (0, 3, 2**31 - 1), list(Role), feature_sets)
-    for i, (moment, model, version, role, features) in enumerate(cases):
+    for i, (moment, model, version, role, (frame, row)) in enumerate(cases):
         r = result(i)._replace(
             prediction_id="p" * (i % 200),  # 0 to 199 bytes: one- and two-byte lengths
             entity_id=f"card-{i}-ü",
@@ -189,7 +205,8 @@ def test_records_built_from_shared_parts_read_back_as_the_whole_message():
             label=i % 2,
             model_name=model,
             model_version=version,
-            features=features,
+            frame=frame,
+            row=row,
             served_by=role,
             predicted_at=moment,
         )

@@ -186,7 +186,7 @@ async def test_an_unreachable_online_store_is_unavailable_not_an_internal_error(
     from driftline.kit.outages import OutagePolicy
 
     class DownStore(FakeStore):
-        async def read(self, entity_ids, *, now=None, policy=None):
+        async def read_frame(self, entity_ids, *, now=None, policy=None):
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:16379. Connection refused.")
 
     slots = ModelSlots("fraud", BatchingOptions(max_batch_size=16), RoutingOptions())

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from driftline.features.v1 import features_pb2
-from driftline.featurestore.vectors import FeatureStatus, FeatureValue
+from driftline.featurestore.vectors import EntityFeatures, FeatureFrame, FeatureStatus, FeatureValue
 from driftline.inference.v1 import inference_pb2
 from driftline.kit.codec import utcnow
 from driftline.kit.errors import InvalidArgument
@@ -22,12 +22,23 @@ def _result() -> PredictionResult:
         model_name="fraud",
         model_version=4,
         max_feature_age_seconds=90.5,
-        features=(
-            FeatureValue("amount", 12.5, 1_800_000_000.25, 2.5, FeatureStatus.OK),
-            FeatureValue("velocity", 3.0, 1_799_999_910.0, 90.5, FeatureStatus.STALE),
-            FeatureValue("foreign", 0.0, None, None, FeatureStatus.MISSING),
-            FeatureValue("count", 2.0, 1_800_000_000.25, 2.5, FeatureStatus.OK),
+        frame=FeatureFrame.from_entities(
+            [
+                EntityFeatures(
+                    "card-7",
+                    "transactions",
+                    1,
+                    (
+                        FeatureValue("amount", 12.5, 1_800_000_000.25, 2.5, FeatureStatus.OK),
+                        # past its ttl: an entity's values share the time of its newest event
+                        FeatureValue("velocity", 3.0, 1_800_000_000.25, 2.5, FeatureStatus.STALE),
+                        FeatureValue("foreign", 0.0, None, None, FeatureStatus.MISSING),
+                        FeatureValue("count", 2.0, 1_800_000_000.25, 2.5, FeatureStatus.OK),
+                    ),
+                )
+            ]
         ),
+        row=0,
         served_by=Role.CHALLENGER,
         predicted_at=utcnow(),
     )
@@ -50,7 +61,7 @@ def test_a_prediction_goes_on_the_wire_with_every_feature_and_its_event_time():
     assert (amount.event_time.seconds, amount.event_time.nanos) == (1_800_000_000, 250_000_000)
     assert amount.status == features_pb2.FEATURE_STATUS_OK
     assert velocity.status == features_pb2.FEATURE_STATUS_STALE
-    assert velocity.event_time.seconds == 1_799_999_910
+    assert (velocity.value, velocity.event_time) == (3.0, amount.event_time)
     assert foreign.status == features_pb2.FEATURE_STATUS_MISSING
     assert not foreign.HasField("event_time")
     assert foreign.age_seconds == 0.0
