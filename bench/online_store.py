@@ -6,7 +6,8 @@ Same Redis (``make up``), same run, same 12-feature vectors (``card_transactions
   judged on read, one ``EntityFeatures`` of 12 ``FeatureValue``s built) vs one bare redis-py
   ``HGETALL`` of the same key.
 * 64 entities: rows/s of ``OnlineStore.read(ids)`` (one round trip) vs a bare redis-py pipeline
-  of 64 ``HGETALL``.
+  of 64 ``HGETALL``; and of ``OnlineStore.read_frame(ids)``, the same read column-wise (no
+  ``FeatureValue`` per value: what inference uses).
 * ``--feast``: Feast's ``get_online_features`` on the same Redis with the same features, in a
   throwaway venv (``.cache/feast-bench``, made with ``uv venv`` + ``uv pip install feast[redis]``;
   Feast needs pydantic 2, which the workspace cannot hold). Skipped unless asked for.
@@ -96,9 +97,12 @@ def measure(
     def ours_many() -> object:
         return store.read(ids[:BATCH])
 
-    for call in (bare_one, ours_one, bare_many, ours_many):
+    def frame_many() -> object:  # the same read, column-wise: what inference uses
+        return store.read_frame(ids[:BATCH])
+
+    for call in (bare_one, ours_one, bare_many, ours_many, frame_many):
         timed(call, 200)  # warm-up: connections, script cache, branch predictors
-    names = ("bare_one", "ours_one", "bare_many", "ours_many", "feast_one", "feast_many")
+    names = ("bare_one", "ours_one", "bare_many", "ours_many", "frame_many", "feast_one", "feast_many")
     samples: dict[str, list[np.ndarray]] = {k: [] for k in names}
     many_iterations = max(50, iterations // 10)
     for _ in range(rounds):
@@ -110,6 +114,9 @@ def measure(
         ours, bare = interleaved(ours_many, bare_many, many_iterations)
         samples["bare_many"].append(bare)
         samples["ours_many"].append(ours)
+        frames, bare = interleaved(frame_many, bare_many, many_iterations)
+        samples["bare_many"].append(bare)
+        samples["frame_many"].append(frames)
         if feast is not None:
             samples["feast_many"].append(feast.run("many", max(20, many_iterations // 3)))
     return {k: np.concatenate(v) for k, v in samples.items() if v}
@@ -300,7 +307,7 @@ def main() -> None:
         "ratio (ours / Feast)",
     ):
         table.add_column(column, justify="right")
-    lines: list[tuple[str, float, float, float | None]] = [
+    lines: list[tuple[str, float, float, float | str | None]] = [
         (
             "1 entity p50 (µs)",
             p(samples["bare_one"], 50),
@@ -331,6 +338,8 @@ def main() -> None:
             rows(samples["ours_many"]),
             None if feast is None else rows(samples["feast_many"]),
         ),
+        ("64 entities p50, read_frame (µs)", p(samples["bare_many"], 50), p(samples["frame_many"], 50), "-"),
+        ("64 entities rows/s, read_frame", rows(samples["bare_many"]), rows(samples["frame_many"]), "-"),
     ]
     for name, bare, ours, other in lines:
         table.add_row(
@@ -338,8 +347,8 @@ def main() -> None:
             f"{bare:,.0f}",
             f"{ours:,.0f}",
             f"{ours / bare:.2f}x",
-            "not run" if other is None else f"{other:,.0f}",
-            "-" if other is None else f"{ours / other:.2f}x",
+            "not run" if other is None else other if isinstance(other, str) else f"{other:,.0f}",
+            "-" if other is None or isinstance(other, str) else f"{ours / other:.2f}x",
         )
     console.print(table)
     ours_p99 = p(samples["ours_one"], 99)

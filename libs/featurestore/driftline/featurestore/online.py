@@ -257,6 +257,7 @@ class _Layout:
             np.array(times, dtype=np.float64),
             np.array(ages, dtype=np.float64),
             statuses,
+            tuple(missing),
         )
 
     def finish(self, frame: FeatureFrame, policy: StalenessPolicy, started: float) -> FeatureFrame:

@@ -17,6 +17,7 @@ from driftline.features.v1 import features_pb2
 from driftline.featurestore.aggregation import Computed
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import epoch_seconds, to_datetime, to_timestamp
+from driftline.kit.codec import length_delimited, varint
 from driftline.kit.errors import FailedPrecondition
 
 
@@ -121,7 +122,8 @@ class EntityFeatures:
 
 #: FeatureStatus by its number, for building FeatureValues from a frame's status codes.
 _STATUS_BY_CODE = {status.value: status for status in FeatureStatus}
-_MISSING_CODE = FeatureStatus.MISSING.value
+_MISSING = FeatureStatus.MISSING
+_MISSING_CODE = _MISSING.value
 
 
 @dataclass(slots=True, eq=False)
@@ -150,6 +152,8 @@ class FeatureFrame:
     ages: np.ndarray
     #: (rows, features) int8: FeatureStatus numbers.
     statuses: np.ndarray
+    #: The rows whose every value is MISSING (the store holds nothing for the entity), ascending.
+    missing: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.entity_ids)
@@ -157,7 +161,9 @@ class FeatureFrame:
     @property
     def found(self) -> np.ndarray:
         """(rows,) bool: whether the store holds anything for the entity."""
-        return (self.statuses != FeatureStatus.MISSING).any(axis=1)
+        found = np.ones(len(self.entity_ids), dtype=bool)
+        found[list(self.missing)] = False
+        return found
 
     @property
     def all_ok(self) -> bool:
@@ -166,6 +172,7 @@ class FeatureFrame:
     def take(self, rows: Sequence[int]) -> FeatureFrame:
         """The frame of these rows, in this order."""
         index = np.asarray(rows, dtype=np.intp)
+        missing = set(self.missing)
         return FeatureFrame(
             tuple(self.entity_ids[i] for i in rows),
             self.feature_set,
@@ -175,6 +182,7 @@ class FeatureFrame:
             self.event_times[index],
             self.ages[index],
             self.statuses[index],
+            tuple(j for j, i in enumerate(rows) if i in missing),
         )
 
     def select(self, columns: Sequence[int]) -> FeatureFrame:
@@ -189,6 +197,7 @@ class FeatureFrame:
             self.event_times,
             self.ages,
             self.statuses[:, index],
+            self.missing,
         )
 
     def row_values(self, row: int) -> list[float]:
@@ -262,6 +271,7 @@ class FeatureFrame:
             np.array([[int(v.status) for v in e.values] for e in entities], dtype=np.int8).reshape(
                 len(entities), len(names)
             ),
+            tuple(i for i, e in enumerate(entities) if all(v.status is _MISSING for v in e.values)),
         )
 
 
@@ -284,26 +294,11 @@ def computed_to_proto(
     return message
 
 
-def _varint(number: int) -> bytes:
-    if number < 0:
-        number += 1 << 64  # int64 on the wire: two's complement, ten bytes
-    out = bytearray()
-    while number > 0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-def _length_delimited(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 def _timestamp(seconds: float) -> bytes:
     """A ``google.protobuf.Timestamp``'s fields, as :func:`to_timestamp` sets them."""
     whole, rest = divmod(round(seconds * 1_000_000), 1_000_000)
-    out = b"\x08" + _varint(whole) if whole else b""
-    return out + b"\x10" + _varint(rest * 1000) if rest else out
+    out = b"\x08" + varint(whole) if whole else b""
+    return out + b"\x10" + varint(rest * 1000) if rest else out
 
 
 class VectorEncoder:
@@ -317,10 +312,10 @@ class VectorEncoder:
     def __init__(self, feature_set: FeatureSet) -> None:
         self.feature_set = feature_set
         self._header = (
-            _length_delimited(0x12, feature_set.name.encode()) + b"\x18" + _varint(feature_set.version)
+            length_delimited(0x12, feature_set.name.encode()) + b"\x18" + varint(feature_set.version)
         )
-        self._names = [_length_delimited(0x0A, name.encode()) for name in feature_set.feature_names]
-        self._status = b"\x20" + _varint(int(FeatureStatus.OK))
+        self._names = [length_delimited(0x0A, name.encode()) for name in feature_set.feature_names]
+        self._status = b"\x20" + varint(int(FeatureStatus.OK))
         self._framing: dict[int, list[tuple[bytes, bytes]]] = {}
         self._double = struct.Struct("<d").pack
 
@@ -331,8 +326,8 @@ class VectorEncoder:
         if framing is None:
             framing = self._framing[tail] = [
                 (
-                    b"\x22" + _varint(len(name) + 9 + tail) + name + b"\x11",
-                    b"\x22" + _varint(len(name) + tail) + name,
+                    b"\x22" + varint(len(name) + 9 + tail) + name + b"\x11",
+                    b"\x22" + varint(len(name) + tail) + name,
                 )
                 for name in self._names
             ]
@@ -340,17 +335,17 @@ class VectorEncoder:
 
     def encode(self, entity_id: str, computed: Computed) -> bytes:
         stamp = _timestamp(computed.event_time)
-        tail = _length_delimited(0x1A, stamp) + self._status
+        tail = length_delimited(0x1A, stamp) + self._status
         double, copysign = self._double, math.copysign
-        parts = [_length_delimited(0x0A, entity_id.encode()) if entity_id else b"", self._header]
+        parts = [length_delimited(0x0A, entity_id.encode()) if entity_id else b"", self._header]
         for (nonzero, zero), value in zip(self._framing_for(len(tail)), computed.values, strict=True):
             if value == 0.0 and copysign(1.0, value) > 0:
                 parts += (zero, tail)
             else:
                 parts += (nonzero, double(value), tail)
-        parts.append(_length_delimited(0x2A, stamp))
+        parts.append(length_delimited(0x2A, stamp))
         if computed.event_id:
-            parts.append(_length_delimited(0x32, computed.event_id.encode()))
+            parts.append(length_delimited(0x32, computed.event_id.encode()))
         return b"".join(parts)
 
 

@@ -193,6 +193,7 @@ def test_a_frame_holds_what_the_per_entity_view_holds(policy: StalenessPolicy) -
     ok, stale, missing = FeatureStatus.OK, FeatureStatus.STALE, FeatureStatus.MISSING
     assert statuses == [ok, stale, stale, missing, ok, missing, ok]
     assert frame.found.tolist() == [True, True, True, False, True, False, True]
+    assert frame.missing == (3, 5)
     # The stale ones: last_amount only at 45 s, everything at 100 s.
     assert [v.name for v in entities[1].values if v.status is stale] == ["last_amount"]
     assert all(v.status is stale for v in entities[2].values)
@@ -219,6 +220,7 @@ def test_a_frame_s_rows_and_columns_can_be_taken_and_rebuilt_from_entities() -> 
     frame = layout.parse_frame(ids, replies, 1000.0, StalenessPolicy.SERVE)
     picked = frame.take([4, 1])
     assert picked.entity_ids == ("c4", "c1")
+    assert frame.take([5, 0, 3]).missing == (0, 2)
     assert picked.entities() == [frame.entity(4), frame.entity(1)]
     columns = [NAMES.index("last_amount"), 0]
     narrow = frame.select(columns)
@@ -227,6 +229,8 @@ def test_a_frame_s_rows_and_columns_can_be_taken_and_rebuilt_from_entities() -> 
     assert [v.status for v in narrow.entity(1).values] == [FeatureStatus.STALE, FeatureStatus.OK]
     rebuilt = FeatureFrame.from_entities(frame.entities())
     assert rebuilt.entities() == frame.entities()
+    assert rebuilt.missing == frame.missing
+    assert narrow.missing == frame.missing
     with pytest.raises(ValueError, match="at least one"):
         FeatureFrame.from_entities([])
 

@@ -23,11 +23,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
 import structlog
 
 from driftline.featurestore.vectors import FeatureFrame
 from driftline.inference.v1 import inference_pb2
-from driftline.kit.codec import to_timestamp
+from driftline.kit.codec import length_delimited, timestamp_fields, varint
 from driftline.kit.kafka import DELIVERY_FAILURES, PRODUCED
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
@@ -60,9 +61,10 @@ class RecordEncoder:
     appear once each merge into the message that holds them all. So what a call's records share
     is serialized once and each record adds only its own: the model, its version, the role and
     the feature names once per distinct combination (kept, at most 64), the call's time once per
-    call, and per record the ids, the score, the label and the feature values (a call's values
-    are turned into Python floats once per call, from its frame). A record with 12 features
-    takes ~2 µs instead of 8.7, in the thread that shares the GIL with the requests.
+    call, and per record the ids, the score, the label, and the feature values: a packed field
+    whose doubles are the bytes of the record's row in the call's frame, taken once per call.
+    A record with 12 features takes ~2 µs instead of 8.7 (one message built per record), in
+    the thread that shares the GIL with the requests.
     A reader gets the same message either way (the unit tests parse both and compare); only the
     fields' order on the wire differs, which protobuf leaves free.
     """
@@ -72,17 +74,22 @@ class RecordEncoder:
         self._moment: datetime | None = None
         self._stamp = b""
         self._frame: FeatureFrame | None = None
-        self._rows: list[list[float]] = []
+        self._values = b""
+        self._row_size = 0
+        self._values_head = b""
 
     def encode(self, result: PredictionResult) -> bytes:
         moment = result.predicted_at
         if moment is not self._moment:  # one conversion per call, not per row
             # The time first: a record that fails here must not leave the next with a stale one.
-            self._stamp = inference_pb2.PredictionLog(predicted_at=to_timestamp(moment)).SerializeToString()
+            self._stamp = length_delimited(0x52, timestamp_fields(moment))  # predicted_at, field 10
             self._moment = moment
         frame = result.frame
         if frame is not self._frame:  # a call's results share their frame: one conversion per call
-            self._rows = frame.values.tolist()
+            self._values = np.ascontiguousarray(frame.values, dtype="<f8").tobytes()
+            self._row_size = size = 8 * len(frame.names)
+            # feature_values (field 9), packed: tag, length, then the row's doubles as they are.
+            self._values_head = b"\x4a" + varint(size) if size else b""
             self._frame = frame  # held here, so no other frame can take its identity
         names = frame.names
         key = (result.model_name, result.model_version, result.served_by, names)
@@ -102,9 +109,10 @@ class RecordEncoder:
             event_id=result.event_id,
             score=result.score,
             label=result.label,
-            feature_values=self._rows[result.row],
-        )
-        return shared + self._stamp + own.SerializeToString()
+        ).SerializeToString()
+        start = result.row * self._row_size
+        values = self._values[start : start + self._row_size]
+        return b"".join((shared, self._stamp, own, self._values_head, values))
 
 
 class PredictionLogger:

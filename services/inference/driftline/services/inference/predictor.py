@@ -190,7 +190,7 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def _check(self, frame: FeatureFrame) -> None:
-        unknown = [frame.entity_ids[i] for i in np.flatnonzero(~frame.found).tolist()]
+        unknown = [frame.entity_ids[i] for i in frame.missing]
         if unknown:
             raise UnknownEntity(
                 f"no features for entity {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
@@ -266,8 +266,8 @@ class Predictor:
         threshold = model.meta.threshold if model.meta.threshold is not None else self._threshold
         name, version = model.name, model.version
         # An entity's values share one age (the store keeps one event time per entity); none
-        # when MISSING, reported as 0.
-        ages = np.nan_to_num(used.ages, nan=0.0).tolist()
+        # (NaN) when MISSING, reported as 0.
+        ages = [0.0 if age != age else age for age in used.ages.tolist()]
         return [
             PredictionResult(
                 prediction_id,
