@@ -40,7 +40,7 @@ from prometheus_client import Counter, Histogram
 from driftline.featurestore.aggregation import Computed
 from driftline.featurestore.definitions import TRANSACTION_FEATURES, FeatureSet
 from driftline.featurestore.events import epoch_seconds
-from driftline.featurestore.requests import AsyncRequests, Requests, pack
+from driftline.featurestore.requests import AsyncRequests, Requests
 from driftline.featurestore.vectors import (
     EntityFeatures,
     FeatureFrame,
@@ -54,6 +54,8 @@ from driftline.kit.redis_clients import async_redis_client, redis_client
 from driftline.kit.settings import RedisSettings
 
 DEFAULT_KEY_PREFIX = "dl:fs"
+#: The fields every read asks for, packed: the event time, the packed values, the text values.
+_HMGET_TAIL = b"$1\r\nt\r\n$1\r\nd\r\n$1\r\nv\r\n"
 
 FEATURE_AGE = Histogram(
     "driftline_featurestore_feature_age_seconds",
@@ -158,10 +160,11 @@ class _Layout:
     def read_request(self, entity_ids: Sequence[str]) -> bytes:
         """``HMGET key t d v`` of every entity, packed (``v``: the values as text, as hashes an
         earlier version wrote hold them until their next write)."""
+        # The protocol's bytes written out (what hiredis.pack_command makes of the same command,
+        # a unit test compares them), a third of the time of a pack call per entity.
         prefix = self._prefix_bytes
-        return b"".join(
-            [pack(b"HMGET", prefix + entity_id.encode(), b"t", b"d", b"v") for entity_id in entity_ids]
-        )
+        keys = [prefix + entity_id.encode() for entity_id in entity_ids]
+        return b"".join([b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(k), k, _HMGET_TAIL) for k in keys])
 
     def write_args(
         self, write: FeatureWrite | tuple[str, Mapping[str, float] | Sequence[float], Any]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 import struct
 
+import hiredis
 import numpy as np
 import pytest
 
@@ -240,3 +241,12 @@ def test_an_empty_read_is_an_empty_frame() -> None:
     assert len(frame) == 0
     assert frame.values.shape == (0, len(NAMES))
     assert frame.entities() == []
+
+
+def test_a_read_request_is_what_hiredis_packs_for_the_same_commands() -> None:
+    layout = _Layout(SMALL_SET, "dl:fs", None)
+    ids = ["c1", "card-ü-42", "x" * 300, ""]
+    expected = b"".join(
+        hiredis.pack_command((b"HMGET", layout.key(e).encode(), b"t", b"d", b"v")) for e in ids
+    )
+    assert layout.read_request(ids) == expected

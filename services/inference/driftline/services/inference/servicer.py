@@ -91,7 +91,7 @@ def fill(prediction: inference_pb2.Prediction, result: PredictionResult, *, feat
     prediction.model_name = result.model_name
     prediction.model_version = result.model_version
     prediction.max_feature_age_seconds = result.max_feature_age_seconds
-    prediction.served_by = result.served_by.value
+    prediction.served_by = result.served_by  # a StrEnum: the member is its text (no .value lookup)
     if not features:
         return
     # Filling the repeated field in place is 3x faster than building messages and copying them.
