@@ -203,6 +203,8 @@ class Result:
     rows: int = 1
     #: CPU time the server process spent per call (user + system, all its threads).
     server_cpu_us: float = 0.0
+    #: The part of it on the event loop's thread, which every call's Python work shares.
+    loop_cpu_us: float = 0.0
     #: The service's own stage histograms over the latency phase: mean µs per call, by stage.
     stages_us: dict[str, float] | None = None
 
@@ -244,9 +246,11 @@ def _stage_means(before: dict[str, float], after: dict[str, float], calls: int) 
     return {stage: (total - before.get(stage, 0.0)) * 1e6 / max(1, calls) for stage, total in after.items()}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """User + system CPU seconds of a process so far: all its threads, or its main thread alone
+    (where the servers run their event loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -263,7 +267,7 @@ async def _measure(
     # Latency: one call at a time. Throughput: `concurrency` calls in flight.
     for i in range(200):
         await call(i)
-    cpu_before = _cpu_seconds(pid)
+    cpu_before, loop_before = _cpu_seconds(pid), _cpu_seconds(pid, main_thread=True)
     stages_before = await asyncio.to_thread(stages) if stages else None
     samples: list[float] = []
     deadline = time.perf_counter() + seconds / 2
@@ -290,8 +294,10 @@ async def _measure(
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     rps = done / (time.perf_counter() - started)
-    cpu_us = (_cpu_seconds(pid) - cpu_before) * 1e6 / (len(samples) + done)
-    return Result(name, _pct(samples, 0.5), _pct(samples, 0.99), rps, rows, cpu_us, stage_us)
+    calls = len(samples) + done
+    cpu_us = (_cpu_seconds(pid) - cpu_before) * 1e6 / calls
+    loop_us = (_cpu_seconds(pid, main_thread=True) - loop_before) * 1e6 / calls
+    return Result(name, _pct(samples, 0.5), _pct(samples, 0.99), rps, rows, cpu_us, loop_us, stage_us)
 
 
 def _spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -517,7 +523,7 @@ def _report(
         )
     )
     columns = (
-        *("call", "p50 µs", "p99 µs", "max req/s", "rows/s", "server CPU µs/call"),
+        *("call", "p50 µs", "p99 µs", "max req/s", "rows/s", "server CPU µs/call", "of it, loop thread"),
         *("p50 / echo", "req/s / echo", "CPU / echo", "p50 / ort"),
     )
     for column in columns:
@@ -532,6 +538,7 @@ def _report(
             f"{e.rps:.0f}",
             f"{e.rows_per_s:.0f}",
             f"{e.server_cpu_us:.0f}",
+            f"{e.loop_cpu_us:.0f}",
             "1.00",
             "1.00",
             "1.00",
@@ -544,6 +551,7 @@ def _report(
             f"{k.rps:.0f}",
             f"{k.rows_per_s:.0f}",
             f"{k.server_cpu_us:.0f}",
+            f"{k.loop_cpu_us:.0f}",
             f"{k.p50_us / e.p50_us:.2f}",
             f"{k.rps / e.rps:.2f}",
             f"{k.server_cpu_us / e.server_cpu_us:.2f}",
@@ -556,6 +564,7 @@ def _report(
             f"{s.rps:.0f}",
             f"{s.rows_per_s:.0f}",
             f"{s.server_cpu_us:.0f}",
+            f"{s.loop_cpu_us:.0f}",
             f"{s.p50_us / e.p50_us:.2f}",
             f"{s.rps / e.rps:.2f}",
             f"{s.server_cpu_us / e.server_cpu_us:.2f}",
@@ -567,6 +576,7 @@ def _report(
             "",
             f"{ort_rps:.0f}",
             f"{ort_rps * s.rows:.0f}",
+            "",
             "",
             "",
             "",
