@@ -18,7 +18,10 @@ onnxruntime called in-process on the same model, and checks the targets:
 p50 <= echo p50 + one Redis read (p50, measured here) + 100 µs; throughput >= 0.7x echo.
 For the inference server it also splits the latency phase by the service's own stage histograms
 (read from its /metrics): online-store read, queue, model, the rest of the handler, and what lies
-outside the handler (gRPC, network, client).
+outside the handler (gRPC, network, client). Each server's CPU per call is split into its event
+loop's thread and the rest, and the service's work is also run in this process without gRPC
+(the predictor on the same store and model, the response filled, the log records encoded): what
+the loop's thread spends beyond that is gRPC's and asyncio's per-call cost.
 
 Curve part: the device, the execution provider, and the latency/throughput of raw session runs
 over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
@@ -387,6 +390,55 @@ async def _redis_read_p50(prefix: str, entities: list[str], rows: int) -> float:
     return _pct(samples[300:], 0.5)
 
 
+async def _handler_in_process(prefix: str, entities: list[str], rows: int) -> tuple[float, float]:
+    """The service's work for one call without gRPC: ``Predictor.predict`` on the same store and
+    model (batcher included), the response filled, and the prediction-log records encoded as the
+    log's sender would (not produced). Returns the p50 (µs) and the CPU per call (µs)."""
+    import redis.asyncio as aioredis
+
+    from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore
+    from driftline.inference.v1 import inference_pb2
+    from driftline.kit.settings import RedisSettings
+    from driftline.services.inference.batcher import BatchingOptions
+    from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions
+    from driftline.services.inference.prediction_log import RecordEncoder
+    from driftline.services.inference.predictor import PredictInput, PredictionResult, Predictor
+    from driftline.services.inference.servicer import fill
+
+    class EncodingSink:
+        def __init__(self) -> None:
+            self.encoder = RecordEncoder()
+
+        def log_many(self, results: list[PredictionResult]) -> None:
+            for result in results:
+                self.encoder.encode(result)
+
+    client = aioredis.Redis.from_url(RedisSettings().url)
+    store = AsyncOnlineStore(client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
+    slots = ModelSlots("fraud", BatchingOptions(), RoutingOptions())
+    runtime = SessionFactory(RuntimeOptions(device=Device.CPU)).load(bench_model())
+    await slots.install(Role.CHAMPION, ModelMeta("fraud", 1, feature_names=features()), runtime)
+    predictor = Predictor(slots=slots, features=store, sink=EncodingSink())
+    calls = [
+        [PredictInput(entities[(i * rows + j) % len(entities)]) for j in range(rows)]
+        for i in range(3000 if rows == 1 else 600)
+    ]
+    samples = []
+    cpu = 0.0
+    for i, inputs in enumerate(calls):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        results = await predictor.predict(inputs)
+        response = inference_pb2.PredictBatchResponse()
+        for result in results:
+            fill(response.predictions.add(), result, features=False)
+        if i >= len(calls) // 5:  # the first fifth warms up
+            samples.append((time.perf_counter() - started) * 1e6)
+            cpu += time.thread_time() - started_cpu
+    await slots.close()
+    await store.close()
+    return _pct(samples, 0.5), cpu * 1e6 / len(samples)
+
+
 def _ort_p50(rows: int) -> tuple[float, float]:
     model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(bench_model())
     x = {"input": np.random.default_rng(0).normal(size=(rows, N_FEATURES)).astype(np.float32)}
@@ -490,6 +542,7 @@ def run_service(seconds: float, concurrency: int, device: str, view_name: str) -
             server.wait(30)
         redis_1 = asyncio.run(_redis_read_p50(prefix, entities, 1))
         redis_64 = asyncio.run(_redis_read_p50(prefix, entities, BATCH))
+        in_process = {rows: asyncio.run(_handler_in_process(prefix, entities, rows)) for rows in (1, BATCH)}
         ort_1, ort_rps_1 = _ort_p50(1)
         ort_64, ort_rps_64 = _ort_p50(BATCH)
     finally:
@@ -501,6 +554,7 @@ def run_service(seconds: float, concurrency: int, device: str, view_name: str) -
         provider,
         {1: redis_1, BATCH: redis_64},
         {1: (ort_1, ort_rps_1), BATCH: (ort_64, ort_rps_64)},
+        in_process,
         concurrency,
         view_name,
     )
@@ -513,6 +567,7 @@ def _report(
     provider: str,
     redis_p50: dict[int, float],
     ort: dict[int, tuple[float, float]],
+    in_process: dict[int, tuple[float, float]],
     concurrency: int,
     view: str,
 ) -> None:
@@ -604,6 +659,13 @@ def _report(
                 f"{handler - read - queue - model:.0f}; outside it (gRPC, network, client): "
                 f"{s.p50_us - handler:.0f} µs of the p50"
             )
+    for s in served:
+        p50, cpu = in_process[s.rows]
+        console.print(
+            f"{s.name}, the same work in-process without gRPC (the loop of this process, log records "
+            f"encoded, not sent): p50 {p50:.0f} µs, {cpu:.0f} µs of CPU a call, against the server's "
+            f"loop thread's {s.loop_cpu_us:.0f} a call under load"
+        )
 
 
 # --- curve over batch sizes -------------------------------------------------------------------

@@ -165,10 +165,6 @@ class FeatureFrame:
         found[list(self.missing)] = False
         return found
 
-    @property
-    def all_ok(self) -> bool:
-        return bool((self.statuses == FeatureStatus.OK).all())
-
     def take(self, rows: Sequence[int]) -> FeatureFrame:
         """The frame of these rows, in this order."""
         index = np.asarray(rows, dtype=np.intp)
@@ -199,10 +195,6 @@ class FeatureFrame:
             self.statuses[:, index],
             self.missing,
         )
-
-    def row_values(self, row: int) -> list[float]:
-        """One entity's values, in column order."""
-        return self.values[row].tolist()  # type: ignore[no-any-return]
 
     def feature_values(self, row: int) -> tuple[FeatureValue, ...]:
         """One entity's values as :class:`FeatureValue`s."""
