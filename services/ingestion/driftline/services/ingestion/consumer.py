@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from driftline.kit.codec import utcnow
 from driftline.kit.kafka import CONTENT_TYPE, PROTOBUF, DeadLetter, Outcome, Output, header
 from driftline.kit.topics import Topic
+from driftline.services.ingestion.contract import Violation
 from driftline.services.ingestion.dedup import Claims, Deduplicator, source_token
 from driftline.services.ingestion.gate import Accepted, Gate, Rejected, epoch_micros, timestamp, to_clean
 from driftline.services.ingestion.metrics import IngestionMetrics
@@ -63,6 +64,9 @@ class _Started(NamedTuple):
     claims: Claims
     #: Messages the native gate accepted (the quality window counts them valid).
     fast_accepted: int
+    #: What the quality window records for the messages the Python gate examined: recorded when
+    #: the batch's outcomes are made, so a batch prepared and then handled afresh counts once.
+    observed: list[Sequence[Violation]]
 
 
 def _batch_key(messages: Sequence[Message]) -> _BatchKey:
@@ -129,6 +133,7 @@ class IngestionHandler:
         fast = self._fast_path(now, ingested_at)
         entries: list[tuple[bytes, bytes] | Rejected] = []
         fast_accepted = 0
+        observed: list[Sequence[Violation]] = []
         claims = self._dedup.claims()
         try:
             for start in range(0, len(messages), _CLAIM_PART):
@@ -136,7 +141,7 @@ class IngestionHandler:
                 cleans, event_ids, sources, declined = fast(part)
                 fast_accepted += len(part) - len(declined)
                 for i in declined:
-                    verdict = self._examine(part[i], now, ingested_at)
+                    verdict = self._examine(part[i], now, ingested_at, observed)
                     if type(verdict) is Rejected:
                         cleans[i] = verdict
                     else:
@@ -150,7 +155,7 @@ class IngestionHandler:
         except BaseException:
             claims.close()
             raise
-        return _Started(entries, claims, fast_accepted)
+        return _Started(entries, claims, fast_accepted, observed)
 
     def _outcomes(self, messages: Sequence[Message], started: _Started, won: Iterator[bool]) -> list[Outcome]:
         clean_topic = self._clean_topic
@@ -173,7 +178,9 @@ class IngestionHandler:
             self._pending[_batch_key(messages)] = kinds
         quality = self._gate.quality
         if quality is not None:
-            quality.observe_valid(started.fast_accepted)  # the Python gate records the events it examines
+            for violations in started.observed:
+                quality.observe(violations)
+            quality.observe_valid(started.fast_accepted)
             self._metrics.set_quality(quality.snapshot(), quality.events)
         return outcomes
 
@@ -186,13 +193,17 @@ class IngestionHandler:
         ingested = (ingested_at.seconds, ingested_at.nanos)
         return lambda part: cast(_Examined, native.examine(part, now_us, ingested))
 
-    def _examine(self, message: Message, now: datetime, ingested_at: Timestamp) -> _Clean | Rejected:
-        """The Python gate's verdict on one message, with its clean event when it is valid."""
+    def _examine(
+        self, message: Message, now: datetime, ingested_at: Timestamp, observed: list[Sequence[Violation]]
+    ) -> _Clean | Rejected:
+        """The Python gate's verdict on one message, with its clean event when it is valid; what
+        the quality window is to record goes to ``observed``."""
         verdict = self._gate.examine(
             message.value(),
             header(message, CONTENT_TYPE),
             now,
             canonical_json_declined=self._batch_gate is not None,
+            observed=observed,
         )
         if type(verdict) is Rejected:
             return verdict

@@ -8,6 +8,7 @@ input: every byte string becomes either :class:`Accepted` or :class:`Rejected` w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -109,8 +110,13 @@ class Gate:
         now: datetime,
         *,
         canonical_json_declined: bool = False,
+        observed: list[Sequence[Violation]] | None = None,
     ) -> Verdict:
         """The verdict on one message; ``now`` is the clock the event-time window uses.
+
+        ``observed``: where to put what the data-quality window is to record for this message
+        (its violations; none for a valid event), for a caller that records it once the
+        message's outcome is final; None records it in the window at once.
 
         ``canonical_json_declined``: the native gate, which accepts every valid canonical JSON
         event, already declined this message. A JSON payload then skips the fast paths, which
@@ -130,8 +136,7 @@ class Gate:
             fast = not canonical_json_declined
             values = self._fast_json(payload, now) if fast else None
             if values is not None:
-                if self.quality is not None:
-                    self.quality.observe(())
+                self._observe((), observed)
                 return Accepted(values)
             decoded = self._decode_json(payload)
         elif media == PROTOBUF:
@@ -144,15 +149,19 @@ class Gate:
             return decoded
         values = self._fast(decoded, now) if fast else None
         if values is not None:
-            if self.quality is not None:
-                self.quality.observe(())
+            self._observe((), observed)
             return Accepted(values)
         result = self.contract.validate(decoded, now)
-        if self.quality is not None:
-            self.quality.observe(result.violations)
+        self._observe(result.violations, observed)
         if result.violations:
             return _rejection(result.violations)
         return Accepted(result.values)
+
+    def _observe(self, violations: Sequence[Violation], observed: list[Sequence[Violation]] | None) -> None:
+        if observed is not None:
+            observed.append(violations)
+        elif self.quality is not None:
+            self.quality.observe(violations)
 
     def _decode_json(self, payload: bytes) -> dict[str, Any] | Rejected:
         try:

@@ -221,6 +221,21 @@ def test_a_prepared_batch_is_claimed_when_prepared_and_handled_like_a_fresh_one(
     assert harness.value("driftline_ingestion_clean_total") == 2
 
 
+def test_a_prepared_batch_handled_afresh_counts_once_in_the_quality_window(harness: Harness) -> None:
+    batch = messages([event("ev-1", amount=None), event("ev-2"), b"{not json"])
+    harness.handler.prepare(batch)  # type: ignore[arg-type]
+    assert harness.quality.events == 0  # nothing counts before the batch's outcomes are made
+    # The loop handles a part of it instead (a split or a retry): the prepared work is dropped...
+    harness.handler(batch[:1])  # type: ignore[arg-type]
+    # ... and the whole batch is handled afresh, later.
+    harness.handler(batch)  # type: ignore[arg-type]
+    # ev-1 twice (handled alone, then with its batch), ev-2 once; the malformed message never
+    # reaches the field rules.
+    assert harness.quality.events == 3
+    assert harness.value("driftline_ingestion_field_null_ratio", field="amount") == pytest.approx(2 / 3)
+    assert harness.value("driftline_ingestion_quality_window_events") == 3
+
+
 class _Recorded:
     """Claims that record what happens to them, deciding like a fresh ``MemoryDeduplicator``."""
 
