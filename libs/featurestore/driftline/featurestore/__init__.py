@@ -36,6 +36,7 @@ from driftline.featurestore.offline import (
 from driftline.featurestore.online import AsyncOnlineStore, FeatureWrite, OnlineStore
 from driftline.featurestore.vectors import (
     EntityFeatures,
+    FeatureFrame,
     FeatureStatus,
     FeaturesUnavailable,
     FeatureValue,
@@ -55,6 +56,7 @@ __all__ = [
     "EntityHistory",
     "Event",
     "FeatureDefinition",
+    "FeatureFrame",
     "FeatureRow",
     "FeatureSet",
     "FeatureStatus",
