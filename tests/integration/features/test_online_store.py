@@ -103,3 +103,40 @@ async def test_async_store_has_the_same_semantics(store: OnlineStore, redis_sett
         assert got[1].status is FeatureStatus.MISSING
     finally:
         await async_store.close()
+
+
+@pytest.mark.parametrize("policy", [StalenessPolicy.SERVE, StalenessPolicy.DEFAULT])
+async def test_column_wise_reads_hold_what_the_per_entity_reads_hold(
+    store: OnlineStore, redis_settings: RedisSettings, policy: StalenessPolicy
+) -> None:
+    store.write_many(
+        [
+            FeatureWrite("fresh", 1000.0, [float(i) for i in range(N)]),
+            FeatureWrite("half-stale", 955.0, [2.0] * N),  # 45 s old: last_amount (30 s) is stale
+            FeatureWrite("stale", 900.0, [3.0] * N),
+        ]
+    )
+    ids = ["fresh", "nobody", "half-stale", "stale", "fresh"]
+    frame = store.read_frame(ids, now=1000.0, policy=policy)
+    assert frame.entity_ids == tuple(ids)
+    assert frame.missing == (1,)
+    assert frame.entities() == store.read(ids, now=1000.0, policy=policy)
+    assert frame.values[0].tolist() == [float(i) for i in range(N)]
+    assert frame.values[1].tolist() == SMALL_SET.defaults
+    assert frame.ages.tolist()[2:4] == [45.0, 100.0]
+    stale_last_amount = 0.0 if policy is StalenessPolicy.DEFAULT else 2.0
+    assert frame.values[2, NAMES.index("last_amount")] == stale_last_amount
+    assert frame.statuses[2, NAMES.index("last_amount")] == FeatureStatus.STALE
+    prefix = store.key("x").split(":small:")[0]
+    client = aioredis.Redis.from_url(redis_settings.url)
+    async_store = AsyncOnlineStore(client, SMALL_SET, key_prefix=prefix)
+    try:
+        got = await async_store.read_frame(ids, now=1000.0, policy=policy)
+        assert got.entities() == frame.entities()
+        with pytest.raises(FeaturesUnavailable) as caught:
+            await async_store.read_frame(ids, now=1000.0, policy=StalenessPolicy.FAIL)
+        assert caught.value.entities == ("nobody", "half-stale", "stale")
+        assert "3 of 5 entities" in str(caught.value)
+        assert "nobody=MISSING, half-stale=STALE, stale=STALE" in str(caught.value)
+    finally:
+        await async_store.close()
