@@ -129,23 +129,22 @@ class _Layout:
         # Every value as a little-endian double, in the feature set's order (field ``d``).
         values = struct.Struct(f"<{len(self.names)}d")
         self._pack, self._unpack, self._packed_size = values.pack, values.unpack, values.size
-        # Per feature: name and ttl. An entity's values share one event time, so its age alone
-        # says which are stale: those whose ttl is below it. The distinct ttls, ascending, cut
-        # the ages into steps; step k (k ttls below the age) has its statuses worked out here, once.
-        self.specs = [(f.name, f.ttl_s) for f in feature_set.features]
-        self._ttl_steps = sorted({ttl for _, ttl in self.specs})
-        self._statuses: list[tuple[FeatureStatus, ...]] = []
-        for k in range(len(self._ttl_steps) + 1):
-            below = set(self._ttl_steps[:k])
-            self._statuses.append(
-                tuple(FeatureStatus.STALE if ttl in below else FeatureStatus.OK for _, ttl in self.specs)
-            )
-        self.defaults = feature_set.defaults
-        # The same, as arrays for whole frames: the ttl steps, each step's statuses, the defaults.
+        # An entity's values share one event time, so its age alone says which are stale: those
+        # whose ttl is below it. The distinct ttls, ascending, cut the ages into steps; step k (k
+        # ttls below the age) has its row of statuses worked out here, once.
+        ttls = [f.ttl_s for f in feature_set.features]
+        self._ttl_steps = sorted(set(ttls))
+        self._status_table = np.array(
+            [
+                [FeatureStatus.STALE if ttl in self._ttl_steps[:k] else FeatureStatus.OK for ttl in ttls]
+                for k in range(len(self._ttl_steps) + 1)
+            ],
+            dtype=np.int8,
+        ).reshape(len(self._ttl_steps) + 1, len(ttls))
         self._names_tuple = tuple(self.names)
-        self._status_table = np.array(self._statuses, dtype=np.int8).reshape(len(self._statuses), -1)
-        self._defaults_row = np.array(self.defaults, dtype=np.float64)
-        self._missing_packed = self._pack(*self.defaults)
+        # Defaults: what a MISSING row holds, and a STALE value under the `default` policy.
+        self._defaults_row = np.array(feature_set.defaults, dtype=np.float64)
+        self._missing_packed = self._pack(*feature_set.defaults)
         self.expire_ms = "0" if not key_ttl_s else str(int(key_ttl_s * 1000))
         self.label = feature_set.key
         self._age = FEATURE_AGE.labels(self.label)

@@ -158,13 +158,6 @@ class FeatureFrame:
     def __len__(self) -> int:
         return len(self.entity_ids)
 
-    @property
-    def found(self) -> np.ndarray:
-        """(rows,) bool: whether the store holds anything for the entity."""
-        found = np.ones(len(self.entity_ids), dtype=bool)
-        found[list(self.missing)] = False
-        return found
-
     def take(self, rows: Sequence[int]) -> FeatureFrame:
         """The frame of these rows, in this order."""
         index = np.asarray(rows, dtype=np.intp)

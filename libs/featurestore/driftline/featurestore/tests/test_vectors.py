@@ -193,7 +193,6 @@ def test_a_frame_holds_what_the_per_entity_view_holds(policy: StalenessPolicy) -
     statuses = [e.status for e in entities]
     ok, stale, missing = FeatureStatus.OK, FeatureStatus.STALE, FeatureStatus.MISSING
     assert statuses == [ok, stale, stale, missing, ok, missing, ok]
-    assert frame.found.tolist() == [True, True, True, False, True, False, True]
     assert frame.missing == (3, 5)
     # The stale ones: last_amount only at 45 s, everything at 100 s.
     assert [v.name for v in entities[1].values if v.status is stale] == ["last_amount"]
