@@ -17,7 +17,7 @@ from driftline.features.v1 import features_pb2
 from driftline.featurestore.aggregation import Computed
 from driftline.featurestore.definitions import FeatureSet
 from driftline.featurestore.events import epoch_seconds, to_datetime, to_timestamp
-from driftline.kit.codec import length_delimited, varint
+from driftline.kit.codec import length_delimited, timestamp_parts, varint
 from driftline.kit.errors import FailedPrecondition
 
 
@@ -282,8 +282,7 @@ def computed_to_proto(
 def _timestamp(seconds: float) -> bytes:
     """A ``google.protobuf.Timestamp``'s fields, as :func:`to_timestamp` sets them."""
     whole, rest = divmod(round(seconds * 1_000_000), 1_000_000)
-    out = b"\x08" + varint(whole) if whole else b""
-    return out + b"\x10" + varint(rest * 1000) if rest else out
+    return timestamp_parts(whole, rest * 1000)
 
 
 class VectorEncoder:

@@ -51,15 +51,19 @@ def varint(number: int) -> bytes:
     return bytes(out)
 
 
+def timestamp_parts(seconds: int, nanos: int) -> bytes:
+    """A ``Timestamp``'s serialized fields: ``seconds`` (field 1) and ``nanos`` (field 2, 0 to
+    999,999,999), each left out when 0, as protobuf writes them."""
+    return (b"\x08" + varint(seconds) if seconds else b"") + (b"\x10" + varint(nanos) if nanos else b"")
+
+
 def timestamp_fields(moment: datetime) -> bytes:
     """The serialized fields of the ``Timestamp`` that :func:`to_timestamp` makes of ``moment``,
     computed exactly in integers, in a tenth of the time."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: Driftline times are always timezone-aware UTC")
     delta = moment - _EPOCH
-    seconds = delta.days * 86_400 + delta.seconds
-    nanos = delta.microseconds * 1000
-    return (b"\x08" + varint(seconds) if seconds else b"") + (b"\x10" + varint(nanos) if nanos else b"")
+    return timestamp_parts(delta.days * 86_400 + delta.seconds, delta.microseconds * 1000)
 
 
 def length_delimited(tag: int, payload: bytes) -> bytes:
