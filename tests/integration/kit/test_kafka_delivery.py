@@ -184,6 +184,49 @@ def test_a_member_joining_mid_stream_makes_a_preparing_loop_lose_and_repeat_noth
     assert sorted(m.value() for m in out) == sorted(values)
 
 
+def test_a_transient_failure_at_stop_leaves_the_batch_for_the_next_run_and_dead_letters_nothing(
+    kafka_settings, topics
+):
+    source, sink = topics
+    values = [f"s{i}".encode() for i in range(3)]
+    _produce(kafka_settings, source.name, values)
+    group = f"{source.name}-stop"
+
+    def fails_as_it_stops(messages: list) -> list:
+        first.stop()  # SIGTERM arrives while the handler meets an error a retry would get past
+        raise ValueError("transient")
+
+    def forward(messages: list) -> list:
+        return [[kafka.Output(sink.name, m.value(), m.key())] for m in messages]
+
+    producer = kafka.KafkaProducer(kafka_settings)
+    try:
+        first = kafka.ConsumerLoop(
+            kafka_settings, group_id=group, topics=[source], handler=fails_as_it_stops, producer=producer
+        )
+        first.run()  # returns once it met the failure and stopped
+        assert _committed(kafka_settings, group, source) == 0
+        # The same group, restarted: every message comes again and goes through.
+        second = kafka.ConsumerLoop(
+            kafka_settings, group_id=group, topics=[source], handler=forward, producer=producer
+        )
+        thread = _run_loop(second)
+        try:
+            wait_for(
+                lambda: _committed(kafka_settings, group, source) == len(values),
+                60,
+                "every message committed",
+            )
+        finally:
+            second.stop()
+            thread.join(30)
+    finally:
+        producer.close()
+    out = consume(kafka_settings, sink.name, expected=len(values), timeout_s=30)
+    assert sorted(m.value() for m in out) == sorted(values)
+    assert _written(kafka_settings, source.dead_letter_topic()) == 0
+
+
 _CRASHING_WORKER = textwrap.dedent(
     """
     import os, sys

@@ -94,6 +94,11 @@ class _Outage(Exception):
     """A handler failed because a dependency is down (the cause); the batch is not at fault."""
 
 
+class _Abandoned(Exception):
+    """A handler failed (the cause) once the loop was stopping: the batch is not retried, nor
+    judged, but left uncommitted for the next run (a transient failure is not the batch's fault)."""
+
+
 class Output(NamedTuple):
     """One message a handler wants sent (a tuple: handlers build one per event)."""
 
@@ -386,8 +391,14 @@ class ConsumerLoop:
     A handler failure that ``outages`` calls an outage (a dependency down) holds the batch back:
     its partitions are rewound to it, nothing of it is produced or committed, and it is consumed
     and handled again after a back-off, for as long as the outage lasts (``driftline.kit.outages``).
-    Any other failure is retried ``max_retries`` times, then the batch is handled message by
-    message and only the messages that still fail are dead-lettered (``handler_error``).
+    Any other failure is retried ``max_retries`` times, with a back-off, then each message of the
+    batch is handled alone, once and without a back-off, and only the messages that fail alone are
+    dead-lettered (``handler_error``). The batch had its retries: retrying each message with
+    back-offs too would take the batch's size times as long and outlast ``max.poll.interval.ms``
+    (the loop polls between batches only), and the group would take the partitions away. A failure
+    met once ``stop()`` is called, isolating or not, is neither retried nor dead-lettered: the batch
+    is abandoned like a held-back one, nothing of it produced or committed, and the next run
+    handles it (``batch_abandoned_at_stop``).
     """
 
     def __init__(
@@ -521,6 +532,16 @@ class ConsumerLoop:
         except _Outage as outage:
             self._hold_back(batch + (then_prepare or []), outage.__cause__)
             return False
+        except _Abandoned as abandoned:
+            cause = abandoned.__cause__ or abandoned
+            log.warning(
+                "batch_abandoned_at_stop",
+                group=self._group,
+                messages=len(batch),
+                error=f"{type(cause).__name__}: {cause}",
+            )
+            self._rewind(batch + (then_prepare or []))
+            return False
         self._outage_attempts = 0
         if then_prepare:
             self._prepare_batch(then_prepare)
@@ -566,8 +587,15 @@ class ConsumerLoop:
 
     def _hold_back(self, batch: list[Message], err: BaseException | None) -> None:
         """A dependency is down: rewind the batch's partitions to it, so that it is consumed
-        and handled again, and wait out the back-off (``stop()`` cuts the wait short). The
-        batch may span two consumed batches: each partition goes back to its first message."""
+        and handled again, and wait out the back-off (``stop()`` cuts the wait short)."""
+        self._rewind(batch)
+        self._outage_attempts += 1
+        self._stopping.wait(self._outages.hold(self._group, self._outage_attempts, err, messages=len(batch)))
+
+    def _rewind(self, batch: list[Message]) -> None:
+        """Seek the batch's partitions back to it; nothing of it is in flight, so neither it nor
+        what follows it on those partitions is committed. The batch may span two consumed
+        batches: each partition goes back to its first message."""
         first: dict[tuple[str, int], int] = {}
         for message in batch:
             first.setdefault(
@@ -575,8 +603,6 @@ class ConsumerLoop:
             )
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
-        self._outage_attempts += 1
-        self._stopping.wait(self._outages.hold(self._group, self._outage_attempts, err, messages=len(batch)))
 
     def _commit_completed(self, *, wait: bool) -> None:
         """Commit the batches in flight, oldest first, that are fully acknowledged."""
@@ -649,26 +675,52 @@ class ConsumerLoop:
             log.warning("commit_failed", group=self._group, error=str(err))
 
     def _handle_with_retries(self, batch: list[Message]) -> Sequence[Outcome]:
+        """The batch's outcomes: retried with a back-off, then isolated (see ``ConsumerLoop``).
+        Raises ``_Outage`` or ``_Abandoned`` when the failure is not the batch's fault."""
         attempt = 0
         while True:
+            attempt += 1
             try:
-                outcomes = self._handler(batch)
-                if len(outcomes) != len(batch):
-                    raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} messages")
-                return outcomes
+                return self._handle(batch)
             except Exception as err:
-                if self._outages.is_outage(err):
-                    raise _Outage from err  # not the batch's fault: held back whole, see _hold_back
-                attempt += 1
-                if attempt > self._max_retries or self._stopping.is_set():
-                    if len(batch) > 1:
-                        # Isolate the culprit: retry each message alone, dead-letter only those that fail.
-                        return [o for m in batch for o in self._handle_with_retries([m])]
-                    log.exception("handler_failed", group=self._group, attempts=attempt)
-                    return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
+                self._raise_unless_the_batchs_fault(err)
+                if attempt > self._max_retries:
+                    if len(batch) == 1:
+                        log.exception("handler_failed", group=self._group, attempts=attempt)
+                        return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
+                    break
                 HANDLER_RETRIES.labels(self._group).inc()
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
-                time.sleep(self._retry_backoff_s * attempt)
+                self._stopping.wait(self._retry_backoff_s * attempt)  # stop() cuts it short
+        # Isolate the culprit: each message alone, once, dead-lettered only if it fails alone.
+        return [outcome for message in batch for outcome in self._handle_alone(message)]
+
+    def _handle_alone(self, message: Message) -> Sequence[Outcome]:
+        if self._stopping.is_set():
+            # The messages isolated so far go back with the rest: nothing of the batch is produced.
+            raise _Abandoned("stopped while isolating a failed batch")
+        try:
+            return self._handle([message])
+        except Exception as err:
+            self._raise_unless_the_batchs_fault(err)
+            log.exception(
+                "handler_failed", group=self._group, partition=message.partition(), offset=message.offset()
+            )
+            return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
+
+    def _handle(self, batch: list[Message]) -> Sequence[Outcome]:
+        outcomes = self._handler(batch)
+        if len(outcomes) != len(batch):
+            raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(batch)} messages")
+        return outcomes
+
+    def _raise_unless_the_batchs_fault(self, err: Exception) -> None:
+        """Neither a dependency's outage nor a failure at stop is the batch's fault: the batch is
+        held back whole (``_hold_back``) or abandoned, never retried alone or dead-lettered."""
+        if self._outages.is_outage(err):
+            raise _Outage from err
+        if self._stopping.is_set():
+            raise _Abandoned from err
 
     def _dead_letter(
         self, message: Message, verdict: DeadLetter, flight: _InFlight, *, log_each: bool

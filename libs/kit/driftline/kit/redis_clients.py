@@ -23,11 +23,28 @@ from redis.retry import Retry
 
 from driftline.kit.settings import RedisSettings
 
-#: What redis-py raises when the server cannot be reached or answer in time (refused, reset,
-#: timed out, still loading its data, wrong credentials after a restart): an outage for the
-#: consumers' ``driftline.kit.outages.OutagePolicy``, not a bad message. Raised only once the
-#: client's own retries are spent.
-REDIS_OUTAGE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: What redis-py raises when the server cannot be reached or cannot serve right now: an outage
+#: for the consumers' ``driftline.kit.outages.OutagePolicy`` (the batch waits, uncommitted), not
+#: a bad message. Connection errors and timeouts (refused, reset, timed out; ``LOADING`` and
+#: wrong credentials after a restart are connection errors too) are raised only once the
+#: client's own retries are spent. The others are the server's error replies that no message
+#: causes and that a later try may not meet: ``OOM`` (memory full under ``noeviction``),
+#: ``READONLY`` (a replica, mid-failover), ``MASTERDOWN``, ``TRYAGAIN`` and ``CLUSTERDOWN``
+#: (``MasterDownError`` is a ``ClusterDownError``). ``NOPERM`` is one too: the ACL is the same for
+#: every message, so an ACL change would otherwise dead-letter the whole stream; held back, the
+#: consumers wait and ``driftline_outage_waits_total`` alerts until the ACL is fixed, and nothing
+#: is lost. Replies that depend on the command, its keys or its data (``WRONGTYPE``, ``ERR``
+#: syntax or argument errors, ``NOSCRIPT``, ``EXECABORT``) stay plain ``ResponseError``s: retried,
+#: then isolated and dead-lettered. Error replies are never retried by the client itself.
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # types-redis 4.6 lacks it
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.NoPermissionError,
+)
 
 
 def _backoff(settings: RedisSettings) -> ExponentialBackoff:

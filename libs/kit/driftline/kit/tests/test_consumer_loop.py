@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import pytest
 from confluent_kafka import KafkaError
 
 from driftline.kit import kafka
@@ -344,6 +345,169 @@ def test_an_outage_met_while_isolating_a_culprit_holds_the_whole_batch_back():
         ("out", b"b"),
         ("transactions.raw-dlq.v1", b"c"),
     ]
+
+
+def test_a_failure_at_stop_abandons_the_batch_uncommitted_and_dead_letters_nothing():
+    raw = TRANSACTIONS_RAW.name
+    loop = None
+
+    def handler(messages):
+        if messages[0].value() == b"c":
+            loop.stop()  # SIGTERM arrives while the batch is handled
+            raise ValueError("transient")  # would succeed on a retry: not the batch's fault
+        return [[kafka.Output("out", m.value())] for m in messages]
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=5)
+    loop._settings = loop._settings.copy(update={"batch_size": 2})
+    log = _Log(fake_messages([b"a", b"b", b"c", b"d"], topic=raw))
+    _run_until_consumed(loop, log, lambda consumer: False)
+
+    # The batch before it is delivered and committed; it and what follows it are neither.
+    assert [(s[0], s[1]) for s in producer.sent] == [("out", b"a"), ("out", b"b")]
+    assert log.commits
+    assert all(commit == [(raw, 0, 2)] for commit in log.commits)
+    assert log.seeks == [(raw, 0, 2)]
+
+
+@pytest.mark.parametrize(
+    ("stopped_by", "isolated"),
+    [(b"a", [b"a"]), (b"b", [b"a", b"b"])],
+    ids=["after_a_succeeds_alone", "as_b_fails_alone"],
+)
+def test_a_stop_while_isolating_abandons_the_whole_batch_uncommitted(stopped_by, isolated):
+    loop = None
+    handled = []
+
+    def handler(messages):
+        if len(messages) > 1:
+            raise ValueError("something in this batch is bad")
+        handled.append(messages[0].value())
+        if messages[0].value() == stopped_by:
+            loop.stop()
+            if stopped_by == b"b":
+                raise ValueError("b failed as the loop stopped")
+        return [[kafka.Output("out", messages[0].value())]]
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=0)
+    log = _Log(fake_messages([b"a", b"b", b"c"], topic=TRANSACTIONS_RAW.name))
+    _run_until_consumed(loop, log, lambda consumer: False)
+
+    assert handled == isolated  # isolating stops there
+    assert producer.sent == []  # not even the outputs of "a", isolated before the stop
+    assert log.commits == []
+    assert log.seeks == [(TRANSACTIONS_RAW.name, 0, 0)]
+
+
+def test_a_failure_at_stop_drops_the_prepared_batch_with_the_abandoned_one():
+    events = []
+
+    class _FailsAtStop(_Preparing):
+        def __call__(self, messages):
+            self.events.append(("handle", [m.value() for m in messages]))
+            loop.stop()
+            raise ValueError("transient")
+
+    batches = [_raw(b"a", b"b"), _raw(b"c", first_offset=2) + _raw(b"x", partition=1, first_offset=7)]
+    loop = _preparing_loop(_FailsAtStop(events), events, batches, max_retries=5)
+    loop.run()
+    assert loop._consumer.seeks == [(TRANSACTIONS_RAW.name, 0, 0), (TRANSACTIONS_RAW.name, 1, 7)]
+    assert [e for e in events if e[0] in ("produce", "commit")] == []
+    assert [e for e in events if e[0] == "handle"] == [("handle", [b"a", b"b"])]  # no retry
+
+
+def test_stop_cuts_the_retry_back_off_short():
+    import threading
+    import time
+
+    calls = {"n": 0}
+
+    def handler(messages):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            threading.Timer(0.05, loop.stop).start()  # SIGTERM during the back-off
+            raise ValueError("transient")
+        return [[kafka.Output("out", m.value())] for m in messages]
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=5)
+    loop._retry_backoff_s = 30.0
+    started = time.monotonic()
+    loop._process(fake_messages([b"a"], topic=TRANSACTIONS_RAW.name))
+    assert time.monotonic() - started < 5
+    # One more attempt once the wait is cut short: it succeeded, so the batch went through.
+    assert [(s[0], s[1]) for s in producer.sent] == [("out", b"a")]
+    assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 1)]]
+
+
+def test_isolation_tries_each_message_alone_once_without_a_back_off():
+    import threading
+
+    class _RecordingEvent(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.waits = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            return super().wait(0)
+
+    calls = []
+
+    def handler(messages):
+        calls.append([m.value() for m in messages])
+        raise ValueError("every message fails")
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=2)
+    loop._retry_backoff_s = 1.0
+    loop._stopping = _RecordingEvent()
+    loop._process(fake_messages([b"a", b"b", b"c"], topic=TRANSACTIONS_RAW.name))
+
+    # The batch: one attempt and two retries, with a back-off; then each message alone, once.
+    assert calls == [[b"a", b"b", b"c"]] * 3 + [[b"a"], [b"b"], [b"c"]]
+    assert loop._stopping.waits == [1.0, 2.0]
+    assert [s[0] for s in producer.sent] == ["transactions.raw-dlq.v1"] * 3
+    assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 3)]]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "READONLY You can't write against a read only replica.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "CLUSTERDOWN The cluster is down",
+        "LOADING Redis is loading the dataset in memory",
+        "NOPERM User driftline has no permissions to run the 'set' command",
+    ],
+)
+def test_a_redis_server_that_cannot_serve_holds_the_batch_back_instead_of_dead_lettering(reply):
+    from redis._parsers.base import BaseParser
+
+    from driftline.kit.outages import OutagePolicy
+    from driftline.kit.redis_clients import REDIS_OUTAGE
+
+    calls = {"n": 0}
+
+    def handler(messages):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise BaseParser.parse_error(reply)  # the exception redis-py raises for the reply
+        return [[kafka.Output("out", m.value())] for m in messages]
+
+    producer = _Producer()
+    loop = _loop(
+        handler, producer, max_retries=0, outages=OutagePolicy(errors=REDIS_OUTAGE, base_s=0, cap_s=0)
+    )
+    messages = fake_messages([b"a", b"b"], topic=TRANSACTIONS_RAW.name)
+    log = _Log(messages)
+    _run_until_consumed(loop, log, lambda consumer: consumer.position == len(messages) and log.commits)
+
+    assert log.seeks == [(TRANSACTIONS_RAW.name, 0, 0)]
+    assert [(s[0], s[1]) for s in producer.sent] == [("out", b"a"), ("out", b"b")]
 
 
 def test_each_dead_letter_is_logged_only_at_debug_level(capsys, monkeypatch):
