@@ -1,5 +1,7 @@
 import json
+import logging
 
+import pytest
 import structlog
 
 from driftline.kit.logging import configure_logging
@@ -26,3 +28,66 @@ def test_debug_is_filtered_at_info_level(capsys):
     structlog.get_logger("t").debug("noise")
     assert "noise" not in capsys.readouterr().err
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def reset_logging():
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == "driftline.kit.logging"]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+def test_standard_library_records_are_rendered_as_json_like_structlog_ones(capsys, reset_logging):
+    configure_logging(LogSettings(format="json", level="INFO"), service="unit")
+    logging.getLogger("aiokafka").warning("x %s", 1)
+    structlog.get_logger("t").info("model_loaded", version=3)
+    foreign, own = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines()[-2:])
+    assert foreign["event"] == "x 1"
+    assert foreign["level"] == "warning"
+    assert foreign["logger"] == "aiokafka"
+    assert foreign["service"] == "unit"
+    assert "timestamp" in foreign
+    assert own["event"] == "model_loaded"
+    assert own["level"] == "info"
+
+
+def test_standard_library_exceptions_are_rendered_into_the_json_line(capsys, reset_logging):
+    configure_logging(LogSettings(format="json", level="INFO"))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("grpc").exception("call failed")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "call failed"
+    assert record["level"] == "error"
+    assert "ValueError: boom" in record["exception"]
+
+
+def test_standard_library_records_below_the_level_are_dropped(capsys, reset_logging):
+    configure_logging(LogSettings(format="json", level="WARNING"))
+    logging.getLogger("aiokafka").info("noise")
+    assert "noise" not in capsys.readouterr().err
+
+
+def test_console_format_renders_standard_library_records_with_the_console_renderer(capsys, reset_logging):
+    configure_logging(LogSettings(format="console", level="INFO"))
+    logging.getLogger("aiokafka").warning("x %s", 1)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert not line.startswith("{")
+    assert "x 1" in line
+    assert "aiokafka" in line
+
+
+def test_configuring_twice_writes_each_standard_library_record_once(capsys, reset_logging):
+    configure_logging(LogSettings(format="json", level="INFO"))
+    configure_logging(LogSettings(format="json", level="INFO"))
+    logging.getLogger("aiokafka").warning("once")
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert [h.get_name() for h in logging.getLogger().handlers].count("driftline.kit.logging") == 1

@@ -109,6 +109,7 @@ class FeaturesApp:
             batch_within_s=settings.batch_within_s,
             max_retries=settings.max_retries,
             retry_backoff_s=settings.retry_backoff_s,
+            group=settings.app_id,
         )
         self.faust.agent(source, name="features.transactions")(self.transactions)
         self.offline: OfflineStore | None = None
@@ -155,6 +156,9 @@ class FeaturesApp:
             override_logging=False,
             quiet=True,
         )
+        # The start-up spinner writes terminal escapes to stdout, which would break the JSON
+        # lines of a log file shared with stderr.
+        worker.spinner = None
         if self.settings.gc_young_threshold > 0:
             # Measured on bench/features_pipeline.py: with Python's (700, 10, 10) the worker ran a
             # full collection every ~2 s once the per-card histories held ~200k objects, 100-240 ms
