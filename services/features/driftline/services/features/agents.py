@@ -37,7 +37,7 @@ from driftline.kit.outages import OutagePolicy
 from driftline.kit.redis_clients import REDIS_OUTAGE
 from driftline.services.features import metrics
 from driftline.services.features.processor import FeatureProcessor, Processed
-from driftline.services.features.sink import OfflineSink
+from driftline.services.features.sink import Malformed, OfflineSink
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +132,7 @@ class TransactionsAgent:
         max_retries: int = 3,
         retry_backoff_s: float = 0.2,
         service: str = "features",
+        group: str = "driftline-features",
         outages: OutagePolicy | None = None,
     ) -> None:
         self._processor = processor
@@ -148,6 +149,11 @@ class TransactionsAgent:
         #: for as long as the outage lasts, instead of its events being dead-lettered.
         self._outages = outages or OutagePolicy(errors=REDIS_OUTAGE)
         self._service = service.encode()
+        #: The consumer group (faust's app id), under which the kit's consumed and dead-lettered
+        #: counters count this agent, like every ``ConsumerLoop``: the dead-letter-ratio alert
+        #: covers the features pipeline too.
+        self._group = group
+        self._consumed = kafka.CONSUMED.labels(group, source_name)
         self._encoder = VectorEncoder(self._feature_set)
         #: The consumer's name in logs and in ``driftline_outage_waits_total``.
         self._agent = f"{service}.transactions"
@@ -169,6 +175,7 @@ class TransactionsAgent:
         """
         started = time.perf_counter()
         label = self._feature_set.key
+        self._consumed.inc(len(batch))
         decoded: list[tuple[EventT, Event]] = []
         outputs = 0
         for item in batch:
@@ -227,6 +234,7 @@ class TransactionsAgent:
     def _dead_letter(self, item: EventT, reason: str, detail: str) -> None:
         message = item.message
         metrics.DEAD_LETTERED.labels(reason).inc()
+        kafka.DEAD_LETTERED.labels(self._group, self._source_name, reason).inc()
         log.info(
             "dead_lettered",
             topic=message.topic,
@@ -276,20 +284,33 @@ class VectorsSinkAgent:
             if start:
                 await asyncio.sleep(0)
             chunk = batch[start : start + self.CHUNK]
-            self._sink.add_many([(item, vector_row(item.message.value, feature_set)) for item in chunk])
+            self._sink.add_many([(item, event_row(item, feature_set)) for item in chunk])
         return await asyncio.get_running_loop().run_in_executor(None, self._sink.flush)
 
 
-def vector_row(payload: bytes | None, feature_set: FeatureSet) -> FeatureRow | None:
-    """The offline row of a published vector; None for another feature set or a malformed one."""
+def event_row(event: EventT, feature_set: FeatureSet) -> FeatureRow | Malformed | None:
+    """The offline row of a vectors event; None for another feature set."""
     try:
-        vector = decode(features_pb2.FeatureVector, payload or b"")
-    except ValueError:
-        return None
+        return vector_row(event.message.value, feature_set)
+    except ValueError as err:
+        message = event.message
+        return Malformed(message.topic, message.partition, message.offset, str(err))
+
+
+def vector_row(payload: bytes | None, feature_set: FeatureSet) -> FeatureRow | None:
+    """The offline row of a published vector; None for another feature set, ValueError for a
+    malformed one."""
+    if payload is None:
+        raise ValueError("no value")
+    vector = decode(features_pb2.FeatureVector, payload)
+    if not vector.feature_set:
+        raise ValueError("no feature set name")
     if vector.feature_set != feature_set.name or vector.feature_set_version != feature_set.version:
         return None
-    if [v.name for v in vector.values] != feature_set.feature_names or not vector.HasField("event_time"):
-        return None
+    if [v.name for v in vector.values] != feature_set.feature_names:
+        raise ValueError(f"features {[v.name for v in vector.values]} are not {feature_set.feature_names}")
+    if not vector.HasField("event_time"):
+        raise ValueError("no event_time")
     return FeatureRow(
         entity_id=vector.entity_id,
         event_id=vector.event_id,

@@ -55,6 +55,10 @@ OFFLINE_DROPPED = Counter(
     "driftline_features_offline_rows_dropped_total",
     "Rows dropped because too many were pending after failures.",
 )
+OFFLINE_MALFORMED = Counter(
+    "driftline_features_offline_vectors_malformed_total",
+    "Feature vectors the offline sink could not decode into rows (acked, not written).",
+)
 OFFLINE_PENDING = Gauge(
     "driftline_features_offline_pending_rows", "Rows waiting for a successful offline write."
 )

@@ -4,11 +4,18 @@ Each queued row carries a token (the stream event it came from); :meth:`OfflineS
 returns the tokens whose rows are on disk, so the caller acks exactly those. A failed write keeps
 the rows for the next flush (bounded by ``max_pending``; beyond it the oldest are dropped and
 counted), and the events stay un-acked, so a restart replays them.
+
+A vector that cannot be made into a row is queued as :class:`Malformed`: nothing is written for
+it and its event is acked like a skipped one (replaying it would not mend it), but it is counted
+and logged, at most one warning per ``log_every_s`` with the count since the last one.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -19,18 +26,37 @@ from driftline.services.features import metrics
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Stands for the row of a vector that could not be decoded, with where it was read."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+
+
 class OfflineSink:
-    def __init__(self, store: OfflineStore, *, max_pending: int = 1_000_000) -> None:
+    def __init__(
+        self, store: OfflineStore, *, max_pending: int = 1_000_000, log_every_s: float = 10.0
+    ) -> None:
         self.store = store
         self._max_pending = max_pending
         self._pending: list[tuple[Any, FeatureRow | None]] = []
         self._lock = threading.Lock()
+        self._log_every_s = log_every_s
+        self._malformed_unlogged = 0
+        self._malformed_logged_at = -math.inf
 
-    def add_many(self, items: list[tuple[Any, FeatureRow | None]]) -> None:
-        """Queue ``(token, row)`` pairs (row None: nothing to write, the token is done at the next
-        flush)."""
+    def add_many(self, items: list[tuple[Any, FeatureRow | Malformed | None]]) -> None:
+        """Queue ``(token, row)`` pairs (row None or Malformed: nothing to write, the token is done
+        at the next flush)."""
+        malformed = [row for _, row in items if isinstance(row, Malformed)]
+        if malformed:
+            self._note_malformed(malformed)
+            items = [(token, None if isinstance(row, Malformed) else row) for token, row in items]
         with self._lock:
-            self._pending += items
+            self._pending += items  # no Malformed left in them
             overflow = len(self._pending) - self._max_pending
             if overflow > 0:
                 del self._pending[:overflow]
@@ -56,6 +82,25 @@ class OfflineSink:
         with self._lock:
             metrics.OFFLINE_PENDING.set(len(self._pending))
         return [token for token, _ in pending]
+
+    def _note_malformed(self, malformed: list[Malformed]) -> None:
+        metrics.OFFLINE_MALFORMED.inc(len(malformed))
+        # One warning per interval: a producer gone wrong would otherwise log every message.
+        self._malformed_unlogged += len(malformed)
+        now = time.monotonic()
+        if now - self._malformed_logged_at < self._log_every_s:
+            return
+        first = malformed[0]
+        log.warning(
+            "offline_vectors_malformed",
+            count=self._malformed_unlogged,
+            topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            error=first.error,
+        )
+        self._malformed_unlogged = 0
+        self._malformed_logged_at = now
 
     @property
     def pending(self) -> int:

@@ -124,6 +124,40 @@ async def test_valid_events_publish_one_vector_each_and_poison_goes_to_dead_lett
     assert dict(dlq[1]["headers"])[kafka.DLQ_REASON] == b"empty_value"
 
 
+async def test_the_kit_counters_count_the_agent_under_its_group_for_the_dead_letter_alert() -> None:
+    # The dead-letter-ratio alert divides the kit's dead-lettered by its consumed counter per
+    # group and topic: the faust agent must feed both, as every ConsumerLoop does.
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    group, topic = "features-counted", "transactions.clean.v1"
+    consumed = sample("driftline_kafka_consumed_total", group=group, topic=topic)
+    dead = sample("driftline_kafka_dead_lettered_total", group=group, topic=topic, reason="decode_error")
+    publisher = FakePublisher()
+    agent = TransactionsAgent(
+        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
+        publisher,
+        vectors_topic="vectors",
+        dead_letter_topic="dlq",
+        source_name=topic,
+        group=group,
+    )
+    batch = [
+        FakeEvent(FakeMessage(tx("e1"), offset=0)),
+        FakeEvent(FakeMessage(b"\xffnot protobuf", offset=1)),
+        FakeEvent(FakeMessage(tx("e2", seconds=1), offset=2)),
+    ]
+    await agent.handle(batch)  # type: ignore[arg-type]
+
+    assert sample("driftline_kafka_consumed_total", group=group, topic=topic) == consumed + 3
+    assert (
+        sample("driftline_kafka_dead_lettered_total", group=group, topic=topic, reason="decode_error")
+        == dead + 1
+    )
+
+
 class FlakyState(MemoryState):
     """Fails every load that touches the entity ``bad``; others succeed."""
 
