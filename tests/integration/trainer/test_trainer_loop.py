@@ -10,19 +10,25 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from driftline.drift.v1 import drift_pb2
 from driftline.kit.codec import to_timestamp, utcnow
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
+from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer.app import TrainerApp, request_retrain
 from driftline.services.trainer.cli import train
+from driftline.services.trainer.consumer import TriggerTopics
 from driftline.services.trainer.reproduce import reproduce
 from driftline.services.trainer.runner import RunResult
 from driftline.services.trainer.triggers import MANUAL, Trigger, TriggerBatch
 from driftline.simulator import feedback_label
 
 pytestmark = pytest.mark.integration
+
+IGNORED = "driftline_trainer_trigger_messages_ignored_total"
 
 
 def wait_for(results: list[RunResult], done: threading.Event, timeout_s: float = 120) -> RunResult:
@@ -160,6 +166,49 @@ def test_worse_challenger_is_not_promoted_and_the_run_and_audit_say_why(world) -
     moves = [json.loads(a.after_json)["version"] for a in audit if a.action == "alias_set"]
     assert moves == [first.version]
     assert not world.registry.get_version(model, version=result.version).aliases
+
+
+def test_a_drift_report_about_a_version_that_is_not_the_champion_starts_no_retrain(
+    world, kafka_settings
+) -> None:
+    prefix = unique_prefix()
+    topics = TriggerTopics(
+        DRIFT_REPORTS.namespaced(prefix),
+        PERFORMANCE_DEGRADATIONS.namespaced(prefix),
+        RETRAIN_REQUESTS.namespaced(prefix),
+    )
+    create_test_topics(kafka_settings, topics.all())
+    app = TrainerApp(
+        world.settings(consumer_group=f"{prefix}trainer"),
+        trigger_topics=topics,
+        feedback_topic=world.feedback,
+    )
+    results, _ = watch(app)
+    producer = KafkaProducer(world.kafka)
+    champion = world.registry.get_version("fraud", alias="champion").version
+    # A version the champion alias no longer (or never) points at, as after a promotion.
+    report = drift_pb2.DriftReport(
+        report_id=f"rep-{uuid.uuid4().hex[:8]}",
+        model_name="fraud",
+        model_version=champion + 1,
+        detector="cvm-online",
+        status=drift_pb2.DRIFT_STATUS_DRIFT,
+    )
+    labels = {"topic": topics.drift_reports.name, "reason": "not_champion"}
+    app.start()
+    try:
+        producer.send(topics.drift_reports, report.SerializeToString(), key="fraud").result(timeout=30)
+        deadline = time.monotonic() + 60
+        while not REGISTRY.get_sample_value(IGNORED, labels) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert REGISTRY.get_sample_value(IGNORED, labels) == 1
+        assert app.scheduler.idle()
+        assert results == []
+    finally:
+        app.stop()
+        producer.close(10)
+        delete_topics(kafka_settings, topics.all())
+    assert world.registry.get_version("fraud", alias="champion").version == champion
 
 
 def test_reproduce_command_rebuilds_the_initial_version_with_the_same_hash_and_predictions(world) -> None:

@@ -111,7 +111,13 @@ class TrainerApp:
             settings.kafka,
             group_id=settings.consumer_group,
             topics=topics.all(),
-            handler=TriggerHandler(settings.model_name, self.scheduler.submit, topics=topics, clock=clock),
+            handler=TriggerHandler(
+                settings.model_name,
+                self.scheduler.submit,
+                champion=self.core.runner.champion_version,
+                topics=topics,
+                clock=clock,
+            ),
             producer=self.producer,
             service="trainer",
         )

@@ -75,7 +75,12 @@ class Settings(BaseSettings):
         "auc", description="Gate metric: auc, f1, average_precision, accuracy or neg_log_loss."
     )
     margin: float = Field(
-        0.005, description="How much the challenger must beat the champion by on the metric."
+        0.005,
+        description=(
+            "How much the challenger must beat the champion by on the metric; never negative, "
+            "which would promote a worse model."
+        ),
+        ge=0,
     )
     max_recall_drop: float = Field(
         0.10,

@@ -2,12 +2,16 @@
 
 Both only convert wire messages into domain objects and hand them to the core. The trigger
 topics declare no dead-letter topic, so a message there that can never start a retrain is
-counted and skipped (it stays on its topic, retained 30 days); feedback that cannot be a label
-goes to the feedback dead-letter topic with a reason, like every other consumer of that topic.
+counted and skipped (it stays on its topic, retained 30 days). So is a drift report or a
+degradation about a version that is not the champion now: after a promotion, late reports about
+the old champion would retrain against the new one and judge it by the old one's fall. Feedback
+that cannot be a label goes to the feedback dead-letter topic with a reason, like every other
+consumer of that topic.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,29 +45,39 @@ class TriggerTopics:
 
 
 class TriggerHandler:
-    """Batch handler: each message becomes a trigger for ``submit``, or is skipped (never poison)."""
+    """Batch handler: each message becomes a trigger for ``submit``, or is skipped (never poison).
+
+    ``champion`` returns the champion's version now (0: none); a registry outage it raises
+    (``Unavailable``) holds the batch back until the registry answers.
+    """
 
     def __init__(
         self,
         model_name: str,
         submit: Callable[[Trigger], object],
         *,
+        champion: Callable[[], int],
         topics: TriggerTopics | None = None,
         clock: Callable[[], float],
     ) -> None:
         self._model = model_name
         self._submit = submit
+        self._champion = champion
         self._topics = topics or TriggerTopics()
         self._clock = clock
 
     def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
+        # Asked at most once per batch, and only when a message names a version: every message
+        # was published before the batch was polled, so the answer is no older than any of them.
+        champion = functools.cache(self._champion)
         for message in messages:
-            trigger = self.to_trigger(message)
+            trigger = self.to_trigger(message, champion)
             if trigger is not None:
                 self._submit(trigger)
         return [[] for _ in messages]
 
-    def to_trigger(self, message: Message) -> Trigger | None:
+    def to_trigger(self, message: Message, champion: Callable[[], int] | None = None) -> Trigger | None:
+        champion = champion or self._champion
         topic = message.topic() or ""
         payload = message.value() or b""
         fallback_id = f"{topic}:{message.partition()}:{message.offset()}"
@@ -72,15 +86,17 @@ class TriggerHandler:
                 report = decode(drift_pb2.DriftReport, payload)
                 if report.status != drift_pb2.DRIFT_STATUS_DRIFT:
                     return self._skip(topic, "not_drift")
-                return self._trigger(
-                    topic, DRIFT, report.report_id or fallback_id, report.model_name, report.detector
-                )
+                trigger_id = report.report_id or fallback_id
+                if self._stale(topic, trigger_id, report.model_name, report.model_version, champion):
+                    return self._skip(topic, "not_champion")
+                return self._trigger(topic, DRIFT, trigger_id, report.model_name, report.detector)
             if topic == self._topics.degradations.name:
                 event = decode(drift_pb2.PerformanceDegradation, payload)
                 detail = f"{event.metric}={event.value:.4f} < {event.threshold:.4f}"
-                return self._trigger(
-                    topic, DEGRADATION, event.event_id or fallback_id, event.model_name, detail
-                )
+                trigger_id = event.event_id or fallback_id
+                if self._stale(topic, trigger_id, event.model_name, event.model_version, champion):
+                    return self._skip(topic, "not_champion")
+                return self._trigger(topic, DEGRADATION, trigger_id, event.model_name, detail)
             if topic == self._topics.retrain_requests.name:
                 request = decode(trainer_pb2.RetrainRequest, payload)
                 kind = request.trigger if request.trigger in (DRIFT, DEGRADATION, MANUAL) else MANUAL
@@ -101,6 +117,24 @@ class TriggerHandler:
         return Trigger(
             kind=kind, trigger_id=trigger_id, model_name=model_name, received_at=self._clock(), detail=detail
         )
+
+    def _stale(
+        self, topic: str, trigger_id: str, model_name: str, version: int, champion: Callable[[], int]
+    ) -> bool:
+        """Whether the message is about a known version of this model that is not the champion now."""
+        if model_name != self._model or not version:
+            return False
+        current = champion()
+        if version == current:
+            return False
+        log.info(
+            "trigger_not_about_champion",
+            topic=topic,
+            trigger_id=trigger_id,
+            version=version,
+            champion=current,
+        )
+        return True
 
     def _skip(self, topic: str, reason: str) -> Trigger | None:
         """Count a message that starts no retrain; returns None (no trigger)."""

@@ -13,6 +13,10 @@ The challenger is promoted only when both hold:
   after a change trains on pre-change rows (the newest quarter is the holdout), and can beat a
   degraded champion's AUC by the margin while catching exactly the frauds it catches.
 
+A champion that exists but cannot be scored on the holdout (an unloadable artifact, a feature it
+needs that is gone) is never beaten: the challenger is refused (registered, not promoted) and the
+reason says why. Only when there is no champion at all does a model win on its own operating point.
+
 With manual approval configured, a winner is left pending for a person to promote. Every
 decision carries a sentence saying why, which the run record stores.
 """
@@ -152,8 +156,9 @@ def decide(
 ) -> GateVerdict:
     """Compare the two models' holdout metrics and operating points.
 
-    ``champion`` is None when there is no champion yet, or when it could not be evaluated; then
-    ``champion_problem`` says why (an unloadable artifact, a feature it needs that is gone).
+    ``champion`` is None when there is no champion yet (``champion_version`` 0), or when champion
+    ``champion_version`` could not be evaluated; then ``champion_problem`` says why (an unloadable
+    artifact, a feature it needs that is gone) and the challenger is refused.
     ``challenger_point`` and ``champion_point`` are measured on the same rows, each at its own
     model's decision threshold; without a challenger point the operating point is not checked.
     ``champion_degraded``: live feedback measured the champion's fall (see the module docstring).
@@ -161,8 +166,15 @@ def decide(
     metric = config.metric
     mine = challenger[metric]
     theirs = None if champion is None else champion[metric]
-    if theirs is None:
-        comparison = f"{champion_problem or 'no champion yet'}; challenger {metric}={mine:.4f}"
+    if theirs is None and (champion_version or champion_problem):
+        # "Promote only when it wins": a champion that cannot be compared is not beaten.
+        comparison = (
+            f"champion v{champion_version} could not be scored on the evaluation set: "
+            f"{champion_problem or 'no scores'}; challenger {metric}={mine:.4f}"
+        )
+        metric_wins, won = False, comparison
+    elif theirs is None:
+        comparison = f"no champion yet; challenger {metric}={mine:.4f}"
         metric_wins, won = True, comparison
     else:
         needed = theirs + config.margin

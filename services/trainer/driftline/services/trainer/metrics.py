@@ -33,7 +33,7 @@ TRIGGERS = Counter(
 )
 TRIGGERS_IGNORED = Counter(
     "driftline_trainer_trigger_messages_ignored_total",
-    "Trigger-topic messages that start no retrain (other model, no drift, undecodable).",
+    "Trigger-topic messages that start no retrain (other model, not the champion, no drift, undecodable).",
     ["topic", "reason"],
 )
 LABELS = Counter(

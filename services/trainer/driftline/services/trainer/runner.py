@@ -375,7 +375,8 @@ class RetrainRunner:
                 "parity_max_abs_diff": challenger.parity_max_abs_diff,
             }
         )
-        if verdict.decision is gate.Decision.REJECT and retry_refusal:
+        # More labels do not make an unscorable champion scorable: that refusal is final now.
+        if verdict.decision is gate.Decision.REJECT and retry_refusal and not champion.problem:
             raise RefusedForNow(f"{verdict.reason}; trying again with the labels that arrive meanwhile")
         with _timed(stages, "register"):
             version = self._register(challenger, result, champion_version, verdict.reason)
@@ -406,6 +407,14 @@ class RetrainRunner:
         if short:
             raise InsufficientData(f"too few positive labels: {'; '.join(short)}")
 
+    def champion_version(self) -> int:
+        """The version the champion alias points at now (0: there is no champion)."""
+        cfg = self.config
+        try:
+            return int(self._registry.get_version(cfg.model_name, alias=cfg.champion_alias).version)
+        except NotFound:
+            return 0
+
     def _score_champion(self, training_set: TrainingSet, holdout: np.ndarray) -> ChampionScores:
         cfg = self.config
         try:
@@ -424,8 +433,7 @@ class RetrainRunner:
             # The champion itself is unusable here (corrupt, or needs features that are gone);
             # transient errors (registry unavailable) propagate and fail the run instead.
             log.warning("champion_not_scored", version=version, error=str(err))
-            problem = f"champion v{version} cannot be scored on this holdout ({err})"
-            return ChampionScores(version, threshold=threshold, problem=problem)
+            return ChampionScores(version, threshold=threshold, problem=f"{err.code}: {err}")
         return ChampionScores(version, scores, threshold)
 
     def _register(self, challenger: Challenger, result: RunResult, parent: int, reason: str) -> int:
@@ -539,6 +547,7 @@ class ChampionScores:
     scores: np.ndarray | None = None
     #: The threshold it serves with.
     threshold: float = gate.DECISION_THRESHOLD
+    #: Why a champion that exists could not be scored ("" when it was, or when there is none).
     problem: str = ""
 
 

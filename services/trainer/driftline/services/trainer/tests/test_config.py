@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from driftline.services.trainer.config import Settings
 
 
@@ -9,3 +12,12 @@ def test_gate_and_positive_minimums_reach_the_runner() -> None:
     assert config.gate.max_recall_drop == 0.2
     assert config.gate.margin == 0.01
     assert (config.min_positives, config.min_holdout_positives) == (30, 12)
+
+
+def test_a_negative_margin_is_refused_at_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A negative margin would promote a challenger worse than the champion.
+    monkeypatch.setenv("DRIFTLINE_TRAINER_MARGIN", "-0.01")
+    with pytest.raises(ValidationError, match="margin"):
+        Settings()
+    monkeypatch.setenv("DRIFTLINE_TRAINER_MARGIN", "0")
+    assert Settings().margin == 0.0

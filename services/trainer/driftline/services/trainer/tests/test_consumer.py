@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY
 
 from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
@@ -16,19 +19,34 @@ from driftline.trainer.v1 import trainer_pb2
 WHEN = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def handler() -> tuple[TriggerHandler, list[Trigger]]:
+def handler(champion: Callable[[], int] = lambda: 1) -> tuple[TriggerHandler, list[Trigger]]:
     seen: list[Trigger] = []
-    return TriggerHandler("fraud", seen.append, clock=lambda: 42.0), seen
+    return TriggerHandler("fraud", seen.append, champion=champion, clock=lambda: 42.0), seen
 
 
-def report(status: int, model: str = "fraud") -> bytes:
+def report(status: int, model: str = "fraud", version: int = 1, report_id: str = "rep-1") -> bytes:
     return drift_pb2.DriftReport(
-        report_id="rep-1",
+        report_id=report_id,
         model_name=model,
-        model_version=1,
+        model_version=version,
         detector="ks",
         status=status,  # type: ignore[arg-type]
     ).SerializeToString()
+
+
+def degradation(version: int, event_id: str = "deg-1") -> bytes:
+    return drift_pb2.PerformanceDegradation(
+        event_id=event_id, model_name="fraud", model_version=version, metric="auc", value=0.6, threshold=0.8
+    ).SerializeToString()
+
+
+def ignored(topic: str, reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "driftline_trainer_trigger_messages_ignored_total", {"topic": topic, "reason": reason}
+        )
+        or 0.0
+    )
 
 
 def test_drift_report_with_drift_status_becomes_a_drift_trigger() -> None:
@@ -87,6 +105,77 @@ def test_undecodable_trigger_message_is_skipped_and_the_batch_goes_on() -> None:
     # The trigger topics have no dead-letter topic: nothing is dead-lettered, nothing is raised.
     assert outcomes == [[], []]
     assert [t.trigger_id for t in seen] == ["rep-1"]
+
+
+def test_reports_about_a_version_that_is_not_the_champion_start_no_retrain() -> None:
+    # v2 was promoted; late labels and drift about the old champion v1 must not retrain against v2.
+    h, seen = handler(champion=lambda: 2)
+    drift_before = ignored(DRIFT_REPORTS.name, "not_champion")
+    degradation_before = ignored(PERFORMANCE_DEGRADATIONS.name, "not_champion")
+    outcomes = h(
+        [
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT, version=1), _topic=DRIFT_REPORTS.name),
+            FakeMessage(degradation(1), _topic=PERFORMANCE_DEGRADATIONS.name),
+            FakeMessage(degradation(2, "deg-2"), _topic=PERFORMANCE_DEGRADATIONS.name),
+        ]
+    )
+    assert outcomes == [[], [], []]
+    assert [t.trigger_id for t in seen] == ["deg-2"]
+    assert ignored(DRIFT_REPORTS.name, "not_champion") == drift_before + 1
+    assert ignored(PERFORMANCE_DEGRADATIONS.name, "not_champion") == degradation_before + 1
+
+
+def test_a_report_handled_after_its_version_lost_the_champion_alias_is_skipped() -> None:
+    champion = [1]
+    h, seen = handler(champion=lambda: champion[0])
+    h([FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT, version=1), _topic=DRIFT_REPORTS.name)])
+    champion[0] = 2  # promoted between the next report's detection and its handling
+    h(
+        [
+            FakeMessage(
+                report(drift_pb2.DRIFT_STATUS_DRIFT, version=1, report_id="rep-2"), _topic=DRIFT_REPORTS.name
+            )
+        ]
+    )
+    assert [t.trigger_id for t in seen] == ["rep-1"]
+
+
+def test_triggers_without_a_model_version_do_not_ask_for_the_champion() -> None:
+    asked: list[int] = []
+
+    def champion() -> int:
+        asked.append(1)
+        return 5
+
+    h, seen = handler(champion=champion)
+    request = trainer_pb2.RetrainRequest(request_id="req-1", model_name="fraud", trigger="degradation")
+    h(
+        [
+            FakeMessage(request.SerializeToString(), _topic=RETRAIN_REQUESTS.name),
+            FakeMessage(degradation(0), _topic=PERFORMANCE_DEGRADATIONS.name),
+            FakeMessage(report(drift_pb2.DRIFT_STATUS_NO_DRIFT, version=1), _topic=DRIFT_REPORTS.name),
+        ]
+    )
+    assert [t.trigger_id for t in seen] == ["req-1", "deg-1"]
+    assert asked == []
+    # Versioned messages ask once per batch, however many there are.
+    h([FakeMessage(degradation(5, f"deg-{i}"), _topic=PERFORMANCE_DEGRADATIONS.name) for i in range(3)])
+    assert len(seen) == 5
+    assert asked == [1]
+
+
+def test_a_registry_outage_while_asking_for_the_champion_holds_the_batch_back() -> None:
+    import pytest
+
+    from driftline.kit.errors import Unavailable
+
+    def champion() -> int:
+        raise Unavailable("registry is down")
+
+    h, seen = handler(champion=champion)
+    with pytest.raises(Unavailable):
+        h([FakeMessage(report(drift_pb2.DRIFT_STATUS_DRIFT), _topic=DRIFT_REPORTS.name)])
+    assert seen == []
 
 
 def feedback(**fields: object) -> bytes:

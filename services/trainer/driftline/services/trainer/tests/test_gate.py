@@ -219,3 +219,20 @@ def test_the_degraded_champion_rule_can_be_turned_off() -> None:
     assert verdict.decision is Decision.PROMOTE
     assert point(0.5, precision=0.5).f1 == 0.5
     assert point(0.0, precision=0.0).f1 == 0.0
+
+
+def test_a_champion_that_cannot_be_scored_is_not_beaten() -> None:
+    verdict = decide(
+        GateConfig(),
+        metrics(0.99),
+        None,
+        champion_version=3,
+        champion_problem="data_loss: the artifact is not a model",
+        challenger_point=point(0.9),
+    )
+    assert verdict.decision is Decision.REJECT
+    assert verdict.reason.startswith(
+        "refused: champion v3 could not be scored on the evaluation set: "
+        "data_loss: the artifact is not a model; challenger auc=0.9900"
+    )
+    assert verdict.champion is None

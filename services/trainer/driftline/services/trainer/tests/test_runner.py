@@ -176,12 +176,40 @@ def test_unreachable_registry_fails_the_run_instead_of_promoting_blind(world, re
     assert registry.champion() == 1
 
 
-def test_corrupt_champion_artifact_does_not_block_a_good_challenger(world, registry) -> None:
+def test_a_champion_that_cannot_be_scored_is_not_replaced_and_the_records_say_why(world, registry) -> None:
     drifted_world(world, registry)
     registry.artifacts[("fraud", 1)] = b"not onnx"
     result = runner(world, registry).run(batch("r1"))
-    assert result.promoted
-    assert "champion v1 cannot be scored" in result.reason
+    # "Promote only when it wins": without the champion's scores the challenger cannot be shown
+    # to win, so it is registered for a person to judge, not promoted.
+    assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert result.reason.startswith("refused: champion v1 could not be scored on the evaluation set: ")
+    assert result.version == 2
+    assert registry.champion() == 1
+    assert registry.runs[-1].outcome_reason == result.reason
+    (registered,) = [a for a in registry.audit if a.action == "register" and a.version == 2]
+    assert registered.reason.endswith(result.reason)
+    assert [a.version for a in registry.audit if a.action == "set_alias"] == [1]
+
+
+def test_a_refusal_for_an_unscorable_champion_is_final_even_after_a_degradation(world, registry) -> None:
+    drifted_world(world, registry)
+    registry.artifacts[("fraud", 1)] = b"not onnx"
+    result = runner(world, registry).run(batch("d1", kind=DEGRADATION, may_defer=True))
+    # More labels would not make the champion scorable: nothing to wait for.
+    assert not result.deferred
+    assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert "could not be scored on the evaluation set" in result.reason
+    assert result.version == 2
+    assert registry.champion() == 1
+
+
+def test_champion_version_is_zero_until_there_is_a_champion(world, registry) -> None:
+    world.add(2000, start_s=0, rule=0, seed=1, ingested_at=T0 + timedelta(hours=1))
+    retrain = runner(world, registry)
+    assert retrain.champion_version() == 0
+    assert retrain.run(batch("initial")).promoted
+    assert retrain.champion_version() == 1
 
 
 def test_same_set_and_seed_train_the_same_model(world, registry) -> None:
