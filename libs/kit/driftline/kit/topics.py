@@ -189,12 +189,34 @@ def by_name(name: str) -> Topic:
         raise LookupError(f"undeclared topic {name!r}") from None
 
 
+class TopicMismatch(RuntimeError):
+    """A declared topic exists on the broker with another partition count."""
+
+
 def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Safe to repeat."""
+    """Create the topics that do not exist yet; return the names created. Safe to repeat.
+
+    A declared topic that exists with another partition count raises ``TopicMismatch``: keys
+    would land on other partitions than the services assume (the features service's state is
+    partitioned like its source), and Kafka cannot take partitions away. Other settings
+    (retention, say) may be tuned on the broker on purpose and are left as they are.
+    """
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    topics = list(topics)
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    existing = set(admin.list_topics(timeout=15).topics)
+    existing = admin.list_topics(timeout=15).topics
+    mismatched = [
+        f"{t.name} has {len(existing[t.name].partitions)} partitions, declared {t.partitions}"
+        for t in topics
+        if t.name in existing and len(existing[t.name].partitions) != t.partitions
+    ]
+    if mismatched:
+        raise TopicMismatch(
+            "topics differ from their declaration in driftline.kit.topics: "
+            + "; ".join(mismatched)
+            + " (recreate them, or raise the declaration to match)"
+        )
     wanted = [t for t in topics if t.name not in existing]
     if not wanted:
         return []

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.topics import ALL_TOPICS, ensure_topics
+from driftline.kit.topics import ALL_TOPICS, TopicMismatch, ensure_topics
 
 
 @click.group()
@@ -19,7 +19,10 @@ def topics() -> None:
 def create() -> None:
     """Create every declared topic that does not exist yet (safe to repeat)."""
     settings = KafkaSettings()
-    created = ensure_topics(settings.bootstrap_servers)
+    try:
+        created = ensure_topics(settings.bootstrap_servers)
+    except TopicMismatch as err:
+        raise click.ClickException(str(err)) from err
     click.echo(f"topics: {len(created)} created, {len(ALL_TOPICS) - len(created)} already present")
 
 
