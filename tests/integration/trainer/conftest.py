@@ -9,8 +9,6 @@ service would have. Tests publish the continuation's labels and triggers on name
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,8 +23,8 @@ from driftline.featurestore.offline import OfflineStore, materialize
 from driftline.kit.settings import KafkaSettings, MetricsSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import DRIFT_REPORTS, FEEDBACK, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
-from driftline.services.registry.app import RegistryApp
 from driftline.services.registry.config import Settings as RegistrySettings
+from driftline.services.registry.testing import RegistryThread
 from driftline.services.trainer.cli import train
 from driftline.services.trainer.config import Settings
 from driftline.services.trainer.consumer import TriggerTopics
@@ -39,28 +37,6 @@ SEED = 5
 HISTORY = 6000
 DRIFT_AT = 6000
 TOTAL = 12_000
-
-
-class RegistryThread:
-    """The asyncio registry app on its own event loop thread."""
-
-    def __init__(self, settings: RegistrySettings) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.app = self._run(self._make(settings))
-        self.port: int = self._run(self.app.start())
-
-    async def _make(self, settings: RegistrySettings) -> RegistryApp:
-        return RegistryApp(settings)
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
-
-    def stop(self) -> None:
-        self._run(self.app.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @dataclass

@@ -1,14 +1,18 @@
-"""Tiny ONNX models and hostile uploads for tests (built in memory, nothing downloaded)."""
+"""Tiny ONNX models and hostile uploads for tests (built in memory, nothing downloaded), and the
+registry app run on a thread of its own for other services' integration tests."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import pickle
 import sqlite3
+import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -16,6 +20,32 @@ from onnx import TensorProto, helper, numpy_helper
 from driftline.registry.v1 import registry_pb2 as pb
 
 FEATURES = ("amount", "hour", "merchant_risk")
+
+T = TypeVar("T")
+
+
+class RegistryThread:
+    """The asyncio registry app on an event loop thread of its own, for synchronous tests."""
+
+    def __init__(self, settings: Any) -> None:  # driftline.services.registry.config.Settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.app = self._run(self._make(settings))
+        self.port: int = self._run(self.app.start())
+
+    async def _make(self, settings: Any) -> Any:
+        from driftline.services.registry.app import RegistryApp  # the app is heavier than the rest
+
+        return RegistryApp(settings)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(60)
+
+    def stop(self) -> None:
+        self._run(self.app.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def tiny_model(weights: tuple[float, ...] = (0.5, -0.25, 1.0), bias: float = 0.1) -> bytes:
