@@ -10,11 +10,13 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from rich.console import Console
 
 from driftline.kit.redis_clients import redis_client
-from driftline.services.demo.app import Demo
+from driftline.registry.v1 import registry_pb2, registry_pb2_grpc
+from driftline.services.demo.app import REGISTRY, Demo
 from driftline.services.demo.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +31,22 @@ def _promql_helpers():
     spec.loader.exec_module(module)
     return module
 
+
+#: Dashboard queries that a healthy run may leave empty, by (dashboard uid, panel id, ref id):
+#: each counts an incident the demo does not cause. Every other query must return series.
+INCIDENT_ONLY = {
+    # The loop closes on a drift report or on a performance degradation, not always on both.
+    ("driftline-drift", 9, "C"): "drift reports: only once a detector changes state",
+    ("driftline-drift", 9, "D"): "performance degradations: only once a live metric falls",
+    ("driftline-features", 2, "B"): "features dead letters: the demo sends none past ingestion",
+    ("driftline-features", 6, "A"): "late events: the simulator's events arrive in order",
+    ("driftline-overview", 13, "B"): "features dead letters",
+    ("driftline-streaming", 6, "B"): "features dead letters",
+    ("driftline-streaming", 2, "B"): "handler retries: no transient failure in a healthy run",
+    ("driftline-streaming", 2, "C"): "outage waits: no dependency goes down",
+    ("driftline-inference", 7, "B"): "rejected requests: no overload, no bad input",
+    ("driftline-inference", 16, "B"): "model load failures: every version loads",
+}
 
 #: Chosen by the demo for each run, under a Redis key prefix of its own that it deletes at the end.
 _RUN_KEY_PREFIXES = ("DRIFTLINE_FEATURES_KEY_PREFIX", "DRIFTLINE_INGESTION_DEDUP_KEY_PREFIX")
@@ -56,6 +74,20 @@ def isolated_state(tmp_path, monkeypatch):
         os.environ.pop(key, None)  # set by the demo, for its services
 
 
+def _lineage(model: str, version: int) -> tuple[registry_pb2.Lineage, registry_pb2.Run | None]:
+    """A version's lineage, and the training run it names, read from the demo's registry."""
+    with grpc.insecure_channel(REGISTRY.grpc_address) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        found = stub.GetModelVersion(
+            registry_pb2.GetModelVersionRequest(name=model, version=version, omit_reference=True),
+            timeout=10,
+        )
+        run = None
+        if found.lineage.run_id:
+            run = stub.GetRun(registry_pb2.GetRunRequest(run_id=found.lineage.run_id), timeout=10)
+        return found.lineage, run
+
+
 def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_state):
     settings = Settings(
         rate=100.0,
@@ -74,8 +106,14 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
         demo.start_services()
         demo.drive()
         summary = demo.summary()
+        t = demo.stats.timeline
+        lineage, run = (
+            _lineage(settings.model_name, t.new_champion_version) if t.new_champion_version else (None, None)
+        )
         # While every service still runs (stopped targets' series go stale in Prometheus).
-        _promql_helpers().assert_all_panels_return_data(settings.prometheus_url, wait_s=30.0)
+        _promql_helpers().assert_all_panels_return_data(
+            settings.prometheus_url, strict=True, incident_only=INCIDENT_ONLY, wait_s=30.0
+        )
     finally:
         demo.stop()
     t = demo.stats.timeline
@@ -83,8 +121,17 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
     assert summary.predictions > 0, f"no prediction was served; {logs}"
     assert t.drift_onset is not None, "drift was never injected"
     assert t.first_drift_report is not None, f"drift was not detected; {logs}"
-    assert t.first_drift_report > t.drift_onset
+    signals = demo.stats.drift_signals_after_onset
     assert t.new_champion_version > summary.champion_before, f"no new champion was promoted; {logs}"
+    # The new champion was trained because of a signal seen after the onset, and says which.
+    assert lineage is not None, f"v{t.new_champion_version} has no lineage"
+    assert run is not None, f"v{t.new_champion_version} names no run"
+    assert lineage.trigger in signals, f"v{t.new_champion_version} was trained on {lineage.trigger!r}"
+    assert signals[lineage.trigger] > 0, f"{lineage.trigger} trigger but no such signal: {signals}"
+    assert lineage.trigger_id, "the lineage names no trigger id"
+    assert lineage.parent_version == summary.champion_before
+    assert run.run_id == lineage.run_id
+    assert run.outcome == registry_pb2.RUN_OUTCOME_PROMOTED, run.outcome_reason
     assert t.first_served_by_new_champion is not None, f"the new champion served nothing; {logs}"
     assert demo.stats.served_versions.get(t.new_champion_version, 0) > 0
     assert summary.prediction_errors == 0, demo.stats.error_codes

@@ -118,7 +118,7 @@ def _dashboard(path: Path, *panels: tuple[str, list[str]]) -> None:
                         "id": i,
                         "type": "timeseries",
                         "title": title,
-                        "targets": [{"refId": "A", "expr": e} for e in exprs],
+                        "targets": [{"refId": chr(ord("A") + j), "expr": e} for j, e in enumerate(exprs)],
                     }
                     for i, (title, exprs) in enumerate(panels, start=1)
                 ],
@@ -157,3 +157,25 @@ def test_panel_check_names_every_panel_without_data(prometheus: str, tmp_path: P
     with pytest.raises(AssertionError) as strict_failure:
         promql.assert_all_panels_return_data(prometheus, tmp_path, strict=True)
     assert "2 of 3 panels show no data" in str(strict_failure.value)
+
+
+def test_strict_panel_check_spares_only_the_queries_named_incident_only(prometheus: str, tmp_path: Path):
+    _dashboard(
+        tmp_path / "incidents.json",
+        ("has data", ['up{job="prometheus"}']),
+        ("requests and rejections", ['up{job="prometheus"}', "driftline_ops_test_never_defined"]),
+        ("never scraped", ["driftline_ops_test_never_defined"]),
+    )
+    spared = {("ops-test", 2, "B"): "rejections happen only under overload"}
+    with pytest.raises(AssertionError) as failure:
+        promql.assert_all_panels_return_data(prometheus, tmp_path, strict=True, incident_only=spared)
+    message = str(failure.value)
+    assert "1 of 3 panels show no data" in message
+    assert "ops-test / never scraped [A]" in message
+    assert "requests and rejections" not in message
+
+    # A name that matches no query is refused: the list of exemptions cannot go stale.
+    with pytest.raises(ValueError, match="ops-test"):
+        promql.panels_without_data(
+            prometheus, tmp_path, strict=True, incident_only={("ops-test", 9, "A"): "gone"}
+        )

@@ -91,6 +91,9 @@ class Stats:
     drift_reports: int = 0
     #: DRIFT reports before drift was injected.
     false_alarms: int = 0
+    #: After the onset: DRIFT reports of the drift service, and performance degradations (from
+    #: the feedback join), each a signal the trainer may act on.
+    drift_signals_after_onset: dict[str, int] = field(default_factory=lambda: {"drift": 0, "degradation": 0})
     #: Champion promotions before drift was injected.
     early_promotions: int = 0
     # (entity_id, event_id) -> (label predicted, model version)
@@ -275,10 +278,10 @@ class Observer:
                     value = message.value() or b""
                     if topic == DRIFT_REPORTS.name:
                         report = decode(drift_pb2.DriftReport, value)
-                        self._on_drift(report.status == drift_pb2.DRIFT_STATUS_DRIFT, report.status)
+                        self._on_drift(report.status == drift_pb2.DRIFT_STATUS_DRIFT, report.status, "drift")
                     elif topic == PERFORMANCE_DEGRADATIONS.name:
                         decode(drift_pb2.PerformanceDegradation, value)
-                        self._on_drift(True, drift_pb2.DRIFT_STATUS_DRIFT)
+                        self._on_drift(True, drift_pb2.DRIFT_STATUS_DRIFT, "degradation")
                     elif topic == MODEL_EVENTS.name:
                         self._on_model_event(decode(registry_pb2.ModelEvent, value))
                     elif topic == FEEDBACK.name:
@@ -286,8 +289,9 @@ class Observer:
         finally:
             consumer.close()
 
-    def _on_drift(self, drifted: bool, status: drift_pb2.DriftStatus.ValueType) -> None:
-        """A drift report, or a performance degradation (which counts as a detection too)."""
+    def _on_drift(self, drifted: bool, status: drift_pb2.DriftStatus.ValueType, signal: str) -> None:
+        """A drift report, or a performance degradation (which counts as a detection too);
+        ``signal`` is which ("drift" or "degradation", as a model's lineage names its trigger)."""
         with self._stats.lock:
             self._stats.drift_reports += 1
             self._stats.drift_status = drift_pb2.DriftStatus.Name(status).removeprefix("DRIFT_STATUS_")
@@ -296,7 +300,9 @@ class Observer:
                 return
             if t.drift_onset is None:
                 self._stats.false_alarms += 1
-            elif t.first_drift_report is None:
+                return
+            self._stats.drift_signals_after_onset[signal] += 1
+            if t.first_drift_report is None:
                 t.first_drift_report = time.time()
 
     def _on_model_event(self, event: registry_pb2.ModelEvent) -> None:
