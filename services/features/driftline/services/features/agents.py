@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -134,6 +134,7 @@ class TransactionsAgent:
         service: str = "features",
         group: str = "driftline-features",
         outages: OutagePolicy | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._processor = processor
         self._feature_set: FeatureSet = processor.feature_set
@@ -153,6 +154,12 @@ class TransactionsAgent:
         #: counters count this agent, like every ``ConsumerLoop``: the dead-letter-ratio alert
         #: covers the features pipeline too.
         self._group = group
+        #: Told when a batch fails (its outputs unacknowledged) before the agent re-raises: left
+        #: to itself, faust restarts a failed agent, which reads on past the batch. That batch
+        #: stays un-acked, so its partition's commits stop there while its vectors were never
+        #: published (the offline store misses them) until some later restart replays it. The
+        #: app stops the worker instead, and whatever supervises it restarts it into the replay.
+        self._on_failure = on_failure
         self._consumed = kafka.CONSUMED.labels(group, source_name)
         self._encoder = VectorEncoder(self._feature_set)
         #: The consumer's name in logs and in ``driftline_outage_waits_total``.
@@ -162,16 +169,22 @@ class TransactionsAgent:
     async def __call__(self, stream: Stream) -> None:
         async for batch in stream.noack_take(self._batch_max, within=self._within):
             events: Sequence[EventT] = batch  # noack_take yields the events themselves
-            await self.handle(events)
+            try:
+                await self.handle(events)
+            except Exception as err:
+                log.error("features_batch_failed", events=len(events), error=f"{type(err).__name__}: {err}")
+                if self._on_failure is not None:
+                    self._on_failure(err)
+                raise
             for event in events:
                 await stream.ack(event)
 
     async def handle(self, batch: Sequence[EventT]) -> None:
         """Process a batch until every event's effect is durable; never raises on bad input.
 
-        Raises only when the broker does not acknowledge outputs: the worker then stops with the
-        batch un-acked, and a restart replays it (its effects are idempotent). Acking events whose
-        outputs were lost is the one thing not to do.
+        Raises only when the broker does not acknowledge outputs: the worker then stops
+        (``on_failure``) with the batch un-acked, and a restart replays it (its effects are
+        idempotent). Acking events whose outputs were lost is the one thing not to do.
         """
         started = time.perf_counter()
         label = self._feature_set.key

@@ -8,6 +8,9 @@ written until the worker starts.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from typing import Any
 
 import faust
@@ -18,6 +21,7 @@ from driftline.featurestore.definitions import FeatureSet, feature_set_by_key
 from driftline.featurestore.offline import OfflineStore
 from driftline.featurestore.online import AsyncOnlineStore
 from driftline.kit.kafka import KafkaProducer
+from driftline.kit.lag import GroupLag, LagReporter
 from driftline.kit.metrics import serve_metrics
 from driftline.kit.redis_clients import async_redis_client
 from driftline.kit.runtime import tune_gc
@@ -99,6 +103,8 @@ class FeaturesApp:
         source = faust_topic(self.faust, self.source)
         vectors = faust_topic(self.faust, self.vectors_topic)
         self.producer = KafkaProducer(settings.kafka)
+        #: Why the worker was stopped, when a failure stopped it (``run`` then exits with 1).
+        self.failure: BaseException | None = None
         self.transactions = TransactionsAgent(
             self.processor,
             KafkaPublisher(self.producer, timeout_s=settings.kafka.delivery_timeout_ms / 1000),
@@ -110,6 +116,7 @@ class FeaturesApp:
             max_retries=settings.max_retries,
             retry_backoff_s=settings.retry_backoff_s,
             group=settings.app_id,
+            on_failure=self._stop,
         )
         self.faust.agent(source, name="features.transactions")(self.transactions)
         self.offline: OfflineStore | None = None
@@ -120,6 +127,10 @@ class FeaturesApp:
                 self.sink, batch_max=settings.offline_batch_max, flush_s=settings.offline_flush_s
             )
             self.faust.agent(vectors, name="features.offline-sink")(self.sink_agent)
+        #: faust's consumer reports no lag: read from the broker, for DriftlineConsumerLagHigh.
+        self.lag = LagReporter(
+            GroupLag(settings.kafka, settings.app_id, [self.source.name]), interval_s=settings.lag_interval_s
+        )
         self.faust.on_before_shutdown.connect(self._on_shutdown)
         self.faust.on_partitions_revoked.connect(self._on_rebalance)
         self.faust.on_partitions_assigned.connect(self._on_rebalance)
@@ -129,6 +140,7 @@ class FeaturesApp:
         self.processor.invalidate()
 
     async def _on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(self.lag.stop)
         if self.offline is not None:
             # Rows still pending after failed writes get one last try; un-acked events replay anyway.
             self.sink.flush()
@@ -141,6 +153,7 @@ class FeaturesApp:
         """Serve /metrics and run the faust worker until SIGTERM/SIGINT (blocking)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         serve_metrics(self.settings.metrics_port, self.settings.metrics, service="features")
+        self.lag.start()
         log.info(
             "features_starting",
             source=self.source.name,
@@ -164,4 +177,14 @@ class FeaturesApp:
             # full collection every ~2 s once the per-card histories held ~200k objects, 100-240 ms
             # each (a tenth of its CPU and the worst freshness outliers); frozen, none ran.
             tune_gc(self.settings.gc_young_threshold)
-        worker.execute_from_commandline()
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exit_:
+            if self.failure is not None and not exit_.code:
+                raise SystemExit(1) from self.failure
+            raise
+
+    def _stop(self, failure: BaseException) -> None:
+        """Stop the worker as SIGTERM does (un-acked events are not committed) and exit with 1."""
+        self.failure = failure
+        os.kill(os.getpid(), signal.SIGTERM)

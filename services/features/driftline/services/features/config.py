@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         "startup heap frozen out of collections once the worker starts (Python's default, 700, made "
         "full collections of the per-card histories a tenth of the CPU); 0 keeps Python's settings.",
     )
+    lag_interval_s: float = Field(
+        15.0, gt=0, description="How often the consumer group's lag is read from the broker and exported."
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="Event loop of the faust worker; uvloop (needs the uvloop package) cut faust's "

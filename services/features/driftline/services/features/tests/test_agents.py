@@ -310,3 +310,29 @@ async def test_publisher_flush_raises_when_any_output_was_not_acknowledged() -> 
         await publisher.flush()
     publisher.send("vectors", b"d", b"c1")
     await publisher.flush()  # a failure is reported once, by the flush that covers it
+
+
+async def test_a_batch_whose_outputs_were_lost_stops_the_worker_and_stays_unacked() -> None:
+    class LostPublisher(FakePublisher):
+        async def flush(self) -> None:
+            raise kafka.DeliveryError(KafkaError(KafkaError._TIMED_OUT, "outputs left unacknowledged"))
+
+    app = faust.App(
+        "features-fail-test", broker="kafka://127.0.0.1:9", store="memory://", value_serializer="raw"
+    )
+    source = app.topic("transactions.clean.v1", value_type=bytes, value_serializer="raw")
+    stopped: list[BaseException] = []
+    handler = TransactionsAgent(
+        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
+        LostPublisher(),
+        vectors_topic="vectors",
+        dead_letter_topic="dlq",
+        source_name="transactions.clean.v1",
+        on_failure=stopped.append,
+    )
+    agent = app.agent(source, name="features-fail-agent")(handler)
+    async with agent.test_context() as context:
+        await context.put(tx("e1"), key=b"c1")  # the actor crashes: faust logs it, and would restart it
+    assert len(stopped) == 1
+    assert isinstance(stopped[0], kafka.DeliveryError)
+    assert handler.batches == 0  # never finished, so never acked

@@ -1,0 +1,105 @@
+"""Consumer lag of a group from the broker's side: its committed offsets against the ends of the
+partitions, for consumers that are not the kit's ``ConsumerLoop`` (which reports its own).
+
+The features service runs on faust, whose consumer reports no lag of its own; this reads what
+``kafka-consumer-groups --describe`` shows and sets the same ``driftline_kafka_consumer_lag``
+gauge, so ``DriftlineConsumerLagHigh`` and the dashboards cover it too. Committed offsets are
+the lag that matters for at-least-once delivery: what a restart would have to read again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import structlog
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from driftline.kit.kafka import CONSUMER_LAG
+from driftline.kit.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+
+class GroupLag:
+    """Reads a consumer group's lag on some topics through one admin client."""
+
+    def __init__(
+        self, settings: KafkaSettings, group: str, topics: Sequence[str], *, timeout_s: float = 10.0
+    ):
+        self.group = group
+        self.topics = list(topics)
+        self._timeout_s = timeout_s
+        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+    def read(self) -> dict[tuple[str, int], int]:
+        """Messages past the group's committed offset, by (topic, partition). A partition the group
+        never committed on counts from its earliest offset: all of it is still to be read."""
+        timeout = self._timeout_s
+        metadata = self._admin.list_topics(timeout=timeout).topics
+        partitions = [
+            TopicPartition(t, p) for t in self.topics if t in metadata for p in metadata[t].partitions
+        ]
+        if not partitions:
+            return {}
+        listed = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(self.group, partitions)], request_timeout=timeout
+        )[self.group].result(timeout=timeout)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions or []}
+        ends = self._offsets(partitions, OffsetSpec.latest())
+        starts = self._offsets(
+            [tp for tp in partitions if committed.get(_key(tp), -1) < 0], OffsetSpec.earliest()
+        )
+        return {
+            key: max(0, end - (committed[key] if committed.get(key, -1) >= 0 else starts[key]))
+            for key, end in ends.items()
+        }
+
+    def _offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        if not partitions:
+            return {}
+        futures = self._admin.list_offsets({tp: spec for tp in partitions}, request_timeout=self._timeout_s)
+        return {_key(tp): future.result(timeout=self._timeout_s).offset for tp, future in futures.items()}
+
+    def report(self) -> dict[tuple[str, int], int]:
+        """Read the lag and set ``driftline_kafka_consumer_lag`` for each partition; returns it."""
+        lag = self.read()
+        for (topic, partition), behind in lag.items():
+            CONSUMER_LAG.labels(self.group, topic, str(partition)).set(behind)
+        return lag
+
+
+class LagReporter:
+    """Reports a group's lag every ``interval_s`` on a daemon thread, until ``stop``. A broker that
+    does not answer skips a round (logged once per outage): the gauge keeps its last value."""
+
+    def __init__(self, lag: GroupLag, *, interval_s: float = 15.0) -> None:
+        self._lag = lag
+        self._interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lag-{lag.group}", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(self._interval_s + 15)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._lag.report()
+                self._failing = False
+            except (KafkaException, TimeoutError) as err:
+                if not self._failing:
+                    log.warning("consumer_lag_unavailable", group=self._lag.group, error=str(err))
+                self._failing = True
+            self._stopping.wait(self._interval_s)
+
+
+def _key(tp: TopicPartition) -> tuple[str, int]:
+    return (tp.topic, tp.partition)
