@@ -5,8 +5,9 @@ topics declare no dead-letter topic, so a message there that can never start a r
 counted and skipped (it stays on its topic, retained 30 days). So is a drift report or a
 degradation about a version that is not the champion now: after a promotion, late reports about
 the old champion would retrain against the new one and judge it by the old one's fall. Feedback
-that cannot be a label goes to the feedback dead-letter topic with a reason, like every other
-consumer of that topic.
+that cannot be a label is counted and skipped too: the drift service, which owns the feedback
+contract (it joins labels to predictions), writes the feedback topic's dead letters, so each bad
+label has one dead-letter record, not one per consumer group.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.kit.codec import decode, from_timestamp
 from driftline.kit.errors import Unavailable
-from driftline.kit.kafka import DeadLetter, Outcome
+from driftline.kit.kafka import Outcome
 from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
 from driftline.services.trainer import metrics
 from driftline.services.trainer.labels import LabelLog, LabelRecord
@@ -172,10 +173,12 @@ class LabelHandler:
             label = decode(feedback_pb2.FeedbackLabel, message.value() or b"")
         except ValueError as err:
             metrics.LABELS.labels("undecodable").inc()
-            return DeadLetter("undecodable", str(err)), None
+            log.debug("label_skipped", reason="undecodable", offset=message.offset(), error=str(err))
+            return [], None
         if label.label not in (0, 1):
             metrics.LABELS.labels("invalid_label").inc()
-            return DeadLetter("invalid_label", f"label must be 0 or 1, got {label.label}"), None
+            log.debug("label_skipped", reason="invalid_label", offset=message.offset(), label=label.label)
+            return [], None
         if not (label.entity_id and label.event_id and label.HasField("event_time")):
             # Valid feedback (the drift service joins it by prediction id), but without the event's
             # entity, id and time it cannot be placed in a point-in-time training set.
