@@ -105,6 +105,7 @@ class FeatureDefinition:
     ``ttl``: a value older than this (now minus the event time of its newest event) is STALE and
     is never served as OK. ``default``: the value used when there is none (no event in the window,
     a MISSING value, or a STALE one under the DEFAULT policy); never NaN, models reject NaN.
+    Every value is a float64, online and offline.
     """
 
     name: str
@@ -114,7 +115,6 @@ class FeatureDefinition:
     field: str
     window: Window | None
     ttl: timedelta
-    dtype: str = "float64"
     default: float = 0.0
     description: str = ""
 
@@ -123,8 +123,6 @@ class FeatureDefinition:
             raise ValueError(f"feature name {self.name!r} must be an identifier")
         if self.ttl <= timedelta(0):
             raise ValueError(f"feature {self.name}: ttl must be positive")
-        if self.dtype not in ("float64", "float32", "int64"):
-            raise ValueError(f"feature {self.name}: unsupported dtype {self.dtype}")
         if not math.isfinite(self.default):
             raise ValueError(f"feature {self.name}: default must be finite")
 

@@ -212,11 +212,17 @@ class _Layout:
         steps: list[int] = []
         missing: list[int] = []
         for row, (stamp, packed, text) in enumerate(raws):
-            if stamp is not None and packed is not None and len(packed) == size:
+            try:
+                # A time that is not a number (a foreign writer, a torn key) reads as missing,
+                # like a key without one, rather than failing the whole read.
+                event_time = float(stamp) if stamp is not None else None
+            except ValueError:
+                event_time = None
+            if event_time is not None and packed is not None and len(packed) == size:
                 chunks.append(packed)
             else:
                 numbers = _text_values(text, width) if packed is None and text is not None else None
-                if stamp is None or numbers is None:
+                if event_time is None or numbers is None:
                     missing.append(row)
                     chunks.append(missing_row)
                     times.append(nan)
@@ -224,7 +230,6 @@ class _Layout:
                     steps.append(0)
                     continue
                 chunks.append(self._pack(*numbers))
-            event_time = float(stamp)
             age = now - event_time
             times.append(event_time)
             ages.append(age)

@@ -214,6 +214,22 @@ def test_a_frame_holds_what_the_per_entity_view_holds(policy: StalenessPolicy) -
         assert entities[1].as_dict()["last_amount"] == 2.0
 
 
+def test_a_time_that_is_not_a_number_reads_as_missing_and_the_other_rows_still_read() -> None:
+    layout = _Layout(SMALL_SET, "p", None)
+    n = len(NAMES)
+    torn = raw([7.0] * n, 1000.0)
+    torn[0] = b"not-a-time"
+    garbled_text = raw_text(" ".join(["4.5"] * n).encode(), 990.0)
+    garbled_text[0] = b"\xff"
+    frame = layout.parse_frame(
+        ["a", "b", "c"], [torn, raw([1.0] * n, 1000.0), garbled_text], 1000.0, StalenessPolicy.SERVE
+    )
+    assert frame.missing == (0, 2)
+    assert frame.values[0].tolist() == frame.values[2].tolist() == SMALL_SET.defaults
+    assert frame.values[1].tolist() == [1.0] * n
+    assert (frame.statuses[1] == FeatureStatus.OK).all()
+
+
 def test_a_frame_s_rows_and_columns_can_be_taken_and_rebuilt_from_entities() -> None:
     layout = _Layout(SMALL_SET, "p", None)
     ids, replies = mixed_replies()
