@@ -11,7 +11,7 @@ import pytest
 
 from driftline.events.v1 import transaction_pb2
 from driftline.kit.kafka import DLQ_REASON
-from driftline.kit.testing import consume
+from driftline.kit.testing import consume, written
 from driftline.services.ingestion.produce import Publisher, live_traffic
 from driftline.services.ingestion.traffic import Kind, simulated
 
@@ -51,7 +51,10 @@ def test_100k_events_with_garbage_and_duplicates_are_all_accounted_for(make_env:
         assert dead_by_reason == dict(expected_reasons)
         assert COUNT - clean - dead - duplicates == 0
 
-        # What actually reached the topics agrees with it.
+        # What actually reached the topics agrees with it: no more than that was written (a
+        # reader that stops at the expected count would not see surplus copies), and these.
+        assert written(env.kafka, env.clean) == clean
+        assert written(env.kafka, env.raw.dead_letter_topic()) == dead
         clean_messages = consume(env.kafka, env.clean.name, expected=clean, timeout_s=60)
         clean_ids = [transaction_pb2.CleanTransaction.FromString(m.value()).event_id for m in clean_messages]
         assert len(clean_ids) == clean

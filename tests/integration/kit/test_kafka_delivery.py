@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from driftline.kit import kafka
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix, wait_for
+from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix, wait_for, written
 from driftline.kit.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -106,19 +106,6 @@ def test_poison_message_lands_in_dead_letter_topic_while_consumer_keeps_going(
     assert _committed(kafka_settings, f"{source.name}-g", source) == 5
 
 
-def _written(settings: KafkaSettings, topic: Topic) -> int:
-    """Messages written to ``topic`` so far, over all partitions (its end offsets)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": unique_prefix()})
-    try:
-        ends = (
-            consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=10)
-            for p in range(topic.partitions)
-        )
-        return sum(high for _, high in ends)
-    finally:
-        consumer.close()
-
-
 def _committed(settings: KafkaSettings, group: str, topic: Topic) -> int:
     """Messages of ``topic`` the group has committed, over all partitions."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
@@ -179,7 +166,7 @@ def test_a_member_joining_mid_stream_makes_a_preparing_loop_lose_and_repeat_noth
             producer.close()
     assert handlers[1].prepared > 0  # the second member took over partitions and prepared too
     # Every message forwarded exactly once: none lost, none repeated across the rebalance.
-    assert _written(kafka_settings, sink) == len(values)
+    assert written(kafka_settings, sink) == len(values)
     out = consume(kafka_settings, sink.name, expected=len(values), timeout_s=60)
     assert sorted(m.value() for m in out) == sorted(values)
 
@@ -224,7 +211,7 @@ def test_a_transient_failure_at_stop_leaves_the_batch_for_the_next_run_and_dead_
         producer.close()
     out = consume(kafka_settings, sink.name, expected=len(values), timeout_s=30)
     assert sorted(m.value() for m in out) == sorted(values)
-    assert _written(kafka_settings, source.dead_letter_topic()) == 0
+    assert written(kafka_settings, source.dead_letter_topic()) == 0
 
 
 _CRASHING_WORKER = textwrap.dedent(

@@ -16,13 +16,12 @@ import urllib.request
 
 import grpc
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.kit.kafka import DeliveryError, KafkaProducer
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import consume
+from driftline.kit.testing import consume, written
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.services.registry import testing
 
@@ -95,13 +94,13 @@ async def test_outbox_drains_after_a_broker_outage_exactly_once_in_order(
             what="two failed publishing attempts",
         )
         assert app.outbox.pending_count() == n
-        assert _published(kafka_settings, events_topic.name) == 0
+        assert written(kafka_settings, events_topic) == 0
 
         # The broker "returns".
         switch.current = real
         await _until(lambda: app.outbox.pending_count() == 0, timeout_s=60, what="the outbox to drain")
 
-        assert _published(kafka_settings, events_topic.name) == n
+        assert written(kafka_settings, events_topic) == n
         messages = consume(kafka_settings, events_topic.name, expected=n, timeout_s=30)
         events = [pb.ModelEvent.FromString(m.value()) for m in messages]
         assert [e.audit_seq for e in events] == list(range(1, n + 1))
@@ -115,16 +114,6 @@ async def test_outbox_drains_after_a_broker_outage_exactly_once_in_order(
         real.close(10)
         with contextlib.suppress(DeliveryError):
             dead.close(0.1)
-
-
-def _published(settings: KafkaSettings, topic: str) -> int:
-    """How many messages the (one-partition) topic holds: its high watermark."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "watermarks"})
-    try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        return int(high)
-    finally:
-        consumer.close()
 
 
 def _free_port() -> int:

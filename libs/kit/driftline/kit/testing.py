@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from driftline.kit.kafka import Headers
 from driftline.kit.settings import KafkaSettings
@@ -107,6 +107,19 @@ def redis_server(port: int, data_dir: Path, *, timeout_s: float = 20.0) -> Itera
         server.wait(timeout=timeout_s)
 
 
+#: Error replies of a Redis that cannot serve right now (none is a message's fault): what
+#: ``driftline.kit.redis_clients.REDIS_OUTAGE`` must treat as an outage.
+REDIS_CANNOT_SERVE_REPLIES = (
+    "OOM command not allowed when used memory > 'maxmemory'.",
+    "READONLY You can't write against a read only replica.",
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    "TRYAGAIN Multiple keys request during rehashing of slot",
+    "CLUSTERDOWN The cluster is down",
+    "LOADING Redis is loading the dataset in memory",
+    "NOPERM User driftline has no permissions to run the 'set' command",
+)
+
+
 def unique_prefix() -> str:
     """A topic/group/key prefix that no other test run shares."""
     return f"t{uuid.uuid4().hex[:10]}."
@@ -126,6 +139,20 @@ def delete_topics(settings: KafkaSettings, topics: Sequence[Topic]) -> None:
             future.result()
         except Exception:  # noqa: BLE001 - cleanup of a topic that is already gone
             continue
+
+
+def written(settings: KafkaSettings, topic: Topic) -> int:
+    """Messages written to ``topic`` so far, over all its partitions (the sum of its end offsets):
+    what a reader that stops at an expected count cannot see, surplus copies included."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": unique_prefix()})
+    try:
+        ends = (
+            consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=10)
+            for p in range(topic.partitions)
+        )
+        return sum(high for _, high in ends)
+    finally:
+        consumer.close()
 
 
 def consume(settings: KafkaSettings, topic: str, *, expected: int, timeout_s: float = 30.0) -> list[Message]:

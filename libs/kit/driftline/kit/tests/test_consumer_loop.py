@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError
 
 from driftline.kit import kafka
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import FakeMessage, fake_messages
+from driftline.kit.testing import REDIS_CANNOT_SERVE_REPLIES, FakeMessage, fake_messages
 from driftline.kit.topics import TRANSACTIONS_RAW
 
 
@@ -472,18 +472,7 @@ def test_isolation_tries_each_message_alone_once_without_a_back_off():
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 3)]]
 
 
-@pytest.mark.parametrize(
-    "reply",
-    [
-        "OOM command not allowed when used memory > 'maxmemory'.",
-        "READONLY You can't write against a read only replica.",
-        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
-        "TRYAGAIN Multiple keys request during rehashing of slot",
-        "CLUSTERDOWN The cluster is down",
-        "LOADING Redis is loading the dataset in memory",
-        "NOPERM User driftline has no permissions to run the 'set' command",
-    ],
-)
+@pytest.mark.parametrize("reply", REDIS_CANNOT_SERVE_REPLIES)
 def test_a_redis_server_that_cannot_serve_holds_the_batch_back_instead_of_dead_lettering(reply):
     from redis._parsers.base import BaseParser
 

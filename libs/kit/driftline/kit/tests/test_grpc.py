@@ -1,4 +1,5 @@
-"""The default deadline the kit's gRPC server gives unary calls whose client set none.
+"""The default deadline the kit's gRPC server gives unary calls whose client set none, and the
+server reflection standard clients (grpcurl) rely on.
 
 The whole server is exercised against real clients in tests/integration/inference.
 """
@@ -98,3 +99,29 @@ async def test_a_cancelled_call_is_cancelled_not_timed_out():
 def test_methods_that_are_not_coroutines_pass_through_unwrapped():
     servicer = _Servicer(seconds=0.0)
     assert _DefaultDeadline(servicer, 1.0).Stream == servicer.Stream
+
+
+async def test_the_server_lists_its_services_health_and_reflection_to_reflection_clients():
+    # What grpcurl and Postman do first: list the services, then describe one.
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from driftline.inference.v1 import inference_pb2
+    from driftline.kit.grpc import GrpcServer
+    from driftline.kit.settings import GrpcServerSettings
+
+    name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+    server = GrpcServer(GrpcServerSettings(port=0), service_names=[name])
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            asks = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=name),
+            ]
+            listed, described = [reply async for reply in stub.ServerReflectionInfo(iter(asks), timeout=10)]
+        services = {s.name for s in listed.list_services_response.service}
+        assert services == {name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        assert described.file_descriptor_response.file_descriptor_proto  # the .proto, for grpcurl describe
+    finally:
+        await server.stop()

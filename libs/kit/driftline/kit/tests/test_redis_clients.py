@@ -7,20 +7,12 @@ from redis._parsers.base import BaseParser
 
 from driftline.kit.outages import OutagePolicy
 from driftline.kit.redis_clients import REDIS_OUTAGE
+from driftline.kit.testing import REDIS_CANNOT_SERVE_REPLIES
 
 
 @pytest.mark.parametrize(
     "reply",
-    [
-        "OOM command not allowed when used memory > 'maxmemory'.",
-        "READONLY You can't write against a read only replica.",
-        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
-        "TRYAGAIN Multiple keys request during rehashing of slot",
-        "CLUSTERDOWN The cluster is down",
-        "LOADING Redis is loading the dataset in memory",
-        "NOPERM User driftline has no permissions to run the 'set' command",
-        "WRONGPASS invalid username-password pair or user is disabled.",
-    ],
+    [*REDIS_CANNOT_SERVE_REPLIES, "WRONGPASS invalid username-password pair or user is disabled."],
 )
 def test_a_server_that_cannot_serve_right_now_is_an_outage(reply):
     assert OutagePolicy(errors=REDIS_OUTAGE).is_outage(BaseParser.parse_error(reply))
