@@ -3,6 +3,7 @@ retrain → promotion → summary and report. Ctrl-C stops everything cleanly at
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,9 +18,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from driftline.kit.errors import DriftlineError
 from driftline.kit.kafka import skip_to_end
 from driftline.kit.redis_clients import delete_keys, redis_client
+from driftline.kit.registry_client import RegistryClient
 from driftline.kit.topics import ensure_topics
+from driftline.registry.v1 import registry_pb2
 from driftline.services.demo.config import Settings
 from driftline.services.demo.observer import Observer, Stats
 from driftline.services.demo.processes import ServiceSpec, Supervisor
@@ -195,9 +199,15 @@ class Demo:
         promoted = self.stats.phase_scores("after_promotion")
         final_version = self.stats.final_champion()
         final = self.stats.version_scores(final_version, last=self.settings.after_promotion_labels)
-        retrain = self.prom.scalar(
-            "max(driftline_trainer_retrain_seconds_sum / driftline_trainer_retrain_seconds_count)"
-        )
+        # The retrain that made the new champion, as its run record timed it (the trainer's mean
+        # over every run would count refused and deferred ones too).
+        run = None
+        if t.new_champion_version:
+            try:
+                run = self.champion_run(t.new_champion_version)[1]
+            except DriftlineError as err:  # the summary still reports the rest
+                log.warning("champion_run_unavailable", version=t.new_champion_version, error=str(err))
+        retrain = run.duration_seconds if run is not None else None
         with self.stats.lock:
             versions = sorted(self.stats.served_versions)
             return Summary(
@@ -222,6 +232,18 @@ class Demo:
                 champion_before=versions[0] if versions else 0,
                 champion_after=self.stats.champion_version,
             )
+
+    def champion_run(self, version: int) -> tuple[registry_pb2.ModelVersion, registry_pb2.Run | None]:
+        """A version of the model as the registry describes it, and the training run its lineage
+        names (None for a version registered without one, the first champion say)."""
+
+        async def read() -> tuple[registry_pb2.ModelVersion, registry_pb2.Run | None]:
+            async with RegistryClient(REGISTRY.grpc_address, timeout_s=10.0) as registry:
+                found = await registry.get_version(self.settings.model_name, version=version)
+                run_id = found.lineage.run_id
+                return found, (await registry.get_run(run_id) if run_id else None)
+
+        return asyncio.run(read())
 
     def report(self, out_dir: Path, summary: Summary) -> Path:
         """Write the HTML report with PNG plots drawn from Prometheus over the demo's run."""
