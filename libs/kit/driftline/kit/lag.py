@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 
 import structlog
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from driftline.kit.kafka import CONSUMER_LAG
@@ -71,8 +71,9 @@ class GroupLag:
 
 
 class LagReporter:
-    """Reports a group's lag every ``interval_s`` on a daemon thread, until ``stop``. A broker that
-    does not answer skips a round (logged once per outage): the gauge keeps its last value."""
+    """Reports a group's lag every ``interval_s`` on a daemon thread, until ``stop``. A round that
+    fails (a broker that does not answer) is skipped, logged once until one succeeds again: the
+    gauge keeps its last value."""
 
     def __init__(self, lag: GroupLag, *, interval_s: float = 15.0) -> None:
         self._lag = lag
@@ -87,16 +88,22 @@ class LagReporter:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(self._interval_s + 15)
+            # A round in flight waits on the broker's answers; the thread is a daemon, so a
+            # shutdown does not wait for them.
+            self._thread.join(1.0)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 self._lag.report()
                 self._failing = False
-            except (KafkaException, TimeoutError) as err:
+            except Exception as err:  # noqa: BLE001 - a failed round must not end the reporting
                 if not self._failing:
-                    log.warning("consumer_lag_unavailable", group=self._lag.group, error=str(err))
+                    log.warning(
+                        "consumer_lag_unavailable",
+                        group=self._lag.group,
+                        error=f"{type(err).__name__}: {err}",
+                    )
                 self._failing = True
             self._stopping.wait(self._interval_s)
 

@@ -154,11 +154,11 @@ class TransactionsAgent:
         #: counters count this agent, like every ``ConsumerLoop``: the dead-letter-ratio alert
         #: covers the features pipeline too.
         self._group = group
-        #: Told when a batch fails (its outputs unacknowledged) before the agent re-raises: left
-        #: to itself, faust restarts a failed agent, which reads on past the batch. That batch
-        #: stays un-acked, so its partition's commits stop there while its vectors were never
-        #: published (the offline store misses them) until some later restart replays it. The
-        #: app stops the worker instead, and whatever supervises it restarts it into the replay.
+        #: Told when a batch fails (its outputs unacknowledged), and the agent ends: left to
+        #: itself, faust restarts a failed agent, which reads on past the batch. That batch stays
+        #: un-acked, so its partition's commits stop there while its vectors were never published
+        #: (the offline store misses them) until some later restart replays it. The app exits
+        #: instead, and whatever supervises it restarts it into the replay.
         self._on_failure = on_failure
         self._consumed = kafka.CONSUMED.labels(group, source_name)
         self._encoder = VectorEncoder(self._feature_set)
@@ -173,9 +173,10 @@ class TransactionsAgent:
                 await self.handle(events)
             except Exception as err:
                 log.error("features_batch_failed", events=len(events), error=f"{type(err).__name__}: {err}")
-                if self._on_failure is not None:
-                    self._on_failure(err)
-                raise
+                if self._on_failure is None:
+                    raise
+                self._on_failure(err)  # the app's exits the process at once
+                return
             for event in events:
                 await stream.ack(event)
 
@@ -188,27 +189,30 @@ class TransactionsAgent:
         """
         started = time.perf_counter()
         label = self._feature_set.key
-        self._consumed.inc(len(batch))
         decoded: list[tuple[EventT, Event]] = []
-        outputs = 0
+        dead: list[str] = []  # reasons, counted once the broker has the records
         for item in batch:
             try:
                 decoded.append((item, decode_transaction(item.message.value)))
             except PoisonEvent as err:
-                self._dead_letter(item, err.reason, err.detail)
-                outputs += 1
+                dead.append(self._dead_letter(item, err.reason, err.detail))
         vectors = 0
         send, encode, topic = self._publisher.send, self._encoder.encode, self._vectors
         for item, outcome in await self._process(decoded):
             if isinstance(outcome, PoisonEvent):
-                self._dead_letter(item, outcome.reason, outcome.detail)
-                outputs += 1
+                dead.append(self._dead_letter(item, outcome.reason, outcome.detail))
             elif outcome.computed is not None:
                 vectors += 1
                 entity_id = outcome.event.entity_id
                 send(topic, encode(entity_id, outcome.computed), entity_id.encode())
-        if outputs + vectors:
+        if dead or vectors:
             await self._publisher.flush()
+        # Counted only now, as ConsumerLoop books its batches: a batch that failed above is
+        # replayed, and would otherwise count twice.
+        self._consumed.inc(len(batch))
+        for reason in dead:
+            metrics.DEAD_LETTERED.labels(reason).inc()
+            kafka.DEAD_LETTERED.labels(self._group, self._source_name, reason).inc()
         metrics.VECTORS.labels(label).inc(vectors)
         metrics.BATCH_SECONDS.labels(label).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(label).observe(len(batch))
@@ -244,10 +248,9 @@ class TransactionsAgent:
                 log.warning("batch_retry", attempt=attempt, events=len(decoded), error=str(err))
                 await asyncio.sleep(self._backoff * attempt)
 
-    def _dead_letter(self, item: EventT, reason: str, detail: str) -> None:
+    def _dead_letter(self, item: EventT, reason: str, detail: str) -> str:
+        """Send the event to the dead-letter topic (the caller flushes); returns the reason."""
         message = item.message
-        metrics.DEAD_LETTERED.labels(reason).inc()
-        kafka.DEAD_LETTERED.labels(self._group, self._source_name, reason).inc()
         log.info(
             "dead_lettered",
             topic=message.topic,
@@ -266,6 +269,7 @@ class TransactionsAgent:
             (kafka.DLQ_SERVICE, self._service),
         ]
         self._publisher.send(self._dead_letters, message.value or b"", message.key, headers)
+        return reason
 
 
 class VectorsSinkAgent:

@@ -158,6 +158,33 @@ async def test_the_kit_counters_count_the_agent_under_its_group_for_the_dead_let
     )
 
 
+async def test_a_batch_whose_outputs_were_lost_counts_nothing_so_its_replay_counts_once() -> None:
+    from prometheus_client import REGISTRY
+
+    class LostPublisher(FakePublisher):
+        async def flush(self) -> None:
+            raise kafka.DeliveryError(KafkaError(KafkaError._TIMED_OUT, "outputs left unacknowledged"))
+
+    group, topic = "features-lost", "transactions.clean.v1"
+    agent = TransactionsAgent(
+        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
+        LostPublisher(),
+        vectors_topic="vectors",
+        dead_letter_topic="dlq",
+        source_name=topic,
+        group=group,
+    )
+    batch = [
+        FakeEvent(FakeMessage(tx("e1"), offset=0)),
+        FakeEvent(FakeMessage(b"\xffnot protobuf", offset=1)),
+    ]
+    with pytest.raises(kafka.DeliveryError):
+        await agent.handle(batch)  # type: ignore[arg-type]
+    assert not REGISTRY.get_sample_value("driftline_kafka_consumed_total", {"group": group, "topic": topic})
+    dead = {"group": group, "topic": topic, "reason": "decode_error"}
+    assert not REGISTRY.get_sample_value("driftline_kafka_dead_lettered_total", dead)
+
+
 class FlakyState(MemoryState):
     """Fails every load that touches the entity ``bad``; others succeed."""
 
@@ -332,7 +359,7 @@ async def test_a_batch_whose_outputs_were_lost_stops_the_worker_and_stays_unacke
     )
     agent = app.agent(source, name="features-fail-agent")(handler)
     async with agent.test_context() as context:
-        await context.put(tx("e1"), key=b"c1")  # the actor crashes: faust logs it, and would restart it
+        await context.put(tx("e1"), key=b"c1")  # the agent ends: no error left for faust to keep
     assert len(stopped) == 1
     assert isinstance(stopped[0], kafka.DeliveryError)
     assert handler.batches == 0  # never finished, so never acked
