@@ -25,17 +25,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from google.protobuf import json_format
+from google.protobuf.message import Message as ProtoMessage
 from prometheus_client import Counter, Gauge, Histogram
 
+from driftline.kit.codec import decode
 from driftline.kit.outages import OutagePolicy
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 
 log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=ProtoMessage)
 
 Headers = list[tuple[str, bytes]]
 #: Which deliveries a producer reports: every one, or only the failed ones (see KafkaProducer).
@@ -818,6 +823,19 @@ def header(message: Message, name: str) -> bytes | None:
         if key == name:
             found = value
     return found
+
+
+def decode_value(message_type: type[M], message: Message) -> M:
+    """A message's value as ``message_type``: protobuf, or its JSON form when the message's
+    ``content-type`` header says ``application/json`` (producers outside Driftline often write
+    JSON). Raises ValueError with the reason when it is neither."""
+    payload = message.value() or b""
+    if header(message, CONTENT_TYPE) == JSON.encode():
+        try:
+            return json_format.Parse(payload, message_type())
+        except json_format.ParseError as err:
+            raise ValueError(f"not a valid {message_type.DESCRIPTOR.full_name} in JSON: {err}") from err
+    return decode(message_type, payload)
 
 
 def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:

@@ -40,3 +40,19 @@ def test_timestamp_fields_are_those_of_the_timestamp_message(moment: datetime) -
 def test_a_naive_time_has_no_timestamp() -> None:
     with pytest.raises(ValueError, match="naive"):
         timestamp_fields(datetime(2026, 1, 1))
+
+
+def test_a_value_is_read_as_protobuf_or_as_json_by_its_content_type():
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from driftline.kit.kafka import CONTENT_TYPE, JSON, decode_value
+    from driftline.kit.testing import FakeMessage
+
+    stamp = Timestamp(seconds=1_700_000_000, nanos=5)
+    assert decode_value(Timestamp, FakeMessage(stamp.SerializeToString())) == stamp
+    as_json = FakeMessage(b'"2023-11-14T22:13:20.000000005Z"', _headers=[(CONTENT_TYPE, JSON.encode())])
+    assert decode_value(Timestamp, as_json) == stamp
+    with pytest.raises(ValueError, match="in JSON"):
+        decode_value(Timestamp, FakeMessage(b"{not json", _headers=[(CONTENT_TYPE, JSON.encode())]))
+    with pytest.raises(ValueError, match=r"not a valid google\.protobuf\.Timestamp"):
+        decode_value(Timestamp, FakeMessage(b"\xff\xff"))

@@ -421,22 +421,31 @@ def test_stop_cuts_the_retry_back_off_short():
     import threading
     import time
 
+    class _StoppedDuringTheWait(threading.Event):
+        """SIGTERM arrives once the back-off has begun: stop() sets the event the wait is on."""
+
+        def wait(self, timeout=None):
+            if timeout:
+                self.set()
+            return super().wait(timeout)
+
     calls = {"n": 0}
 
     def handler(messages):
         calls["n"] += 1
         if calls["n"] == 1:
-            threading.Timer(0.05, loop.stop).start()  # SIGTERM during the back-off
             raise ValueError("transient")
         return [[kafka.Output("out", m.value())] for m in messages]
 
     producer = _Producer()
     loop = _loop(handler, producer, max_retries=5)
+    loop._stopping = _StoppedDuringTheWait()
     loop._retry_backoff_s = 30.0
     started = time.monotonic()
     loop._process(fake_messages([b"a"], topic=TRANSACTIONS_RAW.name))
     assert time.monotonic() - started < 5
     # One more attempt once the wait is cut short: it succeeded, so the batch went through.
+    assert calls["n"] == 2
     assert [(s[0], s[1]) for s in producer.sent] == [("out", b"a")]
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 1)]]
 

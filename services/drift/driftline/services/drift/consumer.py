@@ -22,7 +22,6 @@ from typing import TypeVar
 import numpy as np
 import structlog
 from confluent_kafka import Message
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.drift.v1 import drift_pb2
@@ -30,7 +29,14 @@ from driftline.features.v1 import features_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.inference.v1 import inference_pb2
 from driftline.kit.codec import decode
-from driftline.kit.kafka import CONTENT_TYPE, JSON, PROTOBUF, DeadLetter, Outcome, Output, header
+from driftline.kit.kafka import (
+    CONTENT_TYPE,
+    PROTOBUF,
+    DeadLetter,
+    Outcome,
+    Output,
+    decode_value,
+)
 from driftline.kit.topics import (
     DRIFT_REPORTS,
     FEATURE_VECTORS,
@@ -308,13 +314,9 @@ class DriftHandler:
         return self._monitor.observe_predictions(np.array([record.score]), np.array([record.predicted_at]))
 
     def _on_feedback(self, message: Message) -> list[Output] | DeadLetter:
-        payload = message.value() or b""
         try:
-            if header(message, CONTENT_TYPE) == JSON.encode():
-                label = json_format.Parse(payload, feedback_pb2.FeedbackLabel())
-            else:
-                label = decode(feedback_pb2.FeedbackLabel, payload)
-        except (ValueError, json_format.ParseError) as err:
+            label = decode_value(feedback_pb2.FeedbackLabel, message)
+        except ValueError as err:
             metrics.FEEDBACK.labels("invalid").inc()
             return DeadLetter("undecodable", str(err))
         try:

@@ -60,7 +60,11 @@ class Settings(BaseSettings):
         # Checked where the settings are built (once, in __main__): a wrong horizon stops the
         # service before it consumes anything, not after a replay went through as new.
         contract_path = values["contract_path"]
-        needed = replay_window(Contract.load(contract_path))
+        try:
+            contract = Contract.load(contract_path)
+        except Exception as err:  # a missing or broken file: a settings error, said as one
+            raise ValueError(f"contract_path {contract_path} cannot be loaded: {err}") from err
+        needed = replay_window(contract)
         if needed is not None and values["dedup_ttl_s"] < needed[1].total_seconds():
             spec, window = needed
             raise ValueError(

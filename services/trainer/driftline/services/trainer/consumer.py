@@ -22,8 +22,8 @@ from confluent_kafka import Message
 from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.kit.codec import decode, from_timestamp
-from driftline.kit.errors import Unavailable
-from driftline.kit.kafka import Outcome
+from driftline.kit.errors import DriftlineError, Unavailable
+from driftline.kit.kafka import Outcome, decode_value
 from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
 from driftline.services.trainer import metrics
 from driftline.services.trainer.labels import LabelLog, LabelRecord
@@ -70,7 +70,7 @@ class TriggerHandler:
     def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
         # Asked at most once per batch, and only when a message names a version: every message
         # was published before the batch was polled, so the answer is no older than any of them.
-        champion = functools.cache(self._champion)
+        champion = functools.cache(self._champion_or_outage)
         for message in messages:
             trigger = self.to_trigger(message, champion)
             if trigger is not None:
@@ -118,6 +118,17 @@ class TriggerHandler:
         return Trigger(
             kind=kind, trigger_id=trigger_id, model_name=model_name, received_at=self._clock(), detail=detail
         )
+
+    def _champion_or_outage(self) -> int:
+        """The champion's version; any failure to say it (a registry down, slow, or erring) is an
+        outage: no trigger is at fault for it, and the trigger topics have no dead-letter topic,
+        so dead-lettering would skip (lose) the batch's triggers."""
+        try:
+            return self._champion()
+        except Unavailable:
+            raise
+        except DriftlineError as err:
+            raise Unavailable(f"the registry cannot say which version is the champion: {err}") from err
 
     def _stale(
         self, topic: str, trigger_id: str, model_name: str, version: int, champion: Callable[[], int]
@@ -170,7 +181,7 @@ class LabelHandler:
     @staticmethod
     def to_record(message: Message) -> tuple[Outcome, LabelRecord | None]:
         try:
-            label = decode(feedback_pb2.FeedbackLabel, message.value() or b"")
+            label = decode_value(feedback_pb2.FeedbackLabel, message)  # protobuf or JSON, as drift reads it
         except ValueError as err:
             metrics.LABELS.labels("undecodable").inc()
             log.debug("label_skipped", reason="undecodable", offset=message.offset(), error=str(err))

@@ -74,3 +74,9 @@ def test_a_contract_without_an_age_window_accepts_any_horizon(tmp_path: Path) ->
     path = _contract_file(tmp_path, at={"type": "timestamp", "max_future_s": 20})
     assert replay_window(Contract.load(path)) is None
     assert Settings(contract_path=path, dedup_ttl_s=1).dedup_ttl_s == 1
+
+
+def test_a_contract_path_that_cannot_be_loaded_is_a_settings_error_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ValidationError, match=r"nowhere\.yaml cannot be loaded"):
+        Settings(contract_path=missing)

@@ -3,11 +3,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 
 from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.kit.codec import to_timestamp
+from driftline.kit.errors import DeadlineExceeded, DriftlineError, Unavailable
 from driftline.kit.kafka import DeadLetter
 from driftline.kit.testing import FakeMessage
 from driftline.kit.topics import DRIFT_REPORTS, FEEDBACK, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS
@@ -164,13 +166,19 @@ def test_triggers_without_a_model_version_do_not_ask_for_the_champion() -> None:
     assert asked == [1]
 
 
-def test_a_registry_outage_while_asking_for_the_champion_holds_the_batch_back() -> None:
-    import pytest
-
-    from driftline.kit.errors import Unavailable
-
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Unavailable("registry is down"),
+        DeadlineExceeded("the registry did not answer in time"),
+        DriftlineError("INTERNAL: database is locked"),
+    ],
+)
+def test_a_registry_that_cannot_name_the_champion_holds_the_batch_back(failure: Exception) -> None:
+    # Not the triggers' fault, and their topics have no dead-letter topic: dead-lettering would
+    # skip them. An outage holds the batch back until the registry answers.
     def champion() -> int:
-        raise Unavailable("registry is down")
+        raise failure
 
     h, seen = handler(champion=champion)
     with pytest.raises(Unavailable):
@@ -206,6 +214,26 @@ def test_feedback_labels_are_appended_to_the_label_log(tmp_path) -> None:
         ["card-1", "ev-2", 0],
     ]
     assert frame["event_time"].iloc[0] == WHEN
+
+
+def test_json_feedback_is_read_like_protobuf_as_the_drift_service_reads_it(tmp_path) -> None:
+    from google.protobuf import json_format
+
+    from driftline.kit.kafka import CONTENT_TYPE, JSON
+
+    label = feedback_pb2.FeedbackLabel.FromString(feedback(event_id="ev-json"))
+    log = LabelLog(tmp_path)
+    outcomes = LabelHandler(log)(
+        [
+            FakeMessage(
+                json_format.MessageToJson(label).encode(),
+                _topic=FEEDBACK.name,
+                _headers=[(CONTENT_TYPE, JSON.encode())],
+            )
+        ]
+    )
+    assert outcomes == [[]]
+    assert log.read()[["event_id", "label"]].values.tolist() == [["ev-json", 1]]
 
 
 def _labels(disposition: str) -> float:
