@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import signal
 import threading
@@ -663,6 +664,11 @@ class ConsumerLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before partitions move to another member: deliver and commit everything in flight."""
+        for tp in partitions:
+            # Their lag is the new owner's to report: a value left here would go stale, and the
+            # recording rule takes each partition's highest report.
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
         if self._broken:
             return
         self._dispatch_waiting()

@@ -35,7 +35,9 @@ class GroupLag:
 
     def read(self) -> dict[tuple[str, int], int]:
         """Messages past the group's committed offset, by (topic, partition). A partition the group
-        never committed on counts from its earliest offset: all of it is still to be read."""
+        never committed on (offset -1001) counts from its earliest offset: all of it is still to
+        be read. A partition whose committed offset the broker answered with an error is left out
+        (its gauge keeps its last value) rather than counted as never committed."""
         timeout = self._timeout_s
         metadata = self._admin.list_topics(timeout=timeout).topics
         partitions = [
@@ -46,14 +48,15 @@ class GroupLag:
         listed = self._admin.list_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(self.group, partitions)], request_timeout=timeout
         )[self.group].result(timeout=timeout)
-        committed = {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions or []}
+        committed = {_key(tp): tp.offset for tp in listed.topic_partitions or [] if not tp.error}
         ends = self._offsets(partitions, OffsetSpec.latest())
-        starts = self._offsets(
-            [tp for tp in partitions if committed.get(_key(tp), -1) < 0], OffsetSpec.earliest()
-        )
+        # Retention may have deleted past a committed offset: the group then resumes at the
+        # earliest one left (auto.offset.reset), so the lag counts from there.
+        starts = self._offsets(partitions, OffsetSpec.earliest())
         return {
-            key: max(0, end - (committed[key] if committed.get(key, -1) >= 0 else starts[key]))
+            key: max(0, end - max(committed[key], starts[key]))
             for key, end in ends.items()
+            if key in committed
         }
 
     def _offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:

@@ -825,3 +825,27 @@ def test_a_rebalance_handles_delivers_and_commits_the_waiting_batch_first():
         ("commit", [(0, 1)]),
     ]
     assert events.count(("handle", [b"a"])) == 1
+
+
+def test_a_revoked_partition_s_lag_is_left_to_its_new_owner():
+    from confluent_kafka import TopicPartition
+    from prometheus_client import REGISTRY
+
+    loop = _loop(lambda messages: [[] for _ in messages], _Producer())
+    raw = TRANSACTIONS_RAW.name
+    kafka.CONSUMER_LAG.labels("g", raw, "0").set(500)
+    kafka.CONSUMER_LAG.labels("g", raw, "1").set(7)
+    loop._on_revoke(loop._consumer, [TopicPartition(raw, 0)])
+    assert (
+        REGISTRY.get_sample_value(
+            "driftline_kafka_consumer_lag", {"group": "g", "topic": raw, "partition": "0"}
+        )
+        is None
+    )
+    assert (
+        REGISTRY.get_sample_value(
+            "driftline_kafka_consumer_lag", {"group": "g", "topic": raw, "partition": "1"}
+        )
+        == 7
+    )
+    loop._on_revoke(loop._consumer, [TopicPartition(raw, 0)])  # twice: nothing left to remove

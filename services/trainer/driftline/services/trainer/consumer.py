@@ -22,7 +22,7 @@ from confluent_kafka import Message
 from driftline.drift.v1 import drift_pb2
 from driftline.feedback.v1 import feedback_pb2
 from driftline.kit.codec import decode, from_timestamp
-from driftline.kit.errors import DriftlineError, Unavailable
+from driftline.kit.errors import Unavailable
 from driftline.kit.kafka import Outcome, decode_value
 from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
 from driftline.services.trainer import metrics
@@ -127,7 +127,7 @@ class TriggerHandler:
             return self._champion()
         except Unavailable:
             raise
-        except DriftlineError as err:
+        except Exception as err:
             raise Unavailable(f"the registry cannot say which version is the champion: {err}") from err
 
     def _stale(

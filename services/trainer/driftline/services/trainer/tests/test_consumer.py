@@ -172,6 +172,7 @@ def test_triggers_without_a_model_version_do_not_ask_for_the_champion() -> None:
         Unavailable("registry is down"),
         DeadlineExceeded("the registry did not answer in time"),
         DriftlineError("INTERNAL: database is locked"),
+        RuntimeError("Event loop is closed"),
     ],
 )
 def test_a_registry_that_cannot_name_the_champion_holds_the_batch_back(failure: Exception) -> None:
