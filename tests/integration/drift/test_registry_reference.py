@@ -43,9 +43,8 @@ from driftline.services.drift.reference import (
     RegistryReferenceSource,
     reference_from_version,
 )
-from driftline.services.registry.config import Settings as RegistrySettings
 from driftline.services.registry.store.schema import references
-from driftline.services.registry.testing import RegistryThread
+from driftline.services.registry.testing import RegistryThread, settings_for_tests
 from driftline.services.trainer.app import TrainerCore
 from driftline.services.trainer.bootstrap import simulate, train_initial, write_history
 from driftline.services.trainer.config import Settings as TrainerSettings
@@ -175,16 +174,8 @@ def world(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactor
     tmp = tmp_path_factory.mktemp("drift-reference")
     topic = MODEL_EVENTS.namespaced(prefix)
     create_test_topics(kafka_settings, [topic])
-    registry_settings = RegistrySettings(
-        host="127.0.0.1",
-        port=0,
-        token=TOKEN,
-        data_dir=tmp / "registry",
-        kafka=kafka_settings,
-        metrics=MetricsSettings(enabled=False),
-        events_topic_prefix=prefix,
-        outbox_poll_interval_s=0.2,
-        drain_s=2.0,
+    registry_settings = settings_for_tests(
+        tmp / "registry", kafka_settings, TOKEN, events_topic_prefix=prefix
     )
     registry_thread = RegistryThread(registry_settings)
     address = f"127.0.0.1:{registry_thread.port}"

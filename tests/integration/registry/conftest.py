@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
-from driftline.kit.settings import KafkaSettings, MetricsSettings
+from driftline.kit.settings import KafkaSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import MODEL_EVENTS, Topic
 from driftline.services.registry.app import RegistryApp
 from driftline.services.registry.config import Settings
+from driftline.services.registry.testing import settings_for_tests
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "registry-integration-token"
@@ -84,18 +84,7 @@ def events_topic(kafka_settings: KafkaSettings) -> Iterator[Topic]:
 
 
 def registry_settings(tmp_path: Path, kafka: KafkaSettings, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "token": SecretStr(TOKEN),
-        "data_dir": tmp_path,
-        "kafka": kafka,
-        "metrics": MetricsSettings(enabled=False),
-        "outbox_poll_interval_s": 0.2,
-        "drain_s": 2.0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return settings_for_tests(tmp_path, kafka, TOKEN, **overrides)
 
 
 StartRegistry = Callable[..., Awaitable[tuple[RegistryApp, str]]]

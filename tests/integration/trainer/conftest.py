@@ -23,8 +23,7 @@ from driftline.featurestore.offline import OfflineStore, materialize
 from driftline.kit.settings import KafkaSettings, MetricsSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import DRIFT_REPORTS, FEEDBACK, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS, Topic
-from driftline.services.registry.config import Settings as RegistrySettings
-from driftline.services.registry.testing import RegistryThread
+from driftline.services.registry.testing import RegistryThread, settings_for_tests
 from driftline.services.trainer.cli import train
 from driftline.services.trainer.config import Settings
 from driftline.services.trainer.consumer import TriggerTopics
@@ -104,16 +103,7 @@ def world(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactor
     topics = [*triggers.all(), feedback]
     create_test_topics(kafka_settings, topics)
     registry_thread = RegistryThread(
-        RegistrySettings(
-            host="127.0.0.1",
-            port=0,
-            token=TOKEN,
-            data_dir=tmp / "registry",
-            kafka=kafka_settings,
-            metrics=MetricsSettings(enabled=False),
-            outbox_enabled=False,
-            drain_s=2.0,
-        )
+        settings_for_tests(tmp / "registry", kafka_settings, TOKEN, outbox_enabled=False)
     )
     address = f"127.0.0.1:{registry_thread.port}"
     registry = SyncRegistry(address, TOKEN)

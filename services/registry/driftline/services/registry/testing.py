@@ -24,6 +24,26 @@ FEATURES = ("amount", "hour", "merchant_risk")
 T = TypeVar("T")
 
 
+def settings_for_tests(data_dir: Path, kafka: Any, token: str, **overrides: Any) -> Any:
+    """Registry settings for a test: 127.0.0.1 on a free port, data under ``data_dir``, no
+    /metrics, a quick outbox and drain; ``overrides`` win (``kafka``: a KafkaSettings)."""
+    from driftline.kit.settings import MetricsSettings
+    from driftline.services.registry.config import Settings
+
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "token": token,
+        "data_dir": data_dir,
+        "kafka": kafka,
+        "metrics": MetricsSettings(enabled=False),
+        "outbox_poll_interval_s": 0.2,
+        "drain_s": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
 class RegistryThread:
     """The asyncio registry app on an event loop thread of its own, for synchronous tests."""
 

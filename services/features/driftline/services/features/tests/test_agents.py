@@ -79,15 +79,15 @@ def tx(event_id: str, card: str = "c1", seconds: float = 0.0, amount: float = 10
     return message.SerializeToString()
 
 
-def make_agent(state: Any, publisher: FakePublisher) -> TransactionsAgent:
+def make_agent(state: Any, publisher: FakePublisher, **options: Any) -> TransactionsAgent:
+    settings: dict[str, Any] = {"max_retries": 1, "retry_backoff_s": 0.0, **options}
     return TransactionsAgent(
         FeatureProcessor(TRANSACTION_FEATURES, state, allowed_lateness_s=5.0),
         publisher,
         vectors_topic="vectors",
         dead_letter_topic="dlq",
         source_name="transactions.clean.v1",
-        max_retries=1,
-        retry_backoff_s=0.0,
+        **settings,
     )
 
 
@@ -136,14 +136,7 @@ async def test_the_kit_counters_count_the_agent_under_its_group_for_the_dead_let
     consumed = sample("driftline_kafka_consumed_total", group=group, topic=topic)
     dead = sample("driftline_kafka_dead_lettered_total", group=group, topic=topic, reason="decode_error")
     publisher = FakePublisher()
-    agent = TransactionsAgent(
-        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
-        publisher,
-        vectors_topic="vectors",
-        dead_letter_topic="dlq",
-        source_name=topic,
-        group=group,
-    )
+    agent = make_agent(MemoryState(), publisher, group=group)
     batch = [
         FakeEvent(FakeMessage(tx("e1"), offset=0)),
         FakeEvent(FakeMessage(b"\xffnot protobuf", offset=1)),
@@ -166,14 +159,7 @@ async def test_a_batch_whose_outputs_were_lost_counts_nothing_so_its_replay_coun
             raise kafka.DeliveryError(KafkaError(KafkaError._TIMED_OUT, "outputs left unacknowledged"))
 
     group, topic = "features-lost", "transactions.clean.v1"
-    agent = TransactionsAgent(
-        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
-        LostPublisher(),
-        vectors_topic="vectors",
-        dead_letter_topic="dlq",
-        source_name=topic,
-        group=group,
-    )
+    agent = make_agent(MemoryState(), LostPublisher(), group=group)
     batch = [
         FakeEvent(FakeMessage(tx("e1"), offset=0)),
         FakeEvent(FakeMessage(b"\xffnot protobuf", offset=1)),
@@ -243,15 +229,9 @@ class DownState(MemoryState):
 async def test_a_redis_outage_is_waited_out_however_long_and_nothing_is_dead_lettered() -> None:
     publisher = FakePublisher()
     vectors, dlq = publisher.sent["vectors"], publisher.sent["dlq"]
-    agent = TransactionsAgent(
-        FeatureProcessor(TRANSACTION_FEATURES, DownState(outages=6), allowed_lateness_s=5.0),
-        publisher,
-        vectors_topic="vectors",
-        dead_letter_topic="dlq",
-        source_name="transactions.clean.v1",
-        max_retries=1,  # an outage does not count towards these
-        retry_backoff_s=0.0,
-        outages=OutagePolicy(errors=REDIS_OUTAGE, base_s=0.0, cap_s=0.0),
+    # One retry (make_agent's): an outage does not count towards it.
+    agent = make_agent(
+        DownState(outages=6), publisher, outages=OutagePolicy(errors=REDIS_OUTAGE, base_s=0.0, cap_s=0.0)
     )
     waits = OUTAGE_WAITS.labels("features.transactions")._value.get()
     batch = [
@@ -349,14 +329,7 @@ async def test_a_batch_whose_outputs_were_lost_stops_the_worker_and_stays_unacke
     )
     source = app.topic("transactions.clean.v1", value_type=bytes, value_serializer="raw")
     stopped: list[BaseException] = []
-    handler = TransactionsAgent(
-        FeatureProcessor(TRANSACTION_FEATURES, MemoryState(), allowed_lateness_s=5.0),
-        LostPublisher(),
-        vectors_topic="vectors",
-        dead_letter_topic="dlq",
-        source_name="transactions.clean.v1",
-        on_failure=stopped.append,
-    )
+    handler = make_agent(MemoryState(), LostPublisher(), on_failure=stopped.append)
     agent = app.agent(source, name="features-fail-agent")(handler)
     async with agent.test_context() as context:
         await context.put(tx("e1"), key=b"c1")  # the agent ends: no error left for faust to keep
