@@ -40,6 +40,10 @@ from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 
 log = structlog.get_logger(__name__)
+#: Where every client's librdkafka log lines go (the ``logger`` client setting): through the
+#: standard library, so ``configure_logging`` renders them as JSON like the rest, rather than
+#: librdkafka printing its own ``%3|...|FAIL|`` lines to stderr.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 M = TypeVar("M", bound=ProtoMessage)
 
@@ -187,6 +191,7 @@ class KafkaProducer:
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             "client.id": settings.client_id,
+            "logger": LIBRDKAFKA_LOG,
             "enable.idempotence": True,
             "acks": "all",
             "delivery.timeout.ms": settings.delivery_timeout_ms,
@@ -425,6 +430,7 @@ class ConsumerLoop:
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             "client.id": settings.client_id,
+            "logger": LIBRDKAFKA_LOG,
             "group.id": group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

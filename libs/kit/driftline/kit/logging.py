@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
@@ -33,6 +34,20 @@ class _StderrHandler(logging.StreamHandler):
         return sys.stderr
 
 
+class _ServiceName:
+    """Adds ``service`` to an event that has none (a processor)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if self._service:
+            event.setdefault("service", self._service)
+        return event
+
+
 def configure_logging(settings: LogSettings | None = None, *, service: str = "") -> None:
     """Route structlog and the standard library's logging through one JSON/console renderer."""
     settings = settings or LogSettings()
@@ -47,8 +62,11 @@ def configure_logging(settings: LogSettings | None = None, *, service: str = "")
         structlog.processors.StackInfoRenderer(),
     ]
     # Standard-library records carry their own stack text; they get the logger's name instead.
+    # Those of other threads (librdkafka's, served on a client's poll thread) do not see this
+    # thread's context variables: the service's name is added to them as a constant.
     foreign: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _ServiceName(service),
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         timestamper,

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import logging
 
@@ -91,3 +92,31 @@ def test_configuring_twice_writes_each_standard_library_record_once(capsys, rese
     logging.getLogger("aiokafka").warning("once")
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert [h.get_name() for h in logging.getLogger().handlers].count("driftline.kit.logging") == 1
+
+
+def test_librdkafka_lines_come_out_as_json_too(capfd, reset_logging):
+    # librdkafka writes its own `%3|...|FAIL|` lines to stderr unless a client has a `logger`:
+    # the kit's clients all have one. A broker that refuses connections makes it log at once.
+    import time
+
+    from driftline.kit.kafka import DeliveryError, KafkaProducer
+    from driftline.kit.settings import KafkaSettings
+
+    configure_logging(LogSettings(format="json", level="INFO"), service="unit")
+    producer = KafkaProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1", delivery_timeout_ms=1000))
+    try:
+        producer.send("nowhere", b"x")
+        deadline = time.monotonic() + 10
+        lines: list[str] = []
+        while time.monotonic() < deadline and not any("librdkafka" in line for line in lines):
+            time.sleep(0.2)
+            lines += capfd.readouterr().err.splitlines()
+    finally:
+        with contextlib.suppress(DeliveryError):  # nothing could be delivered, as intended
+            producer.close(0.1)
+    lines += capfd.readouterr().err.splitlines()
+    ours = [json.loads(line) for line in lines if line.startswith("{") and '"librdkafka"' in line]
+    assert ours, lines[-5:]
+    assert all(record["logger"] == "librdkafka" for record in ours)
+    assert all(record["service"] == "unit" for record in ours)  # logged on librdkafka's thread
+    assert not [line for line in lines if line.startswith("%")], "librdkafka printed lines of its own"

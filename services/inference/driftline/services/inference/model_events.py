@@ -17,6 +17,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from driftline.kit.codec import decode
+from driftline.kit.kafka import LIBRDKAFKA_LOG
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 from driftline.registry.v1 import registry_pb2
@@ -61,6 +62,7 @@ class ModelEventsListener:
             {
                 "bootstrap.servers": settings.bootstrap_servers,
                 "client.id": settings.client_id,
+                "logger": LIBRDKAFKA_LOG,
                 "group.id": self.group_id,
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,
