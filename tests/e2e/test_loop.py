@@ -105,7 +105,6 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
         )
     finally:
         demo.stop()
-    t = demo.stats.timeline
     logs = f"service logs under {settings.run_dir / 'logs'}"
     assert summary.predictions > 0, f"no prediction was served; {logs}"
     assert t.drift_onset is not None, "drift was never injected"

@@ -31,6 +31,7 @@ from driftline.kit.topics import (
     Topic,
 )
 from driftline.registry.v1 import registry_pb2
+from driftline.services.trainer.triggers import DEGRADATION, DRIFT
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +94,7 @@ class Stats:
     false_alarms: int = 0
     #: After the onset: DRIFT reports of the drift service, and performance degradations (from
     #: the feedback join), each a signal the trainer may act on.
-    drift_signals_after_onset: dict[str, int] = field(default_factory=lambda: {"drift": 0, "degradation": 0})
+    drift_signals_after_onset: dict[str, int] = field(default_factory=lambda: {DRIFT: 0, DEGRADATION: 0})
     #: Champion promotions before drift was injected.
     early_promotions: int = 0
     # (entity_id, event_id) -> (label predicted, model version)
@@ -278,10 +279,10 @@ class Observer:
                     value = message.value() or b""
                     if topic == DRIFT_REPORTS.name:
                         report = decode(drift_pb2.DriftReport, value)
-                        self._on_drift(report.status == drift_pb2.DRIFT_STATUS_DRIFT, report.status, "drift")
+                        self._on_drift(report.status == drift_pb2.DRIFT_STATUS_DRIFT, report.status, DRIFT)
                     elif topic == PERFORMANCE_DEGRADATIONS.name:
                         decode(drift_pb2.PerformanceDegradation, value)
-                        self._on_drift(True, drift_pb2.DRIFT_STATUS_DRIFT, "degradation")
+                        self._on_drift(True, drift_pb2.DRIFT_STATUS_DRIFT, DEGRADATION)
                     elif topic == MODEL_EVENTS.name:
                         self._on_model_event(decode(registry_pb2.ModelEvent, value))
                     elif topic == FEEDBACK.name:
@@ -291,7 +292,7 @@ class Observer:
 
     def _on_drift(self, drifted: bool, status: drift_pb2.DriftStatus.ValueType, signal: str) -> None:
         """A drift report, or a performance degradation (which counts as a detection too);
-        ``signal`` is which ("drift" or "degradation", as a model's lineage names its trigger)."""
+        ``signal`` is which, by the trainer's name for it (the trigger a model's lineage names)."""
         with self._stats.lock:
             self._stats.drift_reports += 1
             self._stats.drift_status = drift_pb2.DriftStatus.Name(status).removeprefix("DRIFT_STATUS_")

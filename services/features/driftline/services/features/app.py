@@ -125,8 +125,8 @@ class FeaturesApp:
                 self.sink, batch_max=settings.offline_batch_max, flush_s=settings.offline_flush_s
             )
             self.faust.agent(vectors, name="features.offline-sink")(self.sink_agent)
-        #: faust's consumer reports no lag: read from the broker, for DriftlineConsumerLagHigh.
-        # Both agents consume under the app id: the transactions, and the vectors the offline sink reads.
+        # faust's consumer reports no lag: it is read from the broker, for DriftlineConsumerLagHigh,
+        # on every topic the app id consumes (the transactions, and the vectors the sink reads).
         consumed = [self.source.name] + ([self.vectors_topic.name] if self.offline is not None else [])
         self.lag = LagReporter(
             GroupLag(settings.kafka, settings.app_id, consumed), interval_s=settings.lag_interval_s
