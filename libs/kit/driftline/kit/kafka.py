@@ -850,6 +850,57 @@ def decode_value(message_type: type[M], message: Message) -> M:
     return decode(message_type, payload)
 
 
+#: Answers to a group request while the group's coordinator is not ready yet: worth a retry.
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+
+
+def committed_offsets(
+    bootstrap_servers: str, group: str, partitions: Sequence[TopicPartition], *, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """A consumer group's committed offsets on ``partitions`` (offset -1001 where it never
+    committed; ``error`` set where the broker answered one with an error), read by a consumer
+    that never joins the group.
+
+    Not the admin client's ``list_consumer_group_offsets``: in confluent-kafka 2.16 that call
+    kills the process (SIGSEGV) when it meets a cluster whose offsets topic does not exist yet,
+    which is every new cluster until its first group commits (confluent-kafka-python #1982).
+    """
+    if not partitions:
+        return []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "logger": LIBRDKAFKA_LOG,
+        }
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                return list(
+                    consumer.committed(list(partitions), timeout=max(1.0, deadline - time.monotonic()))
+                )
+            except KafkaException as err:
+                # A new cluster answers NOT_COORDINATOR while it creates its offsets topic.
+                error = err.args[0]
+                if (
+                    not (error.retriable() or error.code() in _COORDINATOR_MOVING)
+                    or time.monotonic() >= deadline
+                ):
+                    raise
+                time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:
     """Move a consumer group to the end of every topic it has committed offsets on (all of each
     topic's partitions), so that it next consumes only what is produced from now on (what
@@ -862,15 +913,18 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    request = [ConsumerGroupTopicPartitions(group)]
-    listed = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)[group].result(
-        timeout=timeout_s
-    )
-    topics = sorted({tp.topic for tp in listed.topic_partitions or [] if tp.offset >= 0})
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    everywhere = [
+        TopicPartition(t, p)
+        for t, meta in metadata.items()
+        if not t.startswith("__")
+        for p in meta.partitions
+    ]
+    listed = committed_offsets(bootstrap_servers, group, everywhere, timeout_s=timeout_s)
+    topics = sorted({tp.topic for tp in listed if tp.error is None and tp.offset >= 0})
     if not topics:
         return 0
-    metadata = admin.list_topics(timeout=timeout_s).topics
-    partitions = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+    partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
     moved = [
         TopicPartition(tp.topic, tp.partition, f.result(timeout=timeout_s).offset) for tp, f in ends.items()

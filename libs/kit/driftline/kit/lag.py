@@ -13,10 +13,10 @@ import threading
 from collections.abc import Sequence
 
 import structlog
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from driftline.kit.kafka import CONSUMER_LAG
+from driftline.kit.kafka import CONSUMER_LAG, committed_offsets
 from driftline.kit.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -31,6 +31,7 @@ class GroupLag:
         self.group = group
         self.topics = list(topics)
         self._timeout_s = timeout_s
+        self._bootstrap_servers = settings.bootstrap_servers
         self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
 
     def read(self) -> dict[tuple[str, int], int]:
@@ -45,10 +46,8 @@ class GroupLag:
         ]
         if not partitions:
             return {}
-        listed = self._admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(self.group, partitions)], request_timeout=timeout
-        )[self.group].result(timeout=timeout)
-        committed = {_key(tp): tp.offset for tp in listed.topic_partitions or [] if not tp.error}
+        listed = committed_offsets(self._bootstrap_servers, self.group, partitions, timeout_s=timeout)
+        committed = {_key(tp): tp.offset for tp in listed if not tp.error}
         ends = self._offsets(partitions, OffsetSpec.latest())
         # Retention may have deleted past a committed offset: the group then resumes at the
         # earliest one left (auto.offset.reset), so the lag counts from there.
