@@ -4,11 +4,13 @@ retrain → promotion → summary and report. Ctrl-C stops everything cleanly at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -297,7 +299,8 @@ def serve(settings: Settings) -> int:
     except KeyboardInterrupt:
         log.warning("demo_interrupted")
     finally:
-        demo.stop()
+        with _signals_held(console):
+            demo.stop()
     if summary is None:
         console.print("[yellow]interrupted: every service the demo started is stopped[/yellow]")
         return 130
@@ -308,3 +311,20 @@ def serve(settings: Settings) -> int:
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_held(console: Console) -> Iterator[None]:
+    """Ctrl-C and SIGTERM are acknowledged but do not interrupt the block: a second Ctrl-C (or a
+    ``timeout`` that signals the whole process group) used to cut the stop short and leave the
+    services running. The stop is bounded anyway: SIGKILL follows SIGTERM after 20 s."""
+
+    def hold(_signum: int, _frame: object) -> None:
+        console.print("[yellow]stopping the services the demo started; this takes a few seconds[/yellow]")
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

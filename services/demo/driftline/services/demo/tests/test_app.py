@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -114,3 +115,27 @@ def test_a_redis_that_cannot_be_reached_does_not_fail_the_stop(demo, monkeypatch
     monkeypatch.setattr(app, "delete_keys", unreachable)
     demo.stop()
     assert calls == ["stop all"]
+
+
+def test_a_second_interrupt_does_not_cut_the_stop_short(demo, monkeypatch):
+    demo, calls = demo
+
+    def start_services() -> None:
+        raise KeyboardInterrupt  # the first Ctrl-C
+
+    def stop() -> None:
+        calls.append("stopping")
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C mid-stop
+        os.kill(os.getpid(), signal.SIGTERM)  # and the group's SIGTERM from `timeout`
+        calls.append("stopped")
+
+    demo.start_services = start_services  # type: ignore[method-assign]
+    demo.stop = stop  # type: ignore[method-assign]
+    monkeypatch.setattr(app, "Demo", lambda settings, console: demo)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert app.serve(demo.settings) == 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert calls == ["stopping", "stopped"]
+    assert signal.getsignal(signal.SIGINT) is before  # handlers are given back
