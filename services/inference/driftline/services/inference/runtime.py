@@ -4,14 +4,18 @@ on CUDA, and warm-up.
 ``onnxruntime.get_available_providers()`` lists CUDA whenever the onnxruntime-gpu wheel is
 installed, even on a machine whose CUDA libraries are missing or which has no GPU: the provider
 only fails when a session is created, and ONNX Runtime then silently falls back to the CPU. So the
-provider is chosen by creating the session and reading ``session.get_providers()``.
+provider is chosen by creating the session and reading ``session.get_providers()``. That try
+is only made where an NVIDIA driver is installed (``libcuda.so.1`` loads): elsewhere it would
+only print ONNX Runtime's own error about missing CUDA libraries, in colour, on every start of
+a CPU-only machine.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -129,12 +133,24 @@ class OnnxModel:
         return time.perf_counter() - started
 
 
+def nvidia_driver() -> str | None:
+    """Why CUDA cannot work here: None when the NVIDIA driver's library loads, else the reason."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as err:
+        return f"no NVIDIA driver (libcuda.so.1: {err})"
+    return None
+
+
 class SessionFactory:
     """Creates sessions with the configured options and remembers whether CUDA works here."""
 
-    def __init__(self, options: RuntimeOptions | None = None) -> None:
+    def __init__(
+        self, options: RuntimeOptions | None = None, *, driver_check: Callable[[], str | None] = nvidia_driver
+    ) -> None:
         self.options = options or RuntimeOptions()
         self._cuda_works: bool | None = None if self.options.device is not Device.CPU else False
+        self._driver_check = driver_check
 
     def _session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -160,6 +176,11 @@ class SessionFactory:
     def load(self, model_bytes: bytes) -> OnnxModel:
         """A session on CUDA when usable (or required), else on the CPU."""
         device_id = self.options.cuda_device_id
+        if self._cuda_works is None and CUDA in ort.get_available_providers():
+            missing = self._driver_check()
+            if missing is not None:
+                self._cuda_works = False
+                log.info("cuda_unavailable", reason=missing, fallback=CPU)
         if self._cuda_works is not False and CUDA in ort.get_available_providers():
             cuda_options = {
                 "device_id": str(device_id),

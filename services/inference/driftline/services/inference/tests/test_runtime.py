@@ -25,6 +25,49 @@ def test_cpu_device_never_tries_cuda():
     assert factory.load(echo_model(2)).provider == CPU
 
 
+@pytest.fixture
+def sessions_asked(monkeypatch) -> list[list]:
+    """The provider lists of every session created."""
+    asked: list[list] = []
+    real = ort.InferenceSession
+
+    def recording(model, sess_options=None, providers=None):
+        asked.append([p if isinstance(p, str) else p[0] for p in providers])
+        return real(model, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return asked
+
+
+def test_without_an_nvidia_driver_cuda_is_never_tried(sessions_asked, monkeypatch):
+    # Even where the onnxruntime-gpu wheel lists CUDA: the try would only print its error.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    factory = SessionFactory(driver_check=lambda: "no NVIDIA driver")
+    assert factory.load(echo_model(2)).provider == CPU
+    assert factory.load(echo_model(2)).provider == CPU
+    assert sessions_asked == [[CPU], [CPU]]
+    assert factory.provider == CPU
+
+
+def test_required_cuda_without_a_driver_is_a_load_error(sessions_asked, monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    factory = SessionFactory(RuntimeOptions(device=Device.CUDA), driver_check=lambda: "no NVIDIA driver")
+    with pytest.raises(ModelLoadError) as err:
+        factory.load(echo_model(2))
+    assert err.value.code == "no_cuda"
+    assert sessions_asked == []
+
+
+def test_with_a_driver_cuda_is_tried_once(sessions_asked, monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    factory = SessionFactory(driver_check=lambda: None)
+    first = factory.load(echo_model(2))
+    factory.load(echo_model(2))
+    assert sessions_asked[0] == [CUDA, CPU]
+    if first.provider == CPU:  # no GPU here: the CPU from then on, without another try
+        assert sessions_asked[1:] == [[CPU], [CPU]]
+
+
 def test_logistic_model_scores_like_numpy():
     weights = [0.5, -1.0, 2.0]
     model = SessionFactory(RuntimeOptions(device=Device.CPU)).load(logistic_model(weights, bias=0.1))
