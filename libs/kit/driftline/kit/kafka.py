@@ -912,7 +912,7 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG})
     metadata = admin.list_topics(timeout=timeout_s).topics
     everywhere = [
         TopicPartition(t, p)

@@ -6,6 +6,7 @@ name. ``docs/architecture.md`` lists the same table; ``tests/contract`` keeps th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -204,7 +205,8 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) 
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topics = list(topics)
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    # librdkafka's lines go through the standard library as JSON (``kit.kafka.LIBRDKAFKA_LOG``).
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": logging.getLogger("librdkafka")})
     existing = admin.list_topics(timeout=15).topics
     mismatched = [
         f"{t.name} has {len(existing[t.name].partitions)} partitions, declared {t.partitions}"
