@@ -157,6 +157,15 @@ class AuditLog:
             return AuditVerification(ok=False, records=count, broken_at=count + 1)
         return AuditVerification(ok=True, records=count)
 
+    def last_actor(self, conn: Connection, *, model_name: str, action: str) -> str | None:
+        """Who made the model's latest change of kind ``action``; None when there is none."""
+        return conn.execute(
+            select(audit.c.actor)
+            .where(and_(audit.c.model_name == model_name, audit.c.action == action))
+            .order_by(audit.c.seq.desc())
+            .limit(1)
+        ).scalar()
+
     def alias_at(self, conn: Connection, *, model_name: str, alias: str, at: datetime) -> int:
         """The version ``alias`` pointed at, at time ``at``; 0 when it pointed nowhere."""
         after_json = conn.execute(

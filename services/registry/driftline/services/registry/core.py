@@ -29,6 +29,7 @@ from driftline.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from driftline.services.registry import security, validation
 from driftline.services.registry.artifacts import ArtifactStore
@@ -235,7 +236,7 @@ class Registry:
         reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> AliasChange:
-            self._check_lock(self._model(conn, name), lock_owner)
+            self._check_lock(conn, self._model(conn, name), lock_owner, actor)
             if not repo.version_exists(conn, name, version):
                 raise NotFound(f"model {name} has no version {version}")
             current = repo.alias_version(conn, name, alias)
@@ -276,7 +277,7 @@ class Registry:
         reason = validation.check_reason(reason)
 
         def change(conn: Connection, now: datetime) -> AliasChange:
-            self._check_lock(self._model(conn, name), lock_owner)
+            self._check_lock(conn, self._model(conn, name), lock_owner, actor)
             current = repo.alias_version(conn, name, alias)
             if not repo.alias_remove(conn, name, alias, expected_version):
                 raise _lost_race(name, alias, expected_version, current)
@@ -316,6 +317,7 @@ class Registry:
             model = self._model(conn, name)
             if model.locked:
                 if model.lock_owner == owner:
+                    self._check_holder(conn, name, actor)
                     return ModelLock(name, owner, True)
                 raise FailedPrecondition(f"model {name} is already locked by {model.lock_owner}")
             if not repo.take_lock(conn, name, owner):
@@ -348,6 +350,7 @@ class Registry:
                 return ModelLock(name, "", False)
             if model.lock_owner != owner:
                 raise FailedPrecondition(f"model {name} is locked by {model.lock_owner}, not {owner}")
+            self._check_holder(conn, name, actor)
             if not repo.release_lock(conn, name, owner):
                 raise Aborted(f"the lock on {name} changed concurrently")
             record = self._audit.append(
@@ -476,11 +479,23 @@ class Registry:
             raise NotFound(f"no model {name}")
         return model
 
-    @staticmethod
-    def _check_lock(model: Row[Any], lock_owner: str) -> None:
-        if model.locked and lock_owner != model.lock_owner:
+    def _check_lock(self, conn: Connection, model: Row[Any], lock_owner: str, actor: str) -> None:
+        if not model.locked:
+            return
+        if lock_owner != model.lock_owner:
             raise FailedPrecondition(
                 f"model {model.name} is locked by {model.lock_owner}; only that lock_owner may move aliases"
+            )
+        self._check_holder(conn, model.name, actor)
+
+    def _check_holder(self, conn: Connection, name: str, actor: str) -> None:
+        """A held lock binds its owner's name to the token that took it: any writer can read the
+        owner's name (GetModel), so the name alone would let every token through."""
+        holder = self._audit.last_actor(conn, model_name=name, action=Action.LOCKED)
+        if holder is not None and security.principal(holder) != security.principal(actor):
+            raise PermissionDenied(
+                f"model {name} was locked with the token of {security.principal(holder)}; "
+                "only that token may move its aliases or unlock it"
             )
 
     @staticmethod

@@ -55,6 +55,12 @@ class TokenAuthenticator:
         return actor
 
 
+def principal(actor: str) -> str:
+    """Whose token made a change: the token's name, without the name a client declared for
+    itself (``token:declared``), which anyone holding the token may choose."""
+    return actor.split(":", 1)[0]
+
+
 # --- Names --------------------------------------------------------------------------------------
 
 NAME_RULE = "1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit, no '..'"

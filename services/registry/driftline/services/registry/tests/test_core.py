@@ -16,6 +16,7 @@ from driftline.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 from driftline.services.registry import convert, testing
@@ -261,6 +262,28 @@ def test_locked_model_moves_aliases_only_for_its_owner(registry):
     assert not registry.unlock("fraud", "release-42", actor="a").locked
     assert not registry.unlock("fraud", "release-42", actor="a").locked
     registry.set_alias("fraud", "champion", 1, expected_version=2, actor="a")
+
+
+def test_a_lock_binds_its_owner_name_to_the_token_that_took_it(registry):
+    registry.register(_new(), "ops")
+    registry.register(_new(), "ops")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
+    registry.lock("fraud", "freeze", actor="ops:alice")
+    # The owner's name is no secret (GetModel shows it): another token cannot use it.
+    with pytest.raises(PermissionDenied, match="token of ops"):
+        registry.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="freeze", actor="trainer")
+    with pytest.raises(PermissionDenied):
+        registry.delete_alias("fraud", "champion", expected_version=1, lock_owner="freeze", actor="trainer")
+    with pytest.raises(PermissionDenied):
+        registry.unlock("fraud", "freeze", actor="trainer")
+    with pytest.raises(PermissionDenied):
+        registry.lock("fraud", "freeze", actor="trainer")
+    assert registry.get_version("fraud", alias="champion").version == 1
+    # The same token, whatever name its client declares, may.
+    registry.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="freeze", actor="ops:bob")
+    assert not registry.unlock("fraud", "freeze", actor="ops").locked
+    # Unlocked, the lock's old holder no longer matters.
+    registry.set_alias("fraud", "champion", 1, expected_version=2, actor="trainer")
 
 
 def test_lock_of_unknown_model_is_not_found(registry):

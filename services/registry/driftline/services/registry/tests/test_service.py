@@ -18,6 +18,7 @@ from driftline.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -132,6 +133,27 @@ async def test_lock_through_the_client(client):
         await client.set_alias("fraud", "champion", 1, 0)
     await client.set_alias("fraud", "champion", 1, 0, lock_owner="deploy-1")
     assert not (await client.unlock("fraud", "deploy-1")).locked
+
+
+async def test_only_the_token_that_locked_a_model_moves_its_aliases(tmp_path):
+    tokens = {"ops": SecretStr("ops-token"), "trainer": SecretStr("trainer-token")}
+    app = RegistryApp(_settings(tmp_path, token=None, tokens=tokens), publisher=Publisher())
+    address = f"127.0.0.1:{await app.start()}"
+    try:
+        async with (
+            RegistryClient(address, "ops-token") as ops,
+            RegistryClient(address, "trainer-token") as trainer,
+        ):
+            await ops.register(testing.register_request())
+            await ops.lock("fraud", "freeze", "incident 12")
+            with pytest.raises(PermissionDenied, match="token of ops"):
+                await trainer.set_alias("fraud", "champion", 1, 0, lock_owner="freeze")
+            with pytest.raises(PermissionDenied):
+                await trainer.unlock("fraud", "freeze")
+            await ops.set_alias("fraud", "champion", 1, 0, lock_owner="freeze")
+            assert not (await ops.unlock("fraud", "freeze")).locked
+    finally:
+        await app.stop()
 
 
 async def test_runs_round_trip_with_times(client):
