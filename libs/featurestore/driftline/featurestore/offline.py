@@ -122,10 +122,31 @@ class OfflineStore:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
             temporary = folder / f".{target.name}.tmp"
-            pq.write_table(table, temporary)
-            os.replace(temporary, target)
+            try:
+                pq.write_table(table, temporary)
+                os.replace(temporary, target)
+            except BaseException:
+                temporary.unlink(missing_ok=True)  # a full disk must not also leave half a file
+                raise
             written.append(target)
         return written
+
+    def remove_stale_temporaries(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Delete the temporary files of writes that never finished (a process killed mid-write)
+        and were last touched more than ``older_than_s`` ago; returns them. Readers never see
+        them, but they hold disk. The age spares writes in flight in other processes."""
+        if not self.path.exists():
+            return []
+        cutoff = time.time() - older_than_s
+        removed = []
+        for temporary in self.path.glob("date=*/.part-*.tmp"):
+            try:
+                if temporary.stat().st_mtime < cutoff:
+                    temporary.unlink()
+                    removed.append(temporary)
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+        return removed
 
     def files(self, start: date | None = None, end: date | None = None) -> list[Path]:
         """Part files with event dates in ``[start, end]``, in write order within each date."""

@@ -59,6 +59,36 @@ def test_appending_the_same_event_again_keeps_the_last_write(tmp_path: Path) -> 
     assert frame["sum_10s"].iloc[0] == 7.0
 
 
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    import driftline.featurestore.offline as offline
+
+    def disk_full(table, where):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    store = OfflineStore(tmp_path, SMALL_SET)
+    monkeypatch.setattr(offline.pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.append(rows_at(0))
+    assert [p.name for p in store.path.rglob("*") if p.is_file()] == []
+
+
+def test_temporaries_of_unfinished_writes_are_removed_once_old(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = OfflineStore(tmp_path, SMALL_SET)
+    (kept,) = store.append(rows_at(0))
+    old = kept.parent / ".part-1-dead.parquet.tmp"  # a writer killed mid-write, long ago
+    recent = kept.parent / ".part-2-live.parquet.tmp"  # another process writing right now
+    for path in (old, recent):
+        path.write_bytes(b"PAR1")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.remove_stale_temporaries(older_than_s=3600) == [old]
+    assert sorted(p.name for p in kept.parent.iterdir()) == sorted([kept.name, recent.name])
+    assert len(store.read()) == 1
+
+
 def test_append_refuses_nan_values(tmp_path: Path) -> None:
     n = len(SMALL_SET.feature_names)
     with pytest.raises(InvalidArgument, match="NaN"):

@@ -120,6 +120,9 @@ class FeaturesApp:
         self.offline: OfflineStore | None = None
         if settings.offline_enabled:
             self.offline = OfflineStore(settings.offline_root, self.feature_set)
+            removed = self.offline.remove_stale_temporaries()
+            if removed:
+                log.warning("offline_store_unfinished_writes_removed", files=len(removed))
             self.sink = OfflineSink(self.offline, max_pending=settings.offline_max_pending)
             self.sink_agent = VectorsSinkAgent(
                 self.sink, batch_max=settings.offline_batch_max, flush_s=settings.offline_flush_s
