@@ -151,6 +151,10 @@ class SessionFactory:
         self.options = options or RuntimeOptions()
         self._cuda_works: bool | None = None if self.options.device is not Device.CPU else False
         self._driver_check = driver_check
+        # ONNX Runtime's process-wide logger prints plain text to stderr, outside the JSON logs;
+        # its warnings (ORT 1.31 on a GPU: "No registered plugin EP device found for
+        # 'CUDAExecutionProvider'") carry nothing to act on. Errors still show.
+        ort.set_default_logger_severity(3)
 
     def _session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
