@@ -406,7 +406,10 @@ class ConsumerLoop:
     batch is handled alone, once and without a back-off, and only the messages that fail alone are
     dead-lettered (``handler_error``). The batch had its retries: retrying each message with
     back-offs too would take the batch's size times as long and outlast ``max.poll.interval.ms``
-    (the loop polls between batches only), and the group would take the partitions away. A failure
+    (the loop polls between batches only), and the group would take the partitions away. For the
+    same reason a failing batch gets at most half of ``max.poll.interval.ms``: past it, retries
+    stop, isolation stops before its next message, and the messages it did not reach are consumed
+    again (``batch_tail_handed_back``), each round at least one message further. A failure
     met once ``stop()`` is called, isolating or not, is neither retried nor dead-lettered: the batch
     is abandoned like a held-back one, nothing of it produced or committed, and the next run
     handles it (``batch_abandoned_at_stop``).
@@ -468,6 +471,11 @@ class ConsumerLoop:
         self._lag_reported = 0.0
         self._broken = False
         self.batches = 0
+        #: How long a failing batch may be retried and isolated before the messages it has not
+        #: reached go back for a later poll: half of ``max.poll.interval.ms``, past which the group
+        #: would take the partitions away (the loop polls between batches only).
+        self._handling_budget_s = int(conf.get("max.poll.interval.ms", 300_000)) / 1000 / 2
+        self._clock = time.perf_counter
 
     def stop(self) -> None:
         """Ask the loop to finish its batches in flight, commit and return."""
@@ -536,11 +544,12 @@ class ConsumerLoop:
 
     def _dispatch(self, batch: list[Message], then_prepare: list[Message] | None = None) -> bool:
         """Handle a batch and produce its outputs; it joins the batches in flight. The handler
-        prepares ``then_prepare`` in between. False: the batch (and ``then_prepare``) was held
-        back, not handled."""
-        flight = _InFlight(batch, time.perf_counter())
+        prepares ``then_prepare`` in between. False: ``then_prepare`` was handed back (rewound),
+        with the whole batch (held back, not handled) or with the tail of it that isolation did
+        not reach in time."""
+        started = self._clock()
         try:
-            outcomes = self._handle_with_retries(batch)
+            outcomes = self._handle_with_retries(batch, started)
         except _Outage as outage:
             self._hold_back(batch + (then_prepare or []), outage.__cause__)
             return False
@@ -555,6 +564,20 @@ class ConsumerLoop:
             self._rewind(batch + (then_prepare or []))
             return False
         self._outage_attempts = 0
+        handed_back = len(outcomes) < len(batch)
+        if handed_back:
+            # Isolation ran out of time: what it reached goes out and is committed, the rest is
+            # consumed again (a later message of a partition never commits before an earlier one).
+            log.warning(
+                "batch_tail_handed_back",
+                group=self._group,
+                handled=len(outcomes),
+                handed_back=len(batch) - len(outcomes),
+                budget_s=self._handling_budget_s,
+            )
+            self._rewind(batch[len(outcomes) :] + (then_prepare or []))
+            batch, then_prepare = batch[: len(outcomes)], None
+        flight = _InFlight(batch, started)
         if then_prepare:
             self._prepare_batch(then_prepare)
         if self._settled_together:
@@ -582,7 +605,7 @@ class ConsumerLoop:
                 self._drain()
             else:
                 self._complete(self._in_flight[0], wait=True)
-        return True
+        return not handed_back
 
     def _prepare_batch(self, batch: list[Message]) -> None:
         assert self._prepare is not None
@@ -691,9 +714,13 @@ class ConsumerLoop:
             # At-least-once holds: the next commit or a replay covers these offsets.
             log.warning("commit_failed", group=self._group, error=str(err))
 
-    def _handle_with_retries(self, batch: list[Message]) -> Sequence[Outcome]:
+    def _handle_with_retries(self, batch: list[Message], started: float) -> Sequence[Outcome]:
         """The batch's outcomes: retried with a back-off, then isolated (see ``ConsumerLoop``).
-        Raises ``_Outage`` or ``_Abandoned`` when the failure is not the batch's fault."""
+        Raises ``_Outage`` or ``_Abandoned`` when the failure is not the batch's fault.
+
+        Past the handling budget (counted from ``started``) retries stop, and isolation stops
+        before the next message once it has handled one: the outcomes then cover a prefix of the
+        batch, and the caller hands the rest back."""
         attempt = 0
         while True:
             attempt += 1
@@ -701,7 +728,7 @@ class ConsumerLoop:
                 return self._handle(batch)
             except Exception as err:
                 self._raise_unless_the_batchs_fault(err)
-                if attempt > self._max_retries:
+                if attempt > self._max_retries or self._clock() - started > self._handling_budget_s:
                     if len(batch) == 1:
                         log.exception("handler_failed", group=self._group, attempts=attempt)
                         return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
@@ -710,7 +737,12 @@ class ConsumerLoop:
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
                 self._stopping.wait(self._retry_backoff_s * attempt)  # stop() cuts it short
         # Isolate the culprit: each message alone, once, dead-lettered only if it fails alone.
-        return [outcome for message in batch for outcome in self._handle_alone(message)]
+        outcomes: list[Outcome] = []
+        for message in batch:
+            if outcomes and self._clock() - started > self._handling_budget_s:
+                break  # at least one message per batch: every round makes progress
+            outcomes.extend(self._handle_alone(message))
+        return outcomes
 
     def _handle_alone(self, message: Message) -> Sequence[Outcome]:
         if self._stopping.is_set():

@@ -849,3 +849,73 @@ def test_a_revoked_partition_s_lag_is_left_to_its_new_owner():
         == 7
     )
     loop._on_revoke(loop._consumer, [TopicPartition(raw, 0)])  # twice: nothing left to remove
+
+
+def test_a_batch_that_fails_slowly_hands_back_what_isolation_did_not_reach_in_time():
+    class _Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    class _SeekingConsumer(_Consumer):
+        def __init__(self):
+            super().__init__()
+            self.seeks = []
+
+        def seek(self, tp):
+            self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    clock = _Clock()
+    calls = []
+
+    def handler(messages):
+        calls.append([m.value() for m in messages])
+        clock.now += 1.0  # every try takes a second, and fails
+        raise ValueError("slow and failing")
+
+    producer = _Producer()
+    # max.poll.interval.ms 10 s: a failing batch may take 5 s before the rest is handed back.
+    loop = _loop(handler, producer, max_retries=1, config={"max.poll.interval.ms": 10_000})
+    loop._clock = clock
+    loop._consumer = _SeekingConsumer()
+    batch = fake_messages([b"a", b"b", b"c", b"d", b"e", b"f", b"g"], topic=TRANSACTIONS_RAW.name)
+    assert loop._dispatch(batch, then_prepare=fake_messages([b"next"], topic=TRANSACTIONS_RAW.name)) is False
+    loop._drain()
+
+    # Two tries of the batch, then one message alone per second until the budget is spent:
+    # a, b, c and d; e, f and g are consumed again, as is the next batch, not prepared.
+    assert calls == [[b"a", b"b", b"c", b"d", b"e", b"f", b"g"]] * 2 + [[b"a"], [b"b"], [b"c"], [b"d"]]
+    assert [s[1] for s in producer.sent] == [b"a", b"b", b"c", b"d"]  # dead-lettered
+    assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 4)]]
+    assert loop._consumer.seeks == [(TRANSACTIONS_RAW.name, 0, 4)]
+
+
+def test_retries_stop_at_the_budget():
+    tries = []
+
+    def handler(messages):
+        tries.append(len(messages))
+        loop._clock = lambda: 1.5 * len(tries)  # 1.5 s a try
+        raise ValueError("fails")
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=5, config={"max.poll.interval.ms": 10_000})
+    loop._consumer.seek = lambda tp: None
+    loop._clock = lambda: 0.0
+    assert loop._dispatch(fake_messages([b"a", b"b"], topic=TRANSACTIONS_RAW.name)) is False
+    assert tries == [2, 2, 2, 2, 1]  # four tries of the batch, not the six allowed; then `a` alone
+
+
+def test_isolation_makes_progress_even_when_the_budget_is_already_spent():
+    def handler(messages):
+        loop._clock = lambda: 1e9  # far past the budget from the first try on
+        raise ValueError("fails")
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=5)
+    loop._consumer.seek = lambda tp: None
+    assert loop._dispatch(fake_messages([b"a", b"b"], topic=TRANSACTIONS_RAW.name)) is False
+    loop._drain()
+    assert [s[1] for s in producer.sent] == [b"a"]
+    assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 1)]]
