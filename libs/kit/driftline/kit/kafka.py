@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -38,6 +38,9 @@ from driftline.kit.codec import decode
 from driftline.kit.outages import OutagePolicy
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 log = structlog.get_logger(__name__)
 #: Where every client's librdkafka log lines go (the ``logger`` client setting): through the
@@ -882,6 +885,14 @@ def decode_value(message_type: type[M], message: Message) -> M:
     return decode(message_type, payload)
 
 
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    """An admin client whose librdkafka lines go through ``LIBRDKAFKA_LOG`` like the others'."""
+    from confluent_kafka.admin import AdminClient
+
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG}
+    return AdminClient(conf)
+
+
 #: Answers to a group request while the group's coordinator is not ready yet: worth a retry.
 _COORDINATOR_MOVING = frozenset(
     {
@@ -942,9 +953,9 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
     The group must have no active member (the broker refuses otherwise: ``KafkaException``).
     """
     from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient, OffsetSpec
+    from confluent_kafka.admin import OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG})
+    admin = admin_client(bootstrap_servers)
     metadata = admin.list_topics(timeout=timeout_s).topics
     everywhere = [
         TopicPartition(t, p)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import structlog
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import OffsetSpec
 
-from driftline.kit.kafka import CONSUMER_LAG, LIBRDKAFKA_LOG, committed_offsets
+from driftline.kit.kafka import CONSUMER_LAG, admin_client, committed_offsets
 from driftline.kit.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,7 @@ class GroupLag:
         self.topics = list(topics)
         self._timeout_s = timeout_s
         self._bootstrap_servers = settings.bootstrap_servers
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOG})
+        self._admin = admin_client(settings.bootstrap_servers)
 
     def read(self) -> dict[tuple[str, int], int]:
         """Messages past the group's committed offset, by (topic, partition). A partition the group

@@ -6,7 +6,6 @@ name. ``docs/architecture.md`` lists the same table; ``tests/contract`` keeps th
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -202,11 +201,12 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) 
     partitioned like its source), and Kafka cannot take partitions away. Other settings
     (retention, say) may be tuned on the broker on purpose and are left as they are.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
+
+    from driftline.kit.kafka import admin_client  # kafka imports this module
 
     topics = list(topics)
-    # librdkafka's lines go through the standard library as JSON (``kit.kafka.LIBRDKAFKA_LOG``).
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": logging.getLogger("librdkafka")})
+    admin = admin_client(bootstrap_servers)
     existing = admin.list_topics(timeout=15).topics
     mismatched = [
         f"{t.name} has {len(existing[t.name].partitions)} partitions, declared {t.partitions}"
