@@ -140,3 +140,14 @@ async def test_column_wise_reads_hold_what_the_per_entity_reads_hold(
         assert "nobody=MISSING, half-stale=STALE, stale=STALE" in str(caught.value)
     finally:
         await async_store.close()
+
+
+def test_stores_dropped_without_close_do_not_use_up_a_bounded_pool(redis_settings: RedisSettings) -> None:
+    client = redis.Redis.from_url(redis_settings.url, max_connections=2)
+    try:
+        for _ in range(10):  # e.g. a store built per poll in a loop, never closed
+            store = OnlineStore(client, SMALL_SET, key_prefix=unique_prefix().rstrip("."))
+            assert store.read(["x"])[0].status is FeatureStatus.MISSING
+            del store
+    finally:
+        client.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections import deque
 from typing import Any, cast
 
@@ -53,6 +54,9 @@ class Requests:
         self._pool = client.connection_pool
         # list.pop and list.append are atomic: each thread gets a connection of its own.
         self._idle: list[redis.connection.AbstractConnection] = []
+        # One dropped without close() gives its connections back too: otherwise each such
+        # instance keeps one out of the pool for good, and a bounded pool runs out.
+        weakref.finalize(self, _release, self._pool, self._idle)
 
     def send(self, request: bytes, replies: int = 1) -> list[Any]:
         """Send ``request`` (one or more packed commands) and return its ``replies`` raw replies;
@@ -75,8 +79,12 @@ class Requests:
 
     def close(self) -> None:
         """Give the connections back to the pool."""
-        while self._idle:
-            self._pool.release(self._idle.pop())
+        _release(self._pool, self._idle)
+
+
+def _release(pool: Any, idle: list[redis.connection.AbstractConnection]) -> None:
+    while idle:
+        pool.release(idle.pop())
 
 
 class _Pending:

@@ -73,6 +73,14 @@ def test_requests_reuse_one_connection_and_return_every_reply() -> None:
     assert pool.released == [conn]
 
 
+def test_requests_dropped_without_close_give_their_connection_back() -> None:
+    conn = FakeConnection([b"a"])
+    requests, pool = requests_with(conn)
+    assert requests.send(pack("GET", "x")) == [b"a"]
+    del requests
+    assert pool.released == [conn]
+
+
 def test_a_dropped_connection_is_reconnected_and_the_request_retried() -> None:
     conn = FakeConnection([redis.ConnectionError("reset"), redis.TimeoutError("slow"), b"ok"])
     requests, _ = requests_with(conn)
