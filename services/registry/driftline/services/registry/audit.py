@@ -157,11 +157,14 @@ class AuditLog:
             return AuditVerification(ok=False, records=count, broken_at=count + 1)
         return AuditVerification(ok=True, records=count)
 
-    def last_actor(self, conn: Connection, *, model_name: str, action: str) -> str | None:
-        """Who made the model's latest change of kind ``action``; None when there is none."""
+    def last_actor(self, conn: Connection, *, model_name: str, subject: str, action: str) -> str | None:
+        """Who made the model's latest change of kind ``action`` on ``subject``; None when there
+        is none. An index lookup (``ix_audit_subject``), however long the model's history."""
         return conn.execute(
             select(audit.c.actor)
-            .where(and_(audit.c.model_name == model_name, audit.c.action == action))
+            .where(
+                and_(audit.c.model_name == model_name, audit.c.subject == subject, audit.c.action == action)
+            )
             .order_by(audit.c.seq.desc())
             .limit(1)
         ).scalar()

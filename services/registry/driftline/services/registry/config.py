@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, validator
 
 from driftline.kit.settings import (
     GrpcServerSettings,
@@ -12,6 +12,7 @@ from driftline.kit.settings import (
     LogSettings,
     MetricsSettings,
 )
+from driftline.services.registry.security import ACTOR_NAME, ACTOR_RULE
 
 MIB = 1024 * 1024
 
@@ -83,6 +84,15 @@ class Settings(GrpcServerSettings):
 
     class Config:
         env_prefix = "DRIFTLINE_REGISTRY_"
+
+    @validator("tokens")
+    def _token_names_are_actor_names(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:  # noqa: N805
+        # An actor is recorded as `token` or `token:declared`, and a lock binds to the part
+        # before the ':': a token named `team:ops` would share locks with one named `team:ml`.
+        bad = [name for name in tokens if not ACTOR_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"token names must be short plain names ({ACTOR_RULE}): {bad}")
+        return tokens
 
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite under data_dir."""

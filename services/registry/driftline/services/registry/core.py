@@ -317,7 +317,7 @@ class Registry:
             model = self._model(conn, name)
             if model.locked:
                 if model.lock_owner == owner:
-                    self._check_holder(conn, name, actor)
+                    self._check_holder(conn, name, owner, actor)
                     return ModelLock(name, owner, True)
                 raise FailedPrecondition(f"model {name} is already locked by {model.lock_owner}")
             if not repo.take_lock(conn, name, owner):
@@ -350,7 +350,7 @@ class Registry:
                 return ModelLock(name, "", False)
             if model.lock_owner != owner:
                 raise FailedPrecondition(f"model {name} is locked by {model.lock_owner}, not {owner}")
-            self._check_holder(conn, name, actor)
+            self._check_holder(conn, name, owner, actor)
             if not repo.release_lock(conn, name, owner):
                 raise Aborted(f"the lock on {name} changed concurrently")
             record = self._audit.append(
@@ -486,13 +486,21 @@ class Registry:
             raise FailedPrecondition(
                 f"model {model.name} is locked by {model.lock_owner}; only that lock_owner may move aliases"
             )
-        self._check_holder(conn, model.name, actor)
+        self._check_holder(conn, model.name, model.lock_owner, actor)
 
-    def _check_holder(self, conn: Connection, name: str, actor: str) -> None:
-        """A held lock binds its owner's name to the token that took it: any writer can read the
-        owner's name (GetModel), so the name alone would let every token through."""
-        holder = self._audit.last_actor(conn, model_name=name, action=Action.LOCKED)
-        if holder is not None and security.principal(holder) != security.principal(actor):
+    def _check_holder(self, conn: Connection, name: str, owner: str, actor: str) -> None:
+        """A held lock binds its owner's name to the token that took it: the name is no secret
+        (the audit log shows it, and so does a refusal), so the name alone would let every
+        token through. The holder is the actor of the lock's ``locked`` audit record, written in
+        the same transaction as the lock; a lock without one (a database edited by hand) lets no
+        token through."""
+        holder = self._audit.last_actor(conn, model_name=name, subject=owner, action=Action.LOCKED)
+        if holder is None:
+            raise PermissionDenied(
+                f"model {name} is locked by {owner}, but no audit record says with which token; "
+                "only an edit of the registry's database can release it"
+            )
+        if security.principal(holder) != security.principal(actor):
             raise PermissionDenied(
                 f"model {name} was locked with the token of {security.principal(holder)}; "
                 "only that token may move its aliases or unlock it"

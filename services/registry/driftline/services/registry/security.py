@@ -24,13 +24,17 @@ from driftline.services.registry.domain import Signature, TensorSpec
 
 # --- Who may write ------------------------------------------------------------------------------
 
-_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}", re.ASCII)
+ACTOR_RULE = "1-64 ASCII letters, digits, '_', '.', '@', '+' or '-', starting with a letter or digit"
+ACTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}", re.ASCII)
 
 
 class TokenAuthenticator:
     """Maps a presented bearer token to the actor it belongs to."""
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
+        bad = [actor for actor in tokens if not ACTOR_NAME.fullmatch(actor)]
+        if bad:
+            raise ValueError(f"token names must be short plain names ({ACTOR_RULE}): {bad}")
         self._tokens = {actor: secret.encode() for actor, secret in tokens.items() if secret}
 
     def authenticate(self, presented: str | None, declared_actor: str | None = None) -> str:
@@ -49,7 +53,7 @@ class TokenAuthenticator:
         if actor is None:
             raise Unauthenticated("invalid bearer token")
         if declared_actor:
-            if not _ACTOR.fullmatch(declared_actor):
+            if not ACTOR_NAME.fullmatch(declared_actor):
                 raise InvalidArgument("x-driftline-actor must be a short plain name")
             return f"{actor}:{declared_actor}"
         return actor
@@ -94,7 +98,7 @@ def validate_name(value: str, kind: str = "model name") -> str:
 
 
 def validate_owner(value: str, kind: str = "lock owner") -> str:
-    if not value or not _ACTOR.fullmatch(value):
+    if not value or not ACTOR_NAME.fullmatch(value):
         raise InvalidArgument(
             f"{kind} must be 1-64 ASCII letters, digits or '_.@+-', starting with a letter or digit"
         )

@@ -269,7 +269,7 @@ def test_a_lock_binds_its_owner_name_to_the_token_that_took_it(registry):
     registry.register(_new(), "ops")
     registry.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
     registry.lock("fraud", "freeze", actor="ops:alice")
-    # The owner's name is no secret (GetModel shows it): another token cannot use it.
+    # The owner's name is no secret (the audit log shows it): another token cannot use it.
     with pytest.raises(PermissionDenied, match="token of ops"):
         registry.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="freeze", actor="trainer")
     with pytest.raises(PermissionDenied):
@@ -284,6 +284,32 @@ def test_a_lock_binds_its_owner_name_to_the_token_that_took_it(registry):
     assert not registry.unlock("fraud", "freeze", actor="ops").locked
     # Unlocked, the lock's old holder no longer matters.
     registry.set_alias("fraud", "champion", 1, expected_version=2, actor="trainer")
+
+
+def test_a_lock_taken_again_belongs_to_its_new_token(registry):
+    registry.register(_new(), "ops")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
+    registry.lock("fraud", "freeze", actor="ops")
+    registry.unlock("fraud", "freeze", actor="ops")
+    registry.lock("fraud", "freeze", actor="trainer")  # the same owner's name, another token
+    with pytest.raises(PermissionDenied, match="token of trainer"):
+        registry.delete_alias("fraud", "champion", expected_version=1, lock_owner="freeze", actor="ops")
+    registry.delete_alias("fraud", "champion", expected_version=1, lock_owner="freeze", actor="trainer")
+
+
+def test_a_lock_no_audit_record_accounts_for_lets_no_token_through(registry, database):
+    from sqlalchemy import update
+
+    from driftline.services.registry.store.schema import models
+
+    registry.register(_new(), "ops")
+    with database.write() as conn:  # a database edited by hand: locked, with no `locked` record
+        conn.execute(update(models).where(models.c.name == "fraud").values(locked=True, lock_owner="freeze"))
+    for actor in ("ops", "trainer"):
+        with pytest.raises(PermissionDenied, match="no audit record"):
+            registry.set_alias("fraud", "champion", 1, expected_version=0, lock_owner="freeze", actor=actor)
+        with pytest.raises(PermissionDenied):
+            registry.unlock("fraud", "freeze", actor=actor)
 
 
 def test_lock_of_unknown_model_is_not_found(registry):

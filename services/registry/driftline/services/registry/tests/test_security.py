@@ -169,3 +169,19 @@ def test_external_data_hidden_in_a_subgraph_is_rejected():
 def test_onnx_is_not_mistaken_for_an_unsafe_format():
     assert sniff_unsafe_format(testing.tiny_model()) is None
     assert sniff_unsafe_format(testing.large_model(10)) is None
+
+
+@pytest.mark.parametrize("name", ["team:ops", "", "a b", "../x"])
+def test_token_names_are_plain_actor_names(name):
+    # A ':' would make two tokens one principal: `team:ops` and `team:ml` would share locks.
+    with pytest.raises(ValueError, match="token names"):
+        TokenAuthenticator({name: "s3cret"})
+
+
+def test_settings_refuse_a_token_name_with_a_colon():
+    from pydantic import SecretStr, ValidationError
+
+    from driftline.services.registry.config import Settings
+
+    with pytest.raises(ValidationError, match="token names"):
+        Settings(tokens={"team:ops": SecretStr("a"), "ml": SecretStr("b")})
