@@ -75,8 +75,10 @@ def new_cluster(tmp_path: Path) -> Iterator[str]:
         **{name: str(value) for name, value in replaced.items()},
     }
     stack = ["bash", str(ROOT / "deploy/local/stack.sh")]
-    started = subprocess.run([*stack, "up", "kafka"], env=env, capture_output=True, text=True, timeout=180)
-    try:
+    try:  # `down` also when `up` times out: the broker runs detached from it
+        started = subprocess.run(
+            [*stack, "up", "kafka"], env=env, capture_output=True, text=True, timeout=180
+        )
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
     finally:

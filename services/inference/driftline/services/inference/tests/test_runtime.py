@@ -58,6 +58,23 @@ def test_required_cuda_without_a_driver_is_a_load_error(sessions_asked, monkeypa
     assert sessions_asked == []
 
 
+def test_the_driver_check_loads_libcuda(monkeypatch):
+    import ctypes
+
+    from driftline.services.inference import runtime
+
+    loaded = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: loaded.append(name))
+    assert runtime.nvidia_driver() is None
+    assert loaded == ["libcuda.so.1"]
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert "no NVIDIA driver" in runtime.nvidia_driver()
+
+
 def test_with_a_driver_cuda_is_tried_once(sessions_asked, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     factory = SessionFactory(driver_check=lambda: None)
