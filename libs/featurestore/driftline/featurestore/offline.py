@@ -144,7 +144,7 @@ class OfflineStore:
                 if temporary.stat().st_mtime < cutoff:
                     temporary.unlink()
                     removed.append(temporary)
-            except FileNotFoundError:  # finished or removed meanwhile
+            except OSError:  # finished or removed meanwhile, or not ours to delete: housekeeping never fails
                 continue
         return removed
 

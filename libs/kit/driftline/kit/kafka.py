@@ -146,8 +146,9 @@ class BatchHandler(Protocol):
 
     A handler may also have ``prepare(messages)``: the loop then calls it with the next batch
     when that batch is already consumed, once the current batch is handled and before its
-    outputs are produced, and calls the handler with that batch afterwards (or drops it, when
-    the current batch is held back). ``prepare`` starts what the handler waits for (requests to
+    outputs are produced, and calls the handler with that batch afterwards (or drops it
+    unprepared, to consume it again, when the current batch is held back or a failing one is
+    handed back in part). ``prepare`` starts what the handler waits for (requests to
     another server), so that it runs while the loop produces; it must have no effect a fresh
     call would not repeat, since the handler may instead be called on the batch, or on a part
     of it, without it. What it raises is ignored: the handler meets it again.
@@ -410,9 +411,10 @@ class ConsumerLoop:
     dead-lettered (``handler_error``). The batch had its retries: retrying each message with
     back-offs too would take the batch's size times as long and outlast ``max.poll.interval.ms``
     (the loop polls between batches only), and the group would take the partitions away. For the
-    same reason a failing batch gets at most half of ``max.poll.interval.ms``: past it, retries
-    stop, isolation stops before its next message, and the messages it did not reach are consumed
-    again (``batch_tail_handed_back``), each round at least one message further. A failure
+    same reason nothing new starts on a failing batch once half of ``max.poll.interval.ms`` has
+    passed (a try under way finishes): no retry whose back-off would end past it, no message
+    isolated after it, and the messages isolation did not reach are consumed again
+    (``batch_tail_handed_back``), each round at least one message further. A failure
     met once ``stop()`` is called, isolating or not, is neither retried nor dead-lettered: the batch
     is abandoned like a held-back one, nothing of it produced or committed, and the next run
     handles it (``batch_abandoned_at_stop``).
@@ -721,9 +723,11 @@ class ConsumerLoop:
         """The batch's outcomes: retried with a back-off, then isolated (see ``ConsumerLoop``).
         Raises ``_Outage`` or ``_Abandoned`` when the failure is not the batch's fault.
 
-        Past the handling budget (counted from ``started``) retries stop, and isolation stops
-        before the next message once it has handled one: the outcomes then cover a prefix of the
-        batch, and the caller hands the rest back."""
+        Retries stop where the next back-off would end past the handling budget (counted from
+        ``started``), and isolation stops before its next message once the budget is spent and
+        one message was handled: the outcomes then cover a prefix of the batch, and the caller
+        hands the rest back. A try under way always finishes: the budget is a point past which
+        nothing new starts, not a limit on a slow try."""
         attempt = 0
         while True:
             attempt += 1
@@ -731,14 +735,15 @@ class ConsumerLoop:
                 return self._handle(batch)
             except Exception as err:
                 self._raise_unless_the_batchs_fault(err)
-                if attempt > self._max_retries or self._clock() - started > self._handling_budget_s:
+                backoff = self._retry_backoff_s * attempt
+                if attempt > self._max_retries or self._clock() - started + backoff > self._handling_budget_s:
                     if len(batch) == 1:
                         log.exception("handler_failed", group=self._group, attempts=attempt)
                         return [DeadLetter("handler_error", f"{type(err).__name__}: {err}")]
                     break
                 HANDLER_RETRIES.labels(self._group).inc()
                 log.warning("handler_retry", group=self._group, attempt=attempt, error=str(err))
-                self._stopping.wait(self._retry_backoff_s * attempt)  # stop() cuts it short
+                self._stopping.wait(backoff)  # stop() cuts it short
         # Isolate the culprit: each message alone, once, dead-lettered only if it fails alone.
         outcomes: list[Outcome] = []
         for message in batch:
@@ -886,7 +891,9 @@ def decode_value(message_type: type[M], message: Message) -> M:
 
 
 def admin_client(bootstrap_servers: str) -> AdminClient:
-    """An admin client whose librdkafka lines go through ``LIBRDKAFKA_LOG`` like the others'."""
+    """An admin client whose librdkafka lines go through ``LIBRDKAFKA_LOG`` like the others'.
+    An admin client hands them over only when polled: call ``poll(0)`` after its requests, or
+    they pile up in it unread."""
     from confluent_kafka.admin import AdminClient
 
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG}
@@ -894,6 +901,7 @@ def admin_client(bootstrap_servers: str) -> AdminClient:
 
 
 #: Answers to a group request while the group's coordinator is not ready yet: worth a retry.
+#: (librdkafka raises these without its retriable flag.)
 _COORDINATOR_MOVING = frozenset(
     {
         KafkaError.NOT_COORDINATOR,
@@ -903,20 +911,10 @@ _COORDINATOR_MOVING = frozenset(
 )
 
 
-def committed_offsets(
-    bootstrap_servers: str, group: str, partitions: Sequence[TopicPartition], *, timeout_s: float = 30.0
-) -> list[TopicPartition]:
-    """A consumer group's committed offsets on ``partitions`` (offset -1001 where it never
-    committed; ``error`` set where the broker answered one with an error), read by a consumer
-    that never joins the group.
-
-    Not the admin client's ``list_consumer_group_offsets``: in confluent-kafka 2.16 that call
-    kills the process (SIGSEGV) when it meets a cluster whose offsets topic does not exist yet,
-    which is every new cluster until its first group commits (confluent-kafka-python #1982).
-    """
-    if not partitions:
-        return []
-    consumer = Consumer(
+def offsets_reader(bootstrap_servers: str, group: str) -> Consumer:
+    """A consumer of ``group`` that never subscribes, hence never joins the group: what
+    ``committed_offsets`` reads a group's offsets with. Close it when done."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
             "group.id": group,
@@ -924,24 +922,30 @@ def committed_offsets(
             "logger": LIBRDKAFKA_LOG,
         }
     )
+
+
+def committed_offsets(
+    reader: Consumer, partitions: Sequence[TopicPartition], *, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """The committed offsets of ``reader``'s group (``offsets_reader``) on ``partitions``: offset
+    -1001 where it never committed, ``error`` set where the broker answered one with an error.
+    Retried while the group's coordinator is not ready (a new cluster answers NOT_COORDINATOR
+    while it creates its offsets topic), until ``timeout_s``.
+
+    Not the admin client's ``list_consumer_group_offsets``: in confluent-kafka 2.16 that call
+    kills the process (SIGSEGV) when it meets a cluster whose offsets topic does not exist yet,
+    which is every new cluster until its first group commits (confluent-kafka-python #1982).
+    """
+    if not partitions:
+        return []
     deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                return list(
-                    consumer.committed(list(partitions), timeout=max(1.0, deadline - time.monotonic()))
-                )
-            except KafkaException as err:
-                # A new cluster answers NOT_COORDINATOR while it creates its offsets topic.
-                error = err.args[0]
-                if (
-                    not (error.retriable() or error.code() in _COORDINATOR_MOVING)
-                    or time.monotonic() >= deadline
-                ):
-                    raise
-                time.sleep(0.2)
-    finally:
-        consumer.close()
+    while True:
+        try:
+            return list(reader.committed(list(partitions), timeout=max(0.1, deadline - time.monotonic())))
+        except KafkaException as err:
+            if err.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() + 0.2 >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:
@@ -952,10 +956,17 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
 
     The group must have no active member (the broker refuses otherwise: ``KafkaException``).
     """
+    admin = admin_client(bootstrap_servers)
+    try:
+        return _skip_to_end(admin, bootstrap_servers, group, timeout_s)
+    finally:
+        admin.poll(0)  # hand its log lines over
+
+
+def _skip_to_end(admin: AdminClient, bootstrap_servers: str, group: str, timeout_s: float) -> int:
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import OffsetSpec
 
-    admin = admin_client(bootstrap_servers)
     metadata = admin.list_topics(timeout=timeout_s).topics
     everywhere = [
         TopicPartition(t, p)
@@ -963,7 +974,11 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
         if not t.startswith("__")
         for p in meta.partitions
     ]
-    listed = committed_offsets(bootstrap_servers, group, everywhere, timeout_s=timeout_s)
+    reader = offsets_reader(bootstrap_servers, group)
+    try:
+        listed = committed_offsets(reader, everywhere, timeout_s=timeout_s)
+    finally:
+        reader.close()
     topics = sorted({tp.topic for tp in listed if tp.error is None and tp.offset >= 0})
     if not topics:
         return 0

@@ -16,14 +16,15 @@ import structlog
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from driftline.kit.kafka import CONSUMER_LAG, admin_client, committed_offsets
+from driftline.kit.kafka import CONSUMER_LAG, admin_client, committed_offsets, offsets_reader
 from driftline.kit.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
 
 class GroupLag:
-    """Reads a consumer group's lag on some topics through one admin client."""
+    """Reads a consumer group's lag on some topics through one admin client and one consumer that
+    never joins the group (``kit.kafka.offsets_reader``), both kept from one read to the next."""
 
     def __init__(
         self, settings: KafkaSettings, group: str, topics: Sequence[str], *, timeout_s: float = 10.0
@@ -31,14 +32,26 @@ class GroupLag:
         self.group = group
         self.topics = list(topics)
         self._timeout_s = timeout_s
-        self._bootstrap_servers = settings.bootstrap_servers
         self._admin = admin_client(settings.bootstrap_servers)
+        self._reader = offsets_reader(settings.bootstrap_servers, group)
 
     def read(self) -> dict[tuple[str, int], int]:
         """Messages past the group's committed offset, by (topic, partition). A partition the group
         never committed on (offset -1001) counts from its earliest offset: all of it is still to
         be read. A partition whose committed offset the broker answered with an error is left out
         (its gauge keeps its last value) rather than counted as never committed."""
+        try:
+            return self._read()
+        finally:
+            # An admin client hands its librdkafka log lines over only when polled; unpolled,
+            # they would pile up in it for as long as the service runs.
+            self._admin.poll(0)
+            self._reader.poll(0)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def _read(self) -> dict[tuple[str, int], int]:
         timeout = self._timeout_s
         metadata = self._admin.list_topics(timeout=timeout).topics
         partitions = [
@@ -46,7 +59,7 @@ class GroupLag:
         ]
         if not partitions:
             return {}
-        listed = committed_offsets(self._bootstrap_servers, self.group, partitions, timeout_s=timeout)
+        listed = committed_offsets(self._reader, partitions, timeout_s=timeout)
         committed = {_key(tp): tp.offset for tp in listed if not tp.error}
         ends = self._offsets(partitions, OffsetSpec.latest())
         # Retention may have deleted past a committed offset: the group then resumes at the
@@ -93,6 +106,8 @@ class LagReporter:
             # A round in flight waits on the broker's answers; the thread is a daemon, so a
             # shutdown does not wait for them.
             self._thread.join(1.0)
+        if not self._thread.is_alive():  # never close the consumer under a round in flight
+            self._lag.close()
 
     def _run(self) -> None:
         while not self._stopping.is_set():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
@@ -18,6 +19,9 @@ from driftline.feedback.v1 import feedback_pb2
 from driftline.inference.v1 import inference_pb2
 from driftline.registry.v1 import registry_pb2
 from driftline.trainer.v1 import trainer_pb2
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -201,12 +205,19 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) 
     partitioned like its source), and Kafka cannot take partitions away. Other settings
     (retention, say) may be tuned on the broker on purpose and are left as they are.
     """
-    from confluent_kafka.admin import NewTopic
-
     from driftline.kit.kafka import admin_client  # kafka imports this module
 
     topics = list(topics)
     admin = admin_client(bootstrap_servers)
+    try:
+        return _ensure_topics(admin, topics)
+    finally:
+        admin.poll(0)  # hand its log lines over
+
+
+def _ensure_topics(admin: AdminClient, topics: list[Topic]) -> list[str]:
+    from confluent_kafka.admin import NewTopic
+
     existing = admin.list_topics(timeout=15).topics
     mismatched = [
         f"{t.name} has {len(existing[t.name].partitions)} partitions, declared {t.partitions}"

@@ -880,7 +880,8 @@ def test_a_batch_that_fails_slowly_hands_back_what_isolation_did_not_reach_in_ti
     loop._clock = clock
     loop._consumer = _SeekingConsumer()
     batch = fake_messages([b"a", b"b", b"c", b"d", b"e", b"f", b"g"], topic=TRANSACTIONS_RAW.name)
-    assert loop._dispatch(batch, then_prepare=fake_messages([b"next"], topic=TRANSACTIONS_RAW.name)) is False
+    following = [FakeMessage(b"next", _topic=TRANSACTIONS_RAW.name, _offset=7)]
+    assert loop._dispatch(batch, then_prepare=following) is False
     loop._drain()
 
     # Two tries of the batch, then one message alone per second until the budget is spent:
@@ -889,6 +890,38 @@ def test_a_batch_that_fails_slowly_hands_back_what_isolation_did_not_reach_in_ti
     assert [s[1] for s in producer.sent] == [b"a", b"b", b"c", b"d"]  # dead-lettered
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 4)]]
     assert loop._consumer.seeks == [(TRANSACTIONS_RAW.name, 0, 4)]
+
+
+def test_a_handed_back_tail_rewinds_each_partition_to_its_first_message_not_reached():
+    clock = {"now": 0.0}
+
+    def handler(messages):
+        clock["now"] += 1.0
+        raise ValueError("fails")
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=0, config={"max.poll.interval.ms": 10_000})
+    loop._clock = lambda: clock["now"]
+    seeks = []
+    loop._consumer.seek = lambda tp: seeks.append((tp.partition, tp.offset))
+    topic = TRANSACTIONS_RAW.name
+    # Partitions interleaved as a consume returns them: p0 at 10.., p1 at 20.., p2 at 30.
+    batch = [
+        FakeMessage(b"p0-10", _topic=topic, _partition=0, _offset=10),
+        FakeMessage(b"p1-20", _topic=topic, _partition=1, _offset=20),
+        FakeMessage(b"p0-11", _topic=topic, _partition=0, _offset=11),
+        FakeMessage(b"p1-21", _topic=topic, _partition=1, _offset=21),
+        FakeMessage(b"p2-30", _topic=topic, _partition=2, _offset=30),
+        FakeMessage(b"p0-12", _topic=topic, _partition=0, _offset=12),
+        FakeMessage(b"p1-22", _topic=topic, _partition=1, _offset=22),
+    ]
+    assert loop._dispatch(batch) is False
+    loop._drain()
+    # One try of the batch (1 s), then one message alone a second until the 5 s budget is
+    # spent: p0-10 .. p2-30 (2..6 s) go out; p0-12 and p1-22 are consumed again.
+    assert [s[1] for s in producer.sent] == [b"p0-10", b"p1-20", b"p0-11", b"p1-21", b"p2-30"]
+    assert sorted(loop._consumer.commits[0]) == [(topic, 0, 12), (topic, 1, 22), (topic, 2, 31)]
+    assert sorted(seeks) == [(0, 12), (1, 22)]
 
 
 def test_retries_stop_at_the_budget():
@@ -919,3 +952,74 @@ def test_isolation_makes_progress_even_when_the_budget_is_already_spent():
     loop._drain()
     assert [s[1] for s in producer.sent] == [b"a"]
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 1)]]
+
+
+def test_no_retry_starts_whose_back_off_would_end_past_the_budget():
+    import threading
+
+    now = {"t": 0.0}
+
+    class _Waits(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.waits = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            now["t"] += timeout  # the back-off passes; the tries themselves take no time
+            return False
+
+    def handler(messages):
+        raise ValueError("fails")
+
+    producer = _Producer()
+    loop = _loop(handler, producer, max_retries=5, config={"max.poll.interval.ms": 10_000})
+    loop._clock = lambda: now["t"]
+    loop._retry_backoff_s = 1.0
+    loop._stopping = _Waits()
+    loop._process(fake_messages([b"a"], topic=TRANSACTIONS_RAW.name))
+    # Back-offs of 1 and 2 s; a third (3 s, ending at 6 s) would pass the 5 s budget.
+    assert loop._stopping.waits == [1.0, 2.0]
+    assert [s[0] for s in producer.sent] == ["transactions.raw-dlq.v1"]
+
+
+class _Reader:
+    """A consumer whose ``committed`` answers from a script: an exception is raised."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def committed(self, partitions, timeout):
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_committed_offsets_wait_for_a_coordinator_that_is_not_ready_yet():
+    from confluent_kafka import TopicPartition
+
+    ready = [TopicPartition("t", 0, 5)]
+    reader = _Reader(
+        kafka.KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)),
+        kafka.KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)),
+        ready,
+    )
+    assert kafka.committed_offsets(reader, [TopicPartition("t", 0)], timeout_s=10) == ready
+    assert reader.calls == 3
+
+
+def test_committed_offsets_raise_other_errors_and_give_up_at_the_timeout():
+    from confluent_kafka import TopicPartition
+
+    timed_out = _Reader(kafka.KafkaException(KafkaError(KafkaError._TIMED_OUT)))
+    with pytest.raises(kafka.KafkaException):
+        kafka.committed_offsets(timed_out, [TopicPartition("t", 0)], timeout_s=10)
+    assert timed_out.calls == 1
+    never_ready = _Reader(*[kafka.KafkaException(KafkaError(KafkaError.NOT_COORDINATOR))] * 100)
+    with pytest.raises(kafka.KafkaException):
+        kafka.committed_offsets(never_ready, [TopicPartition("t", 0)], timeout_s=0.5)
+    assert 1 <= never_ready.calls <= 4
+    assert kafka.committed_offsets(_Reader(), [], timeout_s=1) == []  # nothing asked, nothing read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from confluent_kafka import KafkaError, KafkaException
@@ -15,7 +16,11 @@ class _Lag:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.reports = 0
+        self.closed = False
         self.done = threading.Event()
+
+    def close(self) -> None:
+        self.closed = True
 
     def report(self) -> dict[tuple[str, int], int]:
         if self.failures:
@@ -39,7 +44,44 @@ def test_rounds_the_broker_does_not_answer_are_skipped_and_reporting_goes_on_unt
     settled = lag.reports
     assert not reporter._thread.is_alive()
     assert lag.reports == settled  # nothing after stop
+    assert lag.closed
 
 
-def test_stop_before_start_does_nothing():
-    LagReporter(_Lag(failures=0), interval_s=0.01).stop()  # type: ignore[arg-type]
+def test_stop_before_start_closes_and_reports_nothing():
+    lag = _Lag(failures=0)
+    LagReporter(lag, interval_s=0.01).stop()  # type: ignore[arg-type]
+    assert lag.reports == 0
+    assert lag.closed
+
+
+def test_a_round_in_flight_at_stop_keeps_its_client_open():
+    class _Stuck(_Lag):
+        def report(self):
+            self.done.set()
+            threading.Event().wait(5)  # a broker that does not answer
+            return {}
+
+    lag = _Stuck(failures=0)
+    reporter = LagReporter(lag, interval_s=0.01)  # type: ignore[arg-type]
+    reporter.start()
+    assert lag.done.wait(5)
+    reporter.stop()  # waits 1 s, then leaves the daemon thread to its round
+    assert reporter._thread.is_alive()
+    assert not lag.closed
+
+
+def test_group_lag_hands_its_clients_log_lines_over_even_when_the_broker_does_not_answer(caplog):
+    import logging
+
+    from driftline.kit.lag import GroupLag
+    from driftline.kit.settings import KafkaSettings
+
+    lag = GroupLag(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "g", ["t"], timeout_s=1.0)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="librdkafka"), contextlib.suppress(KafkaException):
+            lag.read()
+        # librdkafka's connection failures reach the standard library logger, not stderr, and
+        # do not pile up in the client unread.
+        assert any(r.name == "librdkafka" for r in caplog.records)
+    finally:
+        lag.close()

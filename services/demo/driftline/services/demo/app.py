@@ -254,7 +254,11 @@ class Demo:
     def stop(self) -> None:
         if self._producer is not None and self._producer.poll() is None:
             self._producer.terminate()
-            self._producer.wait(30)
+            try:
+                self._producer.wait(30)
+            except subprocess.TimeoutExpired:  # the services must be stopped all the same
+                self._producer.kill()
+                self._producer.wait()
         if self._observer is not None:
             self._observer.stop()
         self.supervisor.stop_all()
@@ -322,7 +326,13 @@ def _signals_held(console: Console) -> Iterator[None]:
     def hold(_signum: int, _frame: object) -> None:
         console.print("[yellow]stopping the services the demo started; this takes a few seconds[/yellow]")
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    # Blocked while the handlers are swapped: one arriving in between waits, then meets `hold`.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in signals}
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     try:
         yield
     finally:
