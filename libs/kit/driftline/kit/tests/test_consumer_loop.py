@@ -1021,5 +1021,5 @@ def test_committed_offsets_raise_other_errors_and_give_up_at_the_timeout():
     never_ready = _Reader(*[kafka.KafkaException(KafkaError(KafkaError.NOT_COORDINATOR))] * 100)
     with pytest.raises(kafka.KafkaException):
         kafka.committed_offsets(never_ready, [TopicPartition("t", 0)], timeout_s=0.5)
-    assert 1 <= never_ready.calls <= 4
+    assert 0 < never_ready.calls <= 4
     assert kafka.committed_offsets(_Reader(), [], timeout_s=1) == []  # nothing asked, nothing read
