@@ -86,6 +86,11 @@ DELIVERY_FAILURES = Counter(
 HANDLER_RETRIES = Counter(
     "driftline_kafka_handler_retries_total", "Batches retried after a transient error.", ["group"]
 )
+HANDED_BACK = Counter(
+    "driftline_kafka_handed_back_total",
+    "Messages of failing batches that isolation did not reach within its time budget, to be consumed again.",
+    ["group"],
+)
 CONSUMER_LAG = Gauge(
     "driftline_kafka_consumer_lag",
     "Messages between the committed position and the end of the partition.",
@@ -573,6 +578,7 @@ class ConsumerLoop:
         if handed_back:
             # Isolation ran out of time: what it reached goes out and is committed, the rest is
             # consumed again (a later message of a partition never commits before an earlier one).
+            HANDED_BACK.labels(self._group).inc(len(batch) - len(outcomes))
             log.warning(
                 "batch_tail_handed_back",
                 group=self._group,

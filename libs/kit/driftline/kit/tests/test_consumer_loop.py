@@ -880,6 +880,7 @@ def test_a_batch_that_fails_slowly_hands_back_what_isolation_did_not_reach_in_ti
     loop._clock = clock
     loop._consumer = _SeekingConsumer()
     batch = fake_messages([b"a", b"b", b"c", b"d", b"e", b"f", b"g"], topic=TRANSACTIONS_RAW.name)
+    handed_back_before = _count("handed_back", group="g")
     following = [FakeMessage(b"next", _topic=TRANSACTIONS_RAW.name, _offset=7)]
     assert loop._dispatch(batch, then_prepare=following) is False
     loop._drain()
@@ -890,6 +891,7 @@ def test_a_batch_that_fails_slowly_hands_back_what_isolation_did_not_reach_in_ti
     assert [s[1] for s in producer.sent] == [b"a", b"b", b"c", b"d"]  # dead-lettered
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 4)]]
     assert loop._consumer.seeks == [(TRANSACTIONS_RAW.name, 0, 4)]
+    assert _count("handed_back", group="g") - handed_back_before == 3
 
 
 def test_a_handed_back_tail_rewinds_each_partition_to_its_first_message_not_reached():
