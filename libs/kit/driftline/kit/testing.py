@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from driftline.kit.kafka import Headers
+from driftline.kit.kafka import Headers, admin_client
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic, ensure_topics
 
@@ -129,16 +129,23 @@ def create_test_topics(settings: KafkaSettings, topics: Sequence[Topic]) -> None
     ensure_topics(settings.bootstrap_servers, [t for topic in topics for t in topic.with_dead_letter()])
 
 
-def delete_topics(settings: KafkaSettings, topics: Sequence[Topic]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    names = [t.name for topic in topics for t in topic.with_dead_letter()]
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    for future in admin.delete_topics(names, operation_timeout=30).values():
-        try:
-            future.result()
-        except Exception:  # noqa: BLE001 - cleanup of a topic that is already gone
-            continue
+def delete_topics(settings: KafkaSettings, topics: Sequence[Topic], *, wait_s: float = 30.0) -> None:
+    """Delete the topics and their dead-letter topics, and wait (up to ``wait_s``) until the
+    broker's metadata no longer lists them: a deletion the controller accepted can still show
+    for a moment, and a test that checks or recreates a topic right after must not see it."""
+    names = {t.name for topic in topics for t in topic.with_dead_letter()}
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        for future in admin.delete_topics(sorted(names), operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - cleanup of a topic that is already gone
+                continue
+        deadline = time.monotonic() + wait_s
+        while names & set(admin.list_topics(timeout=10).topics) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        admin.poll(0)
 
 
 def written(settings: KafkaSettings, topic: Topic) -> int:
