@@ -6,6 +6,7 @@ The real at-least-once behaviour is proven against the broker in tests/integrati
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 
 import pytest
 from confluent_kafka import KafkaError
@@ -418,7 +419,6 @@ def test_a_failure_at_stop_drops_the_prepared_batch_with_the_abandoned_one():
 
 
 def test_stop_cuts_the_retry_back_off_short():
-    import threading
     import time
 
     class _StoppedDuringTheWait(threading.Event):
@@ -450,18 +450,22 @@ def test_stop_cuts_the_retry_back_off_short():
     assert loop._consumer.commits == [[(TRANSACTIONS_RAW.name, 0, 1)]]
 
 
+class _RecordingEvent(threading.Event):
+    """A stop event whose waits return at once and are recorded; ``on_wait`` sees each timeout."""
+
+    def __init__(self, on_wait=None):
+        super().__init__()
+        self.waits = []
+        self._on_wait = on_wait
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        if self._on_wait is not None:
+            self._on_wait(timeout)
+        return super().wait(0)
+
+
 def test_isolation_tries_each_message_alone_once_without_a_back_off():
-    import threading
-
-    class _RecordingEvent(threading.Event):
-        def __init__(self):
-            super().__init__()
-            self.waits = []
-
-        def wait(self, timeout=None):
-            self.waits.append(timeout)
-            return super().wait(0)
-
     calls = []
 
     def handler(messages):
@@ -957,19 +961,7 @@ def test_isolation_makes_progress_even_when_the_budget_is_already_spent():
 
 
 def test_no_retry_starts_whose_back_off_would_end_past_the_budget():
-    import threading
-
     now = {"t": 0.0}
-
-    class _Waits(threading.Event):
-        def __init__(self):
-            super().__init__()
-            self.waits = []
-
-        def wait(self, timeout=None):
-            self.waits.append(timeout)
-            now["t"] += timeout  # the back-off passes; the tries themselves take no time
-            return False
 
     def handler(messages):
         raise ValueError("fails")
@@ -978,7 +970,8 @@ def test_no_retry_starts_whose_back_off_would_end_past_the_budget():
     loop = _loop(handler, producer, max_retries=5, config={"max.poll.interval.ms": 10_000})
     loop._clock = lambda: now["t"]
     loop._retry_backoff_s = 1.0
-    loop._stopping = _Waits()
+    # The back-offs pass on the fake clock; the tries themselves take no time.
+    loop._stopping = _RecordingEvent(on_wait=lambda timeout: now.__setitem__("t", now["t"] + timeout))
     loop._process(fake_messages([b"a"], topic=TRANSACTIONS_RAW.name))
     # Back-offs of 1 and 2 s; a third (3 s, ending at 6 s) would pass the 5 s budget.
     assert loop._stopping.waits == [1.0, 2.0]
