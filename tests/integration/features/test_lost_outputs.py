@@ -7,9 +7,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from driftline.kit.kafka import committed_offsets, offsets_reader
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.testing import delete_topics
 
@@ -17,12 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 def _committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    reader = offsets_reader(settings.bootstrap_servers, group)
     try:
-        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return [tp.offset for tp in offsets]
+        asked = [TopicPartition(topic, p) for p in range(partitions)]
+        return [tp.offset for tp in committed_offsets(reader, asked, timeout_s=10)]
     finally:
-        consumer.close()
+        reader.close()
 
 
 def test_a_batch_whose_vectors_are_never_acknowledged_stops_the_worker_uncommitted(

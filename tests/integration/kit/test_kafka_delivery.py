@@ -9,7 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -20,8 +19,6 @@ from driftline.kit.testing import consume, create_test_topics, delete_topics, un
 from driftline.kit.topics import Topic
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -267,7 +264,7 @@ def test_consumer_killed_before_commit_reprocesses_its_batch(kafka_settings, top
 
 
 @pytest.mark.disruptive
-def test_broker_restart_mid_stream_loses_no_acknowledged_message(kafka_settings, topics):
+def test_broker_restart_mid_stream_loses_no_acknowledged_message(kafka_settings, topics, stack):
     source, _ = topics
     producer = kafka.KafkaProducer(kafka_settings)
     acknowledged: list[bytes] = []
@@ -286,9 +283,7 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_message(kafka_settings,
     sender = threading.Thread(target=keep_sending, daemon=True)
     sender.start()
     time.sleep(1.0)
-    restart = subprocess.run(
-        ["bash", str(ROOT / "deploy/local/stack.sh"), "restart-kafka"], timeout=180, check=False
-    )
+    restart = stack("restart-kafka")
     time.sleep(2.0)
     stop.set()
     sender.join(10)

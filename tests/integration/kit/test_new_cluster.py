@@ -11,13 +11,14 @@ failed assertion, not a dead test run.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from driftline.kit.testing import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,46 +44,33 @@ print("lag", sorted(GroupLag(KafkaSettings(bootstrap_servers=servers), "demo-gro
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def new_cluster(tmp_path: Path) -> Iterator[str]:
+def new_cluster(tmp_path: Path, stack) -> Iterator[str]:
     """A single-node KRaft broker formatted for this test alone; stopped and deleted after it."""
-    port, controller = _free_port(), _free_port()
+    port, controller = free_port(), free_port()
+    replaced = {"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}
     env_file = tmp_path / "env"
     lines = (ROOT / ".env").read_text().splitlines()
-    replaced = {"KAFKA_PORT": port, "KAFKA_CONTROLLER_PORT": controller}
-    env_file.write_text(
-        "\n".join(
-            f"{line.split('=', 1)[0]}={replaced[line.split('=', 1)[0]]}"
-            if line.split("=", 1)[0] in replaced
-            else line
-            for line in lines
-        )
-        + "\n"
-    )
+    env_file.write_text("".join(f"{_replace(line, replaced)}\n" for line in lines))
     env = {
-        **os.environ,
         "DRIFTLINE_ENV_FILE": str(env_file),
         "DRIFTLINE_RUN_DIR": str(tmp_path / "run"),
         "DRIFTLINE_CACHE_DIR": os.environ.get("DRIFTLINE_CACHE_DIR", str(ROOT / ".cache")),
         "KAFKA_HEAP_OPTS": "-Xms128m -Xmx256m",
         # The tests' environment holds the shared stack's ports, which win over the file's.
-        **{name: str(value) for name, value in replaced.items()},
+        **replaced,
     }
-    stack = ["bash", str(ROOT / "deploy/local/stack.sh")]
     try:  # `down` also when `up` times out: the broker runs detached from it
-        started = subprocess.run(
-            [*stack, "up", "kafka"], env=env, capture_output=True, text=True, timeout=180
-        )
+        started = stack("up", "kafka", env=env)
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([*stack, "down", "kafka"], env=env, capture_output=True, timeout=120, check=False)
+        stack("down", "kafka", env=env, timeout_s=120)
+
+
+def _replace(line: str, values: dict[str, str]) -> str:
+    name = line.split("=", 1)[0]
+    return f"{name}={values[name]}" if name in values else line
 
 
 def test_group_offsets_are_read_and_moved_on_a_cluster_that_never_had_a_group(new_cluster):

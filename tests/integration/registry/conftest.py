@@ -4,7 +4,6 @@ up postgres) in a schema of its own per test, and the real broker with namespace
 from __future__ import annotations
 
 import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -35,16 +34,10 @@ def _reachable(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url(stack) -> str:
     """The stack's PostgreSQL, started with deploy/local/stack.sh when it is not running."""
     if not _reachable(*POSTGRES_HOSTPORT):
-        started = subprocess.run(
-            ["bash", str(ROOT / "deploy/local/stack.sh"), "up", "postgres"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        started = stack("up", "postgres")
         if started.returncode != 0 or not _reachable(*POSTGRES_HOSTPORT):
             pytest.fail(
                 f"PostgreSQL is not reachable on 15432 and `stack.sh up postgres` failed:\n{started.stderr}",

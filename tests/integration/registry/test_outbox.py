@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from driftline.kit.kafka import DeliveryError, KafkaProducer
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import consume, written
+from driftline.kit.testing import consume, free_port, written
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.services.registry import testing
 
@@ -120,16 +119,10 @@ async def test_outbox_drains_after_a_broker_outage_exactly_once_in_order(
             dead.close(0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_the_service_process_serves_publishes_and_drains_on_sigterm(
     tmp_path, backend, events_topic, kafka_settings
 ):
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     prefix = events_topic.name.removesuffix("registry.model-events.v1")
     env = {
         **os.environ,
@@ -190,20 +183,14 @@ async def test_the_service_process_serves_publishes_and_drains_on_sigterm(
     assert code == 0
 
 
-def _stack(*args: str) -> None:
-    done = subprocess.run(
-        ["bash", str(ROOT / "deploy/local/stack.sh"), *args], capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-async def _outage(app, address: str) -> None:
+async def _outage(app, address: str, stack) -> None:
     """One change with the broker up, eight while it is down (they wait in the outbox), then
     the broker comes back and the outbox drains."""
     async with RegistryClient(address, TOKEN) as client:
         await client.record_run(pb.Run(run_id="before", model_name="fraud"))
         await _until(lambda: app.outbox.pending_count() == 0, timeout_s=60, what="the first event to go out")
-        await asyncio.to_thread(_stack, "down", "kafka")
+        stopped = await asyncio.to_thread(stack, "down", "kafka")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         try:
             # Writes succeed while the broker is down: the events wait in the outbox.
             assert await _changes(client) == _CHANGES
@@ -215,21 +202,22 @@ async def _outage(app, address: str) -> None:
             )
             assert app.outbox.pending_count() == n
         finally:
-            await asyncio.to_thread(_stack, "up", "kafka")
+            started = await asyncio.to_thread(stack, "up", "kafka")
+            assert started.returncode == 0, started.stdout + started.stderr
         await _until(lambda: app.outbox.pending_count() == 0, timeout_s=180, what="the outbox to drain")
 
 
 @pytest.mark.disruptive
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_outbox_drains_after_the_real_broker_stops_and_starts(
-    start_registry, events_topic, kafka_settings
+    start_registry, events_topic, kafka_settings, stack
 ):
     """A producer connected to the real broker, through a real outage. Its delivery timeout is
     short, so the relay sees its sends fail and tries again while the broker is down."""
     producer = KafkaProducer(kafka_settings.copy(update={"delivery_timeout_ms": 3000}))
     app, address = await start_registry(publisher=producer, outbox_poll_interval_s=0.2)
     try:
-        await _outage(app, address)
+        await _outage(app, address, stack)
     finally:
         await app.stop()
         with contextlib.suppress(DeliveryError):

@@ -12,7 +12,7 @@ from driftline.kit.settings import (
     LogSettings,
     MetricsSettings,
 )
-from driftline.services.registry.security import ACTOR_NAME, ACTOR_RULE
+from driftline.services.registry.security import validate_token_names
 
 MIB = 1024 * 1024
 
@@ -87,11 +87,7 @@ class Settings(GrpcServerSettings):
 
     @validator("tokens")
     def _token_names_are_actor_names(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:  # noqa: N805
-        # An actor is recorded as `token` or `token:declared`, and a lock binds to the part
-        # before the ':': a token named `team:ops` would share locks with one named `team:ml`.
-        bad = [name for name in tokens if not ACTOR_NAME.fullmatch(name)]
-        if bad:
-            raise ValueError(f"token names must be short plain names ({ACTOR_RULE}): {bad}")
+        validate_token_names(tokens)
         return tokens
 
     def resolved_database_url(self) -> str:

@@ -28,13 +28,20 @@ ACTOR_RULE = "1-64 ASCII letters, digits, '_', '.', '@', '+' or '-', starting wi
 ACTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}", re.ASCII)
 
 
+def validate_token_names(names: Iterable[str]) -> None:
+    """Token names are plain actor names. An actor is recorded as ``token`` or
+    ``token:declared``, and a lock binds to the part before the ':' (``principal``): a token
+    named ``team:ops`` would share locks with one named ``team:ml``."""
+    bad = [name for name in names if not ACTOR_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"token names must be short plain names ({ACTOR_RULE}): {bad}")
+
+
 class TokenAuthenticator:
     """Maps a presented bearer token to the actor it belongs to."""
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
-        bad = [actor for actor in tokens if not ACTOR_NAME.fullmatch(actor)]
-        if bad:
-            raise ValueError(f"token names must be short plain names ({ACTOR_RULE}): {bad}")
+        validate_token_names(tokens)
         self._tokens = {actor: secret.encode() for actor, secret in tokens.items() if secret}
 
     def authenticate(self, presented: str | None, declared_actor: str | None = None) -> str:
