@@ -4,6 +4,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PY := .venv/bin/python
 PROTOS := $(shell find proto -name '*.proto' | sort)
+DATAPLANE := services/inference/dataplane/Cargo.toml
 
 .PHONY: help
 help: ## Show this help
@@ -14,6 +15,10 @@ setup: ## Build the Python environment from nothing (installs uv from PyPI if ab
 	@command -v cargo >/dev/null 2>&1 || { echo "make setup: Rust 1.85+ (cargo) builds ingestion's native fast path; install it with rustup (https://rustup.rs)"; exit 1; }
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@$$(command -v uv || echo "$(UV)") sync --frozen --all-packages --python 3.11
+
+.PHONY: dataplane
+dataplane: ## Build inference's compiled data plane (ADR 0011's spike: its tests and bench/inference.py --only dataplane)
+	@cargo build --quiet --release --manifest-path $(DATAPLANE)
 
 .PHONY: proto
 proto: ## Regenerate the committed protobuf/gRPC code under libs/proto
@@ -39,17 +44,19 @@ status: ## Show what of the local stack is running
 	@bash deploy/local/stack.sh status
 
 .PHONY: lint
-lint: ## ruff, mypy, rustfmt and clippy for the native crate, gofmt and go vet for deploy/tools
+lint: ## ruff, mypy, rustfmt and clippy for the native crates, gofmt and go vet for deploy/tools
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy libs/kit libs/featurestore services
 	@cargo fmt --check --manifest-path services/ingestion/fastgate/Cargo.toml
 	@cargo clippy --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml -- -D warnings
+	@cargo fmt --check --manifest-path $(DATAPLANE)
+	@cargo clippy --quiet --release --all-targets --manifest-path $(DATAPLANE) -- -D warnings
 	@test -z "$$(gofmt -l deploy/tools)" || { gofmt -l deploy/tools; echo "gofmt: run gofmt -w deploy/tools"; exit 1; }
 	@cd deploy/tools && go vet ./...
 
 .PHONY: test
-test: setup ## Run every test (unit, contract, integration, e2e) against the real local stack
+test: setup dataplane ## Run every test (unit, contract, integration, e2e) against the real local stack
 	@bash deploy/local/test.sh
 
 .PHONY: unit

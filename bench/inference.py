@@ -3,6 +3,7 @@
     .venv/bin/python bench/inference.py                      # service + curve, ~1-2 minutes
     .venv/bin/python bench/inference.py --only service --view full   # predictions with features
     .venv/bin/python bench/inference.py --only curve --device cuda --plot /tmp/curve.png
+    .venv/bin/python bench/inference.py --only dataplane     # ADR 0011's compiled data plane, ~1 minute
 
 Service part (needs the local stack: Redis and Kafka). Two servers run, one after the other, each
 in its own process, driven by the same grpc.aio client in this process:
@@ -22,6 +23,11 @@ outside the handler (gRPC, network, client). Each server's CPU per call is split
 loop's thread and the rest, and the service's work is also run in this process without gRPC
 (the predictor on the same store and model, the response filled, the log records encoded): what
 the loop's thread spends beyond that is gRPC's and asyncio's per-call cost.
+
+Data-plane part (``--only dataplane``, ADR 0011's spike): the same client drives, one after the
+other, the Python echo above, the same echo on tonic (``driftline-dataplane echo``), the Python
+inference service and the compiled data plane (``services/inference/dataplane``), on the same
+entities; #6's targets are judged for both services against both echoes.
 
 Curve part: the device, the execution provider, and the latency/throughput of raw session runs
 over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
@@ -668,6 +674,127 @@ def _report(
         )
 
 
+# --- the compiled data plane (ADR 0011's spike) ---------------------------------------------------
+
+
+def _spawn_binary(args: list[str], port_file: Path) -> subprocess.Popen[bytes]:
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{args[0]} did not start")
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return proc
+
+
+def run_dataplane(seconds: float, concurrency: int, view_name: str) -> None:
+    """Same run, same client, same entities: the Python echo (#6's reference), the echo on tonic,
+    the Python inference service, and the compiled data plane; the #6 targets judged for both
+    services against both echoes."""
+    from driftline.featurestore import TRANSACTION_FEATURES
+    from driftline.inference.v1 import inference_pb2
+    from driftline.kit.settings import MetricsSettings
+    from driftline.kit.testing import unique_prefix
+    from driftline.kit.topics import PREDICTIONS
+    from driftline.services.inference.config import Settings
+    from driftline.services.inference.dataplane import DataPlane, binary_path, build_spec
+    from driftline.services.inference.models import ModelMeta
+
+    view = inference_pb2.PredictionView.Value(f"PREDICTION_VIEW_{view_name.upper()}")
+    prefix = unique_prefix()
+    entities = _setup(prefix)
+    workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-dataplane")
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[Result]] = {}
+
+    def drive(label: str, port: int, pid: int) -> None:
+        runs[label] = asyncio.run(_drive(port, pid, entities, label, seconds, concurrency, view))
+
+    try:
+        echo, port_text = _spawn(["echo"])
+        try:
+            drive("echo (grpc.aio)", int(port_text), echo.pid)
+        finally:
+            echo.terminate()
+            echo.wait(10)
+        port_file = workdir / "echo.port"
+        tonic_echo = _spawn_binary([str(binary_path()), "echo", str(port_file), *features()], port_file)
+        try:
+            drive("echo (tonic)", int(port_file.read_text()), tonic_echo.pid)
+        finally:
+            tonic_echo.terminate()
+            tonic_echo.wait(10)
+        server, text = _spawn(["inference", "--prefix", prefix, "--device", "cpu"])
+        try:
+            drive("inference (Python)", int(text.split()[0]), server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
+        model_path = workdir / "model.onnx"
+        model_path.write_bytes(bench_model())
+        settings = Settings(metrics=MetricsSettings(enabled=False), online_store_key_prefix=f"{prefix}fs")
+        spec = build_spec(
+            settings,
+            feature_set=TRANSACTION_FEATURES,
+            model_path=model_path,
+            meta=ModelMeta("fraud", 1, feature_names=features()),
+            predictions=PREDICTIONS.namespaced(prefix),
+            port_file=workdir / "plane.port",
+        )
+        plane = DataPlane(spec, workdir)
+        port = plane.start()
+        try:
+            drive("data plane (Rust)", port, plane.pid)
+        finally:
+            plane.stop()
+        redis_p50 = {rows: asyncio.run(_redis_read_p50(prefix, entities, rows)) for rows in (1, BATCH)}
+    finally:
+        _teardown(prefix, entities)
+        shutil.rmtree(workdir, ignore_errors=True)
+    _report_dataplane(runs, redis_p50, concurrency, view_name)
+
+
+def _report_dataplane(
+    runs: dict[str, list[Result]], redis_p50: dict[int, float], concurrency: int, view: str
+) -> None:
+    title = f"inference: Python service vs compiled data plane ({concurrency} in flight, {view} view)"
+    table = Table(title=title)
+    columns = ("call", "p50 µs", "p99 µs", "max req/s", "server CPU µs/call")
+    echoes = ("echo (grpc.aio)", "echo (tonic)")
+    for column in (*columns, *(f"p50 / {e}" for e in echoes), *(f"req/s / {e}" for e in echoes)):
+        table.add_column(column, justify="left" if column == "call" else "right")
+    verdicts = []
+    for k in range(2):
+        reference = [runs[e][k] for e in echoes]
+        for label, results in runs.items():
+            r = results[k]
+            table.add_row(
+                r.name,
+                f"{r.p50_us:.0f}",
+                f"{r.p99_us:.0f}",
+                f"{r.rps:.0f}",
+                f"{r.server_cpu_us:.0f}",
+                *(f"{r.p50_us / e.p50_us:.2f}" for e in reference),
+                *(f"{r.rps / e.rps:.2f}" for e in reference),
+            )
+            if label in echoes:
+                continue
+            for echo_label, e in zip(echoes, reference, strict=True):
+                budget = e.p50_us + redis_p50[r.rows] + 100
+                verdicts.append(
+                    f"{r.name} against {echo_label}: p50 {r.p50_us:.0f} µs vs target {budget:.0f} "
+                    f"(echo {e.p50_us:.0f} + read of {r.rows} {redis_p50[r.rows]:.0f} + 100) -> "
+                    f"{'MET' if r.p50_us <= budget else 'MISSED'}; throughput {r.rps / e.rps:.2f}x "
+                    f"(target 0.70) -> {'MET' if r.rps >= 0.7 * e.rps else 'MISSED'}"
+                )
+    console.print(table)
+    for line in verdicts:
+        console.print(line)
+
+
 # --- curve over batch sizes -------------------------------------------------------------------
 
 
@@ -765,7 +892,13 @@ def _plot(points: list[tuple[int, float, float]], provider: str, device: str, pa
 
 
 @click.command()
-@click.option("--only", type=click.Choice(["all", "service", "curve"]), default="all", show_default=True)
+@click.option(
+    "--only",
+    type=click.Choice(["all", "service", "curve", "dataplane"]),
+    default="all",
+    show_default=True,
+    help="all: service and curve. dataplane: the compiled data plane against both echoes (not in all).",
+)
 @click.option(
     "--device",
     type=click.Choice([d.value for d in Device]),
@@ -831,6 +964,8 @@ def main(
         return
     if only in ("all", "service"):
         run_service(seconds, concurrency, device, view)
+    if only == "dataplane":
+        run_dataplane(seconds, concurrency, view)
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
 

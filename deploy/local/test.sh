@@ -39,6 +39,7 @@ echo "== unit and contract tests"
 "${PYTEST[@]}" -m "not integration and not e2e" -q
 echo "== native unit tests (cargo)"
 cargo test --quiet --release --manifest-path services/ingestion/fastgate/Cargo.toml
+cargo test --quiet --release --manifest-path services/inference/dataplane/Cargo.toml
 
 echo "== starting the local stack (Kafka, Redis, Prometheus, PostgreSQL)"
 if ! bash deploy/local/stack.sh status >/dev/null 2>&1; then

@@ -118,12 +118,17 @@ class FeatureWrite:
         return cls(entity_id=entity_id, event_time=computed.event_time, values=computed.values)
 
 
+def key_prefix_of(feature_set: FeatureSet, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
+    """What every entity key of ``feature_set`` starts with; the entity id follows."""
+    return f"{key_prefix}:{feature_set.name}:v{feature_set.version}:"
+
+
 class _Layout:
     """Key format, encoding and read semantics shared by the sync and async stores."""
 
     def __init__(self, feature_set: FeatureSet, key_prefix: str, key_ttl_s: float | None) -> None:
         self.feature_set = feature_set
-        self.prefix = f"{key_prefix}:{feature_set.name}:v{feature_set.version}:"
+        self.prefix = key_prefix_of(feature_set, key_prefix)
         self._prefix_bytes = self.prefix.encode()
         self.names = feature_set.feature_names
         # Every value as a little-endian double, in the feature set's order (field ``d``).

@@ -177,6 +177,21 @@ def per_message(handler: Callable[[Message], Iterable[Output]]) -> BatchHandler:
     return handle
 
 
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The librdkafka properties of every producer of the platform: idempotent, ``acks=all``,
+    lz4. Plain values only, so a producer outside Python (inference's data plane) gets the
+    same ones."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "delivery.timeout.ms": settings.delivery_timeout_ms,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+
+
 class KafkaProducer:
     """An idempotent producer whose sends are acknowledged or reported, never lost silently.
 
@@ -197,16 +212,7 @@ class KafkaProducer:
         config: dict[str, Any] | None = None,
         reports: DeliveryReports = "all",
     ) -> None:
-        conf: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "client.id": settings.client_id,
-            "logger": LIBRDKAFKA_LOG,
-            "enable.idempotence": True,
-            "acks": "all",
-            "delivery.timeout.ms": settings.delivery_timeout_ms,
-            "linger.ms": 5,
-            "compression.type": "lz4",
-        }
+        conf: dict[str, Any] = {**producer_config(settings), "logger": LIBRDKAFKA_LOG}
         if transactional_id:
             conf["transactional.id"] = transactional_id
         if reports == "errors":

@@ -88,6 +88,30 @@ def canary_bucket(model_name: str, entity_id: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
+def score_output(outputs: Sequence[TensorSpec]) -> int | None:
+    """Position of the output a model is scored by: the first float output with a score's name
+    (``probabilities``, ...), else the first float output; None without one."""
+    floats = [i for i, o in enumerate(outputs) if o.dtype.kind == "f"]
+    for wanted in _SCORE_OUTPUTS:
+        for i in floats:
+            if outputs[i].name == wanted:
+                return i
+    return floats[0] if floats else None
+
+
+def feature_input(inputs: Sequence[TensorSpec], names: Sequence[str]) -> TensorSpec | None:
+    """The one 2-D float input Predict-by-entity fills with feature columns, if the model has it."""
+    if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].dtype.kind != "f":
+        return None
+    width = inputs[0].shape[1]
+    if names and width is not None and width != len(names):
+        raise ModelLoadError(
+            f"model input {inputs[0].name} has {width} columns but the version lists {len(names)} features",
+            code="signature_mismatch",
+        )
+    return inputs[0]
+
+
 class ServingModel:
     """A loaded, warm model with its own batcher, and the leases of the requests using it."""
 
@@ -100,31 +124,8 @@ class ServingModel:
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._score_output = self._find_score_output(runtime.outputs)
-        self.feature_input: TensorSpec | None = self._find_feature_input(runtime.inputs, meta.feature_names)
-
-    @staticmethod
-    def _find_score_output(outputs: Sequence[TensorSpec]) -> int | None:
-        floats = [i for i, o in enumerate(outputs) if o.dtype.kind == "f"]
-        for wanted in _SCORE_OUTPUTS:
-            for i in floats:
-                if outputs[i].name == wanted:
-                    return i
-        return floats[0] if floats else None
-
-    @staticmethod
-    def _find_feature_input(inputs: Sequence[TensorSpec], names: Sequence[str]) -> TensorSpec | None:
-        """The one 2-D float input Predict-by-entity fills with feature columns, if the model has it."""
-        if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].dtype.kind != "f":
-            return None
-        width = inputs[0].shape[1]
-        if names and width is not None and width != len(names):
-            raise ModelLoadError(
-                f"model input {inputs[0].name} has {width} columns "
-                f"but the version lists {len(names)} features",
-                code="signature_mismatch",
-            )
-        return inputs[0]
+        self._score_output = score_output(runtime.outputs)
+        self.feature_input: TensorSpec | None = feature_input(runtime.inputs, meta.feature_names)
 
     @property
     def name(self) -> str:

@@ -1,0 +1,18 @@
+//! The gRPC service and the prediction-log record come from the project's own protobuf
+//! contracts (`proto/`), compiled with a vendored protoc: no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../proto");
+    std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    tonic_build::configure()
+        .build_client(false)
+        .compile_protos(
+            &[
+                proto_root.join("driftline/features/v1/features.proto"),
+                proto_root.join("driftline/inference/v1/inference.proto"),
+            ],
+            &[proto_root.clone(), protoc_bin_vendored::include_path()?],
+        )?;
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    Ok(())
+}

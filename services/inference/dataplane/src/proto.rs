@@ -1,0 +1,20 @@
+//! The protobuf contracts, generated from `proto/` by `build.rs`, in their packages' module
+//! tree (generated code names other packages by relative paths).
+
+#![allow(clippy::all, clippy::pedantic, dead_code)]
+
+pub mod driftline {
+    pub mod features {
+        pub mod v1 {
+            tonic::include_proto!("driftline.features.v1");
+        }
+    }
+    pub mod inference {
+        pub mod v1 {
+            tonic::include_proto!("driftline.inference.v1");
+        }
+    }
+}
+
+pub use driftline::features::v1 as features;
+pub use driftline::inference::v1 as inference;
