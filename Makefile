@@ -17,7 +17,7 @@ setup: ## Build the Python environment from nothing (installs uv from PyPI if ab
 	@$$(command -v uv || echo "$(UV)") sync --frozen --all-packages --python 3.11
 
 .PHONY: dataplane
-dataplane: ## Build inference's compiled data plane (ADR 0011's spike: its tests and bench/inference.py --only dataplane)
+dataplane: ## Build inference's compiled data plane (ADR 0011; DRIFTLINE_INFERENCE_DATA_PLANE=true runs it)
 	@cargo build --quiet --release --manifest-path $(DATAPLANE)
 
 .PHONY: proto

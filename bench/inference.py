@@ -24,7 +24,7 @@ loop's thread and the rest, and the service's work is also run in this process w
 (the predictor on the same store and model, the response filled, the log records encoded): what
 the loop's thread spends beyond that is gRPC's and asyncio's per-call cost.
 
-Data-plane part (``--only dataplane``, ADR 0011's spike): the same client drives, one after the
+Data-plane part (``--only dataplane``, ADR 0011): the same client drives, one after the
 other, the Python echo above, the same echo on tonic (``driftline-dataplane echo``), the Python
 inference service and the compiled data plane (``services/inference/dataplane``), on the same
 entities; #6's targets are judged for both services against both echoes.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -674,7 +675,7 @@ def _report(
         )
 
 
-# --- the compiled data plane (ADR 0011's spike) ---------------------------------------------------
+# --- the compiled data plane (ADR 0011) ----------------------------------------------------------
 
 
 def _spawn_binary(args: list[str], port_file: Path) -> subprocess.Popen[bytes]:
@@ -700,7 +701,7 @@ def run_dataplane(seconds: float, concurrency: int, view_name: str) -> None:
     from driftline.kit.testing import unique_prefix
     from driftline.kit.topics import PREDICTIONS
     from driftline.services.inference.config import Settings
-    from driftline.services.inference.dataplane import DataPlane, binary_path, build_spec
+    from driftline.services.inference.dataplane import DataPlane, binary_path
     from driftline.services.inference.models import ModelMeta
 
     view = inference_pb2.PredictionView.Value(f"PREDICTION_VIEW_{view_name.upper()}")
@@ -720,10 +721,10 @@ def run_dataplane(seconds: float, concurrency: int, view_name: str) -> None:
         finally:
             echo.terminate()
             echo.wait(10)
-        port_file = workdir / "echo.port"
+        port_file = workdir / "echo.json"
         tonic_echo = _spawn_binary([str(binary_path()), "echo", str(port_file), *features()], port_file)
         try:
-            drive("echo (tonic)", int(port_file.read_text()), tonic_echo.pid)
+            drive("echo (tonic)", json.loads(port_file.read_text())["port"], tonic_echo.pid)
         finally:
             tonic_echo.terminate()
             tonic_echo.wait(10)
@@ -733,20 +734,15 @@ def run_dataplane(seconds: float, concurrency: int, view_name: str) -> None:
         finally:
             server.terminate()
             server.wait(30)
-        model_path = workdir / "model.onnx"
-        model_path.write_bytes(bench_model())
         settings = Settings(metrics=MetricsSettings(enabled=False), online_store_key_prefix=f"{prefix}fs")
-        spec = build_spec(
-            settings,
-            feature_set=TRANSACTION_FEATURES,
-            model_path=model_path,
-            meta=ModelMeta("fraud", 1, feature_names=features()),
-            predictions=PREDICTIONS.namespaced(prefix),
-            port_file=workdir / "plane.port",
-        )
-        plane = DataPlane(spec, workdir)
+        predictions = PREDICTIONS.namespaced(prefix)
+        feature_set = TRANSACTION_FEATURES
+        plane = DataPlane(settings, feature_set=feature_set, predictions=predictions, workdir=workdir)
         port = plane.start()
         try:
+            artifact = bench_model()
+            digest = hashlib.sha256(artifact).hexdigest()
+            plane.load_model(artifact, ModelMeta("fraud", 1, digest, features()))
             drive("data plane (Rust)", port, plane.pid)
         finally:
             plane.stop()

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 proto_root.join("driftline/features/v1/features.proto"),
                 proto_root.join("driftline/inference/v1/inference.proto"),
+                proto_root.join("driftline/dataplane/v1/control.proto"),
             ],
             &[proto_root.clone(), protoc_bin_vendored::include_path()?],
         )?;

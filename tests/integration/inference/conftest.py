@@ -5,6 +5,7 @@ too. Topics, consumer groups and Redis keys are namespaced per test and removed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
 from driftline.registry.v1 import registry_pb2 as rpb
 from driftline.services.inference.app import InferenceApp
 from driftline.services.inference.config import InferenceGrpcSettings, Settings
+from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.registry_source import RegistryModelSource
 from driftline.services.inference.testing import logistic_model
 from driftline.services.registry.app import RegistryApp
@@ -121,10 +123,11 @@ class Stack:
         raise AssertionError(f"version {version} never went live")
 
 
-@pytest.fixture
-async def stack(
-    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+@contextlib.asynccontextmanager
+async def running_stack(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path, *, data_plane: bool = False
 ) -> AsyncIterator[Stack]:
+    """The registry and an inference server, with the compiled data plane beside it when asked."""
     prefix = unique_prefix()
     predictions = PREDICTIONS.namespaced(prefix)
     events = MODEL_EVENTS.namespaced(prefix)
@@ -159,8 +162,17 @@ async def stack(
         warmup_runs=1,
         startup_retry_s=0.3,
         model_events_group_prefix=f"{prefix}inference",
+        online_store_key_prefix=f"{prefix}fs",  # the data plane reads the store the app reads
     )
     producer = KafkaProducer(kafka_settings)
+    plane = None
+    if data_plane:
+        plane = DataPlane(
+            settings,
+            feature_set=TRANSACTION_FEATURES,
+            predictions=predictions,
+            workdir=tmp_path / "dataplane",
+        )
     app = InferenceApp(
         settings,
         features=store,
@@ -169,6 +181,7 @@ async def stack(
         default_feature_names=FEATURES,
         predictions_topic=predictions,
         model_events_topic=events,
+        data_plane=plane,
     )
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -184,3 +197,20 @@ async def stack(
             await store.delete(stack.entities)
         await redis_client.aclose()
         await asyncio.to_thread(delete_topics, kafka_settings, [predictions, events])
+
+
+@pytest.fixture
+async def stack(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    async with running_stack(kafka_settings, redis_settings, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def data_plane_stack(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """``stack`` with ``data_plane=True``: every champion also goes to a compiled data plane."""
+    async with running_stack(kafka_settings, redis_settings, tmp_path, data_plane=True) as running:
+        yield running

@@ -1,14 +1,17 @@
-"""The compiled data plane (``services/inference/dataplane``, a spike of ADR 0011) against the real
-broker and Redis: the binary ``make setup`` builds, started from a spec the control plane writes.
+"""The compiled data plane (``services/inference/dataplane``, ADR 0011) against the real broker
+and Redis: the binary ``make dataplane`` builds, started and loaded by its Python control plane.
 
 Its answers are checked against ONNX Runtime called in this process on the same rows, its
-staleness policies and error codes against the Python service's, and its prediction log by
-reading the records back from Kafka."""
+staleness policies and error codes against the Python service's, its prediction log by reading
+the records back from Kafka, and its hot swap under load."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,17 +22,28 @@ import numpy as np
 import onnxruntime
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
 from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
-from driftline.kit.testing import consume, create_test_topics, delete_topics, free_port, unique_prefix
+from driftline.kit.testing import (
+    consume,
+    create_test_topics,
+    delete_topics,
+    free_port,
+    redis_server,
+    unique_prefix,
+)
 from driftline.kit.topics import PREDICTIONS, Topic
 from driftline.services.inference.config import InferenceGrpcSettings, Settings
-from driftline.services.inference.dataplane import DataPlane, build_spec
+from driftline.services.inference.dataplane import DataPlane
+from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 from driftline.services.inference.testing import logistic_model
+
+from .conftest import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +53,28 @@ MAX_ENTITIES = 8
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
+def version_bytes(version: int) -> bytes:
+    """Each version scores differently, so a response tells which one served it."""
+    return logistic_model(WEIGHTS, bias=-1.0 + 0.25 * version)
+
+
+def meta(version: int, artifact: bytes) -> ModelMeta:
+    return ModelMeta("fraud", version, hashlib.sha256(artifact).hexdigest(), FEATURES)
+
+
+def row(i: int) -> list[float]:
+    return [float(i), 1.0 + i, 2.0, 3.0 * i, 1.0, 2.0, 0.5, 30.0, float(i % 3), float(i % 2), 0.25, 1.0]
+
+
 @dataclass
 class Plane:
     prefix: str
     store: AsyncOnlineStore
     stub: inference_pb2_grpc.InferenceServiceStub
+    health: health_pb2_grpc.HealthStub
     process: DataPlane
     predictions: Topic
     kafka: KafkaSettings
-    model_path: Path
     entities: list[str] = field(default_factory=list)
 
     async def put(self, values: list[float], *, age_s: float = 1.0) -> str:
@@ -56,70 +83,85 @@ class Plane:
         self.entities.append(entity)
         return entity
 
-    def scores(self, rows: list[list[float]]) -> list[float]:
+    def load(self, version: int) -> None:
+        artifact = version_bytes(version)
+        self.process.load_model(artifact, meta(version, artifact))
+
+    @staticmethod
+    def scores(rows: list[list[float]], version: int = 3) -> list[float]:
         """ONNX Runtime in this process, on the same rows."""
-        session = onnxruntime.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(version_bytes(version), providers=["CPUExecutionProvider"])
         matrix = np.asarray(rows, dtype=np.float32)
         return session.run(["probabilities"], {"input": matrix})[0][:, 1].astype(float).tolist()
+
+    async def serving(self) -> int:
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=""))
+        return reply.status
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.process.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+def settings_of(kafka: KafkaSettings, redis: RedisSettings, prefix: str, **kwargs: object) -> Settings:
+    return Settings(
+        grpc=InferenceGrpcSettings(port=0, max_message_bytes=MAX_MESSAGE_BYTES),
+        kafka=kafka,
+        redis=redis,
+        metrics=MetricsSettings(enabled=False),
+        max_entities_per_call=MAX_ENTITIES,
+        online_store_key_prefix=f"{prefix}fs",
+        **kwargs,
+    )
 
 
 @pytest.fixture
 async def start_plane(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Plane]]:
-    """``start_plane(policy=...)``: a data plane on a namespaced topic and key prefix, stopped and
-    cleaned up after the test."""
+    """``start_plane(policy=..., redis=..., load=3)``: a data plane on a namespaced topic and key
+    prefix serving version ``load`` (None: no model), stopped and cleaned up after the test."""
     prefix = unique_prefix()
     predictions = PREDICTIONS.namespaced(prefix)
     create_test_topics(kafka_settings, [predictions])
     redis_client = aioredis.Redis.from_url(redis_settings.url)
-    store = AsyncOnlineStore(redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
-    model_path = tmp_path / "model.onnx"
-    model_path.write_bytes(logistic_model(WEIGHTS, bias=-1.0))
-    started: list[tuple[Plane, grpc.aio.Channel]] = []
+    started: list[tuple[Plane, grpc.aio.Channel, aioredis.Redis | None]] = []
 
-    def start(policy: StalenessPolicy = StalenessPolicy.SERVE, threshold: float = 0.5) -> Plane:
-        settings = Settings(
-            grpc=InferenceGrpcSettings(port=0, max_message_bytes=MAX_MESSAGE_BYTES),
-            kafka=kafka_settings,
-            redis=redis_settings,
-            metrics=MetricsSettings(enabled=False),
-            staleness_policy=policy,
-            decision_threshold=threshold,
-            max_entities_per_call=MAX_ENTITIES,
-            online_store_key_prefix=f"{prefix}fs",
-        )
-        workdir = tmp_path / f"plane-{len(started)}"
-        spec = build_spec(
+    def start(
+        policy: StalenessPolicy = StalenessPolicy.SERVE,
+        redis: RedisSettings | None = None,
+        load: int | None = 3,
+    ) -> Plane:
+        settings = settings_of(kafka_settings, redis or redis_settings, prefix, staleness_policy=policy)
+        process = DataPlane(
             settings,
             feature_set=TRANSACTION_FEATURES,
-            model_path=model_path,
-            meta=ModelMeta(name="fraud", version=3, feature_names=FEATURES),
             predictions=predictions,
-            port_file=workdir / "port",
+            workdir=tmp_path / f"plane-{len(started)}",
         )
-        process = DataPlane(spec, workdir)
         port = process.start()
+        own = aioredis.Redis.from_url(redis.url) if redis else None
+        store = AsyncOnlineStore(own or redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        plane = Plane(prefix, store, stub, process, predictions, kafka_settings, model_path)
-        started.append((plane, channel))
+        stub, health = inference_pb2_grpc.InferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        plane = Plane(prefix, store, stub, health, process, predictions, kafka_settings)
+        started.append((plane, channel, own))
+        if load is not None:
+            plane.load(load)
         return plane
 
     try:
         yield start
     finally:
-        for plane, channel in started:
+        for plane, channel, own in started:
             await channel.close()
             plane.process.stop()
-            if plane.entities:
-                await store.delete(plane.entities)
+            if own is not None:
+                await own.aclose()
+            elif plane.entities:
+                await plane.store.delete(plane.entities)
         await redis_client.aclose()
         delete_topics(kafka_settings, [predictions])
-
-
-def row(i: int) -> list[float]:
-    return [float(i), 1.0 + i, 2.0, 3.0 * i, 1.0, 2.0, 0.5, 30.0, float(i % 3), float(i % 2), 0.25, 1.0]
 
 
 async def test_scores_match_onnxruntime_and_every_prediction_is_logged(
@@ -272,24 +314,133 @@ async def test_bad_requests_get_the_python_services_codes(
     assert (await plane.stub.Predict(ipb.PredictRequest(entity_id=known))).prediction.entity_id == known
 
 
-def test_a_model_that_does_not_load_stops_the_start_with_the_reason(
-    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+async def test_health_says_not_serving_until_a_model_is_loaded(start_plane: Callable[..., Plane]) -> None:
+    plane = start_plane(load=None)
+    entity = await plane.put(row(2))
+    assert await plane.serving() == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+    assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert early.value.details() == "no model is loaded yet"
+    plane.load(3)
+    assert await plane.serving() == health_pb2.HealthCheckResponse.SERVING
+    assert (await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))).prediction.model_version == 3
+
+
+async def test_a_swap_under_load_fails_no_call(start_plane: Callable[..., Plane]) -> None:
+    plane = start_plane()
+    entities = [await plane.put(row(i)) for i in range(4)]
+    seen: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def caller(k: int) -> None:
+        request = ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities])
+        while not stop.is_set():
+            try:
+                reply = await plane.stub.PredictBatch(request, timeout=5)
+            except grpc.aio.AioRpcError as err:
+                errors.append(err)
+                continue
+            versions = {p.model_version for p in reply.predictions}
+            assert len(versions) == 1  # one call, one model
+            seen[k].append(versions.pop())
+
+    callers = [asyncio.create_task(caller(k)) for k in range(4)]
+    await asyncio.sleep(0.3)
+    for version in (4, 5):
+        await asyncio.to_thread(plane.load, version)
+        await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert errors == []
+    for versions in seen:
+        assert versions == sorted(versions)  # never back to an older model
+        assert versions[0] == 3
+        assert versions[-1] == 5
+    reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entities[1]))
+    assert reply.prediction.score == pytest.approx(plane.scores([row(1)], version=5)[0], abs=1e-6)
+
+
+async def test_a_model_that_fails_to_load_leaves_the_serving_one(start_plane: Callable[..., Plane]) -> None:
+    plane = start_plane()
+    entity = await plane.put(row(3))
+    with pytest.raises(ModelLoadError, match="model"):
+        plane.process.load_model(b"not an onnx model", ModelMeta("fraud", 4, "", FEATURES))
+    good = version_bytes(5)
+    with pytest.raises(DigestMismatch, match="is not the registry's"):
+        plane.process.load_model(good, ModelMeta("fraud", 5, "0" * 64, FEATURES))
+    reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+    assert reply.prediction.model_version == 3
+    assert await plane.serving() == health_pb2.HealthCheckResponse.SERVING
+    text = plane.metrics()
+    assert 'driftline_dataplane_model_load_failures_total{reason="digest"} 1' in text
+    assert 'driftline_dataplane_model_info{model="fraud",version="3"} 1' in text
+    assert 'driftline_dataplane_requests_total{code="OK",method="Predict"} 1' in text
+    assert "driftline_dataplane_predictions_total 1" in text
+
+
+async def test_a_redis_restart_is_ridden_out(start_plane: Callable[..., Plane], tmp_path: Path) -> None:
+    port = free_port()
+    own = RedisSettings(url=f"redis://127.0.0.1:{port}/0", socket_timeout_s=1.0)
+    with redis_server(port, tmp_path):
+        plane = start_plane(redis=own)
+        entity = await plane.put(row(6))
+        assert (await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))).prediction.entity_id == entity
+    with pytest.raises(grpc.aio.AioRpcError) as down:
+        await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    with redis_server(port, tmp_path):
+        # The private server kept nothing; this test's own client needs a new connection too.
+        fresh = aioredis.Redis.from_url(own.url)
+        await AsyncOnlineStore(fresh, TRANSACTION_FEATURES, key_prefix=f"{plane.prefix}fs").write(
+            entity, row(6), time.time()
+        )
+        await fresh.aclose()
+        deadline = time.monotonic() + 15
+        codes = []
+        while True:
+            try:
+                reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+                break
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code())
+                if time.monotonic() > deadline:
+                    raise AssertionError("the data plane never reconnected") from err
+                await asyncio.sleep(0.2)
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}  # while reconnecting: retryable
+        assert reply.prediction.score == pytest.approx(plane.scores([row(6)])[0], abs=1e-6)
+
+
+def test_an_online_store_that_cannot_be_reached_stops_the_start_with_the_reason(
+    kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
-    model_path = tmp_path / "model.onnx"
-    model_path.write_bytes(logistic_model(WEIGHTS))
-    settings = Settings(kafka=kafka_settings, redis=redis_settings, metrics=MetricsSettings(enabled=False))
-    spec = build_spec(
-        settings,
-        feature_set=TRANSACTION_FEATURES,
-        model_path=model_path,
-        meta=ModelMeta(name="fraud", version=1, feature_names=FEATURES),
-        predictions=PREDICTIONS,
-        port_file=tmp_path / "port",
-    )
-    model_path.write_bytes(b"not an onnx model")  # corrupted after the control plane checked it
-    with pytest.raises(RuntimeError, match="model load failed"):
-        DataPlane(spec, tmp_path / "corrupt").start()
-    model_path.write_bytes(logistic_model(WEIGHTS))
-    spec["store"]["url"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    unreachable = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    settings = settings_of(kafka_settings, unreachable, "x")
+    process = DataPlane(settings, feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=tmp_path)
     with pytest.raises(RuntimeError, match="online store"):
-        DataPlane(spec, tmp_path / "no-redis").start()
+        process.start()
+    assert not process.control_socket.exists()
+
+
+async def test_the_service_hands_every_champion_to_its_data_plane(data_plane_stack: Stack) -> None:
+    stack = data_plane_stack
+    first, second = await stack.serve_versions(2)
+    entities = await stack.put_entities(3)
+    plane = stack.app.data_plane
+    assert plane is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        fast = inference_pb2_grpc.InferenceServiceStub(channel)
+        request = ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities])
+        python = await stack.inference.PredictBatch(request)
+        compiled = await fast.PredictBatch(request)
+        assert {p.model_version for p in compiled.predictions} == {first}
+        assert [p.score for p in compiled.predictions] == pytest.approx(
+            [p.score for p in python.predictions], abs=1e-6
+        )
+        await stack.promote(second, first)
+        await stack.wait_serving_version(second)
+        # The data plane swapped before the service did: it already serves the new champion.
+        after = await fast.PredictBatch(request)
+        assert {p.model_version for p in after.predictions} == {second}
+    assert plane.stop() == 0

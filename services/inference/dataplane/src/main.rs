@@ -1,63 +1,86 @@
-//! `driftline-dataplane`: inference's compiled data plane (a spike, ADR 0011).
+//! `driftline-dataplane`: inference's compiled data plane (ADR 0011).
 //!
-//!     driftline-dataplane serve SPEC.json     # Predict/PredictBatch from the champion
-//!     driftline-dataplane echo PORT_FILE [FEATURE ...]   # the benchmark's echo on tonic
+//!     driftline-dataplane serve SPEC.json                  # Predict/PredictBatch, control, /metrics
+//!     driftline-dataplane echo PORT_FILE [FEATURE ...]     # the benchmark's echo on tonic
 //!
-//! The Python control plane (`driftline.services.inference.dataplane`) writes the spec and
-//! starts, waits for and stops the process. Readiness: the bound port is written to the spec's
-//! `port_file` once the model is loaded and warm. SIGTERM or SIGINT stops accepting calls,
-//! finishes those in flight, then waits up to 10 s for the log's acknowledgements.
+//! The Python control plane (`driftline.services.inference.dataplane`) writes the spec, starts
+//! the process, and loads models into it over the control socket. Once the public port, the
+//! metrics port and the control socket listen, `{"port": .., "metrics_port": ..}` is written to
+//! the spec's `port_file`. Health (`grpc.health.v1`) is NOT_SERVING until a model is loaded.
+//! SIGTERM or SIGINT stops accepting calls, finishes those in flight, then waits up to 10 s for
+//! the log's acknowledgements.
 
+mod control;
 mod echo;
 mod jsonlog;
 mod log;
+mod metrics;
 mod model;
 mod proto;
 mod service;
 mod spec;
 mod store;
 
-use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Mutex};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 
-use crate::proto::inference::inference_service_server::InferenceServiceServer;
+use crate::proto::control::data_plane_control_server::DataPlaneControlServer;
+use crate::proto::inference::inference_service_server::{InferenceServiceServer, SERVICE_NAME};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+// A call allocates a few small buffers per prediction (strings, records, replies): glibc's
+// malloc and free were 18% of the process's CPU under PredictBatch(64) (perf), mimalloc's a
+// fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A receiver that turns true on SIGTERM or SIGINT.
+fn stop_on_signals() -> Result<watch::Receiver<bool>, Failure> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
 }
 
-/// Listens on `address`; writes the bound port to `port_file`. Accepted connections send small
-/// messages at once (TCP_NODELAY): without it a response waits for the client's delayed ACK,
-/// 40 ms here.
-async fn bind(address: &str, port_file: Option<&Path>) -> Result<TcpIncoming, Failure> {
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Listens on `address`. Accepted connections send small messages at once (TCP_NODELAY):
+/// without it a response waits for the client's delayed ACK, 40 ms here.
+async fn listen(address: &str) -> Result<(TcpIncoming, u16), Failure> {
     let listener = TcpListener::bind(address).await?;
-    let bound: SocketAddr = listener.local_addr()?;
-    if let Some(path) = port_file {
-        // Written whole, then renamed: a reader never sees half a port.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, bound.port().to_string())?;
-        std::fs::rename(&partial, path)?;
-    }
-    jsonlog::emit("info", "listening", json!({"address": bound.to_string()}));
-    TcpIncoming::from_listener(listener, true, None)
+    let port = listener.local_addr()?.port();
+    Ok((TcpIncoming::from_listener(listener, true, None)?, port))
+}
+
+/// Written whole, then renamed: a reader never sees half of it.
+fn write_ports(path: &Path, ports: &serde_json::Value) -> Result<(), Failure> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, ports.to_string())?;
+    std::fs::rename(&partial, path)?;
+    jsonlog::emit("info", "listening", ports.clone());
+    Ok(())
 }
 
 async fn serve(spec_path: &Path) -> Result<(), Failure> {
@@ -66,46 +89,78 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     ort::init_from(spec.ort_library.clone())
         .with_name("driftline-dataplane")
         .commit()?;
-    let model =
-        model::Model::load(&spec.model).map_err(|e| format!("model load failed: {}", e.0))?;
+    jsonlog::emit(
+        "info",
+        "starting",
+        json!({"feature_set": spec.store.feature_set, "max_entities": spec.max_entities, "workers": spec.workers}),
+    );
+    let metrics = metrics::Metrics::new()?;
     let store = store::Store::connect(&spec.store)
         .await
         .map_err(|e| format!("online store: {e:?}"))?;
-    let logger = log::PredictionLogger::new(&spec.log)?;
-    jsonlog::emit(
-        "info",
-        "model_ready",
-        json!({
-            "model": spec.model.name,
-            "version": spec.model.version,
-            "feature_set": spec.store.feature_set,
-            "provider": "CPUExecutionProvider",
-        }),
-    );
+    let logger = log::PredictionLogger::new(&spec.log, log::LogCounts::new(&metrics))?;
     let predictor = Arc::new(service::Predictor {
         store,
-        model,
+        model: service::ModelSlot::default(),
         logger,
         max_entities: spec.max_entities,
         policy: spec.store.policy,
+        metrics: metrics.clone(),
     });
-    let incoming = bind(&spec.listen, spec.port_file.as_deref()).await?;
-    let service = InferenceServiceServer::new(service::Service(predictor.clone()))
-        .max_decoding_message_size(spec.max_message_bytes);
-    Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop_signal())
-        .await?;
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+
+    let (public, port) = listen(&spec.listen).await?;
+    let metrics_listener = TcpListener::bind(&spec.metrics_listen).await?;
+    let metrics_port = metrics_listener.local_addr()?.port();
+    let _ = std::fs::remove_file(&spec.control_socket);
+    let control_listener = UnixListener::bind(&spec.control_socket)?;
+    // Only this user may load models.
+    std::fs::set_permissions(&spec.control_socket, std::fs::Permissions::from_mode(0o600))?;
+    let scrapes = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    write_ports(
+        &spec.port_file,
+        &json!({"port": port, "metrics_port": metrics_port}),
+    )?;
+
+    let stop = stop_on_signals()?;
+    let control = control::Control {
+        predictor: predictor.clone(),
+        health: Mutex::new(health),
+        loading: Mutex::new(()),
+    };
+    let control_server = Server::builder()
+        .add_service(DataPlaneControlServer::new(control))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(control_listener),
+            stopped(stop.clone()),
+        );
+    let public_server = Server::builder()
+        .add_service(health_service)
+        .add_service(
+            InferenceServiceServer::new(service::Service(predictor.clone()))
+                .max_decoding_message_size(spec.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(public, stopped(stop));
+    let served = tokio::try_join!(public_server, control_server);
+    scrapes.abort();
+    let _ = std::fs::remove_file(&spec.control_socket);
+    served?;
     let flushed = predictor.logger.flush(Duration::from_secs(10));
     let counts = &predictor.logger.counts;
     jsonlog::emit(
         if flushed { "info" } else { "warning" },
         "stopped",
         json!({
-            "log_produced": counts.produced.load(Ordering::Relaxed),
-            "log_acknowledged": counts.acknowledged.load(Ordering::Relaxed),
-            "log_dropped_queue_full": counts.dropped_queue_full.load(Ordering::Relaxed),
-            "log_delivery_failed": counts.delivery_failed.load(Ordering::Relaxed),
+            "log_produced": counts.produced.get(),
+            "log_acknowledged": counts.acknowledged.get(),
+            "log_dropped_queue_full": counts.dropped_queue_full.get(),
+            "log_delivery_failed": counts.delivery_failed.get(),
             "log_flushed": flushed,
         }),
     );
@@ -113,10 +168,11 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
 }
 
 async fn echo(port_file: &Path, features: Vec<String>) -> Result<(), Failure> {
-    let incoming = bind("127.0.0.1:0", Some(port_file)).await?;
+    let (incoming, port) = listen("127.0.0.1:0").await?;
+    write_ports(port_file, &json!({"port": port}))?;
     Server::builder()
         .add_service(InferenceServiceServer::new(echo::Echo { features }))
-        .serve_with_incoming_shutdown(incoming, stop_signal())
+        .serve_with_incoming_shutdown(incoming, stopped(stop_on_signals()?))
         .await?;
     Ok(())
 }

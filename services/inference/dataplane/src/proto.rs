@@ -9,6 +9,11 @@ pub mod driftline {
             tonic::include_proto!("driftline.features.v1");
         }
     }
+    pub mod dataplane {
+        pub mod v1 {
+            tonic::include_proto!("driftline.dataplane.v1");
+        }
+    }
     pub mod inference {
         pub mod v1 {
             tonic::include_proto!("driftline.inference.v1");
@@ -16,5 +21,6 @@ pub mod driftline {
     }
 }
 
+pub use driftline::dataplane::v1 as control;
 pub use driftline::features::v1 as features;
 pub use driftline::inference::v1 as inference;

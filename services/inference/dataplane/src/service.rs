@@ -1,15 +1,16 @@
-//! `driftline.inference.v1.InferenceService` from the champion: validate, read every entity's
-//! features in one round trip, apply the staleness policy, run the model on the call's rows at
-//! once, label by threshold, answer, and hand each prediction to the log. Errors carry the
-//! same gRPC codes and messages as the Python service's.
+//! `driftline.inference.v1.InferenceService` from the model serving: validate, read every
+//! entity's features in one round trip, apply the staleness policy, run the model on the call's
+//! rows at once, label by threshold, answer, and hand each prediction to the log. Errors carry
+//! the same gRPC codes and messages as the Python service's.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
 use crate::log::PredictionLogger;
-use crate::model::Model;
+use crate::metrics::Metrics;
+use crate::model::{Model, ROLE};
 use crate::proto::features::{FeatureStatus, FeatureValue};
 use crate::proto::inference::inference_service_server::InferenceService;
 use crate::proto::inference::{
@@ -19,14 +20,36 @@ use crate::proto::inference::{
 use crate::spec::Policy;
 use crate::store::{ReadError, Row, Store};
 
-const ROLE: &str = "champion";
+/// The model serving, swapped whole: a call keeps the `Arc` it started with, so a swap never
+/// changes the model under a call, and the old model is freed when its last call ends.
+#[derive(Default)]
+pub struct ModelSlot(RwLock<Option<Arc<Model>>>);
+
+impl ModelSlot {
+    pub fn current(&self) -> Option<Arc<Model>> {
+        self.0
+            .read()
+            .map(|slot| slot.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Puts `model` in; returns the one it replaced.
+    pub fn swap(&self, model: Arc<Model>) -> Option<Arc<Model>> {
+        let mut slot = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.replace(model)
+    }
+}
 
 pub struct Predictor {
     pub store: Store,
-    pub model: Model,
+    pub model: ModelSlot,
     pub logger: PredictionLogger,
     pub max_entities: usize,
     pub policy: Policy,
+    pub metrics: Metrics,
 }
 
 fn epoch_now() -> f64 {
@@ -71,7 +94,9 @@ impl Predictor {
                 self.max_entities
             )));
         }
-        let model = &self.model;
+        let Some(model) = self.model.current() else {
+            return Err(Status::unavailable("no model is loaded yet"));
+        };
         let mut ids = Vec::with_capacity(requests.len());
         for request in requests {
             if !request.model_name.is_empty() && request.model_name != model.spec.name {
@@ -91,7 +116,13 @@ impl Predictor {
             Err(_) => return Err(Status::invalid_argument(format!("unknown view {view}"))),
         };
         let now = epoch_now();
-        let rows = self.store.read(&ids, now).await.map_err(|err| match err {
+        let read_started = Instant::now();
+        let read = self.store.read(&ids, now).await;
+        self.metrics
+            .stage_seconds
+            .with_label_values(&["features"])
+            .observe(read_started.elapsed().as_secs_f64());
+        let rows = read.map_err(|err| match err {
             ReadError::Timeout => Status::unavailable("the online store did not answer in time"),
             ReadError::Unreachable(why) => {
                 Status::unavailable(format!("the online store cannot be reached: {why}"))
@@ -109,7 +140,7 @@ impl Predictor {
                 some_of(&unknown)
             )));
         }
-        let columns = &model.spec.columns;
+        let columns = &model.columns;
         let width = columns.len();
         let mut matrix = Vec::with_capacity(rows.len() * width);
         let mut found = Vec::with_capacity(rows.len());
@@ -138,10 +169,16 @@ impl Predictor {
                 "the online store returned a NaN or infinite feature value",
             ));
         }
-        let scores = model.score(&matrix, rows.len()).map_err(|err| {
+        let model_started = Instant::now();
+        let scored = model.score(&matrix, rows.len());
+        self.metrics
+            .stage_seconds
+            .with_label_values(&["model"])
+            .observe(model_started.elapsed().as_secs_f64());
+        let scores = scored.map_err(|err| {
             Status::internal(format!(
-                "model {} v{} failed: {}",
-                model.spec.name, model.spec.version, err.0
+                "model {} v{} failed: {err}",
+                model.spec.name, model.spec.version
             ))
         })?;
         let predicted_at = Some(timestamp(epoch_now()));
@@ -152,19 +189,19 @@ impl Predictor {
             let used = &matrix[i * width..(i + 1) * width];
             let prediction_id = uuid::Uuid::new_v4().to_string();
             let label = i32::from(score >= threshold);
-            self.logger.log(&PredictionLog {
-                prediction_id: prediction_id.clone(),
-                entity_id: request.entity_id.clone(),
-                event_id: request.event_id.clone(),
-                model_name: model.spec.name.clone(),
-                model_version: model.spec.version,
-                score,
-                label,
-                feature_names: model.spec.feature_names.clone(),
-                feature_values: used.to_vec(),
-                predicted_at,
-                role: ROLE.into(),
-            });
+            self.logger.log(
+                &model.log_head,
+                &PredictionLog {
+                    prediction_id: prediction_id.clone(),
+                    entity_id: request.entity_id.clone(),
+                    event_id: request.event_id.clone(),
+                    score,
+                    label,
+                    feature_values: used.to_vec(),
+                    predicted_at,
+                    ..PredictionLog::default()
+                },
+            );
             let features = if full {
                 let stamp = Some(timestamp(event_time));
                 used.iter()
@@ -197,11 +234,28 @@ impl Predictor {
                 served_by: ROLE.into(),
             });
         }
+        self.metrics.predictions.inc_by(predictions.len() as u64);
         Ok(predictions)
     }
 }
 
 pub struct Service(pub Arc<Predictor>);
+
+impl Service {
+    /// Counts the call by method and status and times it whole.
+    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+        let metrics = &self.0.metrics;
+        metrics
+            .stage_seconds
+            .with_label_values(&["total"])
+            .observe(started.elapsed().as_secs_f64());
+        let code = match result {
+            Ok(_) => "OK".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        metrics.requests.with_label_values(&[method, &code]).inc();
+    }
+}
 
 #[tonic::async_trait]
 impl InferenceService for Service {
@@ -209,9 +263,14 @@ impl InferenceService for Service {
         &self,
         request: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
-        let view = request.view;
-        let mut predictions = self.0.predict(std::slice::from_ref(&request), view).await?;
+        let result = self
+            .0
+            .predict(std::slice::from_ref(&request), request.view)
+            .await;
+        self.observe("Predict", started, &result);
+        let mut predictions = result?;
         Ok(Response::new(PredictResponse {
             prediction: predictions.pop(),
         }))
@@ -221,8 +280,12 @@ impl InferenceService for Service {
         &self,
         request: Request<PredictBatchRequest>,
     ) -> Result<Response<PredictBatchResponse>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
-        let predictions = self.0.predict(&request.requests, request.view).await?;
-        Ok(Response::new(PredictBatchResponse { predictions }))
+        let result = self.0.predict(&request.requests, request.view).await;
+        self.observe("PredictBatch", started, &result);
+        Ok(Response::new(PredictBatchResponse {
+            predictions: result?,
+        }))
     }
 }

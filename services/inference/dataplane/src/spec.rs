@@ -1,8 +1,8 @@
-//! What the data plane serves, as the Python control plane writes it
-//! (`driftline.services.inference.dataplane.DataPlaneSpec`): the feature set's layout and
-//! freshness rules come from the feature definitions, the model's input, score output and
-//! columns from the loaded model, the log's producer settings and topic from the platform's
-//! settings and topic declarations. Nothing here is a second copy of a contract.
+//! How the data plane runs, as the Python control plane writes it
+//! (`driftline.services.inference.dataplane.build_spec`): the feature set's layout and
+//! freshness rules come from the feature definitions, the log's producer settings and topic from
+//! the platform's settings and topic declarations. Models arrive later, over the control socket
+//! (`driftline.dataplane.v1.DataPlaneControl`). Nothing here is a second copy of a contract.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,10 +12,14 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// Address to bind, e.g. `127.0.0.1:0` (port 0: any free port, written to `port_file`).
+    /// Address of the public gRPC server, e.g. `127.0.0.1:0` (port 0: any free port).
     pub listen: String,
-    /// Written with the bound port once the model is loaded and warm: the readiness signal.
-    pub port_file: Option<PathBuf>,
+    /// Address of `/metrics` (Prometheus text format).
+    pub metrics_listen: String,
+    /// Unix socket of the control service; created by the process, removed at exit.
+    pub control_socket: PathBuf,
+    /// Written once everything listens: `{"port": .., "metrics_port": ..}`.
+    pub port_file: PathBuf,
     /// Tokio worker threads.
     pub workers: usize,
     /// Most entities in one call.
@@ -25,7 +29,6 @@ pub struct Spec {
     /// ONNX Runtime's shared library (the one the Python package ships).
     pub ort_library: String,
     pub store: StoreSpec,
-    pub model: ModelSpec,
     pub log: LogSpec,
 }
 
@@ -55,30 +58,6 @@ pub struct StoreSpec {
     pub timeout_s: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    Float32,
-    Float64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    pub path: PathBuf,
-    pub name: String,
-    pub version: i32,
-    pub input: String,
-    pub input_dtype: Dtype,
-    pub score_output: String,
-    /// The model's features, in its input's column order.
-    pub feature_names: Vec<String>,
-    /// Position of each of the model's features in the store's vector.
-    pub columns: Vec<usize>,
-    pub threshold: f64,
-    pub intra_threads: usize,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSpec {
@@ -97,15 +76,6 @@ impl Spec {
                 width,
                 store.ttls_s.len(),
                 store.defaults.len()
-            ));
-        }
-        let model = &self.model;
-        if model.columns.len() != model.feature_names.len() || model.columns.is_empty() {
-            return Err("model: one column per feature name".into());
-        }
-        if let Some(bad) = model.columns.iter().find(|&&c| c >= width) {
-            return Err(format!(
-                "model: column {bad} is outside the store's {width} features"
             ));
         }
         if self.max_entities == 0 || self.workers == 0 {

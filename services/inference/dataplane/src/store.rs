@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::spec::{Policy, StoreSpec};
 
@@ -133,9 +133,10 @@ fn text_values(text: &[u8], count: usize) -> Option<Vec<f64>> {
 }
 
 /// The online store on one multiplexed connection: concurrent calls' reads share it, each
-/// call's entities pipelined in one round trip.
+/// call's entities pipelined in one round trip. A connection that breaks (Redis restarted) is
+/// re-established in the background; calls meanwhile fail as unreachable.
 pub struct Store {
-    connection: MultiplexedConnection,
+    connection: ConnectionManager,
     pub layout: Layout,
     timeout: Duration,
 }
@@ -146,14 +147,19 @@ impl Store {
     pub async fn connect(spec: &StoreSpec) -> Result<Self, ReadError> {
         let client = redis::Client::open(spec.url.as_str())
             .map_err(|e| ReadError::Unreachable(e.to_string()))?;
-        let connection = client
-            .get_multiplexed_async_connection()
+        let timeout = Duration::from_secs_f64(spec.timeout_s);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(500);
+        let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| ReadError::Unreachable(e.to_string()))?;
         Ok(Store {
             connection,
             layout: Layout::new(spec),
-            timeout: Duration::from_secs_f64(spec.timeout_s),
+            timeout,
         })
     }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import structlog
 
@@ -18,6 +20,7 @@ from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
 from driftline.services.inference import kserve, metrics, servicer
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
+from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
 from driftline.services.inference.model_events import ModelEventsListener
 from driftline.services.inference.models import ModelSlots, Role, RoutingOptions
@@ -43,6 +46,7 @@ class InferenceApp:
         predictions_topic: Topic = PREDICTIONS,
         model_events_topic: Topic = MODEL_EVENTS,
         session_factory: SessionFactory | None = None,
+        data_plane: DataPlane | None = None,
     ) -> None:
         self.settings = settings
         self._features = features
@@ -50,6 +54,8 @@ class InferenceApp:
         self._producer = producer
         self._default_features = default_feature_names
         self._model_events_topic = model_events_topic
+        #: The compiled data plane serving Predict beside this server (``settings.data_plane``).
+        self.data_plane = data_plane
         self.sessions = session_factory or SessionFactory(
             RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads)
         )
@@ -102,6 +108,8 @@ class InferenceApp:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        if self.data_plane is not None:
+            await loop.run_in_executor(self._loads, self.data_plane.start)
         self.loader = ModelLoader(
             source=self._source,
             load_runtime=self.sessions.load,
@@ -110,6 +118,7 @@ class InferenceApp:
             aliases=self._aliases,
             default_feature_names=self._default_features,
             warm_up=WarmUp(tuple(self.settings.warmup_batch_sizes), self.settings.warmup_runs),
+            mirror=self.data_plane.load_model if self.data_plane is not None else None,
         )
         self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
         self.prediction_log.start()
@@ -175,6 +184,8 @@ class InferenceApp:
         if self.listener is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
         await self.server.stop()
+        if self.data_plane is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.data_plane.stop)
         await self.predictor.drain()
         await self.slots.close()
         self._loads.shutdown(wait=False, cancel_futures=True)
@@ -210,12 +221,23 @@ async def serve(settings: Settings) -> None:
     client = RegistryClient(settings.registry_address, settings.registry_token or None)
     source = RegistryModelSource(client, asyncio.get_running_loop())
     serve_metrics(settings.metrics_port, settings.metrics, service="inference")
+    data_plane = None
+    if settings.data_plane:
+        data_plane = DataPlane(
+            settings,
+            feature_set=feature_set,
+            predictions=PREDICTIONS,
+            workdir=Path(tempfile.mkdtemp(prefix="driftline-dataplane-")),
+            listen=f"{settings.grpc.host}:{settings.data_plane_port}",
+            metrics_listen=f"{settings.metrics.host}:{settings.data_plane_metrics_port}",
+        )
     app = InferenceApp(
         settings,
         features=store,
         source=source,
         producer=producer,
         default_feature_names=tuple(feature_set.feature_names),
+        data_plane=data_plane,
     )
     await app.start()
     try:

@@ -109,6 +109,16 @@ class Settings(BaseSettings):
         description="Allocations between collections of the youngest generation, from the first "
         "champion on (Python's default: 700); 0 keeps Python's.",
     )
+    data_plane: bool = Field(
+        False,
+        description="Also serve Predict and PredictBatch from the compiled data plane (ADR 0011) on "
+        "data_plane_port. It is given every champion before this service swaps it in, and a champion "
+        "it refuses is refused here too.",
+    )
+    data_plane_port: int = Field(
+        15054, description="Port of the data plane's InferenceService and health; 0 picks one."
+    )
+    data_plane_metrics_port: int = Field(9114, description="Port of the data plane's /metrics; 0 picks one.")
     model_events_group_prefix: str = Field(
         "inference", description="Prefix of this instance's own consumer group (a unique suffix is added)."
     )

@@ -1,11 +1,14 @@
-"""Inference's compiled data plane, a spike (docs/adr/0011-inference-serving-stays-in-cpython.md):
-the Python side, which writes its spec and runs its process.
+"""Inference's compiled data plane (docs/adr/0011-inference-serving-stays-in-cpython.md): the
+Python side, which writes its spec, runs its process and loads models into it.
 
 ``services/inference/dataplane`` (Rust: tonic, ONNX Runtime's C API through ``ort``, a pipelined
-Redis read, librdkafka) serves ``driftline.inference.v1`` Predict and PredictBatch from one
-model, with the online store's layout and staleness policy, the Python service's error codes,
-and a ``PredictionLog`` record per prediction. Everything it needs to know comes from here, out
-of the platform's own definitions, so no contract has a second source:
+Redis read, librdkafka) serves ``driftline.inference.v1`` Predict and PredictBatch, with the
+online store's layout and staleness policy, the Python service's error codes, a
+``PredictionLog`` record per prediction, ``grpc.health.v1`` and Prometheus metrics. Models reach
+it over a Unix socket (``driftline.dataplane.v1.DataPlaneControl/LoadModel``): it verifies the
+artifact's digest, loads and warms it, and swaps it in while calls in flight finish on the old
+one. Everything it needs to know comes from here, out of the platform's own definitions, so no
+contract has a second source:
 
 * the feature set's key prefix, names, ttls and defaults (``driftline.featurestore``);
 * the model's input, dtype, score output and columns, found by the same functions the Python
@@ -13,30 +16,34 @@ of the platform's own definitions, so no contract has a second source:
 * the log's librdkafka properties (``kit.kafka.producer_config``) and topic (``kit.topics``);
 * the service's settings (policy, threshold, limits, Redis URL).
 
-What the spike leaves to the Python service (and why it is not the serving path): the KServe v2
-API, dynamic batching, hot swap, shadow and canary routing, health, metrics, CUDA. See
-``docs/inference.md``.
+What it leaves to the Python service, which stays the serving path until it has them: the
+KServe v2 API, dynamic batching, shadow and canary routing, CUDA. See ``docs/inference.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import onnxruntime
 
+from driftline.dataplane.v1 import control_pb2, control_pb2_grpc
 from driftline.featurestore import FeatureSet
 from driftline.featurestore.online import DEFAULT_KEY_PREFIX, key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
 from driftline.services.inference.config import Settings
-from driftline.services.inference.errors import ModelLoadError
+from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta, feature_input, score_output
 from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
 
@@ -46,7 +53,7 @@ _CRATE = Path(__file__).resolve().parents[3] / "dataplane"
 
 
 def binary_path() -> Path:
-    """The data plane's executable (``make setup`` builds it)."""
+    """The data plane's executable (``make dataplane`` builds it)."""
     return Path(os.environ.get(BINARY_ENV) or _CRATE / "target" / "release" / "driftline-dataplane")
 
 
@@ -64,16 +71,54 @@ def build_spec(
     settings: Settings,
     *,
     feature_set: FeatureSet,
-    model_path: Path,
-    meta: ModelMeta,
     predictions: Topic,
     port_file: Path,
+    control_socket: Path,
     listen: str = "127.0.0.1:0",
+    metrics_listen: str = "127.0.0.1:0",
     workers: int = 2,
     store_timeout_s: float = 1.0,
 ) -> dict[str, Any]:
-    """The data plane's spec for serving ``model_path`` (version ``meta``) on ``feature_set``."""
-    runtime = SessionFactory(RuntimeOptions(device=Device.CPU)).load(model_path.read_bytes())
+    """The data plane's spec: how it runs on ``feature_set``, before any model is loaded."""
+    key_prefix = settings.online_store_key_prefix or DEFAULT_KEY_PREFIX
+    return {
+        "listen": listen,
+        "metrics_listen": metrics_listen,
+        "control_socket": str(control_socket),
+        "port_file": str(port_file),
+        "workers": workers,
+        "max_entities": settings.max_entities_per_call,
+        "max_message_bytes": settings.grpc.max_message_bytes,
+        "ort_library": str(ort_library()),
+        "store": {
+            "url": settings.redis.url,
+            "key_prefix": key_prefix_of(feature_set, key_prefix),
+            "feature_set": feature_set.key,
+            "names": list(feature_set.feature_names),
+            "ttls_s": [f.ttl_s for f in feature_set.features],
+            "defaults": list(feature_set.defaults),
+            "policy": settings.staleness_policy.value,
+            "timeout_s": store_timeout_s,
+        },
+        "log": {
+            "topic": predictions.name,
+            "config": {key: _text(value) for key, value in producer_config(settings.kafka).items()},
+        },
+    }
+
+
+def _text(value: object) -> str:
+    """A librdkafka property's value as text (``true``/``false`` for booleans)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def model_spec(
+    settings: Settings, *, feature_set: FeatureSet, artifact: bytes, meta: ModelMeta, path: Path
+) -> control_pb2.ModelSpec:
+    """What the data plane needs to serve ``artifact`` (version ``meta``, written at ``path``),
+    found on an ONNX Runtime session by the Python service's own functions. The digest is the
+    registry's (``meta.sha256``) when known, which the data plane checks the file against."""
+    runtime = SessionFactory(RuntimeOptions(device=Device.CPU)).load(artifact)
     matrix = feature_input(runtime.inputs, meta.feature_names)
     scored = score_output(runtime.outputs)
     if matrix is None or scored is None:
@@ -88,58 +133,58 @@ def build_spec(
         raise FailedPrecondition(
             f"model {meta.name} v{meta.version} needs features {missing} the store lacks"
         )
-    key_prefix = settings.online_store_key_prefix or DEFAULT_KEY_PREFIX
-    return {
-        "listen": listen,
-        "port_file": str(port_file),
-        "workers": workers,
-        "max_entities": settings.max_entities_per_call,
-        "max_message_bytes": settings.grpc.max_message_bytes,
-        "ort_library": str(ort_library()),
-        "store": {
-            "url": settings.redis.url,
-            "key_prefix": key_prefix_of(feature_set, key_prefix),
-            "feature_set": feature_set.key,
-            "names": names,
-            "ttls_s": [f.ttl_s for f in feature_set.features],
-            "defaults": list(feature_set.defaults),
-            "policy": settings.staleness_policy.value,
-            "timeout_s": store_timeout_s,
-        },
-        "model": {
-            "path": str(model_path),
-            "name": meta.name,
-            "version": meta.version,
-            "input": matrix.name,
-            "input_dtype": matrix.dtype.name,
-            "score_output": runtime.outputs[scored].name,
-            "feature_names": wanted,
-            "columns": [names.index(n) for n in wanted],
-            "threshold": meta.threshold if meta.threshold is not None else settings.decision_threshold,
-            "intra_threads": settings.intra_op_threads,
-        },
-        "log": {
-            "topic": predictions.name,
-            "config": {key: _text(value) for key, value in producer_config(settings.kafka).items()},
-        },
-    }
-
-
-def _text(value: object) -> str:
-    """A librdkafka property's value as text (``true``/``false`` for booleans)."""
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return control_pb2.ModelSpec(
+        path=str(path),
+        sha256=meta.sha256 or hashlib.sha256(artifact).hexdigest(),
+        name=meta.name,
+        version=meta.version,
+        input=matrix.name,
+        input_dtype=matrix.dtype.name,
+        score_output=runtime.outputs[scored].name,
+        feature_names=wanted,
+        columns=[names.index(n) for n in wanted],
+        threshold=meta.threshold if meta.threshold is not None else settings.decision_threshold,
+        intra_threads=settings.intra_op_threads,
+    )
 
 
 class DataPlane:
-    """One data-plane process: ``start`` writes the spec, runs the binary and waits until its
-    model is warm and its port bound; ``stop`` sends SIGTERM (it drains calls and flushes the
-    log) and waits. Its JSON log lines go to ``workdir/dataplane.log``."""
+    """One data-plane process.
 
-    def __init__(self, spec: dict[str, Any], workdir: Path) -> None:
-        self._spec = spec
+    ``start`` writes the spec, runs the binary and waits until it listens (health NOT_SERVING).
+    ``load_model`` writes an artifact under ``workdir/models`` and has the process verify, load,
+    warm and swap it in. ``stop`` sends SIGTERM (it drains calls and flushes the log) and waits.
+    Its JSON log lines go to ``workdir/dataplane.log``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        feature_set: FeatureSet,
+        predictions: Topic,
+        workdir: Path,
+        listen: str = "127.0.0.1:0",
+        metrics_listen: str = "127.0.0.1:0",
+    ) -> None:
+        self._settings = settings
+        self._feature_set = feature_set
         self._workdir = workdir
+        # A Unix socket's path is limited to 107 bytes: a short one in the temp dir, 0600.
+        self.control_socket = Path(tempfile.gettempdir()) / f"driftline-dp-{uuid.uuid4().hex[:12]}.sock"
+        self.spec = build_spec(
+            settings,
+            feature_set=feature_set,
+            predictions=predictions,
+            port_file=workdir / "ports.json",
+            control_socket=self.control_socket,
+            listen=listen,
+            metrics_listen=metrics_listen,
+        )
         self._process: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
         self.port = 0
+        self.metrics_port = 0
 
     @property
     def pid(self) -> int:
@@ -152,14 +197,15 @@ class DataPlane:
         return self._workdir / "dataplane.log"
 
     def start(self, timeout_s: float = 30.0) -> int:
+        """Runs the process; returns its public port once it listens."""
         binary = binary_path()
         if not binary.exists():
-            raise FileNotFoundError(f"{binary} is not built: run make setup")
+            raise FileNotFoundError(f"{binary} is not built: run make dataplane")
         self._workdir.mkdir(parents=True, exist_ok=True)
-        port_file = Path(self._spec["port_file"])
+        port_file = Path(self.spec["port_file"])
         port_file.unlink(missing_ok=True)
         spec_path = self._workdir / "dataplane.json"
-        spec_path.write_text(json.dumps(self._spec, indent=2))
+        spec_path.write_text(json.dumps(self.spec, indent=2))
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen([str(binary), "serve", str(spec_path)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
@@ -168,10 +214,41 @@ class DataPlane:
                 raise RuntimeError(f"the data plane exited with {self._process.returncode}: {self._tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"the data plane was not ready within {timeout_s} s: {self._tail()}")
+                raise TimeoutError(f"the data plane did not listen within {timeout_s} s: {self._tail()}")
             time.sleep(0.02)
-        self.port = int(port_file.read_text())
+        ports = json.loads(port_file.read_text())
+        self.port, self.metrics_port = int(ports["port"]), int(ports["metrics_port"])
+        # grpc-core would send the socket's path as :authority, which HTTP/2 servers refuse.
+        options = [("grpc.default_authority", "localhost")]
+        self._channel = grpc.insecure_channel(f"unix:{self.control_socket}", options=options)
         return self.port
+
+    def load_model(
+        self, artifact: bytes, meta: ModelMeta, timeout_s: float = 60.0
+    ) -> control_pb2.LoadModelResponse:
+        """Serve ``artifact`` (version ``meta``) from now on. Raises ``ModelLoadError`` or
+        ``DigestMismatch`` when the data plane refuses it; the model serving keeps serving."""
+        if self._channel is None:
+            raise RuntimeError("the data plane is not running")
+        digest = hashlib.sha256(artifact).hexdigest()
+        path = self._workdir / "models" / f"{meta.name}-v{meta.version}-{digest[:16]}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(artifact)
+        partial.replace(path)
+        spec = model_spec(
+            self._settings, feature_set=self._feature_set, artifact=artifact, meta=meta, path=path
+        )
+        stub = control_pb2_grpc.DataPlaneControlStub(self._channel)
+        try:
+            return stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=timeout_s)
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.DATA_LOSS:
+                raise DigestMismatch(details) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise ModelLoadError(details) from None
+            raise
 
     def _tail(self, lines: int = 5) -> str:
         try:
@@ -181,6 +258,9 @@ class DataPlane:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status (None: never started)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         process, self._process = self._process, None
         if process is None:
             return None
@@ -191,4 +271,5 @@ class DataPlane:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.control_socket.unlink(missing_ok=True)
         return process.returncode

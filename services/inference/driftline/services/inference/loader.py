@@ -91,7 +91,11 @@ class ModelLoader:
         default_feature_names: Sequence[str] = (),
         warm_up: WarmUp | None = None,
         swap_timeout_s: float = 30.0,
+        mirror: Callable[[bytes, ModelMeta], object] | None = None,
     ) -> None:
+        """``mirror``: given each champion's artifact and version before it is swapped in (the
+        compiled data plane's ``DataPlane.load_model``); when it raises, the load fails and the
+        champion serving keeps serving in both."""
         self._source = source
         self._load_runtime = load_runtime
         self._slots = slots
@@ -100,6 +104,7 @@ class ModelLoader:
         self._default_features = tuple(default_feature_names)
         self._warm_up = warm_up or WarmUp()
         self._swap_timeout_s = swap_timeout_s
+        self._mirror = mirror
         # One load at a time, and a resolve and its load under one hold: start-up resolution and
         # an alias event can then never install an older version over a newer one.
         self._lock = threading.RLock()
@@ -168,6 +173,8 @@ class ModelLoader:
                     feature_names=ref.feature_names or self._default_features,
                     threshold=_threshold(ref.params),
                 )
+                if self._mirror is not None and role is Role.CHAMPION:
+                    self._mirror(data, meta)
                 self._swap(self._slots.install(role, meta, runtime))
             except Exception as err:  # noqa: BLE001 - whatever failed, the old model keeps serving
                 reason = err.code if isinstance(err, DriftlineError) else "load_failed"

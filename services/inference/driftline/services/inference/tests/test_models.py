@@ -166,6 +166,45 @@ async def test_alias_events_swap_the_champion_and_failed_loads_keep_the_old_one(
     await slots.close()
 
 
+async def test_the_mirror_gets_each_champion_first_and_its_refusal_keeps_the_old_one():
+    slots = ModelSlots("fraud")
+    source = FakeSource()
+    for version in (1, 2, 3):
+        source.add(version, f"v{version}".encode())
+    source.add(4, b"c4")
+    source.aliases["champion"] = 1
+    mirrored: list[tuple[bytes, int, str]] = []
+
+    def mirror(data: bytes, meta: ModelMeta) -> None:
+        # The service's champion is still the previous one when the mirror is called.
+        assert slots.champion is None or slots.champion.version != meta.version
+        if data == b"v2":
+            raise ModelLoadError("the data plane refused it")
+        mirrored.append((data, meta.version, meta.sha256))
+
+    runtimes = {data: FakeRuntime(tag=i) for i, data in enumerate([b"v1", b"v2", b"v3", b"c4"])}
+    loader = ModelLoader(
+        source=source,
+        load_runtime=lambda data: runtimes[data],
+        slots=slots,
+        loop=asyncio.get_running_loop(),
+        aliases={"champion": Role.CHAMPION, "challenger": Role.CHALLENGER},
+        mirror=mirror,
+    )
+    assert await in_thread(loader.load_alias, "champion")
+    refused = failures("champion", "model_load_failed")
+    assert not await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "champion", 2))
+    assert slots.champion is not None
+    assert slots.champion.version == 1
+    assert failures("champion", "model_load_failed") == refused + 1
+    assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "champion", 3))
+    assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "challenger", 4))
+    assert slots.champion.version == 3
+    # Champions only, with the digest the service verified.
+    assert mirrored == [(b"v1", 1, source.digests[1]), (b"v3", 3, source.digests[3])]
+    await slots.close()
+
+
 async def test_events_for_other_models_or_aliases_and_repeats_change_nothing():
     slots = ModelSlots("fraud")
     source = FakeSource()
