@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -24,6 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
 from driftline.inference.v1 import inference_pb2_grpc
@@ -321,7 +324,24 @@ async def test_health_says_not_serving_until_a_model_is_loaded(start_plane: Call
     with pytest.raises(grpc.aio.AioRpcError) as early:
         await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
     assert early.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert early.value.details() == "no model is loaded yet"
+    assert early.value.details() == "no fraud champion is loaded yet"
+    # The request's own faults come first, as in the Python service, model or no model.
+    for request, code, details in [
+        (
+            ipb.PredictRequest(entity_id=entity, view=7),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown prediction view 7",
+        ),
+        (
+            ipb.PredictRequest(entity_id=entity, model_name="other"),
+            grpc.StatusCode.NOT_FOUND,
+            "unknown model 'other'; this server serves 'fraud'",
+        ),
+        (ipb.PredictRequest(entity_id=""), grpc.StatusCode.INVALID_ARGUMENT, "entity_id is empty"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await plane.stub.Predict(request)
+        assert (refused.value.code(), refused.value.details()) == (code, details)
     plane.load(3)
     assert await plane.serving() == health_pb2.HealthCheckResponse.SERVING
     assert (await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))).prediction.model_version == 3
@@ -346,18 +366,24 @@ async def test_a_swap_under_load_fails_no_call(start_plane: Callable[..., Plane]
             assert len(versions) == 1  # one call, one model
             seen[k].append(versions.pop())
 
+    async def progress(version: int) -> None:
+        """Until every caller has had a few answers from ``version``."""
+        deadline = time.monotonic() + 30
+        while not all(versions.count(version) >= 3 for versions in seen):
+            assert time.monotonic() < deadline, f"callers never got 3 answers each from v{version}"
+            await asyncio.sleep(0.02)
+
     callers = [asyncio.create_task(caller(k)) for k in range(4)]
-    await asyncio.sleep(0.3)
+    await progress(3)
     for version in (4, 5):
         await asyncio.to_thread(plane.load, version)
-        await asyncio.sleep(0.3)
+        await progress(version)
     stop.set()
     await asyncio.gather(*callers)
     assert errors == []
     for versions in seen:
         assert versions == sorted(versions)  # never back to an older model
-        assert versions[0] == 3
-        assert versions[-1] == 5
+        assert set(versions) == {3, 4, 5}
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entities[1]))
     assert reply.prediction.score == pytest.approx(plane.scores([row(1)], version=5)[0], abs=1e-6)
 
@@ -378,6 +404,109 @@ async def test_a_model_that_fails_to_load_leaves_the_serving_one(start_plane: Ca
     assert 'driftline_dataplane_model_info{model="fraud",version="3"} 1' in text
     assert 'driftline_dataplane_requests_total{code="OK",method="Predict"} 1' in text
     assert "driftline_dataplane_predictions_total 1" in text
+
+
+async def test_the_data_plane_checks_what_it_is_told_to_load(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    """Its own checks, on specs the control plane would never send (``model_spec`` refuses
+    these first)."""
+    plane = start_plane()
+    entity = await plane.put(row(3))
+    good = version_bytes(4)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    model = tmp_path / "good.onnx"
+    model.write_bytes(good)
+    spec = control_pb2.ModelSpec(
+        path=str(model),
+        sha256=hashlib.sha256(good).hexdigest(),
+        name="fraud",
+        version=4,
+        input="input",
+        input_dtype="float32",
+        score_output="probabilities",
+        feature_names=FEATURES,
+        columns=range(len(FEATURES)),
+        threshold=0.5,
+        intra_threads=1,
+    )
+    bad = {
+        "unloadable": (str(garbage), hashlib.sha256(b"not an onnx model").hexdigest(), {}),
+        "column": (str(model), spec.sha256, {"columns": [*range(len(FEATURES) - 1), 99]}),
+        "dtype": (str(model), spec.sha256, {"input_dtype": "int64"}),
+        "output": (str(model), spec.sha256, {"score_output": "nope"}),
+    }
+    stub = plane.process.control()
+    for what, (path, digest, changes) in bad.items():
+        wrong = control_pb2.ModelSpec()
+        wrong.CopyFrom(spec)
+        wrong.path, wrong.sha256 = path, digest
+        for field_name, value in changes.items():
+            if isinstance(value, list):
+                del getattr(wrong, field_name)[:]
+                getattr(wrong, field_name).extend(value)
+            else:
+                setattr(wrong, field_name, value)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.LoadModel(control_pb2.LoadModelRequest(model=wrong), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, what
+    assert "column 99 is outside the store's 12 features" in plane.process.log_path.read_text()
+    reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+    assert reply.prediction.model_version == 3  # every refusal left version 3 serving
+    assert 'driftline_dataplane_model_load_failures_total{reason="invalid"} 4' in plane.metrics()
+    assert stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=30).replaced_version == 3
+
+
+def test_a_data_plane_whose_control_plane_is_killed_stops(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    """The control plane SIGKILLed: the kernel stops its data plane (no process left holding
+    the ports)."""
+    script = f"""
+import sys
+from pathlib import Path
+from driftline.featurestore import TRANSACTION_FEATURES
+from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
+from driftline.kit.topics import PREDICTIONS
+from driftline.services.inference.config import Settings
+from driftline.services.inference.dataplane import DataPlane
+settings = Settings(
+    kafka=KafkaSettings(bootstrap_servers={kafka_settings.bootstrap_servers!r}),
+    redis=RedisSettings(url={redis_settings.url!r}),
+    metrics=MetricsSettings(enabled=False),
+)
+workdir = Path({str(tmp_path)!r})
+plane = DataPlane(settings, feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=workdir)
+plane.start()
+print(plane.pid, flush=True)
+sys.stdin.read()
+"""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert Path(f"/proc/{child}").exists()
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+            assert time.monotonic() < deadline, "the data plane outlived its control plane"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    events = [json.loads(line) for line in (tmp_path / "dataplane.log").read_text().splitlines()]
+    assert events[-1]["event"] == "stopped"  # a graceful stop: SIGTERM, not a kill
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 async def test_a_redis_restart_is_ridden_out(start_plane: Callable[..., Plane], tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use crate::jsonlog;
 use crate::model::{Model, ModelError};
 use crate::proto::control::data_plane_control_server::DataPlaneControl;
-use crate::proto::control::{LoadModelRequest, LoadModelResponse};
+use crate::proto::control::{LoadModelRequest, LoadModelResponse, ModelSpec};
 use crate::proto::inference::inference_service_server::SERVICE_NAME;
 use crate::service::Predictor;
 
@@ -24,16 +24,11 @@ pub struct Control {
     pub loading: Mutex<()>,
 }
 
-#[tonic::async_trait]
-impl DataPlaneControl for Control {
-    async fn load_model(
-        &self,
-        request: Request<LoadModelRequest>,
-    ) -> Result<Response<LoadModelResponse>, Status> {
-        let spec = request
-            .into_inner()
-            .model
-            .ok_or_else(|| Status::invalid_argument("no model to load"))?;
+impl Control {
+    /// Load, swap, metrics and health as one step: run in a task of its own, so a caller that
+    /// gives up (its deadline, a dropped connection) cannot leave a model swapped in with
+    /// health not updated.
+    async fn load(self: Arc<Self>, spec: ModelSpec) -> Result<LoadModelResponse, Status> {
         let _one_at_a_time = self.loading.lock().await;
         let width = self.predictor.store.layout.width();
         let (name, version) = (spec.name.clone(), spec.version);
@@ -82,9 +77,29 @@ impl DataPlaneControl for Control {
             "model_swapped",
             json!({"model": name, "version": version, "replaced_version": replaced_version, "load_seconds": load_seconds}),
         );
-        Ok(Response::new(LoadModelResponse {
+        Ok(LoadModelResponse {
             load_seconds,
             replaced_version,
-        }))
+        })
+    }
+}
+
+/// The control service: `Control` shared with the tasks that outlive a call.
+pub struct ControlService(pub Arc<Control>);
+
+#[tonic::async_trait]
+impl DataPlaneControl for ControlService {
+    async fn load_model(
+        &self,
+        request: Request<LoadModelRequest>,
+    ) -> Result<Response<LoadModelResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .model
+            .ok_or_else(|| Status::invalid_argument("no model to load"))?;
+        let done = tokio::spawn(self.0.clone().load(spec))
+            .await
+            .map_err(|err| Status::internal(format!("the load task failed: {err}")))?;
+        done.map(Response::new)
     }
 }

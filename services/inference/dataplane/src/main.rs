@@ -83,9 +83,40 @@ fn write_ports(path: &Path, ports: &serde_json::Value) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Have the kernel send SIGTERM (a graceful stop) when the control plane's thread that started
+/// this process exits, so a control plane killed outright leaves no data plane holding its ports.
+fn follow_parent(parent: u32) -> Result<(), Failure> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    if set != 0 {
+        return Err(format!(
+            "prctl(PR_SET_PDEATHSIG): {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    // The parent may have gone before the call above.
+    if std::os::unix::process::parent_id() != parent {
+        return Err(format!("the control plane (pid {parent}) has exited").into());
+    }
+    Ok(())
+}
+
+/// Removes the control socket when dropped: on every way out of `serve` once it is bound.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let spec: spec::Spec = serde_json::from_slice(&std::fs::read(spec_path)?)?;
     spec.check()?;
+    if let Some(parent) = spec.parent_pid {
+        follow_parent(parent)?;
+    }
     ort::init_from(spec.ort_library.clone())
         .with_name("driftline-dataplane")
         .commit()?;
@@ -97,12 +128,13 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let metrics = metrics::Metrics::new()?;
     let store = store::Store::connect(&spec.store)
         .await
-        .map_err(|e| format!("online store: {e:?}"))?;
+        .map_err(|e| format!("online store: {e}"))?;
     let logger = log::PredictionLogger::new(&spec.log, log::LogCounts::new(&metrics))?;
     let predictor = Arc::new(service::Predictor {
         store,
         model: service::ModelSlot::default(),
         logger,
+        model_name: spec.model_name.clone(),
         max_entities: spec.max_entities,
         policy: spec.store.policy,
         metrics: metrics.clone(),
@@ -120,6 +152,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let metrics_port = metrics_listener.local_addr()?.port();
     let _ = std::fs::remove_file(&spec.control_socket);
     let control_listener = UnixListener::bind(&spec.control_socket)?;
+    let _socket = SocketFile(spec.control_socket.clone());
     // Only this user may load models.
     std::fs::set_permissions(&spec.control_socket, std::fs::Permissions::from_mode(0o600))?;
     let scrapes = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
@@ -129,13 +162,15 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     )?;
 
     let stop = stop_on_signals()?;
-    let control = control::Control {
+    let control = Arc::new(control::Control {
         predictor: predictor.clone(),
         health: Mutex::new(health),
         loading: Mutex::new(()),
-    };
+    });
     let control_server = Server::builder()
-        .add_service(DataPlaneControlServer::new(control))
+        .add_service(DataPlaneControlServer::new(control::ControlService(
+            control,
+        )))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(control_listener),
             stopped(stop.clone()),
@@ -149,7 +184,6 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
         .serve_with_incoming_shutdown(public, stopped(stop));
     let served = tokio::try_join!(public_server, control_server);
     scrapes.abort();
-    let _ = std::fs::remove_file(&spec.control_socket);
     served?;
     let flushed = predictor.logger.flush(Duration::from_secs(10));
     let counts = &predictor.logger.counts;

@@ -104,6 +104,8 @@ impl Metrics {
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();

@@ -156,6 +156,14 @@ impl Model {
         Ok(model)
     }
 
+    /// Whether `value` is finite in the model's input type (a double beyond float32's range is not).
+    pub fn representable(&self, value: f64) -> bool {
+        match self.dtype {
+            Dtype::Float32 => (value as f32).is_finite(),
+            Dtype::Float64 => value.is_finite(),
+        }
+    }
+
     /// Columns of the model's input.
     pub fn width(&self) -> usize {
         self.columns.len()

@@ -1,12 +1,13 @@
 //! `driftline.inference.v1.InferenceService` from the model serving: validate, read every
 //! entity's features in one round trip, apply the staleness policy, run the model on the call's
-//! rows at once, label by threshold, answer, and hand each prediction to the log. Errors carry
-//! the same gRPC codes and messages as the Python service's.
+//! rows at once, label by threshold, answer, and hand each prediction to the log. Checks run in
+//! the Python service's order with its codes and messages; the exceptions (tonic's codes for an
+//! oversized message and an expired deadline) are listed in docs/inference.md.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::log::PredictionLogger;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct Predictor {
     pub store: Store,
     pub model: ModelSlot,
     pub logger: PredictionLogger,
+    /// The model this server serves, loaded or not.
+    pub model_name: String,
     pub max_entities: usize,
     pub policy: Policy,
     pub metrics: Metrics,
@@ -61,7 +64,8 @@ fn epoch_now() -> f64 {
 
 fn timestamp(epoch_s: f64) -> prost_types::Timestamp {
     let seconds = epoch_s.floor();
-    let nanos = ((epoch_s - seconds) * 1e9).round().min(999_999_999.0);
+    // Truncated, as protobuf's Python Timestamp.FromNanoseconds is given whole nanoseconds.
+    let nanos = ((epoch_s - seconds) * 1e9).trunc().min(999_999_999.0);
     prost_types::Timestamp {
         seconds: seconds as i64,
         nanos: nanos as i32,
@@ -84,6 +88,16 @@ impl Predictor {
         requests: &[PredictRequest],
         view: i32,
     ) -> Result<Vec<Prediction>, Status> {
+        // In the Python service's order: the view, the call's size, each request, the model.
+        let full = match PredictionView::try_from(view) {
+            Ok(PredictionView::Full) => true,
+            Ok(_) => false,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown prediction view {view}"
+                )))
+            }
+        };
         if requests.is_empty() {
             return Err(Status::invalid_argument("no entities to score"));
         }
@@ -94,15 +108,12 @@ impl Predictor {
                 self.max_entities
             )));
         }
-        let Some(model) = self.model.current() else {
-            return Err(Status::unavailable("no model is loaded yet"));
-        };
         let mut ids = Vec::with_capacity(requests.len());
         for request in requests {
-            if !request.model_name.is_empty() && request.model_name != model.spec.name {
+            if !request.model_name.is_empty() && request.model_name != self.model_name {
                 return Err(Status::not_found(format!(
                     "unknown model '{}'; this server serves '{}'",
-                    request.model_name, model.spec.name
+                    request.model_name, self.model_name
                 )));
             }
             if request.entity_id.is_empty() {
@@ -110,10 +121,11 @@ impl Predictor {
             }
             ids.push(request.entity_id.as_str());
         }
-        let full = match PredictionView::try_from(view) {
-            Ok(PredictionView::Full) => true,
-            Ok(_) => false,
-            Err(_) => return Err(Status::invalid_argument(format!("unknown view {view}"))),
+        let Some(model) = self.model.current() else {
+            return Err(Status::unavailable(format!(
+                "no {} champion is loaded yet",
+                self.model_name
+            )));
         };
         let now = epoch_now();
         let read_started = Instant::now();
@@ -122,11 +134,13 @@ impl Predictor {
             .stage_seconds
             .with_label_values(&["features"])
             .observe(read_started.elapsed().as_secs_f64());
-        let rows = read.map_err(|err| match err {
-            ReadError::Timeout => Status::unavailable("the online store did not answer in time"),
-            ReadError::Unreachable(why) => {
-                Status::unavailable(format!("the online store cannot be reached: {why}"))
-            }
+        // Worded as the Python service words them: the kind of failure, not the client's text.
+        let rows = read.map_err(|err| {
+            let kind = match err {
+                ReadError::Timeout => "TimeoutError",
+                ReadError::Unreachable(_) => "ConnectionError",
+            };
+            Status::unavailable(format!("the online store cannot be reached: {kind}"))
         })?;
         let unknown: Vec<&str> = rows
             .iter()
@@ -164,7 +178,8 @@ impl Predictor {
             matrix.extend(columns.iter().map(|&c| values[c]));
             found.push((*event_time, *age_s));
         }
-        if !matrix.iter().all(|v| v.is_finite()) {
+        // Judged in the model's own precision: a double too large for a float32 input is infinite there.
+        if !matrix.iter().all(|&v| model.representable(v)) {
             return Err(Status::failed_precondition(
                 "the online store returned a NaN or infinite feature value",
             ));
@@ -241,6 +256,29 @@ impl Predictor {
 
 pub struct Service(pub Arc<Predictor>);
 
+/// A status code as gRPC's documents and the Python service's metrics name it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 impl Service {
     /// Counts the call by method and status and times it whole.
     fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
@@ -250,10 +288,13 @@ impl Service {
             .with_label_values(&["total"])
             .observe(started.elapsed().as_secs_f64());
         let code = match result {
-            Ok(_) => "OK".to_string(),
-            Err(status) => format!("{:?}", status.code()),
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
         };
-        metrics.requests.with_label_values(&[method, &code]).inc();
+        metrics
+            .requests
+            .with_label_values(&[method, code_name(code)])
+            .inc();
     }
 }
 

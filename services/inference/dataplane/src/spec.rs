@@ -16,12 +16,18 @@ pub struct Spec {
     pub listen: String,
     /// Address of `/metrics` (Prometheus text format).
     pub metrics_listen: String,
-    /// Unix socket of the control service; created by the process, removed at exit.
+    /// Unix socket of the control service; created by the process, removed when it stops (the
+    /// control plane puts it in a directory of its own, mode 0700).
     pub control_socket: PathBuf,
     /// Written once everything listens: `{"port": .., "metrics_port": ..}`.
     pub port_file: PathBuf,
     /// Tokio worker threads.
     pub workers: usize,
+    /// The control plane's process: the data plane stops (SIGTERM) when it exits.
+    pub parent_pid: Option<u32>,
+    /// The model this server serves (the service's `model_name`): a call naming another is
+    /// NOT_FOUND, whether or not a version of it is loaded yet.
+    pub model_name: String,
     /// Most entities in one call.
     pub max_entities: usize,
     /// Largest request accepted, in bytes.

@@ -31,6 +31,15 @@ pub enum ReadError {
     Timeout,
 }
 
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Unreachable(why) => write!(f, "cannot be reached: {why}"),
+            ReadError::Timeout => f.write_str("did not answer in time"),
+        }
+    }
+}
+
 /// Key format and read semantics, independent of the connection (unit-tested on its own).
 #[derive(Debug, Clone)]
 pub struct Layout {

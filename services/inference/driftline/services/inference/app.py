@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +22,10 @@ from driftline.services.inference import kserve, metrics, servicer
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
 from driftline.services.inference.dataplane import DataPlane
+from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
 from driftline.services.inference.model_events import ModelEventsListener
-from driftline.services.inference.models import ModelSlots, Role, RoutingOptions
+from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions
 from driftline.services.inference.prediction_log import PredictionLogger
 from driftline.services.inference.predictor import FeatureSource, Predictor
 from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
@@ -118,7 +120,7 @@ class InferenceApp:
             aliases=self._aliases,
             default_feature_names=self._default_features,
             warm_up=WarmUp(tuple(self.settings.warmup_batch_sizes), self.settings.warmup_runs),
-            mirror=self.data_plane.load_model if self.data_plane is not None else None,
+            mirror=self._to_data_plane if self.data_plane is not None else None,
         )
         self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
         self.prediction_log.start()
@@ -131,6 +133,19 @@ class InferenceApp:
         self.listener.start()
         self._startup = loop.create_task(self._load_initial_models())
         return self.port
+
+    def _to_data_plane(self, artifact: bytes, meta: ModelMeta) -> None:
+        """Hand a champion to the data plane before it is swapped in here. A refusal (a model it
+        cannot serve, a digest mismatch) fails the load in both; a data plane that does not answer
+        holds no promotion back: it keeps its last model, and that is logged and counted."""
+        assert self.data_plane is not None
+        try:
+            self.data_plane.load_model(artifact, meta)
+        except (ModelLoadError, DigestMismatch):
+            raise
+        except Exception as err:  # noqa: BLE001 - the service's own serving path goes on
+            metrics.DATA_PLANE_UNREACHABLE.inc()
+            log.error("data_plane_unreachable", model=meta.name, version=meta.version, error=str(err))
 
     async def _load_initial_models(self) -> None:
         """Resolve the aliases once events can no longer be missed; retry the champion until live."""
@@ -222,14 +237,17 @@ async def serve(settings: Settings) -> None:
     source = RegistryModelSource(client, asyncio.get_running_loop())
     serve_metrics(settings.metrics_port, settings.metrics, service="inference")
     data_plane = None
+    workdir = None
     if settings.data_plane:
+        workdir = Path(tempfile.mkdtemp(prefix="driftline-dataplane-"))
         data_plane = DataPlane(
             settings,
             feature_set=feature_set,
             predictions=PREDICTIONS,
-            workdir=Path(tempfile.mkdtemp(prefix="driftline-dataplane-")),
+            workdir=workdir,
             listen=f"{settings.grpc.host}:{settings.data_plane_port}",
             metrics_listen=f"{settings.metrics.host}:{settings.data_plane_metrics_port}",
+            log_file=False,  # its JSON lines join the service's
         )
     app = InferenceApp(
         settings,
@@ -239,10 +257,12 @@ async def serve(settings: Settings) -> None:
         default_feature_names=tuple(feature_set.feature_names),
         data_plane=data_plane,
     )
-    await app.start()
     try:
+        await app.start()
         await wait_for_signal()
     finally:
         await app.stop()
         await store.close()
         await source.close()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -116,9 +116,14 @@ class Settings(BaseSettings):
         "it refuses is refused here too.",
     )
     data_plane_port: int = Field(
-        15054, description="Port of the data plane's InferenceService and health; 0 picks one."
+        15054,
+        description="Port of the data plane's InferenceService and health "
+        "(INFERENCE_DATA_PLANE_PORT); 0 picks one.",
     )
-    data_plane_metrics_port: int = Field(9114, description="Port of the data plane's /metrics; 0 picks one.")
+    data_plane_metrics_port: int = Field(
+        9114,
+        description="Port of the data plane's /metrics (INFERENCE_DATA_PLANE_METRICS_PORT); 0 picks one.",
+    )
     model_events_group_prefix: str = Field(
         "inference", description="Prefix of this instance's own consumer group (a unique suffix is added)."
     )

@@ -25,11 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import onnxruntime
 
 from driftline.dataplane.v1 import control_pb2, control_pb2_grpc
 from driftline.featurestore import FeatureSet
-from driftline.featurestore.online import DEFAULT_KEY_PREFIX, key_prefix_of
+from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
@@ -77,28 +77,28 @@ def build_spec(
     listen: str = "127.0.0.1:0",
     metrics_listen: str = "127.0.0.1:0",
     workers: int = 2,
-    store_timeout_s: float = 1.0,
 ) -> dict[str, Any]:
     """The data plane's spec: how it runs on ``feature_set``, before any model is loaded."""
-    key_prefix = settings.online_store_key_prefix or DEFAULT_KEY_PREFIX
     return {
         "listen": listen,
         "metrics_listen": metrics_listen,
         "control_socket": str(control_socket),
         "port_file": str(port_file),
         "workers": workers,
+        "parent_pid": os.getpid(),
+        "model_name": settings.model_name,
         "max_entities": settings.max_entities_per_call,
         "max_message_bytes": settings.grpc.max_message_bytes,
         "ort_library": str(ort_library()),
         "store": {
             "url": settings.redis.url,
-            "key_prefix": key_prefix_of(feature_set, key_prefix),
+            "key_prefix": key_prefix_of(feature_set, settings.online_store_key_prefix),
             "feature_set": feature_set.key,
             "names": list(feature_set.feature_names),
             "ttls_s": [f.ttl_s for f in feature_set.features],
             "defaults": list(feature_set.defaults),
             "policy": settings.staleness_policy.value,
-            "timeout_s": store_timeout_s,
+            "timeout_s": settings.redis.socket_timeout_s,
         },
         "log": {
             "topic": predictions.name,
@@ -166,12 +166,18 @@ class DataPlane:
         workdir: Path,
         listen: str = "127.0.0.1:0",
         metrics_listen: str = "127.0.0.1:0",
+        log_file: bool = True,
     ) -> None:
+        """``log_file``: its JSON lines go to ``workdir/dataplane.log``; False: to this process's
+        stdout and stderr, beside the service's own lines."""
         self._settings = settings
         self._feature_set = feature_set
         self._workdir = workdir
-        # A Unix socket's path is limited to 107 bytes: a short one in the temp dir, 0600.
-        self.control_socket = Path(tempfile.gettempdir()) / f"driftline-dp-{uuid.uuid4().hex[:12]}.sock"
+        self._log_file = log_file
+        # A Unix socket's path is limited to 107 bytes: a short one, in a directory of its own
+        # (0700: no other user can reach the socket, even before the process narrows its mode).
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="driftline-dp-"))
+        self.control_socket = self._socket_dir / "control.sock"
         self.spec = build_spec(
             settings,
             feature_set=feature_set,
@@ -205,9 +211,16 @@ class DataPlane:
         port_file = Path(self.spec["port_file"])
         port_file.unlink(missing_ok=True)
         spec_path = self._workdir / "dataplane.json"
-        spec_path.write_text(json.dumps(self.spec, indent=2))
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen([str(binary), "serve", str(spec_path)], stdout=log, stderr=log)
+        # 0600: the spec holds the Redis URL, password included.
+        descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as spec_file:
+            json.dump(self.spec, spec_file, indent=2)
+        args = [str(binary), "serve", str(spec_path)]
+        if self._log_file:
+            with self.log_path.open("ab") as log:
+                self._process = subprocess.Popen(args, stdout=log, stderr=log)
+        else:
+            self._process = subprocess.Popen(args)
         deadline = time.monotonic() + timeout_s
         while not port_file.exists():
             if self._process.poll() is not None:
@@ -227,20 +240,19 @@ class DataPlane:
         self, artifact: bytes, meta: ModelMeta, timeout_s: float = 60.0
     ) -> control_pb2.LoadModelResponse:
         """Serve ``artifact`` (version ``meta``) from now on. Raises ``ModelLoadError`` or
-        ``DigestMismatch`` when the data plane refuses it; the model serving keeps serving."""
-        if self._channel is None:
-            raise RuntimeError("the data plane is not running")
-        digest = hashlib.sha256(artifact).hexdigest()
-        path = self._workdir / "models" / f"{meta.name}-v{meta.version}-{digest[:16]}.onnx"
+        ``DigestMismatch`` when the data plane refuses it (the model serving keeps serving), and
+        ``grpc.RpcError`` when it cannot be reached."""
+        stub = self.control()
+        # Named by digest only: nothing from the registry's names reaches a path.
+        path = self._workdir / "models" / f"{hashlib.sha256(artifact).hexdigest()}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         partial.write_bytes(artifact)
         partial.replace(path)
-        spec = model_spec(
-            self._settings, feature_set=self._feature_set, artifact=artifact, meta=meta, path=path
-        )
-        stub = control_pb2_grpc.DataPlaneControlStub(self._channel)
         try:
+            spec = model_spec(
+                self._settings, feature_set=self._feature_set, artifact=artifact, meta=meta, path=path
+            )
             return stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=timeout_s)
         except grpc.RpcError as err:
             code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
@@ -249,6 +261,14 @@ class DataPlane:
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ModelLoadError(details) from None
             raise
+        finally:
+            path.unlink(missing_ok=True)  # once loaded, the data plane holds the model in memory
+
+    def control(self) -> control_pb2_grpc.DataPlaneControlStub:
+        """The control service's stub, on the Unix socket."""
+        if self._channel is None:
+            raise RuntimeError("the data plane is not running")
+        return control_pb2_grpc.DataPlaneControlStub(self._channel)
 
     def _tail(self, lines: int = 5) -> str:
         try:
@@ -262,6 +282,7 @@ class DataPlane:
             self._channel.close()
             self._channel = None
         process, self._process = self._process, None
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
         if process is None:
             return None
         if process.poll() is None:
@@ -271,5 +292,4 @@ class DataPlane:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.control_socket.unlink(missing_ok=True)
         return process.returncode

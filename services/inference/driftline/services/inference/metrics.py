@@ -68,6 +68,11 @@ MODEL_LOAD_FAILURES = Counter(
     "Models that failed to fetch, verify, load or warm; the previous one kept serving. Alert on any.",
     ["alias", "reason"],
 )
+DATA_PLANE_UNREACHABLE = Counter(
+    "driftline_inference_data_plane_unreachable_total",
+    "Champions the compiled data plane could not be handed (it did not answer); the service "
+    "swapped them in anyway and the data plane kept its last model. Alert on any.",
+)
 EXECUTION_PROVIDER = Gauge(
     "driftline_inference_execution_provider",
     "1 for the ONNX Runtime execution provider the models run on.",
