@@ -136,7 +136,6 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
         logger,
         model_name: spec.model_name.clone(),
         max_entities: spec.max_entities,
-        policy: spec.store.policy,
         metrics: metrics.clone(),
     });
     let (mut health, health_service) = tonic_health::server::health_reporter();

@@ -51,7 +51,6 @@ pub struct Predictor {
     /// The model this server serves, loaded or not.
     pub model_name: String,
     pub max_entities: usize,
-    pub policy: Policy,
     pub metrics: Metrics,
 }
 
@@ -131,8 +130,7 @@ impl Predictor {
         let read_started = Instant::now();
         let read = self.store.read(&ids, now).await;
         self.metrics
-            .stage_seconds
-            .with_label_values(&["features"])
+            .features_seconds
             .observe(read_started.elapsed().as_secs_f64());
         // Worded as the Python service words them: the kind of failure, not the client's text.
         let rows = read.map_err(|err| {
@@ -168,7 +166,7 @@ impl Predictor {
             else {
                 unreachable!("missing rows were refused")
             };
-            if self.policy == Policy::Fail && *stale > 0 {
+            if self.store.layout.policy() == Policy::Fail && *stale > 0 {
                 // The first stale feature in the store's order, as the Python service names it.
                 let name = self.store.layout.first_stale(*age_s).unwrap_or("?");
                 return Err(Status::failed_precondition(format!(
@@ -187,8 +185,7 @@ impl Predictor {
         let model_started = Instant::now();
         let scored = model.score(&matrix, rows.len());
         self.metrics
-            .stage_seconds
-            .with_label_values(&["model"])
+            .model_seconds
             .observe(model_started.elapsed().as_secs_f64());
         let scores = scored.map_err(|err| {
             Status::internal(format!(
@@ -284,8 +281,7 @@ impl Service {
     fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
         let metrics = &self.0.metrics;
         metrics
-            .stage_seconds
-            .with_label_values(&["total"])
+            .total_seconds
             .observe(started.elapsed().as_secs_f64());
         let code = match result {
             Ok(_) => Code::Ok,

@@ -61,6 +61,10 @@ impl Layout {
         }
     }
 
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     pub fn width(&self) -> usize {
         self.ttls_s.len()
     }

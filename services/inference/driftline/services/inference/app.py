@@ -25,7 +25,7 @@ from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
 from driftline.services.inference.model_events import ModelEventsListener
-from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions
+from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions, Runtime
 from driftline.services.inference.prediction_log import PredictionLogger
 from driftline.services.inference.predictor import FeatureSource, Predictor
 from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
@@ -134,13 +134,13 @@ class InferenceApp:
         self._startup = loop.create_task(self._load_initial_models())
         return self.port
 
-    def _to_data_plane(self, artifact: bytes, meta: ModelMeta) -> None:
+    def _to_data_plane(self, artifact: bytes, meta: ModelMeta, runtime: Runtime) -> None:
         """Hand a champion to the data plane before it is swapped in here. A refusal (a model it
         cannot serve, a digest mismatch) fails the load in both; a data plane that does not answer
         holds no promotion back: it keeps its last model, and that is logged and counted."""
         assert self.data_plane is not None
         try:
-            self.data_plane.load_model(artifact, meta)
+            self.data_plane.load_model(artifact, meta, runtime)  # its spec from the session loaded here
         except (ModelLoadError, DigestMismatch):
             raise
         except Exception as err:  # noqa: BLE001 - the service's own serving path goes on

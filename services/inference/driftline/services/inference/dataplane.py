@@ -44,7 +44,7 @@ from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
 from driftline.services.inference.config import Settings
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
-from driftline.services.inference.models import ModelMeta, feature_input, score_output
+from driftline.services.inference.models import ModelMeta, Runtime, feature_input, score_output
 from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
 
 #: Overrides where the binary is looked for (default: the crate's release build).
@@ -113,12 +113,20 @@ def _text(value: object) -> str:
 
 
 def model_spec(
-    settings: Settings, *, feature_set: FeatureSet, artifact: bytes, meta: ModelMeta, path: Path
+    settings: Settings,
+    *,
+    feature_set: FeatureSet,
+    artifact: bytes,
+    meta: ModelMeta,
+    path: Path,
+    runtime: Runtime | None = None,
 ) -> control_pb2.ModelSpec:
     """What the data plane needs to serve ``artifact`` (version ``meta``, written at ``path``),
-    found on an ONNX Runtime session by the Python service's own functions. The digest is the
-    registry's (``meta.sha256``) when known, which the data plane checks the file against."""
-    runtime = SessionFactory(RuntimeOptions(device=Device.CPU)).load(artifact)
+    found on an ONNX Runtime session by the Python service's own functions: ``runtime`` when the
+    caller has one loaded already, else one loaded here. The digest is the registry's
+    (``meta.sha256``) when known, which the data plane checks the file against."""
+    if runtime is None:
+        runtime = SessionFactory(RuntimeOptions(device=Device.CPU)).load(artifact)
     matrix = feature_input(runtime.inputs, meta.feature_names)
     scored = score_output(runtime.outputs)
     if matrix is None or scored is None:
@@ -237,9 +245,10 @@ class DataPlane:
         return self.port
 
     def load_model(
-        self, artifact: bytes, meta: ModelMeta, timeout_s: float = 60.0
+        self, artifact: bytes, meta: ModelMeta, runtime: Runtime | None = None, timeout_s: float = 60.0
     ) -> control_pb2.LoadModelResponse:
-        """Serve ``artifact`` (version ``meta``) from now on. Raises ``ModelLoadError`` or
+        """Serve ``artifact`` (version ``meta``; ``runtime``: the service's own session of it, if
+        loaded) from now on. Raises ``ModelLoadError`` or
         ``DigestMismatch`` when the data plane refuses it (the model serving keeps serving), and
         ``grpc.RpcError`` when it cannot be reached."""
         stub = self.control()
@@ -251,7 +260,12 @@ class DataPlane:
         partial.replace(path)
         try:
             spec = model_spec(
-                self._settings, feature_set=self._feature_set, artifact=artifact, meta=meta, path=path
+                self._settings,
+                feature_set=self._feature_set,
+                artifact=artifact,
+                meta=meta,
+                path=path,
+                runtime=runtime,
             )
             return stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=timeout_s)
         except grpc.RpcError as err:

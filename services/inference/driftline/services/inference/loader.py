@@ -91,11 +91,11 @@ class ModelLoader:
         default_feature_names: Sequence[str] = (),
         warm_up: WarmUp | None = None,
         swap_timeout_s: float = 30.0,
-        mirror: Callable[[bytes, ModelMeta], object] | None = None,
+        mirror: Callable[[bytes, ModelMeta, Runtime], object] | None = None,
     ) -> None:
-        """``mirror``: given each champion's artifact and version before it is swapped in (the
-        compiled data plane's ``DataPlane.load_model``); when it raises, the load fails and the
-        champion serving keeps serving in both."""
+        """``mirror``: given each champion's artifact, version and loaded runtime before it is
+        swapped in (the compiled data plane's, through ``InferenceApp``); when it raises, the
+        load fails and the champion serving keeps serving in both."""
         self._source = source
         self._load_runtime = load_runtime
         self._slots = slots
@@ -174,7 +174,7 @@ class ModelLoader:
                     threshold=_threshold(ref.params),
                 )
                 if self._mirror is not None and role is Role.CHAMPION:
-                    self._mirror(data, meta)
+                    self._mirror(data, meta, runtime)
                 self._swap(self._slots.install(role, meta, runtime))
             except Exception as err:  # noqa: BLE001 - whatever failed, the old model keeps serving
                 reason = err.code if isinstance(err, DriftlineError) else "load_failed"

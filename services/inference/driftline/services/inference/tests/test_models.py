@@ -175,7 +175,7 @@ async def test_the_mirror_gets_each_champion_first_and_its_refusal_keeps_the_old
     source.aliases["champion"] = 1
     mirrored: list[tuple[bytes, int, str]] = []
 
-    def mirror(data: bytes, meta: ModelMeta) -> None:
+    def mirror(data: bytes, meta: ModelMeta, runtime: FakeRuntime) -> None:
         # The service's champion is still the previous one when the mirror is called.
         assert slots.champion is None or slots.champion.version != meta.version
         if data == b"v2":
