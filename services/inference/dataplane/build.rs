@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 proto_root.join("driftline/features/v1/features.proto"),
                 proto_root.join("driftline/inference/v1/inference.proto"),
                 proto_root.join("driftline/dataplane/v1/control.proto"),
+                proto_root.join("driftline/kserve/v2/grpc_predict_v2.proto"),
             ],
             &[proto_root.clone(), protoc_bin_vendored::include_path()?],
         )?;

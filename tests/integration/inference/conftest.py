@@ -33,6 +33,8 @@ from driftline.services.inference.testing import logistic_model
 from driftline.services.registry.app import RegistryApp
 from driftline.services.registry.config import Settings as RegistrySettings
 
+from .planes import start_plane  # noqa: F401  (the fixture, for every test module here)
+
 TOKEN = "inference-test-token"
 MODEL = "fraud"
 FEATURES = tuple(TRANSACTION_FEATURES.feature_names)

@@ -13,158 +13,34 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import numpy as np
-import onnxruntime
 import pytest
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
 from driftline.inference.v1 import inference_pb2_grpc
-from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
+from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
     consume,
-    create_test_topics,
-    delete_topics,
     free_port,
     redis_server,
-    unique_prefix,
 )
-from driftline.kit.topics import PREDICTIONS, Topic
-from driftline.services.inference.config import InferenceGrpcSettings, Settings
+from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
-from driftline.services.inference.testing import logistic_model
 
 from .conftest import Stack
+from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, row, settings_of, version_bytes
 
 pytestmark = pytest.mark.integration
-
-FEATURES = tuple(TRANSACTION_FEATURES.feature_names)
-WEIGHTS = [0.02, 0.01, -0.03, 0.005, 0.2, 0.1, 0.001, -0.002, 0.3, 0.8, 0.4, 0.6]
-MAX_ENTITIES = 8
-MAX_MESSAGE_BYTES = 64 * 1024
-
-
-def version_bytes(version: int) -> bytes:
-    """Each version scores differently, so a response tells which one served it."""
-    return logistic_model(WEIGHTS, bias=-1.0 + 0.25 * version)
-
-
-def meta(version: int, artifact: bytes) -> ModelMeta:
-    return ModelMeta("fraud", version, hashlib.sha256(artifact).hexdigest(), FEATURES)
-
-
-def row(i: int) -> list[float]:
-    return [float(i), 1.0 + i, 2.0, 3.0 * i, 1.0, 2.0, 0.5, 30.0, float(i % 3), float(i % 2), 0.25, 1.0]
-
-
-@dataclass
-class Plane:
-    prefix: str
-    store: AsyncOnlineStore
-    stub: inference_pb2_grpc.InferenceServiceStub
-    health: health_pb2_grpc.HealthStub
-    process: DataPlane
-    predictions: Topic
-    kafka: KafkaSettings
-    entities: list[str] = field(default_factory=list)
-
-    async def put(self, values: list[float], *, age_s: float = 1.0) -> str:
-        entity = f"{self.prefix}card-{len(self.entities)}"
-        await self.store.write(entity, values, time.time() - age_s)
-        self.entities.append(entity)
-        return entity
-
-    def load(self, version: int) -> None:
-        artifact = version_bytes(version)
-        self.process.load_model(artifact, meta(version, artifact))
-
-    @staticmethod
-    def scores(rows: list[list[float]], version: int = 3) -> list[float]:
-        """ONNX Runtime in this process, on the same rows."""
-        session = onnxruntime.InferenceSession(version_bytes(version), providers=["CPUExecutionProvider"])
-        matrix = np.asarray(rows, dtype=np.float32)
-        return session.run(["probabilities"], {"input": matrix})[0][:, 1].astype(float).tolist()
-
-    async def serving(self) -> int:
-        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=""))
-        return reply.status
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.process.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-
-def settings_of(kafka: KafkaSettings, redis: RedisSettings, prefix: str, **kwargs: object) -> Settings:
-    return Settings(
-        grpc=InferenceGrpcSettings(port=0, max_message_bytes=MAX_MESSAGE_BYTES),
-        kafka=kafka,
-        redis=redis,
-        metrics=MetricsSettings(enabled=False),
-        max_entities_per_call=MAX_ENTITIES,
-        online_store_key_prefix=f"{prefix}fs",
-        **kwargs,
-    )
-
-
-@pytest.fixture
-async def start_plane(
-    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
-) -> AsyncIterator[Callable[..., Plane]]:
-    """``start_plane(policy=..., redis=..., load=3)``: a data plane on a namespaced topic and key
-    prefix serving version ``load`` (None: no model), stopped and cleaned up after the test."""
-    prefix = unique_prefix()
-    predictions = PREDICTIONS.namespaced(prefix)
-    create_test_topics(kafka_settings, [predictions])
-    redis_client = aioredis.Redis.from_url(redis_settings.url)
-    started: list[tuple[Plane, grpc.aio.Channel, aioredis.Redis | None]] = []
-
-    def start(
-        policy: StalenessPolicy = StalenessPolicy.SERVE,
-        redis: RedisSettings | None = None,
-        load: int | None = 3,
-    ) -> Plane:
-        settings = settings_of(kafka_settings, redis or redis_settings, prefix, staleness_policy=policy)
-        process = DataPlane(
-            settings,
-            feature_set=TRANSACTION_FEATURES,
-            predictions=predictions,
-            workdir=tmp_path / f"plane-{len(started)}",
-        )
-        port = process.start()
-        own = aioredis.Redis.from_url(redis.url) if redis else None
-        store = AsyncOnlineStore(own or redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub, health = inference_pb2_grpc.InferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
-        plane = Plane(prefix, store, stub, health, process, predictions, kafka_settings)
-        started.append((plane, channel, own))
-        if load is not None:
-            plane.load(load)
-        return plane
-
-    try:
-        yield start
-    finally:
-        for plane, channel, own in started:
-            await channel.close()
-            plane.process.stop()
-            if own is not None:
-                await own.aclose()
-            elif plane.entities:
-                await plane.store.delete(plane.entities)
-        await redis_client.aclose()
-        delete_topics(kafka_settings, [predictions])
 
 
 async def test_scores_match_onnxruntime_and_every_prediction_is_logged(
@@ -292,9 +168,9 @@ async def test_staleness_policies_match_the_python_service(start_plane: Callable
             lambda known: ipb.PredictBatchRequest(
                 requests=[ipb.PredictRequest(entity_id=known, event_id="x" * MAX_MESSAGE_BYTES)]
             ),
-            # tonic's code for a message over the limit (grpc-core's, in the Python service, is
-            # RESOURCE_EXHAUSTED): a known difference, docs/inference.md.
-            grpc.StatusCode.OUT_OF_RANGE,
+            # gRPC's code for a message over the limit, as the Python service gives it (tonic's
+            # own OUT_OF_RANGE is rewritten).
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"Error, decoded message length too large: found {MAX_MESSAGE_BYTES + 28} bytes, "
             f"the limit is: {MAX_MESSAGE_BYTES} bytes",
         ),
@@ -400,10 +276,14 @@ async def test_a_model_that_fails_to_load_leaves_the_serving_one(start_plane: Ca
     assert reply.prediction.model_version == 3
     assert await plane.serving() == health_pb2.HealthCheckResponse.SERVING
     text = plane.metrics()
-    assert 'driftline_dataplane_model_load_failures_total{reason="digest"} 1' in text
-    assert 'driftline_dataplane_model_info{model="fraud",version="3"} 1' in text
+    assert 'driftline_dataplane_model_load_failures_total{reason="digest",role="champion"} 1' in text
+    served = (
+        'driftline_dataplane_model_info{model="fraud",provider="CPUExecutionProvider",'
+        'role="champion",version="3"} 1'
+    )
+    assert served in text
     assert 'driftline_dataplane_requests_total{code="OK",method="Predict"} 1' in text
-    assert "driftline_dataplane_predictions_total 1" in text
+    assert 'driftline_dataplane_predictions_total{role="champion"} 1' in text
 
 
 async def test_the_data_plane_checks_what_it_is_told_to_load(
@@ -454,7 +334,9 @@ async def test_the_data_plane_checks_what_it_is_told_to_load(
     assert "column 99 is outside the store's 12 features" in plane.process.log_path.read_text()
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
     assert reply.prediction.model_version == 3  # every refusal left version 3 serving
-    assert 'driftline_dataplane_model_load_failures_total{reason="invalid"} 4' in plane.metrics()
+    assert (
+        'driftline_dataplane_model_load_failures_total{reason="invalid",role="champion"} 4' in plane.metrics()
+    )
     assert stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=30).replaced_version == 3
 
 

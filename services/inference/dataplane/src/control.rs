@@ -1,6 +1,7 @@
 //! `driftline.dataplane.v1.DataPlaneControl`, on the control socket: the Python control plane
-//! hands over a verified artifact and its spec; the model is loaded and warmed off the serving
-//! threads, then swapped in. A model that fails leaves the serving one in place.
+//! hands over a verified artifact and its spec for a role; the model is loaded and warmed off the
+//! serving threads, then swapped in. A model that fails leaves the one in its role in place. The
+//! challenger can be taken out again; the champion only ever replaced.
 
 use std::sync::Arc;
 
@@ -11,30 +12,75 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::jsonlog;
-use crate::model::{Model, ModelError};
+use crate::model::{Model, ModelError, Role};
 use crate::proto::control::data_plane_control_server::DataPlaneControl;
-use crate::proto::control::{LoadModelRequest, LoadModelResponse, ModelSpec};
+use crate::proto::control::{
+    LoadModelRequest, LoadModelResponse, ModelSpec, RemoveModelRequest, RemoveModelResponse,
+    Role as WireRole,
+};
 use crate::proto::inference::inference_service_server::SERVICE_NAME;
-use crate::service::Predictor;
+use crate::service::{ModelSlot, Predictor};
 
 pub struct Control {
     pub predictor: Arc<Predictor>,
     pub health: Mutex<HealthReporter>,
-    /// One load at a time: swaps happen in the order the control plane asked for them.
+    /// One change at a time: swaps happen in the order the control plane asked for them.
     pub loading: Mutex<()>,
 }
 
+/// The role a request names; UNSPECIFIED is the champion.
+fn role_of(role: i32) -> Result<Role, Status> {
+    match WireRole::try_from(role) {
+        Ok(WireRole::Unspecified | WireRole::Champion) => Ok(Role::Champion),
+        Ok(WireRole::Challenger) => Ok(Role::Challenger),
+        Err(_) => Err(Status::invalid_argument(format!("unknown role {role}"))),
+    }
+}
+
 impl Control {
+    fn slot(&self, role: Role) -> &ModelSlot {
+        match role {
+            Role::Challenger => &self.predictor.challenger,
+            _ => &self.predictor.champion,
+        }
+    }
+
+    /// Keeps `driftline_dataplane_model_info` to the models live.
+    fn relabel(&self, role: Role, old: Option<&Model>, new: Option<&Model>) {
+        let info = &self.predictor.metrics.model_info;
+        for (model, live) in [(old, 0), (new, 1)] {
+            let Some(model) = model else { continue };
+            let version = model.spec.version.to_string();
+            let labels = [
+                model.spec.name.as_str(),
+                role.name(),
+                version.as_str(),
+                model.provider,
+            ];
+            if live == 1 {
+                info.with_label_values(&labels).set(1);
+            } else {
+                let _ = info.remove_label_values(&labels);
+            }
+        }
+    }
+
     /// Load, swap, metrics and health as one step: run in a task of its own, so a caller that
     /// gives up (its deadline, a dropped connection) cannot leave a model swapped in with
     /// health not updated.
-    async fn load(self: Arc<Self>, spec: ModelSpec) -> Result<LoadModelResponse, Status> {
+    async fn load(
+        self: Arc<Self>,
+        spec: ModelSpec,
+        role: Role,
+    ) -> Result<LoadModelResponse, Status> {
         let _one_at_a_time = self.loading.lock().await;
         let width = self.predictor.store.layout.width();
+        let (batching, metrics) = (self.predictor.batching, self.predictor.metrics.clone());
         let (name, version) = (spec.name.clone(), spec.version);
-        let loaded = tokio::task::spawn_blocking(move || Model::load(&spec, width))
-            .await
-            .map_err(|err| Status::internal(format!("the load task failed: {err}")))?;
+        let loaded =
+            tokio::task::spawn_blocking(move || Model::load(&spec, width, batching, metrics))
+                .await
+                .map_err(|err| Status::internal(format!("the load task failed: {err}")))?;
         let metrics = &self.predictor.metrics;
         let model = match loaded {
             Ok(model) => Arc::new(model),
@@ -47,40 +93,56 @@ impl Control {
                 };
                 metrics
                     .model_load_failures
-                    .with_label_values(&[reason])
+                    .with_label_values(&[role.name(), reason])
                     .inc();
-                let serving = self.predictor.model.current().map(|m| m.spec.version);
+                let serving = self.slot(role).current().map(|m| m.spec.version);
                 jsonlog::emit(
                     "warning",
                     "model_load_failed",
-                    json!({"model": name, "version": version, "error": err.to_string(), "serving_version": serving}),
+                    json!({"model": name, "version": version, "role": role.name(), "error": err.to_string(), "serving_version": serving}),
                 );
                 return Err(status);
             }
         };
-        let load_seconds = model.load_seconds;
-        let replaced = self.predictor.model.swap(model);
+        let (load_seconds, provider) = (model.load_seconds, model.provider);
+        let replaced = self.slot(role).swap(Some(model.clone()));
+        self.relabel(role, replaced.as_deref(), Some(&model));
         let replaced_version = replaced.as_ref().map_or(0, |m| m.spec.version);
-        metrics.model_info.reset();
-        metrics
-            .model_info
-            .with_label_values(&[name.as_str(), &version.to_string()])
-            .set(1);
-        metrics.model_swaps.inc();
-        let mut health = self.health.lock().await;
-        health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
+        metrics.model_swaps.with_label_values(&[role.name()]).inc();
+        if role == Role::Champion {
+            let mut health = self.health.lock().await;
+            health.set_service_status("", ServingStatus::Serving).await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                .await;
+        }
         jsonlog::emit(
             "info",
             "model_swapped",
-            json!({"model": name, "version": version, "replaced_version": replaced_version, "load_seconds": load_seconds}),
+            json!({"model": name, "version": version, "role": role.name(), "replaced_version": replaced_version, "load_seconds": load_seconds, "provider": provider}),
         );
         Ok(LoadModelResponse {
             load_seconds,
             replaced_version,
         })
+    }
+
+    async fn remove(&self, role: Role) -> Result<RemoveModelResponse, Status> {
+        if role == Role::Champion {
+            return Err(Status::failed_precondition(
+                "the champion is never removed: it serves until another version replaces it",
+            ));
+        }
+        let _one_at_a_time = self.loading.lock().await;
+        let removed = self.slot(role).swap(None);
+        self.relabel(role, removed.as_deref(), None);
+        let removed_version = removed.as_ref().map_or(0, |m| m.spec.version);
+        jsonlog::emit(
+            "info",
+            "model_removed",
+            json!({"role": role.name(), "version": removed_version}),
+        );
+        Ok(RemoveModelResponse { removed_version })
     }
 }
 
@@ -93,13 +155,22 @@ impl DataPlaneControl for ControlService {
         &self,
         request: Request<LoadModelRequest>,
     ) -> Result<Response<LoadModelResponse>, Status> {
+        let request = request.into_inner();
+        let role = role_of(request.role)?;
         let spec = request
-            .into_inner()
             .model
             .ok_or_else(|| Status::invalid_argument("no model to load"))?;
-        let done = tokio::spawn(self.0.clone().load(spec))
+        let done = tokio::spawn(self.0.clone().load(spec, role))
             .await
             .map_err(|err| Status::internal(format!("the load task failed: {err}")))?;
         done.map(Response::new)
+    }
+
+    async fn remove_model(
+        &self,
+        request: Request<RemoveModelRequest>,
+    ) -> Result<Response<RemoveModelResponse>, Status> {
+        let role = role_of(request.into_inner().role)?;
+        self.0.remove(role).await.map(Response::new)
     }
 }

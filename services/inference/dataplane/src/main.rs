@@ -7,16 +7,23 @@
 //! the process, and loads models into it over the control socket. Once the public port, the
 //! metrics port and the control socket listen, `{"port": .., "metrics_port": ..}` is written to
 //! the spec's `port_file`. Health (`grpc.health.v1`) is NOT_SERVING until a model is loaded.
-//! SIGTERM or SIGINT stops accepting calls, finishes those in flight, then waits up to 10 s for
-//! the log's acknowledgements.
+//! SIGTERM or SIGINT stops accepting calls, finishes those in flight and their shadow scorings,
+//! then waits up to 10 s for the log's acknowledgements.
 
+// Refusals are `tonic::Status` from the check that finds them to the handler that returns them,
+// as tonic's own service traits return them; boxing each would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+mod batch;
 mod control;
 mod echo;
 mod jsonlog;
+mod kserve;
 mod log;
 mod metrics;
 mod model;
 mod proto;
+mod routing;
 mod service;
 mod spec;
 mod store;
@@ -24,6 +31,7 @@ mod store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +43,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tower::util::MapResponseLayer;
 
 use crate::proto::control::data_plane_control_server::DataPlaneControlServer;
 use crate::proto::inference::inference_service_server::{InferenceServiceServer, SERVICE_NAME};
+use crate::proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -132,11 +142,20 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let logger = log::PredictionLogger::new(&spec.log, log::LogCounts::new(&metrics))?;
     let predictor = Arc::new(service::Predictor {
         store,
-        model: service::ModelSlot::default(),
+        champion: service::ModelSlot::default(),
+        challenger: service::ModelSlot::default(),
+        routing: spec.routing,
+        batching: model::batch_options(
+            spec.batching.max_batch_size,
+            spec.batching.max_queue_delay_us,
+            spec.batching.queue_capacity,
+        ),
+        default_deadline: Duration::from_secs_f64(spec.default_deadline_s),
         logger,
         model_name: spec.model_name.clone(),
         max_entities: spec.max_entities,
         metrics: metrics.clone(),
+        shadows: AtomicUsize::new(0),
     });
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
@@ -175,15 +194,28 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             stopped(stop.clone()),
         );
     let public_server = Server::builder()
+        .layer(MapResponseLayer::new(
+            service::oversized_is_resource_exhausted::<tonic::body::BoxBody>,
+        ))
         .add_service(health_service)
         .add_service(
             InferenceServiceServer::new(service::Service(predictor.clone()))
+                .max_decoding_message_size(spec.max_message_bytes),
+        )
+        .add_service(
+            GrpcInferenceServiceServer::new(kserve::KServe(predictor.clone()))
                 .max_decoding_message_size(spec.max_message_bytes),
         )
         .serve_with_incoming_shutdown(public, stopped(stop));
     let served = tokio::try_join!(public_server, control_server);
     scrapes.abort();
     served?;
+    // Shadow scorings of calls already answered still go to the log.
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while predictor.shadows.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let flushed = predictor.logger.flush(Duration::from_secs(10));
     let counts = &predictor.logger.counts;
     jsonlog::emit(

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -13,21 +13,32 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Seconds per stage of a call: `features` (the online-store read), `model`, `total`.
+    /// Seconds per stage of a call: `features` (the online-store read), `queue` (waiting for a
+    /// batch), `model` (one run of a merged batch), `total`.
     pub stage_seconds: HistogramVec,
     // The stages' series, looked up once here rather than by label on every call.
     pub features_seconds: Histogram,
+    pub queue_seconds: Histogram,
     pub model_seconds: Histogram,
     pub total_seconds: Histogram,
+    /// Rows per model run.
+    pub batch_rows: Histogram,
+    /// Calls waiting for a batch.
+    pub queue_depth: IntGauge,
+    /// Calls whose caller had gone before their batch formed: left out unrun.
+    pub cancelled: IntCounter,
     /// Calls by method and gRPC status code name.
     pub requests: IntCounterVec,
-    pub predictions: IntCounter,
+    /// Predictions logged, by role (champion, challenger, shadow).
+    pub predictions: IntCounterVec,
+    /// Shadow scorings skipped: too many were pending.
+    pub shadow_skipped: IntCounter,
     /// Prediction-log records by outcome: produced, acknowledged, dropped_queue_full, delivery_failed.
     pub log_records: IntCounterVec,
-    /// 1 for the model version serving.
+    /// 1 for each model version live, with its role and the execution provider it runs on.
     pub model_info: IntGaugeVec,
-    pub model_swaps: IntCounter,
-    /// Loads that failed, by reason (digest, invalid): the serving model kept serving.
+    pub model_swaps: IntCounterVec,
+    /// Loads that failed, by role and reason (digest, invalid): the model in the role kept serving.
     pub model_load_failures: IntCounterVec,
 }
 
@@ -47,9 +58,22 @@ impl Metrics {
         )?;
         let metrics = Metrics {
             features_seconds: stage_seconds.with_label_values(&["features"]),
+            queue_seconds: stage_seconds.with_label_values(&["queue"]),
             model_seconds: stage_seconds.with_label_values(&["model"]),
             total_seconds: stage_seconds.with_label_values(&["total"]),
             stage_seconds,
+            batch_rows: Histogram::with_opts(
+                HistogramOpts::new("driftline_dataplane_batch_rows", "Rows per model run.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?,
+            queue_depth: IntGauge::new(
+                "driftline_dataplane_queue_depth",
+                "Calls waiting for a batch.",
+            )?,
+            cancelled: IntCounter::new(
+                "driftline_dataplane_cancelled_total",
+                "Calls whose caller had gone before their batch formed; not run.",
+            )?,
             requests: IntCounterVec::new(
                 Opts::new(
                     "driftline_dataplane_requests_total",
@@ -57,9 +81,16 @@ impl Metrics {
                 ),
                 &["method", "code"],
             )?,
-            predictions: IntCounter::new(
-                "driftline_dataplane_predictions_total",
-                "Predictions served.",
+            predictions: IntCounterVec::new(
+                Opts::new(
+                    "driftline_dataplane_predictions_total",
+                    "Predictions made, by the role of the model that made them.",
+                ),
+                &["role"],
+            )?,
+            shadow_skipped: IntCounter::new(
+                "driftline_dataplane_shadow_skipped_total",
+                "Shadow scorings skipped because too many were pending.",
             )?,
             log_records: IntCounterVec::new(
                 Opts::new(
@@ -71,27 +102,34 @@ impl Metrics {
             model_info: IntGaugeVec::new(
                 Opts::new(
                     "driftline_dataplane_model_info",
-                    "1 for the model version serving.",
+                    "1 for each model version live, with its role and execution provider.",
                 ),
-                &["model", "version"],
+                &["model", "role", "version", "provider"],
             )?,
-            model_swaps: IntCounter::new(
-                "driftline_dataplane_model_swaps_total",
-                "Models swapped in.",
+            model_swaps: IntCounterVec::new(
+                Opts::new(
+                    "driftline_dataplane_model_swaps_total",
+                    "Models swapped in, by role.",
+                ),
+                &["role"],
             )?,
             model_load_failures: IntCounterVec::new(
                 Opts::new(
                     "driftline_dataplane_model_load_failures_total",
-                    "Model loads that failed; the serving model kept serving.",
+                    "Model loads that failed, by role and reason; the model in the role kept serving.",
                 ),
-                &["reason"],
+                &["role", "reason"],
             )?,
             registry,
         };
         let r = &metrics.registry;
         r.register(Box::new(metrics.stage_seconds.clone()))?;
+        r.register(Box::new(metrics.batch_rows.clone()))?;
+        r.register(Box::new(metrics.queue_depth.clone()))?;
+        r.register(Box::new(metrics.cancelled.clone()))?;
         r.register(Box::new(metrics.requests.clone()))?;
         r.register(Box::new(metrics.predictions.clone()))?;
+        r.register(Box::new(metrics.shadow_skipped.clone()))?;
         r.register(Box::new(metrics.log_records.clone()))?;
         r.register(Box::new(metrics.model_info.clone()))?;
         r.register(Box::new(metrics.model_swaps.clone()))?;

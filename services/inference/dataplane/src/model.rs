@@ -1,41 +1,126 @@
 //! A model version on ONNX Runtime's C API (through `ort`, loading the shared library the Python
 //! package ships): one session, tuned for small models as the Python runtime tunes its own (one
-//! intra-op thread, no inter-op pool, every graph optimisation), checked against its digest and
-//! its spec, and warmed before it serves.
+//! intra-op thread, no inter-op pool, every graph optimisation), on CUDA when the spec asks for
+//! it and it works, checked against its digest and its spec, warmed, then handed to the thread
+//! of its batcher (`batch`), which owns it from then on.
 
-use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use ort::execution_providers::{CUDAExecutionProvider, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::tensor::TensorElementType;
+use ort::value::{TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
 use prost::Message;
 
+use crate::batch::{self, BatchError, Batcher, Data, Runner, Tensor};
+use crate::metrics::Metrics;
 use crate::proto::control::ModelSpec;
 use crate::proto::inference::PredictionLog;
 
-/// The role of every prediction served: the data plane serves the champion only.
-pub const ROLE: &str = "champion";
+pub const CPU: &str = "CPUExecutionProvider";
+pub const CUDA: &str = "CUDAExecutionProvider";
+
+/// The part a model plays in a prediction, as the prediction log and `served_by` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Champion = 0,
+    /// Served to the canary share of entities.
+    Challenger = 1,
+    /// Scored in the shadow of a call: logged, never returned.
+    Shadow = 2,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Champion, Role::Challenger, Role::Shadow];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Champion => "champion",
+            Role::Challenger => "challenger",
+            Role::Shadow => "shadow",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dtype {
+pub enum Dtype {
     Float32,
     Float64,
 }
+
+impl Dtype {
+    /// As numpy names it (the Python service's messages do).
+    pub fn numpy(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "float32",
+            Dtype::Float64 => "float64",
+        }
+    }
+}
+
+/// The output element types served; a model with another output is refused at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    F32,
+    F64,
+    I64,
+    I32,
+    Bool,
+}
+
+impl Kind {
+    fn of(ty: TensorElementType) -> Option<Kind> {
+        Some(match ty {
+            TensorElementType::Float32 => Kind::F32,
+            TensorElementType::Float64 => Kind::F64,
+            TensorElementType::Int64 => Kind::I64,
+            TensorElementType::Int32 => Kind::I32,
+            TensorElementType::Bool => Kind::Bool,
+            _ => return None,
+        })
+    }
+
+    fn kserve(self) -> &'static str {
+        match self {
+            Kind::F32 => "FP32",
+            Kind::F64 => "FP64",
+            Kind::I64 => "INT64",
+            Kind::I32 => "INT32",
+            Kind::Bool => "BOOL",
+        }
+    }
+}
+
+/// A model input or output as KServe v2 metadata describes it (-1: a dynamic dimension).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// Batching of the model's runs (the spec's `batching`).
+pub type BatchOptions = batch::Options;
 
 pub struct Model {
     pub spec: ModelSpec,
     /// Position of each model column in the store's vector.
     pub columns: Vec<usize>,
-    dtype: Dtype,
-    // `Session::run` takes `&mut self`; a run of a small model is ~15 µs, so one lock is cheap.
-    session: Mutex<Session>,
+    pub dtype: Dtype,
+    /// The execution provider its session runs on.
+    pub provider: &'static str,
+    pub input: TensorMeta,
+    pub outputs: Vec<TensorMeta>,
+    score_output: usize,
+    batcher: Batcher,
     /// Seconds spent loading and warming.
     pub load_seconds: f64,
-    /// What every prediction-log record of this model shares, serialized once (see `log`).
-    pub log_head: Vec<u8>,
+    /// What every prediction-log record of this model in each role shares, serialized once
+    /// (see `log`), in `Role::ALL`'s order.
+    log_heads: [Vec<u8>; 3],
 }
 
 #[derive(Debug, PartialEq)]
@@ -95,12 +180,156 @@ fn check_spec(spec: &ModelSpec, store_width: usize) -> Result<(Dtype, Vec<usize>
     if !spec.threshold.is_finite() {
         return Err(ModelError::Invalid("the threshold is not a number".into()));
     }
+    if !matches!(spec.device.as_str(), "" | "auto" | "cpu" | "cuda") {
+        return Err(ModelError::Invalid(format!(
+            "device {:?} is not auto, cpu or cuda",
+            spec.device
+        )));
+    }
     Ok((dtype, columns))
 }
 
+/// A session on the spec's device: CUDA when asked for and its provider registers ("cuda" fails
+/// otherwise, "auto" falls back to the CPU), else the CPU. Returns the provider it runs on.
+fn session(spec: &ModelSpec, bytes: &[u8]) -> Result<(Session, &'static str), ModelError> {
+    let builder = || -> Result<_, ort::Error> {
+        Session::builder()?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(spec.intra_threads.max(1) as usize)?
+            .with_inter_threads(1)
+    };
+    let cuda = CUDAExecutionProvider::default().with_device_id(spec.cuda_device_id as i32);
+    let try_cuda = match spec.device.as_str() {
+        "cuda" => true,
+        "auto" => cuda.is_available().unwrap_or(false),
+        _ => false,
+    };
+    if try_cuda {
+        let on_cuda = builder()
+            .and_then(|b| b.with_execution_providers([cuda.build().error_on_failure()]))
+            .and_then(|b| b.commit_from_memory(bytes));
+        match on_cuda {
+            Ok(session) => return Ok((session, CUDA)),
+            Err(err) if spec.device == "cuda" => {
+                return Err(ModelError::Invalid(format!(
+                    "CUDA was asked for and fails: {err}"
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+    Ok((builder()?.commit_from_memory(bytes)?, CPU))
+}
+
+fn described(name: &str, ty: &ValueType) -> Option<(TensorMeta, Kind)> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let kind = Kind::of(*ty)?;
+            Some((
+                TensorMeta {
+                    name: name.to_string(),
+                    datatype: kind.kserve(),
+                    shape: shape.to_vec(),
+                },
+                kind,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The session, owned by the batcher's thread.
+struct SessionRunner {
+    session: Session,
+    input: String,
+    dtype: Dtype,
+    width: usize,
+    outputs: Vec<(String, Kind)>,
+}
+
+impl SessionRunner {
+    fn run_session(&mut self, matrix: &[f64], rows: usize) -> Result<Vec<Tensor>, ort::Error> {
+        let shape = [rows, self.width];
+        let outputs = match self.dtype {
+            Dtype::Float32 => {
+                let narrow: Vec<f32> = matrix.iter().map(|&v| v as f32).collect();
+                let input = TensorRef::from_array_view((shape, narrow.as_slice()))?;
+                self.session
+                    .run(ort::inputs![self.input.as_str() => input])?
+            }
+            Dtype::Float64 => {
+                let input = TensorRef::from_array_view((shape, matrix))?;
+                self.session
+                    .run(ort::inputs![self.input.as_str() => input])?
+            }
+        };
+        let mut tensors = Vec::with_capacity(self.outputs.len());
+        for (name, kind) in &self.outputs {
+            let value = &outputs[name.as_str()];
+            let dims = |shape: &ort::tensor::Shape| {
+                shape
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(0))
+                    .collect::<Vec<_>>()
+            };
+            let (shape, data) = match kind {
+                Kind::F32 => {
+                    let (s, d) = value.try_extract_tensor::<f32>()?;
+                    (dims(s), Data::F32(d.to_vec()))
+                }
+                Kind::F64 => {
+                    let (s, d) = value.try_extract_tensor::<f64>()?;
+                    (dims(s), Data::F64(d.to_vec()))
+                }
+                Kind::I64 => {
+                    let (s, d) = value.try_extract_tensor::<i64>()?;
+                    (dims(s), Data::I64(d.to_vec()))
+                }
+                Kind::I32 => {
+                    let (s, d) = value.try_extract_tensor::<i32>()?;
+                    (dims(s), Data::I32(d.to_vec()))
+                }
+                Kind::Bool => {
+                    let (s, d) = value.try_extract_tensor::<bool>()?;
+                    (dims(s), Data::Bool(d.to_vec()))
+                }
+            };
+            tensors.push(Tensor { shape, data });
+        }
+        Ok(tensors)
+    }
+}
+
+impl Runner for SessionRunner {
+    fn run(&mut self, matrix: &[f64], rows: usize) -> Result<Vec<Tensor>, String> {
+        self.run_session(matrix, rows)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// One score per row: the positive-class column of a probability matrix, or the single column.
+fn scores_of(output: &Tensor) -> Result<Vec<f64>, String> {
+    let columns = match output.shape.as_slice() {
+        [_, c] => (*c).max(1),
+        _ => 1,
+    };
+    let pick = usize::from(columns >= 2);
+    let values: Vec<f64> = match &output.data {
+        Data::F32(v) => v.chunks(columns).map(|row| f64::from(row[pick])).collect(),
+        Data::F64(v) => v.chunks(columns).map(|row| row[pick]).collect(),
+        _ => return Err("the score output is not a float tensor".into()),
+    };
+    Ok(values)
+}
+
 impl Model {
-    /// Reads, verifies, loads and warms the model `spec` names.
-    pub fn load(spec: &ModelSpec, store_width: usize) -> Result<Self, ModelError> {
+    /// Reads, verifies, loads and warms the model `spec` names, then starts its batcher.
+    pub fn load(
+        spec: &ModelSpec,
+        store_width: usize,
+        batching: BatchOptions,
+        metrics: Metrics,
+    ) -> Result<Self, ModelError> {
         let started = Instant::now();
         let (dtype, columns) = check_spec(spec, store_width)?;
         let bytes = std::fs::read(&spec.path)
@@ -112,48 +341,84 @@ impl Model {
                 spec.sha256
             )));
         }
-        let session = Session::builder()?
-            .with_optimization_level(GraphOptimizationLevel::Level3)?
-            .with_intra_threads(spec.intra_threads.max(1) as usize)?
-            .with_inter_threads(1)?
-            .commit_from_memory(&bytes)?;
-        if !session.inputs.iter().any(|i| i.name == spec.input) {
-            return Err(ModelError::Invalid(format!(
-                "the model has no input {}",
-                spec.input
-            )));
+        let (session, provider) = session(spec, &bytes)?;
+        let input = session
+            .inputs
+            .iter()
+            .find(|i| i.name == spec.input)
+            .and_then(|i| described(&i.name, &i.input_type))
+            .map(|(meta, _)| meta)
+            .ok_or_else(|| ModelError::Invalid(format!("the model has no input {}", spec.input)))?;
+        let mut outputs = Vec::with_capacity(session.outputs.len());
+        let mut kinds = Vec::with_capacity(session.outputs.len());
+        for output in &session.outputs {
+            let (meta, kind) = described(&output.name, &output.output_type).ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "output {} is not a tensor of a type the data plane serves",
+                    output.name
+                ))
+            })?;
+            kinds.push((output.name.clone(), kind));
+            outputs.push(meta);
         }
-        if !session.outputs.iter().any(|o| o.name == spec.score_output) {
-            return Err(ModelError::Invalid(format!(
-                "the model has no output {}",
-                spec.score_output
-            )));
-        }
-        let log_head = PredictionLog {
-            model_name: spec.name.clone(),
-            model_version: spec.version,
-            feature_names: spec.feature_names.clone(),
-            role: ROLE.into(),
-            ..PredictionLog::default()
-        }
-        .encode_to_vec();
-        let mut model = Model {
-            spec: spec.clone(),
-            columns,
+        let score_output = outputs
+            .iter()
+            .position(|o| o.name == spec.score_output)
+            .ok_or_else(|| {
+                ModelError::Invalid(format!("the model has no output {}", spec.score_output))
+            })?;
+        let mut runner = SessionRunner {
+            session,
+            input: spec.input.clone(),
             dtype,
-            session: Mutex::new(session),
-            load_seconds: 0.0,
-            log_head,
+            width: columns.len(),
+            outputs: kinds,
         };
         // Warm: the first runs of a session allocate its buffers; a model that cannot score a
         // row of zeros at each batch size never serves.
         for rows in [1, 8, 64] {
             for _ in 0..3 {
-                model.score(&vec![0.0; rows * model.width()], rows)?;
+                let outputs = runner
+                    .run(&vec![0.0; rows * columns.len()], rows)
+                    .map_err(ModelError::Invalid)?;
+                let scores = scores_of(&outputs[score_output]).map_err(ModelError::Invalid)?;
+                if scores.len() != rows {
+                    return Err(ModelError::Invalid(format!(
+                        "{} scores for {rows} rows",
+                        scores.len()
+                    )));
+                }
             }
         }
-        model.load_seconds = started.elapsed().as_secs_f64();
-        Ok(model)
+        let batcher = Batcher::start(
+            &format!("model-v{}", spec.version),
+            runner,
+            batching,
+            metrics,
+        )
+        .map_err(|e| ModelError::Invalid(format!("cannot start the model's thread: {e}")))?;
+        let log_heads = Role::ALL.map(|role| {
+            PredictionLog {
+                model_name: spec.name.clone(),
+                model_version: spec.version,
+                feature_names: spec.feature_names.clone(),
+                role: role.name().into(),
+                ..PredictionLog::default()
+            }
+            .encode_to_vec()
+        });
+        Ok(Model {
+            spec: spec.clone(),
+            columns,
+            dtype,
+            provider,
+            input,
+            outputs,
+            score_output,
+            batcher,
+            load_seconds: started.elapsed().as_secs_f64(),
+            log_heads,
+        })
     }
 
     /// Whether `value` is finite in the model's input type (a double beyond float32's range is not).
@@ -164,52 +429,34 @@ impl Model {
         }
     }
 
-    /// Columns of the model's input.
-    pub fn width(&self) -> usize {
-        self.columns.len()
+    /// The fields every prediction-log record of this model in `role` shares, serialized.
+    pub fn log_head(&self, role: Role) -> &[u8] {
+        &self.log_heads[role as usize]
     }
 
-    /// One score per row of `matrix` (`rows` × `width()`, row-major): the positive-class column
-    /// of a probability matrix, or the single score column.
-    pub fn score(&self, matrix: &[f64], rows: usize) -> Result<Vec<f64>, ModelError> {
-        let shape = [rows, self.width()];
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| ModelError::Invalid("a model run panicked".into()))?;
-        let outputs = match self.dtype {
-            Dtype::Float32 => {
-                let narrow: Vec<f32> = matrix.iter().map(|&v| v as f32).collect();
-                let input = TensorRef::from_array_view((shape, narrow.as_slice()))?;
-                session.run(ort::inputs![self.spec.input.as_str() => input])?
-            }
-            Dtype::Float64 => {
-                let input = TensorRef::from_array_view((shape, matrix))?;
-                session.run(ort::inputs![self.spec.input.as_str() => input])?
-            }
-        };
-        let output = &outputs[self.spec.score_output.as_str()];
-        let (dims, flat): (Vec<i64>, Vec<f64>) = match output.try_extract_tensor::<f32>() {
-            Ok((shape, data)) => (shape.to_vec(), data.iter().map(|&v| f64::from(v)).collect()),
-            Err(_) => {
-                let (shape, data) = output.try_extract_tensor::<f64>()?;
-                (shape.to_vec(), data.to_vec())
-            }
-        };
-        let columns = match dims.as_slice() {
-            [_, c] => usize::try_from(*c).unwrap_or(1).max(1),
-            _ => 1,
-        };
-        let pick = usize::from(columns >= 2);
-        let scores: Vec<f64> = flat.chunks(columns).map(|row| row[pick]).collect();
-        if scores.len() != rows {
-            return Err(ModelError::Invalid(format!(
-                "{} scores for {} rows",
-                scores.len(),
-                rows
-            )));
-        }
-        Ok(scores)
+    /// Every output of the model on `rows` rows of `matrix` (row-major, `width()` wide), run in
+    /// the next batch with room for them.
+    pub async fn infer(&self, matrix: Vec<f64>, rows: usize) -> Result<Vec<Tensor>, BatchError> {
+        self.batcher.run(matrix, rows).await
+    }
+
+    /// One score per row of `matrix`.
+    pub async fn score(&self, matrix: Vec<f64>, rows: usize) -> Result<Vec<f64>, BatchError> {
+        let outputs = self.infer(matrix, rows).await?;
+        scores_of(&outputs[self.score_output]).map_err(BatchError::Failed)
+    }
+}
+
+/// Batching as the spec gives it.
+pub fn batch_options(
+    max_batch_size: usize,
+    max_queue_delay_us: u64,
+    queue_capacity: usize,
+) -> BatchOptions {
+    BatchOptions {
+        max_batch_size: max_batch_size.max(1),
+        max_queue_delay: Duration::from_micros(max_queue_delay_us),
+        queue_capacity: queue_capacity.max(1),
     }
 }
 
@@ -230,6 +477,8 @@ mod tests {
             columns: vec![0, 2],
             threshold: 0.5,
             intra_threads: 1,
+            device: "auto".into(),
+            cuda_device_id: 0,
         }
     }
 
@@ -265,11 +514,23 @@ mod tests {
             check_spec(&threshold, 3),
             Err(ModelError::Invalid(_))
         ));
+        let mut device = spec();
+        device.device = "tpu".into();
+        assert_eq!(
+            check_spec(&device, 3),
+            Err(ModelError::Invalid(
+                "device \"tpu\" is not auto, cpu or cuda".into()
+            ))
+        );
     }
 
     #[test]
     fn an_unreadable_artifact_is_refused_with_its_path() {
-        let err = Model::load(&spec(), 3).err().expect("no such file");
+        let options = batch_options(64, 0, 8);
+        let metrics = Metrics::new().expect("metrics");
+        let err = Model::load(&spec(), 3, options, metrics)
+            .err()
+            .expect("no such file");
         assert!(
             err.to_string()
                 .starts_with("cannot read /nonexistent/model.onnx"),

@@ -21,6 +21,11 @@ pub mod driftline {
     }
 }
 
+/// The KServe Open Inference Protocol v2 (its package is `inference`).
+pub mod kserve {
+    tonic::include_proto!("inference");
+}
+
 pub use driftline::dataplane::v1 as control;
 pub use driftline::features::v1 as features;
 pub use driftline::inference::v1 as inference;

@@ -4,24 +4,31 @@
 //! the Python service's order with its codes and messages; the exceptions (tonic's codes for an
 //! oversized message and an expired deadline) are listed in docs/inference.md.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::json;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
+use crate::batch::BatchError;
+use crate::jsonlog;
 use crate::log::PredictionLogger;
 use crate::metrics::Metrics;
-use crate::model::{Model, ROLE};
+use crate::model::{BatchOptions, Model, Role};
 use crate::proto::features::{FeatureStatus, FeatureValue};
 use crate::proto::inference::inference_service_server::InferenceService;
 use crate::proto::inference::{
     PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse, Prediction,
     PredictionLog, PredictionView,
 };
+use crate::routing::Routing;
 use crate::spec::Policy;
 use crate::store::{ReadError, Row, Store};
 
-/// The model serving, swapped whole: a call keeps the `Arc` it started with, so a swap never
+/// A model in one role, swapped whole: a call keeps the `Arc` it started with, so a swap never
 /// changes the model under a call, and the old model is freed when its last call ends.
 #[derive(Default)]
 pub struct ModelSlot(RwLock<Option<Arc<Model>>>);
@@ -34,24 +41,35 @@ impl ModelSlot {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Puts `model` in; returns the one it replaced.
-    pub fn swap(&self, model: Arc<Model>) -> Option<Arc<Model>> {
+    /// Puts `model` in (`None`: empties the slot); returns the one it replaced.
+    pub fn swap(&self, model: Option<Arc<Model>>) -> Option<Arc<Model>> {
         let mut slot = self
             .0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.replace(model)
+        std::mem::replace(&mut *slot, model)
     }
 }
 
+/// Shadow scorings that may be pending at once; beyond it they are skipped and counted.
+const MAX_PENDING_SHADOWS: usize = 256;
+
 pub struct Predictor {
     pub store: Store,
-    pub model: ModelSlot,
+    pub champion: ModelSlot,
+    pub challenger: ModelSlot,
+    pub routing: Routing,
+    /// How each model's runs are batched.
+    pub batching: BatchOptions,
+    /// Deadline of calls whose client sets none.
+    pub default_deadline: Duration,
     pub logger: PredictionLogger,
     /// The model this server serves, loaded or not.
     pub model_name: String,
     pub max_entities: usize,
     pub metrics: Metrics,
+    /// Shadow scorings in flight.
+    pub shadows: AtomicUsize,
 }
 
 fn epoch_now() -> f64 {
@@ -81,9 +99,97 @@ fn some_of(ids: &[&str]) -> String {
     }
 }
 
+/// A batcher's refusal as the Python service's batcher words it.
+pub fn batch_status(model: &Model, err: BatchError) -> Status {
+    match err {
+        BatchError::QueueFull(capacity) => Status::resource_exhausted(format!(
+            "inference queue is full ({capacity} requests waiting)"
+        )),
+        BatchError::Failed(why) => Status::internal(format!(
+            "model {} v{} failed: {why}",
+            model.spec.name, model.spec.version
+        )),
+        BatchError::Stopped => Status::internal(format!(
+            "model {} v{} has stopped",
+            model.spec.name, model.spec.version
+        )),
+    }
+}
+
+/// An entity's features as the store returned them.
+#[derive(Clone)]
+struct Features {
+    values: Vec<f64>,
+    event_time: f64,
+    age_s: f64,
+}
+
+/// One entity of a call: who asked, and what the store holds for it.
+#[derive(Clone)]
+struct Entity {
+    entity_id: String,
+    event_id: String,
+    features: Features,
+}
+
+/// What a model made of some of a call's entities: a score per entity, and the row of its own
+/// columns it was scored on (`width` wide).
+struct Scored {
+    scores: Vec<f64>,
+    matrix: Vec<f64>,
+    width: usize,
+}
+
 impl Predictor {
+    /// The live model with `version` (`None`: the champion), as the Python service's
+    /// ModelSlots.by_version words its refusals.
+    pub fn by_version(&self, version: Option<i32>) -> Result<Arc<Model>, Status> {
+        let champion = self.champion.current().ok_or_else(|| self.not_loaded())?;
+        let Some(version) = version else {
+            return Ok(champion);
+        };
+        [Some(champion), self.challenger.current()]
+            .into_iter()
+            .flatten()
+            .find(|m| m.spec.version == version)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "version {version} of {} is not loaded",
+                    self.model_name
+                ))
+            })
+    }
+
+    /// Versions live in any role, in order.
+    pub fn live_versions(&self) -> Vec<i32> {
+        let mut versions: Vec<i32> = [self.champion.current(), self.challenger.current()]
+            .into_iter()
+            .flatten()
+            .map(|m| m.spec.version)
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        versions
+    }
+
+    pub fn not_loaded(&self) -> Status {
+        Status::unavailable(format!("no {} champion is loaded yet", self.model_name))
+    }
+
+    /// NOT_FOUND for a model other than the one this server serves (empty: this one).
+    pub fn check_name(&self, name: &str) -> Result<(), Status> {
+        if name.is_empty() || name == self.model_name {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "unknown model '{name}'; this server serves '{}'",
+                self.model_name
+            )))
+        }
+    }
+
     pub async fn predict(
-        &self,
+        self: &Arc<Self>,
         requests: &[PredictRequest],
         view: i32,
     ) -> Result<Vec<Prediction>, Status> {
@@ -109,26 +215,79 @@ impl Predictor {
         }
         let mut ids = Vec::with_capacity(requests.len());
         for request in requests {
-            if !request.model_name.is_empty() && request.model_name != self.model_name {
-                return Err(Status::not_found(format!(
-                    "unknown model '{}'; this server serves '{}'",
-                    request.model_name, self.model_name
-                )));
-            }
+            self.check_name(&request.model_name)?;
             if request.entity_id.is_empty() {
                 return Err(Status::invalid_argument("entity_id is empty"));
             }
             ids.push(request.entity_id.as_str());
         }
-        let Some(model) = self.model.current() else {
-            return Err(Status::unavailable(format!(
-                "no {} champion is loaded yet",
-                self.model_name
-            )));
-        };
-        let now = epoch_now();
+        let champion = self.champion.current().ok_or_else(|| self.not_loaded())?;
+        let challenger = self.challenger.current();
+        let canary = self
+            .routing
+            .canary(&self.model_name, &ids, challenger.is_some());
+        let entities = self.read(requests, &ids).await?;
+
+        let predicted_at = Some(timestamp(epoch_now()));
+        let mut predictions = Vec::with_capacity(entities.len());
+        match (canary, &challenger) {
+            (Some(flags), Some(challenger)) => {
+                // Each model scores its own entities, at the same time; answers in call order.
+                let (on_champion, on_challenger): (Vec<usize>, Vec<usize>) =
+                    (0..entities.len()).partition(|&i| !flags[i]);
+                let (a, b) = tokio::join!(
+                    self.score(&champion, &entities, &on_champion),
+                    self.score(challenger, &entities, &on_challenger),
+                );
+                let (a, b) = (a?, b?);
+                let mut at = [0usize, 0usize];
+                for (i, entity) in entities.iter().enumerate() {
+                    let (model, role, scored, side) = if flags[i] {
+                        (challenger, Role::Challenger, &b, 1)
+                    } else {
+                        (&champion, Role::Champion, &a, 0)
+                    };
+                    predictions.push(self.served(
+                        model,
+                        role,
+                        entity,
+                        scored,
+                        at[side],
+                        full,
+                        predicted_at,
+                    ));
+                    at[side] += 1;
+                }
+            }
+            _ => {
+                let all: Vec<usize> = (0..entities.len()).collect();
+                let scored = self.score(&champion, &entities, &all).await?;
+                for (i, entity) in entities.iter().enumerate() {
+                    predictions.push(self.served(
+                        &champion,
+                        Role::Champion,
+                        entity,
+                        &scored,
+                        i,
+                        full,
+                        predicted_at,
+                    ));
+                }
+            }
+        }
+        if self.routing.shadow {
+            if let Some(challenger) = challenger {
+                self.shadow(challenger, entities);
+            }
+        }
+        Ok(predictions)
+    }
+
+    /// Every entity's features in one round trip, checked: all present, and none stale when the
+    /// policy is fail.
+    async fn read(&self, requests: &[PredictRequest], ids: &[&str]) -> Result<Vec<Entity>, Status> {
         let read_started = Instant::now();
-        let read = self.store.read(&ids, now).await;
+        let read = self.store.read(ids, epoch_now()).await;
         self.metrics
             .features_seconds
             .observe(read_started.elapsed().as_secs_f64());
@@ -142,7 +301,7 @@ impl Predictor {
         })?;
         let unknown: Vec<&str> = rows
             .iter()
-            .zip(&ids)
+            .zip(ids)
             .filter(|(row, _)| matches!(row, Row::Missing))
             .map(|(_, id)| *id)
             .collect();
@@ -152,11 +311,8 @@ impl Predictor {
                 some_of(&unknown)
             )));
         }
-        let columns = &model.columns;
-        let width = columns.len();
-        let mut matrix = Vec::with_capacity(rows.len() * width);
-        let mut found = Vec::with_capacity(rows.len());
-        for (row, id) in rows.iter().zip(&ids) {
+        let mut entities = Vec::with_capacity(rows.len());
+        for (row, request) in rows.into_iter().zip(requests) {
             let Row::Found {
                 values,
                 event_time,
@@ -166,15 +322,39 @@ impl Predictor {
             else {
                 unreachable!("missing rows were refused")
             };
-            if self.store.layout.policy() == Policy::Fail && *stale > 0 {
+            if self.store.layout.policy() == Policy::Fail && stale > 0 {
                 // The first stale feature in the store's order, as the Python service names it.
-                let name = self.store.layout.first_stale(*age_s).unwrap_or("?");
+                let name = self.store.layout.first_stale(age_s).unwrap_or("?");
                 return Err(Status::failed_precondition(format!(
-                    "feature {name} of {id} is STALE and the staleness policy is fail"
+                    "feature {name} of {} is STALE and the staleness policy is fail",
+                    request.entity_id
                 )));
             }
-            matrix.extend(columns.iter().map(|&c| values[c]));
-            found.push((*event_time, *age_s));
+            entities.push(Entity {
+                entity_id: request.entity_id.clone(),
+                event_id: request.event_id.clone(),
+                features: Features {
+                    values,
+                    event_time,
+                    age_s,
+                },
+            });
+        }
+        Ok(entities)
+    }
+
+    /// `model` on the entities at `rows`, each on the model's own columns.
+    async fn score(
+        &self,
+        model: &Model,
+        entities: &[Entity],
+        rows: &[usize],
+    ) -> Result<Scored, Status> {
+        let width = model.columns.len();
+        let mut matrix = Vec::with_capacity(rows.len() * width);
+        for &i in rows {
+            let values = &entities[i].features.values;
+            matrix.extend(model.columns.iter().map(|&c| values[c]));
         }
         // Judged in the model's own precision: a double too large for a float32 input is infinite there.
         if !matrix.iter().all(|&v| model.representable(v)) {
@@ -182,72 +362,134 @@ impl Predictor {
                 "the online store returned a NaN or infinite feature value",
             ));
         }
-        let model_started = Instant::now();
-        let scored = model.score(&matrix, rows.len());
-        self.metrics
-            .model_seconds
-            .observe(model_started.elapsed().as_secs_f64());
-        let scores = scored.map_err(|err| {
-            Status::internal(format!(
-                "model {} v{} failed: {err}",
-                model.spec.name, model.spec.version
-            ))
-        })?;
-        let predicted_at = Some(timestamp(epoch_now()));
-        let threshold = model.spec.threshold;
-        let mut predictions = Vec::with_capacity(rows.len());
-        for (i, (request, score)) in requests.iter().zip(scores).enumerate() {
-            let (event_time, age_s) = found[i];
-            let used = &matrix[i * width..(i + 1) * width];
-            let prediction_id = uuid::Uuid::new_v4().to_string();
-            let label = i32::from(score >= threshold);
-            self.logger.log(
-                &model.log_head,
-                &PredictionLog {
-                    prediction_id: prediction_id.clone(),
-                    entity_id: request.entity_id.clone(),
-                    event_id: request.event_id.clone(),
-                    score,
-                    label,
-                    feature_values: used.to_vec(),
-                    predicted_at,
-                    ..PredictionLog::default()
-                },
-            );
-            let features = if full {
-                let stamp = Some(timestamp(event_time));
-                used.iter()
-                    .zip(columns)
-                    .zip(&model.spec.feature_names)
-                    .map(|((&value, &c), name)| FeatureValue {
-                        name: name.clone(),
-                        value,
-                        event_time: stamp,
-                        status: if self.store.layout.is_stale(c, age_s) {
-                            FeatureStatus::Stale as i32
-                        } else {
-                            FeatureStatus::Ok as i32
-                        },
-                        age_seconds: age_s,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            predictions.push(Prediction {
-                prediction_id,
-                entity_id: request.entity_id.clone(),
-                score,
-                label,
-                model_name: model.spec.name.clone(),
-                model_version: model.spec.version,
-                max_feature_age_seconds: age_s,
-                features,
-                served_by: ROLE.into(),
+        if rows.is_empty() {
+            return Ok(Scored {
+                scores: Vec::new(),
+                matrix,
+                width,
             });
         }
-        self.metrics.predictions.inc_by(predictions.len() as u64);
-        Ok(predictions)
+        let scores = model
+            .score(matrix.clone(), rows.len())
+            .await
+            .map_err(|err| batch_status(model, err))?;
+        Ok(Scored {
+            scores,
+            matrix,
+            width,
+        })
+    }
+
+    /// Logs the `n`th prediction of `scored`; returns its id and label.
+    fn log(
+        &self,
+        model: &Model,
+        role: Role,
+        entity: &Entity,
+        scored: &Scored,
+        n: usize,
+        predicted_at: Option<prost_types::Timestamp>,
+    ) -> (String, i32) {
+        let score = scored.scores[n];
+        let used = &scored.matrix[n * scored.width..(n + 1) * scored.width];
+        let prediction_id = uuid::Uuid::new_v4().to_string();
+        let label = i32::from(score >= model.spec.threshold);
+        self.logger.log(
+            model.log_head(role),
+            &PredictionLog {
+                prediction_id: prediction_id.clone(),
+                entity_id: entity.entity_id.clone(),
+                event_id: entity.event_id.clone(),
+                score,
+                label,
+                feature_values: used.to_vec(),
+                predicted_at,
+                ..PredictionLog::default()
+            },
+        );
+        self.metrics
+            .predictions
+            .with_label_values(&[role.name()])
+            .inc();
+        (prediction_id, label)
+    }
+
+    /// The `n`th prediction of `scored`, logged, as the call's answer holds it.
+    #[allow(clippy::too_many_arguments)]
+    fn served(
+        &self,
+        model: &Model,
+        role: Role,
+        entity: &Entity,
+        scored: &Scored,
+        n: usize,
+        full: bool,
+        predicted_at: Option<prost_types::Timestamp>,
+    ) -> Prediction {
+        let (prediction_id, label) = self.log(model, role, entity, scored, n, predicted_at);
+        let Features {
+            event_time, age_s, ..
+        } = entity.features;
+        let features = if full {
+            let used = &scored.matrix[n * scored.width..(n + 1) * scored.width];
+            let stamp = Some(timestamp(event_time));
+            used.iter()
+                .zip(&model.columns)
+                .zip(&model.spec.feature_names)
+                .map(|((&value, &c), name)| FeatureValue {
+                    name: name.clone(),
+                    value,
+                    event_time: stamp,
+                    status: if self.store.layout.is_stale(c, age_s) {
+                        FeatureStatus::Stale as i32
+                    } else {
+                        FeatureStatus::Ok as i32
+                    },
+                    age_seconds: age_s,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Prediction {
+            prediction_id,
+            entity_id: entity.entity_id.clone(),
+            score: scored.scores[n],
+            label,
+            model_name: model.spec.name.clone(),
+            model_version: model.spec.version,
+            max_feature_age_seconds: age_s,
+            features,
+            served_by: role.name().into(),
+        }
+    }
+
+    /// Scores the call's entities on the challenger after the call, logging each as a shadow
+    /// prediction; a shadow that fails is logged as a warning and never touches the call.
+    fn shadow(self: &Arc<Self>, challenger: Arc<Model>, entities: Vec<Entity>) {
+        if self.shadows.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_SHADOWS {
+            self.shadows.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.shadow_skipped.inc();
+            return;
+        }
+        let predictor = self.clone();
+        tokio::spawn(async move {
+            let all: Vec<usize> = (0..entities.len()).collect();
+            match predictor.score(&challenger, &entities, &all).await {
+                Ok(scored) => {
+                    let predicted_at = Some(timestamp(epoch_now()));
+                    for (n, entity) in entities.iter().enumerate() {
+                        predictor.log(&challenger, Role::Shadow, entity, &scored, n, predicted_at);
+                    }
+                }
+                Err(status) => jsonlog::emit(
+                    "warning",
+                    "shadow_failed",
+                    json!({"model": challenger.spec.name, "version": challenger.spec.version, "error": status.message()}),
+                ),
+            }
+            predictor.shadows.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 
@@ -276,22 +518,60 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-impl Service {
+impl Predictor {
     /// Counts the call by method and status and times it whole.
-    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
-        let metrics = &self.0.metrics;
-        metrics
+    pub fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+        self.metrics
             .total_seconds
             .observe(started.elapsed().as_secs_f64());
         let code = match result {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        metrics
+        self.metrics
             .requests
             .with_label_values(&[method, code_name(code)])
             .inc();
     }
+}
+
+/// gRPC's code for a request over the size limit, RESOURCE_EXHAUSTED, where tonic's decoder
+/// answers OUT_OF_RANGE (its refusal is written into the response's headers before any handler
+/// runs, so it is rewritten there, by a layer around every service).
+pub fn oversized_is_resource_exhausted<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == Code::OutOfRange
+        && status
+            .message()
+            .starts_with("Error, decoded message length too large")
+    {
+        let _ = Status::resource_exhausted(status.message()).add_header(response.headers_mut());
+    }
+    response
+}
+
+/// Runs `work` within `default` when the client set no deadline. A client's own deadline is
+/// tonic's to enforce: it drops the call's future, which takes the call out of its batch.
+pub async fn within<T>(
+    default: Duration,
+    metadata: &MetadataMap,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    if metadata.contains_key("grpc-timeout") {
+        return work.await;
+    }
+    tokio::time::timeout(default, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no answer within the default deadline of {} s",
+                default.as_secs_f64()
+            )))
+        })
 }
 
 #[tonic::async_trait]
@@ -301,12 +581,10 @@ impl InferenceService for Service {
         request: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
         let started = Instant::now();
-        let request = request.into_inner();
-        let result = self
-            .0
-            .predict(std::slice::from_ref(&request), request.view)
-            .await;
-        self.observe("Predict", started, &result);
+        let (metadata, _, request) = request.into_parts();
+        let work = self.0.predict(std::slice::from_ref(&request), request.view);
+        let result = within(self.0.default_deadline, &metadata, work).await;
+        self.0.observe("Predict", started, &result);
         let mut predictions = result?;
         Ok(Response::new(PredictResponse {
             prediction: predictions.pop(),
@@ -318,9 +596,10 @@ impl InferenceService for Service {
         request: Request<PredictBatchRequest>,
     ) -> Result<Response<PredictBatchResponse>, Status> {
         let started = Instant::now();
-        let request = request.into_inner();
-        let result = self.0.predict(&request.requests, request.view).await;
-        self.observe("PredictBatch", started, &result);
+        let (metadata, _, request) = request.into_parts();
+        let work = self.0.predict(&request.requests, request.view);
+        let result = within(self.0.default_deadline, &metadata, work).await;
+        self.0.observe("PredictBatch", started, &result);
         Ok(Response::new(PredictBatchResponse {
             predictions: result?,
         }))

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::routing::Routing;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
@@ -32,6 +34,11 @@ pub struct Spec {
     pub max_entities: usize,
     /// Largest request accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Deadline of calls whose client sets none.
+    pub default_deadline_s: f64,
+    pub batching: BatchingSpec,
+    /// Shadow or canary routing of the challenger, when one is loaded.
+    pub routing: Routing,
     /// ONNX Runtime's shared library (the one the Python package ships).
     pub ort_library: String,
     pub store: StoreSpec,
@@ -64,6 +71,18 @@ pub struct StoreSpec {
     pub timeout_s: f64,
 }
 
+/// Dynamic batching of each model's runs (`batch`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSpec {
+    /// Most rows one model run takes (a larger call runs alone).
+    pub max_batch_size: usize,
+    /// Longest a call waits for its batch to fill, in µs; 0: only what queued while the model ran.
+    pub max_queue_delay_us: u64,
+    /// Calls that may wait for a batch; more get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSpec {
@@ -86,6 +105,17 @@ impl Spec {
         }
         if self.max_entities == 0 || self.workers == 0 {
             return Err("max_entities and workers must be at least 1".into());
+        }
+        let batching = &self.batching;
+        if batching.max_batch_size == 0 || batching.queue_capacity == 0 {
+            return Err("max_batch_size and queue_capacity must be at least 1".into());
+        }
+        self.routing.check()?;
+        if !(self.default_deadline_s.is_finite() && self.default_deadline_s > 0.0) {
+            return Err(format!(
+                "default_deadline_s {} is not a positive number of seconds",
+                self.default_deadline_s
+            ));
         }
         Ok(())
     }

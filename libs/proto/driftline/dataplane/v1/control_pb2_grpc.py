@@ -42,6 +42,11 @@ class DataPlaneControlStub:
                 request_serializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/driftline.dataplane.v1.DataPlaneControl/RemoveModel',
+                request_serializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneControlServicer:
@@ -59,6 +64,15 @@ class DataPlaneControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveModel(self, request, context):
+        """Takes the challenger out of service (its alias was deleted); calls in flight finish on it.
+        The champion is never removed: it serves until another version replaces it
+        (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +80,11 @@ def add_DataPlaneControlServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelRequest.FromString,
                     response_serializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelRequest.FromString,
+                    response_serializer=driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -98,6 +117,33 @@ class DataPlaneControl:
             '/driftline.dataplane.v1.DataPlaneControl/LoadModel',
             driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelRequest.SerializeToString,
             driftline_dot_dataplane_dot_v1_dot_control__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftline.dataplane.v1.DataPlaneControl/RemoveModel',
+            driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelRequest.SerializeToString,
+            driftline_dot_dataplane_dot_v1_dot_control__pb2.RemoveModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

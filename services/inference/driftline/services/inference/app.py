@@ -21,11 +21,10 @@ from driftline.kserve.v2 import grpc_predict_v2_pb2_grpc
 from driftline.services.inference import kserve, metrics, servicer
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlane
-from driftline.services.inference.errors import DigestMismatch, ModelLoadError
+from driftline.services.inference.dataplane import DataPlane, DataPlaneMirror
 from driftline.services.inference.loader import ModelLoader, ModelSource, WarmUp
 from driftline.services.inference.model_events import ModelEventsListener
-from driftline.services.inference.models import ModelMeta, ModelSlots, Role, RoutingOptions, Runtime
+from driftline.services.inference.models import ModelSlots, Role, RoutingOptions
 from driftline.services.inference.prediction_log import PredictionLogger
 from driftline.services.inference.predictor import FeatureSource, Predictor
 from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
@@ -120,7 +119,7 @@ class InferenceApp:
             aliases=self._aliases,
             default_feature_names=self._default_features,
             warm_up=WarmUp(tuple(self.settings.warmup_batch_sizes), self.settings.warmup_runs),
-            mirror=self._to_data_plane if self.data_plane is not None else None,
+            mirror=DataPlaneMirror(self.data_plane) if self.data_plane is not None else None,
         )
         self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
         self.prediction_log.start()
@@ -133,19 +132,6 @@ class InferenceApp:
         self.listener.start()
         self._startup = loop.create_task(self._load_initial_models())
         return self.port
-
-    def _to_data_plane(self, artifact: bytes, meta: ModelMeta, runtime: Runtime) -> None:
-        """Hand a champion to the data plane before it is swapped in here. A refusal (a model it
-        cannot serve, a digest mismatch) fails the load in both; a data plane that does not answer
-        holds no promotion back: it keeps its last model, and that is logged and counted."""
-        assert self.data_plane is not None
-        try:
-            self.data_plane.load_model(artifact, meta, runtime)  # its spec from the session loaded here
-        except (ModelLoadError, DigestMismatch):
-            raise
-        except Exception as err:  # noqa: BLE001 - the service's own serving path goes on
-            metrics.DATA_PLANE_UNREACHABLE.inc()
-            log.error("data_plane_unreachable", model=meta.name, version=meta.version, error=str(err))
 
     async def _load_initial_models(self) -> None:
         """Resolve the aliases once events can no longer be missed; retry the champion until live."""

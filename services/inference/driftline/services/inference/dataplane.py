@@ -2,22 +2,22 @@
 Python side, which writes its spec, runs its process and loads models into it.
 
 ``services/inference/dataplane`` (Rust: tonic, ONNX Runtime's C API through ``ort``, a pipelined
-Redis read, librdkafka) serves ``driftline.inference.v1`` Predict and PredictBatch, with the
-online store's layout and staleness policy, the Python service's error codes, a
-``PredictionLog`` record per prediction, ``grpc.health.v1`` and Prometheus metrics. Models reach
-it over a Unix socket (``driftline.dataplane.v1.DataPlaneControl/LoadModel``): it verifies the
-artifact's digest, loads and warms it, and swaps it in while calls in flight finish on the old
-one. Everything it needs to know comes from here, out of the platform's own definitions, so no
-contract has a second source:
+Redis read, librdkafka) serves ``driftline.inference.v1`` Predict and PredictBatch and the KServe
+v2 API, with the online store's layout and staleness policy, dynamic batching, shadow and canary
+routing, CUDA when asked for, the Python service's error codes, a ``PredictionLog`` record per
+prediction, ``grpc.health.v1`` and Prometheus metrics. Models reach it over a Unix socket
+(``driftline.dataplane.v1.DataPlaneControl``): it verifies the artifact's digest, loads and warms
+it, and swaps it into its role while calls in flight finish on the old one. Everything it needs
+to know comes from here, out of the platform's own definitions, so no contract has a second
+source:
 
 * the feature set's key prefix, names, ttls and defaults (``driftline.featurestore``);
 * the model's input, dtype, score output and columns, found by the same functions the Python
   service uses on the same ONNX Runtime session (``models.feature_input``, ``score_output``);
 * the log's librdkafka properties (``kit.kafka.producer_config``) and topic (``kit.topics``);
-* the service's settings (policy, threshold, limits, Redis URL).
+* the service's settings (policy, threshold, limits, batching, routing, device, Redis URL).
 
-What it leaves to the Python service, which stays the serving path until it has them: the
-KServe v2 API, dynamic batching, shadow and canary routing, CUDA. See ``docs/inference.md``.
+See ``docs/inference.md`` for where it runs (``settings.data_plane``) and what differs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 import onnxruntime
+import structlog
 
 from driftline.dataplane.v1 import control_pb2, control_pb2_grpc
 from driftline.featurestore import FeatureSet
@@ -42,10 +43,15 @@ from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
+from driftline.services.inference import metrics
 from driftline.services.inference.config import Settings
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
-from driftline.services.inference.models import ModelMeta, Runtime, feature_input, score_output
+from driftline.services.inference.models import ModelMeta, Role, Runtime, feature_input, score_output
 from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
+
+log = structlog.get_logger(__name__)
+
+_WIRE_ROLES = {Role.CHAMPION: control_pb2.ROLE_CHAMPION, Role.CHALLENGER: control_pb2.ROLE_CHALLENGER}
 
 #: Overrides where the binary is looked for (default: the crate's release build).
 BINARY_ENV = "DRIFTLINE_DATAPLANE_BINARY"
@@ -89,6 +95,13 @@ def build_spec(
         "model_name": settings.model_name,
         "max_entities": settings.max_entities_per_call,
         "max_message_bytes": settings.grpc.max_message_bytes,
+        "default_deadline_s": settings.grpc.default_deadline_s,
+        "routing": {"shadow": settings.shadow, "canary_share": settings.canary_share},
+        "batching": {
+            "max_batch_size": settings.max_batch_size,
+            "max_queue_delay_us": settings.max_queue_delay_us,
+            "queue_capacity": settings.queue_capacity,
+        },
         "ort_library": str(ort_library()),
         "store": {
             "url": settings.redis.url,
@@ -153,6 +166,7 @@ def model_spec(
         columns=[names.index(n) for n in wanted],
         threshold=meta.threshold if meta.threshold is not None else settings.decision_threshold,
         intra_threads=settings.intra_op_threads,
+        device=settings.device.value,
     )
 
 
@@ -245,12 +259,18 @@ class DataPlane:
         return self.port
 
     def load_model(
-        self, artifact: bytes, meta: ModelMeta, runtime: Runtime | None = None, timeout_s: float = 60.0
+        self,
+        artifact: bytes,
+        meta: ModelMeta,
+        runtime: Runtime | None = None,
+        *,
+        role: Role = Role.CHAMPION,
+        timeout_s: float = 60.0,
     ) -> control_pb2.LoadModelResponse:
         """Serve ``artifact`` (version ``meta``; ``runtime``: the service's own session of it, if
-        loaded) from now on. Raises ``ModelLoadError`` or
-        ``DigestMismatch`` when the data plane refuses it (the model serving keeps serving), and
-        ``grpc.RpcError`` when it cannot be reached."""
+        loaded) in ``role`` from now on. Raises ``ModelLoadError`` or ``DigestMismatch`` when the
+        data plane refuses it (the model in the role keeps serving), and ``grpc.RpcError`` when
+        it cannot be reached."""
         stub = self.control()
         # Named by digest only: nothing from the registry's names reaches a path.
         path = self._workdir / "models" / f"{hashlib.sha256(artifact).hexdigest()}.onnx"
@@ -267,7 +287,8 @@ class DataPlane:
                 path=path,
                 runtime=runtime,
             )
-            return stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=timeout_s)
+            request = control_pb2.LoadModelRequest(model=spec, role=_WIRE_ROLES[role])
+            return stub.LoadModel(request, timeout=timeout_s)
         except grpc.RpcError as err:
             code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
             if code == grpc.StatusCode.DATA_LOSS:
@@ -277,6 +298,11 @@ class DataPlane:
             raise
         finally:
             path.unlink(missing_ok=True)  # once loaded, the data plane holds the model in memory
+
+    def remove_model(self, role: Role, timeout_s: float = 10.0) -> int:
+        """Take ``role``'s model out of service; the version removed (0: none was loaded)."""
+        request = control_pb2.RemoveModelRequest(role=_WIRE_ROLES[role])
+        return self.control().RemoveModel(request, timeout=timeout_s).removed_version
 
     def control(self) -> control_pb2_grpc.DataPlaneControlStub:
         """The control service's stub, on the Unix socket."""
@@ -307,3 +333,33 @@ class DataPlane:
                 process.kill()
                 process.wait()
         return process.returncode
+
+
+class DataPlaneMirror:
+    """The loader's ``Mirror`` for a data plane serving beside this service: each model goes to
+    it before it is swapped in here. A refusal (a model it cannot serve, a digest mismatch) fails
+    the load in both; a data plane that does not answer holds no promotion back: it keeps its
+    last model, and that is logged and counted (``driftline_inference_data_plane_unreachable_total``).
+    """
+
+    def __init__(self, data_plane: DataPlane) -> None:
+        self._data_plane = data_plane
+
+    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> None:
+        try:
+            self._data_plane.load_model(artifact, meta, runtime, role=role)  # spec from this session
+        except (ModelLoadError, DigestMismatch):
+            raise
+        except Exception as err:  # noqa: BLE001 - the service's own serving path goes on
+            self._unreachable(err, model=meta.name, version=meta.version, role=role.value)
+
+    def remove(self, role: Role) -> None:
+        try:
+            self._data_plane.remove_model(role)
+        except Exception as err:  # noqa: BLE001 - as for a load
+            self._unreachable(err, role=role.value)
+
+    @staticmethod
+    def _unreachable(err: Exception, **context: object) -> None:
+        metrics.DATA_PLANE_UNREACHABLE.inc()
+        log.error("data_plane_unreachable", error=str(err), **context)

@@ -71,6 +71,19 @@ class ModelChange:
     event_id: str = ""
 
 
+class Mirror(Protocol):
+    """Another place that serves what this service serves (the compiled data plane, through
+    ``dataplane.DataPlaneMirror``), kept in step with each role's model."""
+
+    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> None:
+        """Serve ``artifact`` in ``role``; raising fails the load here too."""
+        ...
+
+    def remove(self, role: Role) -> None:
+        """Stop serving ``role``'s model (the challenger's alias was deleted)."""
+        ...
+
+
 @dataclass(frozen=True)
 class WarmUp:
     batch_sizes: tuple[int, ...] = (1, 64)
@@ -91,11 +104,11 @@ class ModelLoader:
         default_feature_names: Sequence[str] = (),
         warm_up: WarmUp | None = None,
         swap_timeout_s: float = 30.0,
-        mirror: Callable[[bytes, ModelMeta, Runtime], object] | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
-        """``mirror``: given each champion's artifact, version and loaded runtime before it is
-        swapped in (the compiled data plane's, through ``InferenceApp``); when it raises, the
-        load fails and the champion serving keeps serving in both."""
+        """``mirror``: given each model's artifact, version, loaded runtime and role before it is
+        swapped in here, and told when the challenger goes; when a load there raises, the load
+        fails and the model in that role keeps serving in both."""
         self._source = source
         self._load_runtime = load_runtime
         self._slots = slots
@@ -138,6 +151,8 @@ class ModelLoader:
                 # Never stop serving: a champion stays until another version replaces it.
                 log.warning("champion_alias_deleted_keeping_model", model=self.model_name)
                 return False
+            if self._mirror is not None:
+                self._mirror.remove(role)
             self._swap(self._slots.remove(role))
             return True
         if change.type is not ChangeType.ALIAS_SET or change.version <= 0:
@@ -173,8 +188,8 @@ class ModelLoader:
                     feature_names=ref.feature_names or self._default_features,
                     threshold=_threshold(ref.params),
                 )
-                if self._mirror is not None and role is Role.CHAMPION:
-                    self._mirror(data, meta, runtime)
+                if self._mirror is not None:
+                    self._mirror.load(data, meta, runtime, role)
                 self._swap(self._slots.install(role, meta, runtime))
             except Exception as err:  # noqa: BLE001 - whatever failed, the old model keeps serving
                 reason = err.code if isinstance(err, DriftlineError) else "load_failed"

@@ -166,22 +166,32 @@ async def test_alias_events_swap_the_champion_and_failed_loads_keep_the_old_one(
     await slots.close()
 
 
-async def test_the_mirror_gets_each_champion_first_and_its_refusal_keeps_the_old_one():
+async def test_the_mirror_gets_each_model_first_in_its_role_and_its_refusal_keeps_the_old_one():
     slots = ModelSlots("fraud")
     source = FakeSource()
     for version in (1, 2, 3):
         source.add(version, f"v{version}".encode())
     source.add(4, b"c4")
     source.aliases["champion"] = 1
-    mirrored: list[tuple[bytes, int, str]] = []
 
-    def mirror(data: bytes, meta: ModelMeta, runtime: FakeRuntime) -> None:
-        # The service's champion is still the previous one when the mirror is called.
-        assert slots.champion is None or slots.champion.version != meta.version
-        if data == b"v2":
-            raise ModelLoadError("the data plane refused it")
-        mirrored.append((data, meta.version, meta.sha256))
+    class Mirror:
+        def __init__(self) -> None:
+            self.loaded: list[tuple[bytes, int, str, Role]] = []
+            self.removed: list[Role] = []
 
+        def load(self, data: bytes, meta: ModelMeta, runtime: FakeRuntime, role: Role) -> None:
+            # The service's model in the role is still the previous one when the mirror is called.
+            current = slots.serving(role)
+            assert current is None or current.version != meta.version
+            if data == b"v2":
+                raise ModelLoadError("the data plane refused it")
+            self.loaded.append((data, meta.version, meta.sha256, role))
+
+        def remove(self, role: Role) -> None:
+            assert slots.serving(role) is not None  # before it goes here
+            self.removed.append(role)
+
+    mirror = Mirror()
     runtimes = {data: FakeRuntime(tag=i) for i, data in enumerate([b"v1", b"v2", b"v3", b"c4"])}
     loader = ModelLoader(
         source=source,
@@ -200,8 +210,18 @@ async def test_the_mirror_gets_each_champion_first_and_its_refusal_keeps_the_old
     assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "champion", 3))
     assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "challenger", 4))
     assert slots.champion.version == 3
-    # Champions only, with the digest the service verified.
-    assert mirrored == [(b"v1", 1, source.digests[1]), (b"v3", 3, source.digests[3])]
+    # Each model with its role and the digest the service verified.
+    assert mirror.loaded == [
+        (b"v1", 1, source.digests[1], Role.CHAMPION),
+        (b"v3", 3, source.digests[3], Role.CHAMPION),
+        (b"c4", 4, source.digests[4], Role.CHALLENGER),
+    ]
+    assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_DELETED, "fraud", "challenger"))
+    assert slots.challenger is None
+    assert mirror.removed == [Role.CHALLENGER]
+    # The champion's alias going away changes nothing, here or there.
+    assert not await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_DELETED, "fraud", "champion"))
+    assert mirror.removed == [Role.CHALLENGER]
     await slots.close()
 
 
