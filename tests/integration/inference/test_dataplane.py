@@ -21,6 +21,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
@@ -33,6 +35,7 @@ from driftline.kit.testing import (
     redis_server,
 )
 from driftline.kit.topics import PREDICTIONS
+from driftline.services.inference import metrics as inference_metrics
 from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
@@ -277,13 +280,13 @@ async def test_a_model_that_fails_to_load_leaves_the_serving_one(start_plane: Ca
     assert await plane.serving() == health_pb2.HealthCheckResponse.SERVING
     text = plane.metrics()
     assert 'driftline_dataplane_model_load_failures_total{reason="digest",role="champion"} 1' in text
-    served = (
-        'driftline_dataplane_model_info{model="fraud",provider="CPUExecutionProvider",'
-        'role="champion",version="3"} 1'
-    )
-    assert served in text
-    assert 'driftline_dataplane_requests_total{code="OK",method="Predict"} 1' in text
-    assert 'driftline_dataplane_predictions_total{role="champion"} 1' in text
+    sha256 = hashlib.sha256(version_bytes(3)).hexdigest()
+    info = f'driftline_inference_model_info{{alias="champion",model="fraud",sha256="{sha256}",version="3"}} 1'
+    assert info in text.splitlines()
+    assert 'driftline_inference_execution_provider{provider="CPUExecutionProvider"} 1' in text
+    assert "driftline_inference_serving 1" in text
+    assert 'driftline_inference_requests_total{code="OK",method="Predict"} 1' in text
+    assert 'driftline_inference_predictions_total{role="champion"} 1' in text
 
 
 async def test_the_data_plane_checks_what_it_is_told_to_load(
@@ -455,3 +458,41 @@ async def test_the_service_hands_every_champion_to_its_data_plane(data_plane_sta
         after = await fast.PredictBatch(request)
         assert {p.model_version for p in after.predictions} == {second}
     assert plane.stop() == 0
+
+
+async def test_the_data_plane_reports_the_services_metrics_by_their_names_types_and_labels(
+    start_plane: Callable[..., Plane],
+) -> None:
+    """One set of dashboards and alerts reads whichever path serves: every ``driftline_inference_*``
+    family the data plane exports is one the Python service defines, of the same type and labels."""
+    plane = start_plane()
+    entity = await plane.put(row(1))
+    await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+    defined = {m._name: m for m in vars(inference_metrics).values() if isinstance(m, MetricWrapperBase)}
+    exported = {
+        f.name: f
+        for f in text_string_to_metric_families(plane.metrics())
+        if f.name.startswith("driftline_inference_")
+    }
+    for name, family in exported.items():
+        assert name in defined, f"{name} is not one of the service's metrics"
+        python = defined[name]
+        assert family.type == python._type, name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(python._labelnames), (name, sample.labels)
+    assert {
+        "driftline_inference_stage_seconds",
+        "driftline_inference_requests",
+        "driftline_inference_predictions",
+        "driftline_inference_batch_size",
+        "driftline_inference_batch_requests",
+        "driftline_inference_queue_depth",
+        "driftline_inference_rejected",
+        "driftline_inference_prediction_log_dropped",
+        "driftline_inference_model_info",
+        "driftline_inference_model_loaded_timestamp_seconds",
+        "driftline_inference_model_swaps",
+        "driftline_inference_execution_provider",
+        "driftline_inference_serving",
+        "driftline_inference_shadow_skipped",
+    } <= set(exported)

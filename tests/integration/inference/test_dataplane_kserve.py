@@ -108,7 +108,7 @@ async def test_v2_health_metadata_and_model_infer_round_trip(start_plane: Callab
     )
     # Raw tensors carry no entity: ModelInfer is counted, not written to the prediction log.
     text = plane.metrics()
-    assert metric(text, 'driftline_dataplane_requests_total{code="OK",method="ModelInfer"}') == 2
+    assert metric(text, 'driftline_inference_requests_total{code="OK",method="ModelInfer"}') == 2
     assert metric(text, 'driftline_dataplane_prediction_log_records_total{outcome="produced"}') == 0
 
 
@@ -236,11 +236,13 @@ async def test_concurrent_calls_of_mixed_sizes_each_get_exactly_their_own_rows(
 
     text = plane.metrics()
     calls = len(inputs) + 20
-    runs = metric(text, "driftline_dataplane_batch_rows_count")
-    rows = metric(text, "driftline_dataplane_batch_rows_sum")
+    runs = metric(text, 'driftline_inference_batch_size_count{alias="champion"}')
+    rows = metric(text, 'driftline_inference_batch_size_sum{alias="champion"}')
     assert rows == sum(sizes) + sum(1 + i % 8 for i in range(20))
     assert runs < calls  # calls were merged
-    assert metric(text, 'driftline_dataplane_batch_rows_bucket{le="32"}') == runs - sizes.count(40)
+    assert metric(
+        text, 'driftline_inference_batch_size_bucket{alias="champion",le="32"}'
+    ) == runs - sizes.count(40)
 
 
 async def test_deadlines_the_servers_default_and_the_clients_own(
@@ -266,5 +268,5 @@ async def test_deadlines_the_servers_default_and_the_clients_own(
         assert reply.prediction.score == pytest.approx(plane.scores([row(2)])[0], abs=1e-6)
         text = plane.metrics()
         assert (
-            metric(text, 'driftline_dataplane_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}') == 1
+            metric(text, 'driftline_inference_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}') == 1
         )

@@ -13,13 +13,20 @@
 //! `max_queue_delay`, whichever comes first. With a delay of 0 it takes what queued up while the
 //! model was busy: a lone call waits for nothing, and batches fill by themselves under load.
 //! A call larger than `max_batch_size` runs alone.
+//!
+//! With a delay of 0, a model whose typical run is shorter than `inline_below` (a tabular model
+//! on the CPU: 10-80 µs) runs a call that finds nothing queued and the model idle at once, on
+//! the caller's thread: the hand-off to the model's thread and back would cost more than the run.
+//! Under load calls queue up behind the running one, and batching takes over.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::metrics::BatchMetrics;
 
 /// An output's values, in the model's element type.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +94,9 @@ pub struct Options {
     pub max_queue_delay: Duration,
     /// Calls that may wait for a batch; beyond it, `BatchError::QueueFull`.
     pub queue_capacity: usize,
+    /// Run a lone call on the caller's thread while the model's typical run is shorter than
+    /// this (with a delay of 0 only); zero: always hand calls to the model's thread.
+    pub inline_below: Duration,
 }
 
 #[derive(Debug, PartialEq)]
@@ -106,37 +116,116 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Tensor>, BatchError>>,
 }
 
+/// What the model's thread and the callers that run inline share.
+struct Shared<R> {
+    runner: Mutex<R>,
+    /// Calls queued and not yet taken by the model's thread.
+    waiting: AtomicUsize,
+    /// A run's typical wall time in ns: a moving average (weight 1/8) of the latest runs.
+    typical_ns: AtomicU64,
+    metrics: BatchMetrics,
+}
+
+impl<R> Shared<R> {
+    fn ran(&self, took: Duration, rows: usize, calls: usize) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let typical = self.typical_ns.load(Ordering::Relaxed);
+        let next = typical - typical / 8 + ns / 8;
+        self.typical_ns.store(next, Ordering::Relaxed);
+        self.metrics.model_seconds.observe(took.as_secs_f64());
+        self.metrics.batch_size.observe(rows as f64);
+        self.metrics.batch_requests.observe(calls as f64);
+    }
+}
+
+/// `Shared` as a caller sees it, whatever its runner.
+trait Inline: Send + Sync {
+    /// Runs a call at once on the caller's thread, when the model allows it.
+    fn try_run(
+        &self,
+        matrix: &[f64],
+        rows: usize,
+        below: Duration,
+    ) -> Option<Result<Vec<Tensor>, BatchError>>;
+
+    fn waiting(&self) -> &AtomicUsize;
+}
+
+impl<R: Runner> Inline for Shared<R> {
+    fn waiting(&self) -> &AtomicUsize {
+        &self.waiting
+    }
+
+    fn try_run(
+        &self,
+        matrix: &[f64],
+        rows: usize,
+        below: Duration,
+    ) -> Option<Result<Vec<Tensor>, BatchError>> {
+        if self.typical_ns.load(Ordering::Relaxed) >= u64::try_from(below.as_nanos()).ok()?
+            || self.waiting.load(Ordering::Acquire) > 0
+        {
+            return None;
+        }
+        let mut runner = self.runner.try_lock().ok()?;
+        self.metrics.queue_seconds.observe(0.0);
+        let started = Instant::now();
+        let outputs = runner.run(matrix, rows);
+        drop(runner);
+        self.ran(started.elapsed(), rows, 1);
+        Some(checked(outputs, rows).map_err(BatchError::Failed))
+    }
+}
+
 /// The queue in front of one model; its thread ends when the last handle is dropped (with the
 /// model, once its last call has finished).
 pub struct Batcher {
     queue: SyncSender<Job>,
-    capacity: usize,
-    metrics: Metrics,
+    options: Options,
+    shared: Arc<dyn Inline>,
+    metrics: BatchMetrics,
 }
 
 impl Batcher {
-    /// Starts the thread named `name` that owns `runner`.
+    /// Starts the thread named `name` that runs batches on `runner`; `typical_run` seeds the
+    /// estimate of a run's time (the warm-up's).
     pub fn start<R: Runner>(
         name: &str,
         runner: R,
         options: Options,
-        metrics: Metrics,
+        typical_run: Duration,
+        metrics: BatchMetrics,
     ) -> std::io::Result<Batcher> {
         let (queue, jobs) = mpsc::sync_channel(options.queue_capacity.max(1));
-        let worker_metrics = metrics.clone();
+        let shared = Arc::new(Shared {
+            runner: Mutex::new(runner),
+            waiting: AtomicUsize::new(0),
+            typical_ns: AtomicU64::new(u64::try_from(typical_run.as_nanos()).unwrap_or(u64::MAX)),
+            metrics: metrics.clone(),
+        });
+        let worker = shared.clone();
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || work(runner, &jobs, options, &worker_metrics))?;
+            .spawn(move || work(&worker, &jobs, options))?;
         Ok(Batcher {
             queue,
-            capacity: options.queue_capacity.max(1),
+            options,
+            shared,
             metrics,
         })
     }
 
-    /// Runs `rows` rows of `matrix` in the next batch with room for them. Dropping the future
-    /// before the batch forms takes the call out of it.
+    /// Runs `rows` rows of `matrix` in the next batch with room for them (or at once, inline).
+    /// Dropping the future before the batch forms takes the call out of it.
     pub async fn run(&self, matrix: Vec<f64>, rows: usize) -> Result<Vec<Tensor>, BatchError> {
+        if self.options.max_queue_delay.is_zero() && !self.options.inline_below.is_zero() {
+            if let Some(done) = self
+                .shared
+                .try_run(&matrix, rows, self.options.inline_below)
+            {
+                return done;
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             matrix,
@@ -144,17 +233,31 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
         };
+        // Counted before it is sent: the model's thread counts it down once taken.
+        let waiting = self.shared.waiting();
+        waiting.fetch_add(1, Ordering::AcqRel);
         match self.queue.try_send(job) {
             Ok(()) => self.metrics.queue_depth.inc(),
-            Err(TrySendError::Full(_)) => return Err(BatchError::QueueFull(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => return Err(BatchError::Stopped),
+            Err(refused) => {
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(match refused {
+                    TrySendError::Full(_) => {
+                        self.metrics.queue_full.inc();
+                        BatchError::QueueFull(self.options.queue_capacity)
+                    }
+                    TrySendError::Disconnected(_) => BatchError::Stopped,
+                });
+            }
         }
         answer.await.unwrap_or(Err(BatchError::Stopped))
     }
 }
 
-fn work<R: Runner>(mut runner: R, jobs: &Receiver<Job>, options: Options, metrics: &Metrics) {
-    let taken = || metrics.queue_depth.dec();
+fn work<R: Runner>(shared: &Shared<R>, jobs: &Receiver<Job>, options: Options) {
+    let taken = || {
+        shared.metrics.queue_depth.dec();
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+    };
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -184,11 +287,24 @@ fn work<R: Runner>(mut runner: R, jobs: &Receiver<Job>, options: Options, metric
             rows += job.rows;
             batch.push(job);
         }
-        run_batch(&mut runner, batch, metrics);
+        run_batch(shared, batch);
     }
 }
 
-fn run_batch<R: Runner>(runner: &mut R, mut batch: Vec<Job>, metrics: &Metrics) {
+/// `outputs` of a run of `rows` rows, refused when an output does not hold them.
+fn checked(outputs: Result<Vec<Tensor>, String>, rows: usize) -> Result<Vec<Tensor>, String> {
+    let outputs = outputs?;
+    match outputs.iter().find(|t| t.shape.first() != Some(&rows)) {
+        Some(bad) => Err(format!(
+            "model returned {:?} for a batch of {rows} rows",
+            bad.shape
+        )),
+        None => Ok(outputs),
+    }
+}
+
+fn run_batch<R: Runner>(shared: &Shared<R>, mut batch: Vec<Job>) {
+    let metrics = &shared.metrics;
     let formed = Instant::now();
     let before = batch.len();
     batch.retain(|job| !job.reply.is_closed());
@@ -215,22 +331,17 @@ fn run_batch<R: Runner>(runner: &mut R, mut batch: Vec<Job>, metrics: &Metrics) 
             .collect::<Vec<f64>>();
         &merged
     };
-    let started = Instant::now();
-    let outputs = runner.run(matrix, rows);
-    metrics
-        .model_seconds
-        .observe(started.elapsed().as_secs_f64());
-    metrics.batch_rows.observe(rows as f64);
-    let outputs =
-        outputs.and_then(
-            |outputs| match outputs.iter().find(|t| t.shape.first() != Some(&rows)) {
-                Some(bad) => Err(format!(
-                    "model returned {:?} for a batch of {rows} rows",
-                    bad.shape
-                )),
-                None => Ok(outputs),
-            },
-        );
+    let outputs = {
+        let mut runner = shared
+            .runner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = Instant::now();
+        let outputs = runner.run(matrix, rows);
+        drop(runner);
+        shared.ran(started.elapsed(), rows, batch.len());
+        checked(outputs, rows)
+    };
     let mut offset = 0;
     for job in batch {
         let answer = match &outputs {
@@ -276,16 +387,20 @@ mod tests {
         }
     }
 
+    /// Without running inline: these tests are about the queue.
     fn options(max_batch_size: usize, delay_us: u64, capacity: usize) -> Options {
         Options {
             max_batch_size,
             max_queue_delay: Duration::from_micros(delay_us),
             queue_capacity: capacity,
+            inline_below: Duration::ZERO,
         }
     }
 
-    fn metrics() -> Metrics {
-        Metrics::new().expect("metrics")
+    fn metrics() -> BatchMetrics {
+        crate::metrics::Metrics::new()
+            .expect("metrics")
+            .batch("champion")
     }
 
     /// `rows` rows of width 3 whose first value names the call and the row.
@@ -303,6 +418,7 @@ mod tests {
                 "test-batch",
                 echo_runner(batches.clone()),
                 options(16, 2_000, 1024),
+                Duration::ZERO,
                 metrics(),
             )
             .unwrap(),
@@ -347,6 +463,7 @@ mod tests {
             "test-delay",
             echo_runner(batches.clone()),
             options(64, 20_000, 8),
+            Duration::ZERO,
             metrics(),
         )
         .unwrap();
@@ -381,7 +498,14 @@ mod tests {
         };
         let m = metrics();
         let batcher = std::sync::Arc::new(
-            Batcher::start("test-full", runner, options(1, 0, 2), m.clone()).unwrap(),
+            Batcher::start(
+                "test-full",
+                runner,
+                options(1, 0, 2),
+                Duration::ZERO,
+                m.clone(),
+            )
+            .unwrap(),
         );
         // The first call is taken by the thread and blocks it; two more fill the queue.
         let first = tokio::spawn({
@@ -418,6 +542,80 @@ mod tests {
         // The cancelled call never reached the model.
         assert_eq!(*runs.lock().unwrap(), vec![1000.0, 3000.0]);
         assert_eq!(m.cancelled.get(), 1);
+        assert_eq!(m.queue_full.get(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_call_of_a_fast_model_runs_inline_and_calls_behind_a_busy_one_queue() {
+        let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = threads.clone();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (gate, started) = (
+            std::sync::Mutex::new(gate_rx),
+            std::sync::Mutex::new(started_tx),
+        );
+        let runner = move |matrix: &[f64], rows: usize| {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            if matrix[0] == 2000.0 {
+                // The second call holds the model until released.
+                let _ = started.lock().unwrap().send(());
+                gate.lock().unwrap().recv().map_err(|e| e.to_string())?;
+            }
+            seen.lock().unwrap().push((matrix[0], name));
+            Ok(vec![Tensor {
+                shape: vec![rows],
+                data: Data::I64(vec![1; rows]),
+            }])
+        };
+        let m = metrics();
+        let inline = Options {
+            inline_below: Duration::from_millis(10),
+            ..options(8, 0, 8)
+        };
+        let batcher = std::sync::Arc::new(
+            Batcher::start(
+                "test-inline",
+                runner,
+                inline,
+                Duration::from_micros(20),
+                m.clone(),
+            )
+            .unwrap(),
+        );
+        batcher.run(call(1, 1), 1).await.unwrap();
+        let busy = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.run(call(2, 1), 1).await }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let queued = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.run(call(3, 1), 1).await }
+        });
+        // Calls 1 and 2 ran inline (no time queued); the third reaches the model's thread, which
+        // times its wait before it waits for the model.
+        while m.queue_seconds.get_sample_count() < 3 {
+            tokio::task::yield_now().await;
+        }
+        gate_tx.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        let threads = threads.lock().unwrap();
+        let thread_of = |id: f64| threads.iter().find(|(v, _)| *v == id).unwrap().1.clone();
+        assert_ne!(
+            thread_of(1000.0),
+            "test-inline",
+            "a lone call runs on the caller's thread"
+        );
+        assert_eq!(
+            thread_of(3000.0),
+            "test-inline",
+            "a call behind a busy model is queued"
+        );
     }
 
     #[tokio::test]
@@ -426,6 +624,7 @@ mod tests {
             "test-fail",
             |_: &[f64], _: usize| Err::<Vec<Tensor>, _>("boom".to_string()),
             options(8, 0, 8),
+            Duration::ZERO,
             metrics(),
         )
         .unwrap();
@@ -442,6 +641,7 @@ mod tests {
                 }])
             },
             options(8, 0, 8),
+            Duration::ZERO,
             metrics(),
         )
         .unwrap();

@@ -18,7 +18,7 @@ use crate::proto::control::{
     LoadModelRequest, LoadModelResponse, ModelSpec, RemoveModelRequest, RemoveModelResponse,
     Role as WireRole,
 };
-use crate::proto::inference::inference_service_server::SERVICE_NAME;
+use crate::service::SERVICES;
 use crate::service::{ModelSlot, Predictor};
 
 pub struct Control {
@@ -45,23 +45,37 @@ impl Control {
         }
     }
 
-    /// Keeps `driftline_dataplane_model_info` to the models live.
+    /// Keeps `driftline_inference_model_info` to the models live, as the Python service does.
     fn relabel(&self, role: Role, old: Option<&Model>, new: Option<&Model>) {
-        let info = &self.predictor.metrics.model_info;
-        for (model, live) in [(old, 0), (new, 1)] {
-            let Some(model) = model else { continue };
-            let version = model.spec.version.to_string();
-            let labels = [
-                model.spec.name.as_str(),
-                role.name(),
-                version.as_str(),
-                model.provider,
-            ];
-            if live == 1 {
-                info.with_label_values(&labels).set(1);
-            } else {
-                let _ = info.remove_label_values(&labels);
-            }
+        let metrics = &self.predictor.metrics;
+        let labels = |m: &Model| {
+            [
+                m.spec.name.clone(),
+                role.name().to_string(),
+                m.spec.version.to_string(),
+                m.spec.sha256.clone(),
+            ]
+        };
+        if let Some(old) = old {
+            let old = labels(old);
+            let old: Vec<&str> = old.iter().map(String::as_str).collect();
+            let _ = metrics.model_info.remove_label_values(&old);
+        }
+        if let Some(new) = new {
+            let live = labels(new);
+            let live: Vec<&str> = live.iter().map(String::as_str).collect();
+            metrics.model_info.with_label_values(&live).set(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics
+                .model_loaded
+                .with_label_values(&[role.name()])
+                .set(now);
+            metrics
+                .execution_provider
+                .with_label_values(&[new.provider])
+                .set(1);
         }
     }
 
@@ -75,7 +89,8 @@ impl Control {
     ) -> Result<LoadModelResponse, Status> {
         let _one_at_a_time = self.loading.lock().await;
         let width = self.predictor.store.layout.width();
-        let (batching, metrics) = (self.predictor.batching, self.predictor.metrics.clone());
+        let batching = self.predictor.batching;
+        let metrics = self.predictor.metrics.batch(role.name());
         let (name, version) = (spec.name.clone(), spec.version);
         let loaded =
             tokio::task::spawn_blocking(move || Model::load(&spec, width, batching, metrics))
@@ -110,11 +125,13 @@ impl Control {
         let replaced_version = replaced.as_ref().map_or(0, |m| m.spec.version);
         metrics.model_swaps.with_label_values(&[role.name()]).inc();
         if role == Role::Champion {
+            metrics.serving.set(1);
             let mut health = self.health.lock().await;
-            health.set_service_status("", ServingStatus::Serving).await;
-            health
-                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                .await;
+            for service in SERVICES {
+                health
+                    .set_service_status(service, ServingStatus::Serving)
+                    .await;
+            }
         }
         jsonlog::emit(
             "info",

@@ -31,11 +31,12 @@ pub struct LogCounts {
 impl LogCounts {
     pub fn new(metrics: &Metrics) -> Self {
         let outcome = |name: &str| metrics.log_records.with_label_values(&[name]);
+        let dropped = |reason: &str| metrics.log_dropped.with_label_values(&[reason]);
         LogCounts {
             produced: outcome("produced"),
             acknowledged: outcome("acknowledged"),
-            dropped_queue_full: outcome("dropped_queue_full"),
-            delivery_failed: outcome("delivery_failed"),
+            dropped_queue_full: dropped("queue_full"),
+            delivery_failed: dropped("delivery_failed"),
         }
     }
 }

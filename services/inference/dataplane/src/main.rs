@@ -46,7 +46,7 @@ use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::proto::control::data_plane_control_server::DataPlaneControlServer;
-use crate::proto::inference::inference_service_server::{InferenceServiceServer, SERVICE_NAME};
+use crate::proto::inference::inference_service_server::InferenceServiceServer;
 use crate::proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -149,6 +149,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             spec.batching.max_batch_size,
             spec.batching.max_queue_delay_us,
             spec.batching.queue_capacity,
+            spec.batching.inline_below_us,
         ),
         default_deadline: Duration::from_secs_f64(spec.default_deadline_s),
         logger,
@@ -158,12 +159,11 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
         shadows: AtomicUsize::new(0),
     });
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    for service in service::SERVICES {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
 
     let (public, port) = listen(&spec.listen).await?;
     let metrics_listener = TcpListener::bind(&spec.metrics_listen).await?;

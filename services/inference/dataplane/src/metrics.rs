@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The service's metrics (`driftline_inference_*`), named and labelled as the Python service's
+/// `metrics.py` defines them, so one set of dashboards and alerts reads whichever path serves
+/// (the integration tests compare the two); and the data plane's own (`driftline_dataplane_*`).
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -18,123 +21,200 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     // The stages' series, looked up once here rather than by label on every call.
     pub features_seconds: Histogram,
-    pub queue_seconds: Histogram,
-    pub model_seconds: Histogram,
     pub total_seconds: Histogram,
-    /// Rows per model run.
-    pub batch_rows: Histogram,
-    /// Calls waiting for a batch.
-    pub queue_depth: IntGauge,
-    /// Calls whose caller had gone before their batch formed: left out unrun.
-    pub cancelled: IntCounter,
+    /// Rows per model run, by alias (role).
+    pub batch_size: HistogramVec,
+    /// Calls merged into one model run, by alias.
+    pub batch_requests: HistogramVec,
+    /// Calls waiting for a batch, by alias.
+    pub queue_depth: IntGaugeVec,
+    /// Calls refused before scoring: `queue_full`, `cancelled` (their caller had gone).
+    pub rejected: IntCounterVec,
     /// Calls by method and gRPC status code name.
     pub requests: IntCounterVec,
-    /// Predictions logged, by role (champion, challenger, shadow).
+    /// Predictions made, by role (champion, challenger, shadow).
     pub predictions: IntCounterVec,
     /// Shadow scorings skipped: too many were pending.
     pub shadow_skipped: IntCounter,
-    /// Prediction-log records by outcome: produced, acknowledged, dropped_queue_full, delivery_failed.
+    /// Prediction-log records not written, by reason (`queue_full`, `delivery_failed`).
+    pub log_dropped: IntCounterVec,
+    /// Prediction-log records produced and acknowledged (`driftline_dataplane_*`).
     pub log_records: IntCounterVec,
-    /// 1 for each model version live, with its role and the execution provider it runs on.
+    /// 1 for the model version each alias serves.
     pub model_info: IntGaugeVec,
+    /// When each alias's model went live.
+    pub model_loaded: GaugeVec,
     pub model_swaps: IntCounterVec,
-    /// Loads that failed, by role and reason (digest, invalid): the model in the role kept serving.
+    /// 1 for the execution provider models run on.
+    pub execution_provider: IntGaugeVec,
+    /// 1 once a champion is loaded and warm.
+    pub serving: IntGauge,
+    /// Loads this process refused, by role and reason (`driftline_dataplane_*`: the control
+    /// plane counts every failed load, these included, in the service's own counter).
     pub model_load_failures: IntCounterVec,
+}
+
+/// What one model's batcher reports, in its alias's series.
+#[derive(Clone)]
+pub struct BatchMetrics {
+    pub queue_seconds: Histogram,
+    pub model_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub batch_requests: Histogram,
+    pub queue_depth: IntGauge,
+    pub queue_full: IntCounter,
+    pub cancelled: IntCounter,
+}
+
+// From 50 µs, as the Python service's: the stages of one prediction are sub-millisecond on the CPU.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+
+fn histogram(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+}
+
+fn counters(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-        ];
-        let stage_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "driftline_dataplane_stage_seconds",
-                "Seconds per stage of a call.",
-            )
-            .buckets(buckets),
+        let stage_seconds = histogram(
+            "driftline_inference_stage_seconds",
+            "Latency of one request by stage: features (online-store read), queue (wait for a batch), \
+             model (the batch's session run), total (the whole call).",
             &["stage"],
+            &LATENCY_BUCKETS,
         )?;
         let metrics = Metrics {
             features_seconds: stage_seconds.with_label_values(&["features"]),
-            queue_seconds: stage_seconds.with_label_values(&["queue"]),
-            model_seconds: stage_seconds.with_label_values(&["model"]),
             total_seconds: stage_seconds.with_label_values(&["total"]),
             stage_seconds,
-            batch_rows: Histogram::with_opts(
-                HistogramOpts::new("driftline_dataplane_batch_rows", "Rows per model run.")
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            batch_size: histogram(
+                "driftline_inference_batch_size",
+                "Rows per model run.",
+                &["alias"],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
             )?,
-            queue_depth: IntGauge::new(
-                "driftline_dataplane_queue_depth",
-                "Calls waiting for a batch.",
+            batch_requests: histogram(
+                "driftline_inference_batch_requests",
+                "Requests merged into one model run.",
+                &["alias"],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
             )?,
-            cancelled: IntCounter::new(
-                "driftline_dataplane_cancelled_total",
-                "Calls whose caller had gone before their batch formed; not run.",
+            queue_depth: gauges(
+                "driftline_inference_queue_depth",
+                "Requests waiting for a batch.",
+                &["alias"],
             )?,
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "driftline_dataplane_requests_total",
-                    "Calls by method and status code.",
-                ),
+            rejected: counters(
+                "driftline_inference_rejected_total",
+                "Requests refused before scoring: queue full, deadline passed, cancelled.",
+                &["reason"],
+            )?,
+            requests: counters(
+                "driftline_inference_requests_total",
+                "Calls answered, by method and gRPC status.",
                 &["method", "code"],
             )?,
-            predictions: IntCounterVec::new(
-                Opts::new(
-                    "driftline_dataplane_predictions_total",
-                    "Predictions made, by the role of the model that made them.",
-                ),
+            predictions: counters(
+                "driftline_inference_predictions_total",
+                "Rows scored, by model role.",
                 &["role"],
             )?,
             shadow_skipped: IntCounter::new(
-                "driftline_dataplane_shadow_skipped_total",
+                "driftline_inference_shadow_skipped_total",
                 "Shadow scorings skipped because too many were pending.",
             )?,
-            log_records: IntCounterVec::new(
-                Opts::new(
-                    "driftline_dataplane_prediction_log_records_total",
-                    "Prediction-log records by outcome.",
-                ),
+            log_dropped: counters(
+                "driftline_inference_prediction_log_dropped_total",
+                "Prediction-log records not written: buffer full or delivery failed. Alert on any.",
+                &["reason"],
+            )?,
+            log_records: counters(
+                "driftline_dataplane_prediction_log_records_total",
+                "Prediction-log records by outcome: produced, acknowledged.",
                 &["outcome"],
             )?,
-            model_info: IntGaugeVec::new(
-                Opts::new(
-                    "driftline_dataplane_model_info",
-                    "1 for each model version live, with its role and execution provider.",
-                ),
-                &["model", "role", "version", "provider"],
+            model_info: gauges(
+                "driftline_inference_model_info",
+                "1 for the model version each alias serves (labels: model, alias, version, sha256).",
+                &["model", "alias", "version", "sha256"],
             )?,
-            model_swaps: IntCounterVec::new(
+            model_loaded: GaugeVec::new(
                 Opts::new(
-                    "driftline_dataplane_model_swaps_total",
-                    "Models swapped in, by role.",
+                    "driftline_inference_model_loaded_timestamp_seconds",
+                    "When the alias's current model went live.",
                 ),
-                &["role"],
+                &["alias"],
             )?,
-            model_load_failures: IntCounterVec::new(
-                Opts::new(
-                    "driftline_dataplane_model_load_failures_total",
-                    "Model loads that failed, by role and reason; the model in the role kept serving.",
-                ),
+            model_swaps: counters(
+                "driftline_inference_model_swaps_total",
+                "Models put live, by alias.",
+                &["alias"],
+            )?,
+            execution_provider: gauges(
+                "driftline_inference_execution_provider",
+                "1 for the ONNX Runtime execution provider the models run on.",
+                &["provider"],
+            )?,
+            serving: IntGauge::new(
+                "driftline_inference_serving",
+                "1 once a champion is loaded and warm.",
+            )?,
+            model_load_failures: counters(
+                "driftline_dataplane_model_load_failures_total",
+                "Model loads the data plane refused, by role and reason; the model in the role kept serving.",
                 &["role", "reason"],
             )?,
-            registry,
+            registry: Registry::new(),
         };
         let r = &metrics.registry;
         r.register(Box::new(metrics.stage_seconds.clone()))?;
-        r.register(Box::new(metrics.batch_rows.clone()))?;
+        r.register(Box::new(metrics.batch_size.clone()))?;
+        r.register(Box::new(metrics.batch_requests.clone()))?;
         r.register(Box::new(metrics.queue_depth.clone()))?;
-        r.register(Box::new(metrics.cancelled.clone()))?;
+        r.register(Box::new(metrics.rejected.clone()))?;
         r.register(Box::new(metrics.requests.clone()))?;
         r.register(Box::new(metrics.predictions.clone()))?;
         r.register(Box::new(metrics.shadow_skipped.clone()))?;
+        r.register(Box::new(metrics.log_dropped.clone()))?;
         r.register(Box::new(metrics.log_records.clone()))?;
         r.register(Box::new(metrics.model_info.clone()))?;
+        r.register(Box::new(metrics.model_loaded.clone()))?;
         r.register(Box::new(metrics.model_swaps.clone()))?;
+        r.register(Box::new(metrics.execution_provider.clone()))?;
+        r.register(Box::new(metrics.serving.clone()))?;
         r.register(Box::new(metrics.model_load_failures.clone()))?;
         Ok(metrics)
+    }
+
+    /// The series a batcher of the model in `alias` reports to.
+    pub fn batch(&self, alias: &str) -> BatchMetrics {
+        BatchMetrics {
+            queue_seconds: self.stage_seconds.with_label_values(&["queue"]),
+            model_seconds: self.stage_seconds.with_label_values(&["model"]),
+            batch_size: self.batch_size.with_label_values(&[alias]),
+            batch_requests: self.batch_requests.with_label_values(&[alias]),
+            queue_depth: self.queue_depth.with_label_values(&[alias]),
+            queue_full: self.rejected.with_label_values(&["queue_full"]),
+            cancelled: self.rejected.with_label_values(&["cancelled"]),
+        }
     }
 
     /// The registry in Prometheus' text format.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use prost::Message;
 
 use crate::batch::{self, BatchError, Batcher, Data, Runner, Tensor};
-use crate::metrics::Metrics;
+use crate::metrics::BatchMetrics;
 use crate::proto::control::ModelSpec;
 use crate::proto::inference::PredictionLog;
 
@@ -328,7 +328,7 @@ impl Model {
         spec: &ModelSpec,
         store_width: usize,
         batching: BatchOptions,
-        metrics: Metrics,
+        metrics: BatchMetrics,
     ) -> Result<Self, ModelError> {
         let started = Instant::now();
         let (dtype, columns) = check_spec(spec, store_width)?;
@@ -375,9 +375,12 @@ impl Model {
             outputs: kinds,
         };
         // Warm: the first runs of a session allocate its buffers; a model that cannot score a
-        // row of zeros at each batch size never serves.
-        for rows in [1, 8, 64] {
+        // row of zeros at each batch size never serves. The last run of one row seeds the
+        // estimate of a run's time.
+        let mut typical_run = Duration::ZERO;
+        for rows in [64, 8, 1] {
             for _ in 0..3 {
+                let started = Instant::now();
                 let outputs = runner
                     .run(&vec![0.0; rows * columns.len()], rows)
                     .map_err(ModelError::Invalid)?;
@@ -388,12 +391,14 @@ impl Model {
                         scores.len()
                     )));
                 }
+                typical_run = started.elapsed();
             }
         }
         let batcher = Batcher::start(
             &format!("model-v{}", spec.version),
             runner,
             batching,
+            typical_run,
             metrics,
         )
         .map_err(|e| ModelError::Invalid(format!("cannot start the model's thread: {e}")))?;
@@ -452,11 +457,13 @@ pub fn batch_options(
     max_batch_size: usize,
     max_queue_delay_us: u64,
     queue_capacity: usize,
+    inline_below_us: u64,
 ) -> BatchOptions {
     BatchOptions {
         max_batch_size: max_batch_size.max(1),
         max_queue_delay: Duration::from_micros(max_queue_delay_us),
         queue_capacity: queue_capacity.max(1),
+        inline_below: Duration::from_micros(inline_below_us),
     }
 }
 
@@ -526,8 +533,10 @@ mod tests {
 
     #[test]
     fn an_unreadable_artifact_is_refused_with_its_path() {
-        let options = batch_options(64, 0, 8);
-        let metrics = Metrics::new().expect("metrics");
+        let options = batch_options(64, 0, 8, 150);
+        let metrics = crate::metrics::Metrics::new()
+            .expect("metrics")
+            .batch("champion");
         let err = Model::load(&spec(), 3, options, metrics)
             .err()
             .expect("no such file");

@@ -51,6 +51,13 @@ impl ModelSlot {
     }
 }
 
+/// What health reports on: the server as a whole (""), and each API it serves.
+pub const SERVICES: [&str; 3] = [
+    "",
+    crate::proto::inference::inference_service_server::SERVICE_NAME,
+    crate::proto::kserve::grpc_inference_service_server::SERVICE_NAME,
+];
+
 /// Shadow scorings that may be pending at once; beyond it they are skipped and counted.
 const MAX_PENDING_SHADOWS: usize = 256;
 

@@ -81,6 +81,9 @@ pub struct BatchingSpec {
     pub max_queue_delay_us: u64,
     /// Calls that may wait for a batch; more get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// With no queue delay, a model whose typical run is shorter runs a call that finds it idle
+    /// at once, on the caller's thread; 0: never.
+    pub inline_below_us: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -44,6 +44,7 @@ from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
+from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta, Role, Runtime, feature_input, score_output
@@ -101,6 +102,7 @@ def build_spec(
             "max_batch_size": settings.max_batch_size,
             "max_queue_delay_us": settings.max_queue_delay_us,
             "queue_capacity": settings.queue_capacity,
+            "inline_below_us": BatchingOptions().inline_below_us,
         },
         "ort_library": str(ort_library()),
         "store": {
