@@ -17,7 +17,7 @@ setup: ## Build the Python environment from nothing (installs uv from PyPI if ab
 	@$$(command -v uv || echo "$(UV)") sync --frozen --all-packages --python 3.11
 
 .PHONY: dataplane
-dataplane: ## Build inference's compiled data plane (ADR 0011; DRIFTLINE_INFERENCE_DATA_PLANE=true runs it)
+dataplane: ## Build inference's compiled data plane, which serves its gRPC APIs (ADR 0011)
 	@cargo build --quiet --release --manifest-path $(DATAPLANE)
 
 .PHONY: proto
@@ -64,7 +64,7 @@ unit: ## Run the unit tests only (no stack needed)
 	@$(PY) -m pytest -m "not integration and not e2e" -q
 
 .PHONY: demo
-demo: setup ## Run the whole loop end to end on the local stack, with a live view and a report
+demo: setup dataplane ## Run the whole loop end to end on the local stack, with a live view and a report
 	@bash deploy/local/demo.sh
 
 .PHONY: bench

@@ -31,5 +31,4 @@ def test_the_services_default_to_the_ports_in_env() -> None:
     ports = env_ports()
     assert RegistrySettings().port == ports["REGISTRY_GRPC_PORT"]
     assert InferenceSettings().grpc.port == ports["INFERENCE_GRPC_PORT"]
-    assert InferenceSettings().data_plane_port == ports["INFERENCE_DATA_PLANE_PORT"]
     assert InferenceSettings().data_plane_metrics_port == ports["INFERENCE_DATA_PLANE_METRICS_PORT"]

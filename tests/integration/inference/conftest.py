@@ -127,9 +127,15 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path, *, data_plane: bool = False
+    kafka_settings: KafkaSettings,
+    redis_settings: RedisSettings,
+    tmp_path: Path,
+    *,
+    data_plane: bool = False,
+    listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[Stack]:
-    """The registry and an inference server, with the compiled data plane beside it when asked."""
+    """The registry and an inference service: served by the compiled data plane it controls, or
+    (``data_plane=False``) by its own Python serving path."""
     prefix = unique_prefix()
     predictions = PREDICTIONS.namespaced(prefix)
     events = MODEL_EVENTS.namespaced(prefix)
@@ -174,6 +180,7 @@ async def running_stack(
             feature_set=TRANSACTION_FEATURES,
             predictions=predictions,
             workdir=tmp_path / "dataplane",
+            listen=listen,
         )
     app = InferenceApp(
         settings,
@@ -201,11 +208,25 @@ async def running_stack(
         await asyncio.to_thread(delete_topics, kafka_settings, [predictions, events])
 
 
-@pytest.fixture
+@pytest.fixture(params=["data_plane", "python"])
 async def stack(
+    request: pytest.FixtureRequest,
+    kafka_settings: KafkaSettings,
+    redis_settings: RedisSettings,
+    tmp_path: Path,
+) -> AsyncIterator[Stack]:
+    """The service as clients see it, on each serving path: the same tests hold for both."""
+    data_plane = request.param == "data_plane"
+    async with running_stack(kafka_settings, redis_settings, tmp_path, data_plane=data_plane) as running:
+        yield running
+
+
+@pytest.fixture
+async def python_stack(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    async with running_stack(kafka_settings, redis_settings, tmp_path) as running:
+    """The Python serving path, for tests that reach into its objects."""
+    async with running_stack(kafka_settings, redis_settings, tmp_path, data_plane=False) as running:
         yield running
 
 
@@ -213,6 +234,6 @@ async def stack(
 async def data_plane_stack(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    """``stack`` with ``data_plane=True``: every champion also goes to a compiled data plane."""
+    """The compiled data plane serving, for tests of what only it does."""
     async with running_stack(kafka_settings, redis_settings, tmp_path, data_plane=True) as running:
         yield running

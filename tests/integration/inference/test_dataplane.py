@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,13 +23,13 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
-from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
     consume,
@@ -40,7 +42,7 @@ from driftline.services.inference.dataplane import DataPlane
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 
-from .conftest import Stack
+from .conftest import Stack, running_stack
 from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, row, settings_of, version_bytes
 
 pytestmark = pytest.mark.integration
@@ -437,27 +439,55 @@ def test_an_online_store_that_cannot_be_reached_stops_the_start_with_the_reason(
     assert not process.control_socket.exists()
 
 
-async def test_the_service_hands_every_champion_to_its_data_plane(data_plane_stack: Stack) -> None:
+async def test_the_service_serves_through_its_data_plane_and_hands_it_every_champion(
+    data_plane_stack: Stack,
+) -> None:
     stack = data_plane_stack
-    first, second = await stack.serve_versions(2)
-    entities = await stack.put_entities(3)
     plane = stack.app.data_plane
     assert plane is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        fast = inference_pb2_grpc.InferenceServiceStub(channel)
-        request = ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities])
-        python = await stack.inference.PredictBatch(request)
-        compiled = await fast.PredictBatch(request)
-        assert {p.model_version for p in compiled.predictions} == {first}
-        assert [p.score for p in compiled.predictions] == pytest.approx(
-            [p.score for p in python.predictions], abs=1e-6
-        )
-        await stack.promote(second, first)
-        await stack.wait_serving_version(second)
-        # The data plane swapped before the service did: it already serves the new champion.
-        after = await fast.PredictBatch(request)
-        assert {p.model_version for p in after.predictions} == {second}
-    assert plane.stop() == 0
+    assert stack.app.port == plane.port  # clients reach the data plane on the service's port
+    first, second = await stack.serve_versions(2)
+    entities = await stack.put_entities(3)
+    request = ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities])
+    served = await stack.inference.PredictBatch(request)
+    assert {p.model_version for p in served.predictions} == {first}
+    await stack.promote(second, first)
+    await stack.wait_serving_version(second)
+    # The data plane swapped before the control plane did: it already serves the new champion.
+    after = await stack.inference.PredictBatch(request)
+    assert {p.model_version for p in after.predictions} == {second}
+    assert [p.score for p in after.predictions] != [p.score for p in served.predictions]
+
+
+async def test_a_data_plane_that_dies_is_started_again_with_its_models(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    port = free_port()  # a restart listens where clients already connect
+    async with running_stack(
+        kafka_settings, redis_settings, tmp_path, data_plane=True, listen=f"127.0.0.1:{port}"
+    ) as stack:
+        (version,) = await stack.serve_versions(1)
+        (entity,) = await stack.put_entities(1)
+        request = ipb.PredictRequest(entity_id=entity)
+        before = (await stack.inference.Predict(request)).prediction
+        restarts = REGISTRY.get_sample_value("driftline_inference_data_plane_restarts_total") or 0.0
+        plane = stack.app.data_plane
+        assert plane is not None
+        os.kill(plane.pid, signal.SIGKILL)
+        codes = []
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                after = (await stack.inference.Predict(request, timeout=2)).prediction
+                break
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code())
+                assert time.monotonic() < deadline, f"never served again: {codes[-3:]}"
+                await asyncio.sleep(0.1)
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}  # down, then up: retryable throughout
+        assert (after.model_version, after.score) == (version, before.score)
+        assert plane.port == port
+        assert REGISTRY.get_sample_value("driftline_inference_data_plane_restarts_total") == restarts + 1
 
 
 async def test_the_data_plane_reports_the_services_metrics_by_their_names_types_and_labels(

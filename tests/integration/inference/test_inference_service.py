@@ -334,7 +334,8 @@ class GatedFeatures:
         return await self.inner.read_frame(entity_ids, **kwargs)
 
 
-async def test_stop_drains_in_flight_requests(stack):
+async def test_stop_drains_in_flight_requests(python_stack):
+    stack = python_stack
     await stack.serve_versions(1)
     entities = await stack.put_entities(20)
     gated = GatedFeatures(stack.store)
@@ -357,7 +358,8 @@ async def test_stop_drains_in_flight_requests(stack):
     assert [r.prediction.entity_id for r in results] == entities
 
 
-async def test_client_and_default_deadlines_end_the_call_and_its_work(stack):
+async def test_client_and_default_deadlines_end_the_call_and_its_work(python_stack):
+    stack = python_stack
     await stack.serve_versions(1)
     (entity,) = await stack.put_entities(1)
     gated = GatedFeatures(stack.store)
@@ -387,7 +389,10 @@ async def test_client_and_default_deadlines_end_the_call_and_its_work(stack):
     assert ok.prediction.entity_id == entity
 
 
-async def test_an_online_store_that_cannot_be_reached_answers_unavailable(stack, monkeypatch, tmp_path):
+async def test_an_online_store_that_cannot_be_reached_answers_unavailable(
+    python_stack, monkeypatch, tmp_path
+):
+    stack = python_stack
     from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, OnlineStore
     from driftline.kit.redis_clients import async_redis_client
     from driftline.kit.settings import RedisSettings

@@ -31,6 +31,9 @@ from driftline.services.inference.runtime import RuntimeOptions, SessionFactory
 
 log = structlog.get_logger(__name__)
 
+#: How often the control plane checks that its data plane still runs.
+DATA_PLANE_WATCH_S = 0.5
+
 
 class InferenceApp:
     """The inference server: gRPC (v1 + KServe v2), models kept in step with the registry,
@@ -55,7 +58,8 @@ class InferenceApp:
         self._producer = producer
         self._default_features = default_feature_names
         self._model_events_topic = model_events_topic
-        #: The compiled data plane serving Predict beside this server (``settings.data_plane``).
+        #: The compiled data plane (``settings.data_plane``): when given, it serves both APIs and
+        #: this process is its control plane; its gRPC server is not started.
         self.data_plane = data_plane
         self.sessions = session_factory or SessionFactory(
             RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads)
@@ -103,6 +107,8 @@ class InferenceApp:
         self.loader: ModelLoader | None = None
         self.listener: ModelEventsListener | None = None
         self._startup: asyncio.Task[None] | None = None
+        self._mirror: DataPlaneMirror | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._stopped = False
         self.port = 0
@@ -111,6 +117,8 @@ class InferenceApp:
         loop = asyncio.get_running_loop()
         if self.data_plane is not None:
             await loop.run_in_executor(self._loads, self.data_plane.start)
+            self._mirror = DataPlaneMirror(self.data_plane)
+            self._watch = loop.create_task(self._watch_data_plane())
         self.loader = ModelLoader(
             source=self._source,
             load_runtime=self.sessions.load,
@@ -119,10 +127,13 @@ class InferenceApp:
             aliases=self._aliases,
             default_feature_names=self._default_features,
             warm_up=WarmUp(tuple(self.settings.warmup_batch_sizes), self.settings.warmup_runs),
-            mirror=DataPlaneMirror(self.data_plane) if self.data_plane is not None else None,
+            mirror=self._mirror,
         )
-        self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
-        self.prediction_log.start()
+        if self.data_plane is None:
+            self.port = await self.server.start()  # health NOT_SERVING until a champion is warm
+            self.prediction_log.start()
+        else:
+            self.port = self.data_plane.port  # its health: NOT_SERVING until a champion is warm
         self.listener = ModelEventsListener(
             self.settings.kafka,
             self._model_events_topic,
@@ -132,6 +143,27 @@ class InferenceApp:
         self.listener.start()
         self._startup = loop.create_task(self._load_initial_models())
         return self.port
+
+    async def _watch_data_plane(self) -> None:
+        """Start the data plane again whenever it exits on its own, and reload its models: until
+        then clients get UNAVAILABLE, as from any server that is down."""
+        assert self.data_plane is not None
+        assert self._mirror is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            await asyncio.sleep(DATA_PLANE_WATCH_S)
+            code = self.data_plane.exit_code()
+            if code is None or self._stopped:
+                continue
+            metrics.DATA_PLANE_RESTARTS.inc()
+            log.error("data_plane_exited", exit_code=code)
+            try:
+                await loop.run_in_executor(None, self.data_plane.restart)
+                versions = await loop.run_in_executor(None, self._mirror.replay)
+            except Exception as err:  # noqa: BLE001 - tried again on the next round
+                log.error("data_plane_restart_failed", error=str(err))
+                continue
+            log.info("data_plane_restarted", port=self.data_plane.port, versions=versions)
 
     async def _load_initial_models(self) -> None:
         """Resolve the aliases once events can no longer be missed; retry the champion until live."""
@@ -152,7 +184,8 @@ class InferenceApp:
         ready = self.slots.ready
         if ready and not self._ready.is_set():
             self._settle_heap()  # before SERVING: its one full collection holds up no request
-        await self.server.set_serving(ready)
+        if self.data_plane is None:
+            await self.server.set_serving(ready)
         metrics.SERVING.set(1 if ready else 0)
         if ready:
             provider = self.sessions.provider
@@ -182,15 +215,19 @@ class InferenceApp:
         self._stopped = True
         if self._startup is not None:
             self._startup.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         if self.listener is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
-        await self.server.stop()
-        if self.data_plane is not None:
+        if self.data_plane is None:
+            await self.server.stop()
+        else:  # SIGTERM: it drains its calls and flushes its log
             await asyncio.get_running_loop().run_in_executor(None, self.data_plane.stop)
         await self.predictor.drain()
         await self.slots.close()
         self._loads.shutdown(wait=False, cancel_futures=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
+        if self.data_plane is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
         await asyncio.get_running_loop().run_in_executor(None, self._close_producer)
         log.info("inference_stopped")
 
@@ -231,7 +268,7 @@ async def serve(settings: Settings) -> None:
             feature_set=feature_set,
             predictions=PREDICTIONS,
             workdir=workdir,
-            listen=f"{settings.grpc.host}:{settings.data_plane_port}",
+            listen=f"{settings.grpc.host}:{settings.grpc.port}",
             metrics_listen=f"{settings.metrics.host}:{settings.data_plane_metrics_port}",
             log_file=False,  # its JSON lines join the service's
         )

@@ -110,15 +110,10 @@ class Settings(BaseSettings):
         "champion on (Python's default: 700); 0 keeps Python's.",
     )
     data_plane: bool = Field(
-        False,
-        description="Also serve Predict and PredictBatch from the compiled data plane (ADR 0011) on "
-        "data_plane_port. It is given every champion before this service swaps it in, and a champion "
-        "it refuses is refused here too.",
-    )
-    data_plane_port: int = Field(
-        15054,
-        description="Port of the data plane's InferenceService and health "
-        "(INFERENCE_DATA_PLANE_PORT); 0 picks one.",
+        True,
+        description="Serve on the compiled data plane (ADR 0011; make dataplane builds it): it "
+        "listens on the gRPC port with both APIs and health, and this process is its control plane "
+        "(model events, registry, loads). False: this process serves them itself.",
     )
     data_plane_metrics_port: int = Field(
         9114,

@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,22 @@ class DataPlane:
         except OSError:
             return ""
 
+    def exit_code(self) -> int | None:
+        """The process's exit status once it has exited on its own; None while it runs (or
+        before it started)."""
+        return None if self._process is None else self._process.poll()
+
+    def restart(self, timeout_s: float = 30.0) -> int:
+        """Start it again after it exited, on the same addresses; it holds no model until loaded."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._process is not None and self._process.poll() is None:
+            raise RuntimeError("the data plane is still running")
+        self._process = None
+        self._socket_dir.mkdir(mode=0o700, exist_ok=True)
+        return self.start(timeout_s)
+
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status (None: never started)."""
         if self._channel is not None:
@@ -338,28 +355,47 @@ class DataPlane:
 
 
 class DataPlaneMirror:
-    """The loader's ``Mirror`` for a data plane serving beside this service: each model goes to
-    it before it is swapped in here. A refusal (a model it cannot serve, a digest mismatch) fails
-    the load in both; a data plane that does not answer holds no promotion back: it keeps its
-    last model, and that is logged and counted (``driftline_inference_data_plane_unreachable_total``).
+    """The loader's ``Mirror`` for the data plane this service controls: each model goes to it
+    before it is swapped in here, so the process that serves always has it first. A refusal (a
+    model it cannot serve, a digest mismatch) or no answer fails the load: the model in the role
+    keeps serving. No answer is also counted (``driftline_inference_data_plane_unreachable_total``).
+    The models it last took, by role, are kept to hand to a restarted data plane (``replay``).
     """
 
     def __init__(self, data_plane: DataPlane) -> None:
         self._data_plane = data_plane
+        self._live: dict[Role, tuple[bytes, ModelMeta, Runtime]] = {}
+        # Loads, removals and replays one at a time, so a replay never undoes a newer load.
+        self._lock = threading.Lock()
 
     def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> None:
-        try:
-            self._data_plane.load_model(artifact, meta, runtime, role=role)  # spec from this session
-        except (ModelLoadError, DigestMismatch):
-            raise
-        except Exception as err:  # noqa: BLE001 - the service's own serving path goes on
-            self._unreachable(err, model=meta.name, version=meta.version, role=role.value)
+        with self._lock:
+            try:
+                self._data_plane.load_model(artifact, meta, runtime, role=role)  # spec from this session
+            except (ModelLoadError, DigestMismatch):
+                raise
+            except Exception as err:
+                self._unreachable(err, model=meta.name, version=meta.version, role=role.value)
+                raise
+            self._live[role] = (artifact, meta, runtime)
 
     def remove(self, role: Role) -> None:
-        try:
-            self._data_plane.remove_model(role)
-        except Exception as err:  # noqa: BLE001 - as for a load
-            self._unreachable(err, role=role.value)
+        """Best effort: a data plane that does not answer keeps its challenger until it restarts."""
+        with self._lock:
+            self._live.pop(role, None)
+            try:
+                self._data_plane.remove_model(role)
+            except Exception as err:  # noqa: BLE001 - counted and logged; the alias event is done
+                self._unreachable(err, role=role.value)
+
+    def replay(self) -> list[int]:
+        """Load every live model again, the champion first (a restarted data plane holds none);
+        the versions loaded."""
+        with self._lock:
+            order = sorted(self._live.items(), key=lambda item: item[0] is not Role.CHAMPION)
+            for role, (artifact, meta, runtime) in order:
+                self._data_plane.load_model(artifact, meta, runtime, role=role)
+            return [meta.version for _, (_, meta, _) in order]
 
     @staticmethod
     def _unreachable(err: Exception, **context: object) -> None:

@@ -70,8 +70,13 @@ MODEL_LOAD_FAILURES = Counter(
 )
 DATA_PLANE_UNREACHABLE = Counter(
     "driftline_inference_data_plane_unreachable_total",
-    "Champions the compiled data plane could not be handed (it did not answer); the service "
-    "swapped them in anyway and the data plane kept its last model. Alert on any.",
+    "Calls to the compiled data plane's control socket that got no answer: the load failed, and "
+    "the model in the role kept serving. Alert on any.",
+)
+DATA_PLANE_RESTARTS = Counter(
+    "driftline_inference_data_plane_restarts_total",
+    "Times the compiled data plane exited on its own and was started again, its models reloaded. "
+    "Alert on any.",
 )
 EXECUTION_PROVIDER = Gauge(
     "driftline_inference_execution_provider",
