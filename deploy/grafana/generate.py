@@ -589,9 +589,10 @@ INFERENCE = Dashboard(
             "Models and prediction log",
             (
                 Panel(
-                    "Model swaps and load failures",
-                    "Models put live, and models that failed to fetch, verify, load or warm "
-                    "(alert: DriftlineModelLoadFailed), in the last hour.",
+                    "Model swaps, load failures and data plane restarts",
+                    "Models put live, models that failed to fetch, verify, load or warm "
+                    "(alert: DriftlineModelLoadFailed), and restarts of the compiled data plane "
+                    "that serves (alert: DriftlineDataPlaneRestarted), in the last hour.",
                     (
                         Query(
                             "sum by (alias) (increase(driftline_inference_model_swaps_total[1h]))",
@@ -601,6 +602,10 @@ INFERENCE = Dashboard(
                             "sum by (alias, reason)"
                             " (increase(driftline_inference_model_load_failures_total[1h]))",
                             "failures · {{alias}} {{reason}}",
+                        ),
+                        Query(
+                            "sum(increase(driftline_inference_data_plane_restarts_total[1h]))",
+                            "data plane restarts",
                         ),
                     ),
                 ),

@@ -525,4 +525,5 @@ async def test_the_data_plane_reports_the_services_metrics_by_their_names_types_
         "driftline_inference_execution_provider",
         "driftline_inference_serving",
         "driftline_inference_shadow_skipped",
+        "driftline_inference_prediction_log_buffered",
     } <= set(exported)

@@ -108,6 +108,11 @@ impl PredictionLogger {
         }
     }
 
+    /// Records queued or in flight, not yet acknowledged.
+    pub fn buffered(&self) -> i64 {
+        i64::from(self.producer.in_flight_count())
+    }
+
     /// Wait (at most `timeout`) for the broker to acknowledge what is queued; returns whether
     /// everything was.
     pub fn flush(&self, timeout: Duration) -> bool {

@@ -174,6 +174,17 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     // Only this user may load models.
     std::fs::set_permissions(&spec.control_socket, std::fs::Permissions::from_mode(0o600))?;
     let scrapes = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    let sampler = tokio::spawn({
+        let predictor = predictor.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let buffered = predictor.logger.buffered();
+                predictor.metrics.log_buffered.set(buffered);
+            }
+        }
+    });
     write_ports(
         &spec.port_file,
         &json!({"port": port, "metrics_port": metrics_port}),
@@ -209,6 +220,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
         .serve_with_incoming_shutdown(public, stopped(stop));
     let served = tokio::try_join!(public_server, control_server);
     scrapes.abort();
+    sampler.abort();
     served?;
     // Shadow scorings of calls already answered still go to the log.
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub shadow_skipped: IntCounter,
     /// Prediction-log records not written, by reason (`queue_full`, `delivery_failed`).
     pub log_dropped: IntCounterVec,
+    /// Prediction-log records queued or in flight (sampled every second).
+    pub log_buffered: IntGauge,
     /// Prediction-log records produced and acknowledged (`driftline_dataplane_*`).
     pub log_records: IntCounterVec,
     /// 1 for the model version each alias serves.
@@ -146,6 +148,10 @@ impl Metrics {
                 "Prediction-log records not written: buffer full or delivery failed. Alert on any.",
                 &["reason"],
             )?,
+            log_buffered: IntGauge::new(
+                "driftline_inference_prediction_log_buffered",
+                "Prediction-log records waiting to be sent.",
+            )?,
             log_records: counters(
                 "driftline_dataplane_prediction_log_records_total",
                 "Prediction-log records by outcome: produced, acknowledged.",
@@ -194,6 +200,7 @@ impl Metrics {
         r.register(Box::new(metrics.predictions.clone()))?;
         r.register(Box::new(metrics.shadow_skipped.clone()))?;
         r.register(Box::new(metrics.log_dropped.clone()))?;
+        r.register(Box::new(metrics.log_buffered.clone()))?;
         r.register(Box::new(metrics.log_records.clone()))?;
         r.register(Box::new(metrics.model_info.clone()))?;
         r.register(Box::new(metrics.model_loaded.clone()))?;
