@@ -270,3 +270,27 @@ async def test_deadlines_the_servers_default_and_the_clients_own(
         assert (
             metric(text, 'driftline_inference_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}') == 1
         )
+
+
+async def test_sigterm_lets_calls_in_flight_finish(start_plane: Callable[..., Plane], tmp_path: Path) -> None:
+    port = free_port()
+    own = RedisSettings(url=f"redis://127.0.0.1:{port}/0", socket_timeout_s=10.0)
+    with redis_server(port, tmp_path) as client:
+        plane = start_plane(redis=own, default_deadline_s=10.0)
+        entities = [await plane.put(row(i)) for i in range(4)]
+        # Reads wait until Redis resumes: the calls are in flight when SIGTERM arrives.
+        client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+
+        async def predict(entity: str) -> ipb.PredictResponse:
+            return await plane.stub.Predict(ipb.PredictRequest(entity_id=entity), timeout=10)
+
+        calls = [asyncio.create_task(predict(e)) for e in entities]
+        await asyncio.sleep(0.3)
+        assert not any(call.done() for call in calls)
+        stopped = asyncio.create_task(asyncio.to_thread(plane.process.stop))
+        replies = await asyncio.gather(*calls)
+        assert await stopped == 0
+    assert [r.prediction.entity_id for r in replies] == entities
+    assert [r.prediction.score for r in replies] == pytest.approx(
+        plane.scores([row(i) for i in range(4)]), abs=1e-6
+    )

@@ -118,7 +118,15 @@ def build_spec(
         },
         "log": {
             "topic": predictions.name,
-            "config": {key: _text(value) for key, value in producer_config(settings.kafka).items()},
+            "config": {
+                key: _text(value)
+                for key, value in {
+                    **producer_config(settings.kafka),
+                    # As the Python path's prediction log: the same bound and the same linger.
+                    "queue.buffering.max.messages": settings.prediction_log_capacity,
+                    "linger.ms": settings.prediction_log_linger_ms,
+                }.items()
+            },
         },
     }
 
