@@ -4,8 +4,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../proto");
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    // The descriptors of what the public port serves, for server reflection.
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("driftline_descriptor.bin");
     tonic_build::configure()
         .build_client(false)
+        .file_descriptor_set_path(descriptors)
         .compile_protos(
             &[
                 proto_root.join("driftline/features/v1/features.proto"),

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from driftline.features.v1 import features_pb2
@@ -416,3 +417,20 @@ async def test_an_online_store_that_cannot_be_reached_answers_unavailable(
         writer.write_many([("card-1", values, time.time())])
         assert (await predict(request)).prediction.entity_id == "card-1"
     await client.aclose()
+
+
+async def test_server_reflection_lists_both_apis_and_health(stack):
+    stub = reflection_pb2_grpc.ServerReflectionStub(stack.channel)
+
+    async def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    listed = set()
+    async for reply in stub.ServerReflectionInfo(requests()):
+        listed |= {s.name for s in reply.list_services_response.service}
+    assert {
+        "driftline.inference.v1.InferenceService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    } <= listed
+    assert "driftline.dataplane.v1.DataPlaneControl" not in listed  # the control socket's only

@@ -204,11 +204,27 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             UnixListenerStream::new(control_listener),
             stopped(stop.clone()),
         );
+    // Server reflection (v1, and v1alpha as grpcio's serves it) of what the public port serves.
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in service::SERVICES.iter().filter(|n| !n.is_empty()) {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let public_server = Server::builder()
         .layer(MapResponseLayer::new(
             service::oversized_is_resource_exhausted::<tonic::body::BoxBody>,
         ))
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             InferenceServiceServer::new(service::Service(predictor.clone()))
                 .max_decoding_message_size(spec.max_message_bytes),

@@ -26,6 +26,9 @@ pub mod kserve {
     tonic::include_proto!("inference");
 }
 
+/// Every compiled file's descriptor, for server reflection (`build.rs` writes it).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("driftline_descriptor");
+
 pub use driftline::dataplane::v1 as control;
 pub use driftline::features::v1 as features;
 pub use driftline::inference::v1 as inference;

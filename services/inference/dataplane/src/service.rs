@@ -147,6 +147,13 @@ struct Scored {
     width: usize,
 }
 
+impl Scored {
+    /// The values the `n`th entity was scored on.
+    fn row(&self, n: usize) -> &[f64] {
+        &self.matrix[n * self.width..(n + 1) * self.width]
+    }
+}
+
 impl Predictor {
     /// The live model with `version` (`None`: the champion), as the Python service's
     /// ModelSlots.by_version words its refusals.
@@ -398,7 +405,7 @@ impl Predictor {
         predicted_at: Option<prost_types::Timestamp>,
     ) -> (String, i32) {
         let score = scored.scores[n];
-        let used = &scored.matrix[n * scored.width..(n + 1) * scored.width];
+        let used = scored.row(n);
         let prediction_id = uuid::Uuid::new_v4().to_string();
         let label = i32::from(score >= model.spec.threshold);
         self.logger.log(
@@ -438,7 +445,7 @@ impl Predictor {
             event_time, age_s, ..
         } = entity.features;
         let features = if full {
-            let used = &scored.matrix[n * scored.width..(n + 1) * scored.width];
+            let used = scored.row(n);
             let stamp = Some(timestamp(event_time));
             used.iter()
                 .zip(&model.columns)

@@ -49,7 +49,7 @@ from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta, Role, Runtime, feature_input, score_output
-from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
+from driftline.services.inference.runtime import CUDA, Device, RuntimeOptions, SessionFactory
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +177,9 @@ def model_spec(
         columns=[names.index(n) for n in wanted],
         threshold=meta.threshold if meta.threshold is not None else settings.decision_threshold,
         intra_threads=settings.intra_op_threads,
-        device=settings.device.value,
+        # Where the service's own session of it runs: its device choice (a CUDA session that
+        # really works, else the CPU) is made once, there.
+        device=Device.CUDA.value if runtime.provider == CUDA else Device.CPU.value,
     )
 
 
