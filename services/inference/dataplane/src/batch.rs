@@ -236,10 +236,12 @@ impl Batcher {
         // Counted before it is sent: the model's thread counts it down once taken.
         let waiting = self.shared.waiting();
         waiting.fetch_add(1, Ordering::AcqRel);
+        self.metrics.queue_depth.inc();
         match self.queue.try_send(job) {
-            Ok(()) => self.metrics.queue_depth.inc(),
+            Ok(()) => {}
             Err(refused) => {
                 waiting.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.queue_depth.dec();
                 return Err(match refused {
                     TrySendError::Full(_) => {
                         self.metrics.queue_full.inc();

@@ -242,7 +242,6 @@ impl Predictor {
             .canary(&self.model_name, &ids, challenger.is_some());
         let entities = self.read(requests, &ids).await?;
 
-        let predicted_at = Some(timestamp(epoch_now()));
         let mut predictions = Vec::with_capacity(entities.len());
         match (canary, &challenger) {
             (Some(flags), Some(challenger)) => {
@@ -254,6 +253,7 @@ impl Predictor {
                     self.score(challenger, &entities, &on_challenger),
                 );
                 let (a, b) = (a?, b?);
+                let predicted_at = Some(timestamp(epoch_now()));
                 let mut at = [0usize, 0usize];
                 for (i, entity) in entities.iter().enumerate() {
                     let (model, role, scored, side) = if flags[i] {
@@ -276,6 +276,7 @@ impl Predictor {
             _ => {
                 let all: Vec<usize> = (0..entities.len()).collect();
                 let scored = self.score(&champion, &entities, &all).await?;
+                let predicted_at = Some(timestamp(epoch_now()));
                 for (i, entity) in entities.iter().enumerate() {
                     predictions.push(self.served(
                         &champion,

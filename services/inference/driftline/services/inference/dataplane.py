@@ -223,6 +223,7 @@ class DataPlane:
             metrics_listen=metrics_listen,
         )
         self._process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
         self._channel: grpc.Channel | None = None
         self.port = 0
         self.metrics_port = 0
@@ -339,6 +340,8 @@ class DataPlane:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._stopped:
+            raise RuntimeError("the data plane was stopped")
         if self._process is not None and self._process.poll() is None:
             raise RuntimeError("the data plane is still running")
         self._process = None
@@ -346,7 +349,9 @@ class DataPlane:
         return self.start(timeout_s)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status (None: never started)."""
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status (None: never started).
+        A stopped data plane is not restarted."""
+        self._stopped = True
         if self._channel is not None:
             self._channel.close()
             self._channel = None
