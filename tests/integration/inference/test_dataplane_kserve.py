@@ -239,7 +239,9 @@ async def test_deadlines_the_servers_default_and_the_clients_own(
         assert reply.prediction.score == pytest.approx(plane.scores([row(2)])[0], abs=1e-6)
         text = plane.metrics()
         assert (
-            metric(text, 'driftline_inference_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}') == 1
+            metric(text, 'driftline_inference_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}')
+            # The default's call; the client's too, unless its own timer cancelled it first.
+            in (1, 2)
         )
 
 

@@ -569,24 +569,57 @@ pub fn oversized_is_resource_exhausted<B>(
     response
 }
 
-/// Runs `work` within `default` when the client set no deadline. A client's own deadline is
-/// tonic's to enforce: it drops the call's future, which takes the call out of its batch.
+/// How much earlier than the client's deadline a call is given up here. tonic enforces the
+/// `grpc-timeout` header too, from a timer started a few microseconds before the handler's, and
+/// answers CANCELLED "Timeout expired"; giving up first makes the answer gRPC's
+/// DEADLINE_EXCEEDED, which the client's own timer would give it anyway.
+const AHEAD_OF_TONIC: Duration = Duration::from_millis(1);
+
+/// A `grpc-timeout` header's value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs `work` within the client's deadline, or `default` when it set none; past it, the call
+/// is dropped (which takes it out of its batch) and answers DEADLINE_EXCEEDED.
 pub async fn within<T>(
     default: Duration,
     metadata: &MetadataMap,
     work: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    if metadata.contains_key("grpc-timeout") {
-        return work.await;
-    }
-    tokio::time::timeout(default, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
+    let client = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    let (limit, message) = match client {
+        Some(timeout) => (
+            timeout.saturating_sub(AHEAD_OF_TONIC),
+            "the client's deadline passed".to_string(),
+        ),
+        None => (
+            default,
+            format!(
                 "no answer within the default deadline of {} s",
                 default.as_secs_f64()
-            )))
-        })
+            ),
+        ),
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded(message)))
 }
 
 #[tonic::async_trait]
@@ -618,5 +651,48 @@ impl InferenceService for Service {
         Ok(Response::new(PredictBatchResponse {
             predictions: result?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_malformed_ones_do_not() {
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            grpc_timeout("199987u"),
+            Some(Duration::from_micros(199_987))
+        );
+        assert_eq!(grpc_timeout("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "123456789S", "12x", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_clients_deadline_answers_deadline_exceeded() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "20m".parse().unwrap());
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<(), Status>(())
+        };
+        let status = within(Duration::from_secs(10), &metadata, slow)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.message(), "the client's deadline passed");
+        let fast = async { Ok::<u8, Status>(7) };
+        assert_eq!(
+            within(Duration::from_secs(10), &metadata, fast)
+                .await
+                .unwrap(),
+            7
+        );
     }
 }
