@@ -422,10 +422,7 @@ impl Predictor {
                 ..PredictionLog::default()
             },
         );
-        self.metrics
-            .predictions
-            .with_label_values(&[role.name()])
-            .inc();
+        self.metrics.predictions_by_role[role as usize].inc();
         (prediction_id, label)
     }
 
