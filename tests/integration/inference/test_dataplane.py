@@ -38,12 +38,13 @@ from driftline.kit.testing import (
 )
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference import metrics as inference_metrics
-from driftline.services.inference.dataplane import DataPlane
+from driftline.services.inference.config import Settings
+from driftline.services.inference.dataplane import DataPlane, Signature, model_spec
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 
 from .conftest import Stack, running_stack
-from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, row, settings_of, version_bytes
+from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, meta, row, settings_of, version_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -345,6 +346,34 @@ async def test_the_data_plane_checks_what_it_is_told_to_load(
     assert stub.LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=30).replaced_version == 3
 
 
+async def test_runs_through_an_io_binding_score_as_plain_runs_at_every_batch_size(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    """The I/O binding a session on CUDA runs through, asked for on the CPU: the same scores as
+    ONNX Runtime in this process, whatever the number of rows (outputs are bound anew each run)."""
+    plane = start_plane(load=None)
+    artifact = version_bytes(4)
+    path = tmp_path / "bound.onnx"
+    path.write_bytes(artifact)
+    spec = model_spec(
+        Settings(), feature_set=TRANSACTION_FEATURES, artifact=artifact, meta=meta(4, artifact), path=path
+    )
+    assert not spec.io_binding  # the control plane asks for none on the CPU
+    spec.io_binding = True
+    loaded = plane.process.control().LoadModel(control_pb2.LoadModelRequest(model=spec), timeout=30)
+    assert (loaded.provider, loaded.io_binding) == ("CPUExecutionProvider", True)
+    rows = [row(i) for i in range(MAX_ENTITIES)]
+    entities = [await plane.put(values) for values in rows]
+    for size in (1, MAX_ENTITIES, 3, 1):
+        batch = await plane.stub.PredictBatch(
+            ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities[:size]])
+        )
+        assert [p.model_version for p in batch.predictions] == [4] * size
+        assert [p.score for p in batch.predictions] == pytest.approx(plane.scores(rows[:size], 4), abs=1e-6)
+    plain = plane.process.load_model(artifact, meta(4, artifact))
+    assert (plain.provider, plain.io_binding, plain.replaced_version) == ("CPUExecutionProvider", False, 4)
+
+
 def test_a_data_plane_whose_control_plane_is_killed_stops(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> None:
@@ -357,7 +386,8 @@ from driftline.featurestore import TRANSACTION_FEATURES
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlane
+from driftline.services.inference.config import Settings
+from driftline.services.inference.dataplane import DataPlane, Signature, model_spec
 settings = Settings(
     kafka=KafkaSettings(bootstrap_servers={kafka_settings.bootstrap_servers!r}),
     redis=RedisSettings(url={redis_settings.url!r}),
@@ -457,6 +487,10 @@ async def test_the_service_serves_through_its_data_plane_and_hands_it_every_cham
     after = await stack.inference.PredictBatch(request)
     assert {p.model_version for p in after.predictions} == {second}
     assert [p.score for p in after.predictions] != [p.score for p in served.predictions]
+    # The control plane ran no prediction and keeps no session: the signature of each model only.
+    champion = stack.app.slots.champion
+    assert champion is not None
+    assert isinstance(champion.runtime, Signature)
 
 
 async def test_a_data_plane_that_dies_is_started_again_with_its_models(

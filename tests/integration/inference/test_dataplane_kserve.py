@@ -234,15 +234,23 @@ async def test_deadlines_the_servers_default_and_the_clients_own(
         with pytest.raises(grpc.aio.AioRpcError) as own_deadline:
             await plane.stub.Predict(ipb.PredictRequest(entity_id=entity), timeout=0.2)
         assert own_deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # A call its client cancels before any answer.
+        cancelled = plane.stub.Predict(ipb.PredictRequest(entity_id=entity), timeout=5)
+        await asyncio.sleep(0.2)
+        assert cancelled.cancel()
         # The same server answers a call whose deadline outlasts the pause.
         reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity), timeout=5)
         assert reply.prediction.score == pytest.approx(plane.scores([row(2)])[0], abs=1e-6)
         text = plane.metrics()
-        assert (
-            metric(text, 'driftline_inference_requests_total{code="DEADLINE_EXCEEDED",method="Predict"}')
-            # The default's call; the client's too, unless its own timer cancelled it first.
-            in (1, 2)
-        )
+        count = {
+            code: metric(text, f'driftline_inference_requests_total{{code="{code}",method="Predict"}}')
+            for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED")
+        }
+        # Every call is counted once: the default's call timed out; the client's own deadline
+        # too, unless its timer cancelled the call first; the cancelled call was cancelled.
+        assert count["OK"] == 2
+        assert count["DEADLINE_EXCEEDED"] in (1, 2)
+        assert count["DEADLINE_EXCEEDED"] + count["CANCELLED"] == 3
 
 
 async def test_sigterm_lets_calls_in_flight_finish(start_plane: Callable[..., Plane], tmp_path: Path) -> None:

@@ -19,6 +19,7 @@
 //! the caller's thread: the hand-off to the model's thread and back would cost more than the run.
 //! Under load calls queue up behind the running one, and batching takes over.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,16 @@ pub enum Data {
 }
 
 impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::I32(v) => v.len(),
+            Data::Bool(v) => v.len(),
+        }
+    }
+
     fn slice(&self, from: usize, to: usize) -> Data {
         match self {
             Data::F32(v) => Data::F32(v[from..to].to_vec()),
@@ -105,7 +116,7 @@ pub enum BatchError {
     QueueFull(usize),
     /// The model failed on the batch this call was in.
     Failed(String),
-    /// The model's thread has stopped (it panicked).
+    /// The model's thread has stopped (it panicked outside a run).
     Stopped,
 }
 
@@ -170,10 +181,10 @@ impl<R: Runner> Inline for Shared<R> {
         let mut runner = self.runner.try_lock().ok()?;
         self.metrics.queue_seconds.observe(0.0);
         let started = Instant::now();
-        let outputs = runner.run(matrix, rows);
+        let outputs = checked_run(&mut *runner, matrix, rows);
         drop(runner);
         self.ran(started.elapsed(), rows, 1);
-        Some(checked(outputs, rows).map_err(BatchError::Failed))
+        Some(outputs.map_err(BatchError::Failed))
     }
 }
 
@@ -293,13 +304,32 @@ fn work<R: Runner>(shared: &Shared<R>, jobs: &Receiver<Job>, options: Options) {
     }
 }
 
-/// `outputs` of a run of `rows` rows, refused when an output does not hold them.
-fn checked(outputs: Result<Vec<Tensor>, String>, rows: usize) -> Result<Vec<Tensor>, String> {
-    let outputs = outputs?;
-    match outputs.iter().find(|t| t.shape.first() != Some(&rows)) {
+/// A run of `rows` rows of `matrix` on `runner`, checked: a run that panics fails its calls
+/// (its runner is still sound: a session's run is one C call, which cannot unwind), and so does
+/// an output that does not hold `rows` rows or whose values do not fill its shape.
+fn checked_run<R: Runner>(
+    runner: &mut R,
+    matrix: &[f64],
+    rows: usize,
+) -> Result<Vec<Tensor>, String> {
+    let outputs = std::panic::catch_unwind(AssertUnwindSafe(|| runner.run(matrix, rows)))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("the model's run panicked: {why}"))
+        })?;
+    let fills = |t: &Tensor| t.shape.iter().product::<usize>() == t.data.len();
+    match outputs
+        .iter()
+        .find(|t| t.shape.first() != Some(&rows) || !fills(t))
+    {
         Some(bad) => Err(format!(
-            "model returned {:?} for a batch of {rows} rows",
-            bad.shape
+            "model returned {:?} ({} values) for a batch of {rows} rows",
+            bad.shape,
+            bad.data.len()
         )),
         None => Ok(outputs),
     }
@@ -339,10 +369,10 @@ fn run_batch<R: Runner>(shared: &Shared<R>, mut batch: Vec<Job>) {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let outputs = runner.run(matrix, rows);
+        let outputs = checked_run(&mut *runner, matrix, rows);
         drop(runner);
         shared.ran(started.elapsed(), rows, batch.len());
-        checked(outputs, rows)
+        outputs
     };
     let mut offset = 0;
     for job in batch {
@@ -650,8 +680,53 @@ mod tests {
         assert_eq!(
             short.run(call(1, 3), 3).await,
             Err(BatchError::Failed(
-                "model returned [1] for a batch of 3 rows".into()
+                "model returned [1] (1 values) for a batch of 3 rows".into()
             ))
         );
+        let unfilled = Batcher::start(
+            "test-unfilled",
+            |_: &[f64], rows: usize| {
+                Ok(vec![Tensor {
+                    shape: vec![rows, 2],
+                    data: Data::F32(vec![0.5; rows]),
+                }])
+            },
+            options(8, 0, 8),
+            Duration::ZERO,
+            metrics(),
+        )
+        .unwrap();
+        assert_eq!(
+            unfilled.run(call(1, 3), 3).await,
+            Err(BatchError::Failed(
+                "model returned [3, 2] (3 values) for a batch of 3 rows".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_fails_its_calls_and_the_model_serves_on() {
+        // Rows of 1.0 make it panic; queued (delay 0, never inline) and inline alike.
+        let panicky = |matrix: &[f64], rows: usize| {
+            assert!(matrix[0] != 1.0, "row of ones");
+            Ok(vec![Tensor {
+                shape: vec![rows],
+                data: Data::F64(matrix.to_vec()),
+            }])
+        };
+        for (name, inline_below) in [("test-queued", 0), ("test-inline", 1_000_000)] {
+            let mut options = options(8, 0, 8);
+            options.inline_below = Duration::from_micros(inline_below);
+            let batcher =
+                Batcher::start(name, panicky, options, Duration::ZERO, metrics()).unwrap();
+            assert_eq!(
+                batcher.run(vec![1.0], 1).await,
+                Err(BatchError::Failed(
+                    "the model's run panicked: row of ones".into()
+                ))
+            );
+            let served = batcher.run(vec![2.0], 1).await.expect("serves on");
+            assert_eq!(served[0].data, Data::F64(vec![2.0]));
+        }
     }
 }

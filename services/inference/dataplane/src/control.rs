@@ -119,7 +119,8 @@ impl Control {
                 return Err(status);
             }
         };
-        let (load_seconds, provider) = (model.load_seconds, model.provider);
+        let (load_seconds, provider, io_binding) =
+            (model.load_seconds, model.provider, model.io_binding);
         let replaced = self.slot(role).swap(Some(model.clone()));
         self.relabel(role, replaced.as_deref(), Some(&model));
         let replaced_version = replaced.as_ref().map_or(0, |m| m.spec.version);
@@ -136,11 +137,13 @@ impl Control {
         jsonlog::emit(
             "info",
             "model_swapped",
-            json!({"model": name, "version": version, "role": role.name(), "replaced_version": replaced_version, "load_seconds": load_seconds, "provider": provider}),
+            json!({"model": name, "version": version, "role": role.name(), "replaced_version": replaced_version, "load_seconds": load_seconds, "provider": provider, "io_binding": io_binding}),
         );
         Ok(LoadModelResponse {
             load_seconds,
             replaced_version,
+            provider: provider.into(),
+            io_binding,
         })
     }
 

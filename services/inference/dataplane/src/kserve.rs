@@ -6,7 +6,6 @@
 //! Raw tensors carry no entity, so ModelInfer is not written to the prediction log.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
@@ -418,11 +417,11 @@ impl GrpcInferenceService for KServe {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let started = Instant::now();
+        let call = self.0.observe("ModelInfer");
         let deadline = self.0.default_deadline;
         let (metadata, _, request) = request.into_parts();
         let result = within(deadline, &metadata, self.0.model_infer(&request)).await;
-        self.0.observe("ModelInfer", started, &result);
+        call.finish(&result);
         result.map(Response::new)
     }
 }

@@ -1,15 +1,19 @@
 //! A model version on ONNX Runtime's C API (through `ort`, loading the shared library the Python
 //! package ships): one session, tuned for small models as the Python runtime tunes its own (one
 //! intra-op thread, no inter-op pool, every graph optimisation), on CUDA when the spec asks for
-//! it and it works, checked against its digest and its spec, warmed, then handed to the thread
-//! of its batcher (`batch`), which owns it from then on.
+//! it and it works (with an I/O binding there, as the Python runtime), checked against its
+//! digest and its spec, warmed, then handed to the thread of its batcher (`batch`), which owns
+//! it from then on.
 
 use std::time::{Duration, Instant};
 
+use ort::execution_providers::cuda::CuDNNConvAlgorithmSearch;
 use ort::execution_providers::{CUDAExecutionProvider, ExecutionProvider};
+use ort::io_binding::IoBinding;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
-use ort::tensor::TensorElementType;
+use ort::session::{Session, SessionOutputs};
+use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
@@ -112,6 +116,8 @@ pub struct Model {
     pub dtype: Dtype,
     /// The execution provider its session runs on.
     pub provider: &'static str,
+    /// Whether its runs go through an I/O binding (on CUDA, or when the spec asks).
+    pub io_binding: bool,
     pub input: TensorMeta,
     pub outputs: Vec<TensorMeta>,
     score_output: usize,
@@ -198,7 +204,12 @@ fn session(spec: &ModelSpec, bytes: &[u8]) -> Result<(Session, &'static str), Mo
             .with_intra_threads(spec.intra_threads.max(1) as usize)?
             .with_inter_threads(1)
     };
-    let cuda = CUDAExecutionProvider::default().with_device_id(spec.cuda_device_id as i32);
+    // As the Python runtime sets it: heuristic convolution search, and no TF32 matmuls (they
+    // move scores by ~1e-4; the GPU must give the CPU's answers).
+    let cuda = CUDAExecutionProvider::default()
+        .with_device_id(spec.cuda_device_id as i32)
+        .with_conv_algorithm_search(CuDNNConvAlgorithmSearch::Heuristic)
+        .with_tf32(false);
     let try_cuda = match spec.device.as_str() {
         "cuda" => true,
         "auto" => cuda.is_available().unwrap_or(false),
@@ -245,59 +256,98 @@ struct SessionRunner {
     dtype: Dtype,
     width: usize,
     outputs: Vec<(String, Kind)>,
+    /// Runs go through this binding (see `bound`); `None`: through `Session::run`.
+    binding: Option<IoBinding>,
 }
 
 impl SessionRunner {
     fn run_session(&mut self, matrix: &[f64], rows: usize) -> Result<Vec<Tensor>, ort::Error> {
         let shape = [rows, self.width];
-        let outputs = match self.dtype {
+        match self.dtype {
             Dtype::Float32 => {
                 let narrow: Vec<f32> = matrix.iter().map(|&v| v as f32).collect();
-                let input = TensorRef::from_array_view((shape, narrow.as_slice()))?;
-                self.session
-                    .run(ort::inputs![self.input.as_str() => input])?
+                self.run_on(TensorRef::from_array_view((shape, narrow.as_slice()))?)
             }
-            Dtype::Float64 => {
-                let input = TensorRef::from_array_view((shape, matrix))?;
-                self.session
-                    .run(ort::inputs![self.input.as_str() => input])?
+            Dtype::Float64 => self.run_on(TensorRef::from_array_view((shape, matrix))?),
+        }
+    }
+
+    fn run_on<T: PrimitiveTensorElementType + std::fmt::Debug>(
+        &mut self,
+        input: TensorRef<'_, T>,
+    ) -> Result<Vec<Tensor>, ort::Error> {
+        let Some(binding) = self.binding.as_mut() else {
+            let outputs = self
+                .session
+                .run(ort::inputs![self.input.as_str() => input])?;
+            return extracted(&self.outputs, &outputs);
+        };
+        // I/O binding, as the Python runtime uses it on CUDA: the input is copied to the device
+        // once, straight from the caller's buffer, and each output once into host memory ONNX
+        // Runtime allocates for it. Outputs are bound again on every run: a bound output keeps
+        // the last run's buffer, which a batch of another size cannot reuse.
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )?;
+        let ran = binding
+            .bind_input(self.input.as_str(), &*input)
+            .and_then(|()| {
+                self.outputs
+                    .iter()
+                    .try_for_each(|(name, _)| binding.bind_output_to_device(name.as_str(), &host))
+            })
+            .and_then(|()| {
+                let outputs = self.session.run_binding(binding)?;
+                extracted(&self.outputs, &outputs)
+            });
+        // The input borrows the caller's buffer: it must not outlive this call.
+        binding.clear();
+        ran
+    }
+}
+
+/// Each of `wanted`'s outputs, copied out of a run's `outputs`.
+fn extracted(
+    wanted: &[(String, Kind)],
+    outputs: &SessionOutputs<'_>,
+) -> Result<Vec<Tensor>, ort::Error> {
+    let dims = |shape: &ort::tensor::Shape| {
+        shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let mut tensors = Vec::with_capacity(wanted.len());
+    for (name, kind) in wanted {
+        let value = &outputs[name.as_str()];
+        let (shape, data) = match kind {
+            Kind::F32 => {
+                let (s, d) = value.try_extract_tensor::<f32>()?;
+                (dims(s), Data::F32(d.to_vec()))
+            }
+            Kind::F64 => {
+                let (s, d) = value.try_extract_tensor::<f64>()?;
+                (dims(s), Data::F64(d.to_vec()))
+            }
+            Kind::I64 => {
+                let (s, d) = value.try_extract_tensor::<i64>()?;
+                (dims(s), Data::I64(d.to_vec()))
+            }
+            Kind::I32 => {
+                let (s, d) = value.try_extract_tensor::<i32>()?;
+                (dims(s), Data::I32(d.to_vec()))
+            }
+            Kind::Bool => {
+                let (s, d) = value.try_extract_tensor::<bool>()?;
+                (dims(s), Data::Bool(d.to_vec()))
             }
         };
-        let mut tensors = Vec::with_capacity(self.outputs.len());
-        for (name, kind) in &self.outputs {
-            let value = &outputs[name.as_str()];
-            let dims = |shape: &ort::tensor::Shape| {
-                shape
-                    .iter()
-                    .map(|&d| usize::try_from(d).unwrap_or(0))
-                    .collect::<Vec<_>>()
-            };
-            let (shape, data) = match kind {
-                Kind::F32 => {
-                    let (s, d) = value.try_extract_tensor::<f32>()?;
-                    (dims(s), Data::F32(d.to_vec()))
-                }
-                Kind::F64 => {
-                    let (s, d) = value.try_extract_tensor::<f64>()?;
-                    (dims(s), Data::F64(d.to_vec()))
-                }
-                Kind::I64 => {
-                    let (s, d) = value.try_extract_tensor::<i64>()?;
-                    (dims(s), Data::I64(d.to_vec()))
-                }
-                Kind::I32 => {
-                    let (s, d) = value.try_extract_tensor::<i32>()?;
-                    (dims(s), Data::I32(d.to_vec()))
-                }
-                Kind::Bool => {
-                    let (s, d) = value.try_extract_tensor::<bool>()?;
-                    (dims(s), Data::Bool(d.to_vec()))
-                }
-            };
-            tensors.push(Tensor { shape, data });
-        }
-        Ok(tensors)
+        tensors.push(Tensor { shape, data });
     }
+    Ok(tensors)
 }
 
 impl Runner for SessionRunner {
@@ -367,12 +417,19 @@ impl Model {
             .ok_or_else(|| {
                 ModelError::Invalid(format!("the model has no output {}", spec.score_output))
             })?;
+        let io_binding = spec.io_binding || provider == CUDA;
+        let binding = if io_binding {
+            Some(session.create_binding()?)
+        } else {
+            None
+        };
         let mut runner = SessionRunner {
             session,
             input: spec.input.clone(),
             dtype,
             width: columns.len(),
             outputs: kinds,
+            binding,
         };
         // Warm: the first runs of a session allocate its buffers; a model that cannot score a
         // row of zeros at each batch size never serves. The last run of one row seeds the
@@ -417,6 +474,7 @@ impl Model {
             columns,
             dtype,
             provider,
+            io_binding,
             input,
             outputs,
             score_output,
@@ -486,6 +544,7 @@ mod tests {
             intra_threads: 1,
             device: "auto".into(),
             cuda_device_id: 0,
+            io_binding: false,
         }
     }
 

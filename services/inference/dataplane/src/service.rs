@@ -531,19 +531,55 @@ fn code_name(code: Code) -> &'static str {
 }
 
 impl Predictor {
-    /// Counts the call by method and status and times it whole.
-    pub fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+    /// Starts timing a call to `method`: it is counted by method and status when it ends
+    /// (`Observed::finish`), and as CANCELLED when the client goes away first (tonic drops the
+    /// call's future, and the guard with it), as the Python service counts it.
+    pub fn observe(&self, method: &'static str) -> Observed<'_> {
+        Observed {
+            predictor: self,
+            method,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn count(&self, method: &str, started: Instant, code: Code) {
         self.metrics
             .total_seconds
             .observe(started.elapsed().as_secs_f64());
-        let code = match result {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
         self.metrics
             .requests
             .with_label_values(&[method, code_name(code)])
             .inc();
+    }
+}
+
+/// One call being served (`Predictor::observe`).
+pub struct Observed<'a> {
+    predictor: &'a Predictor,
+    method: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl Observed<'_> {
+    /// Counts the call by its answer's status and times it whole.
+    pub fn finish<T>(mut self, result: &Result<T, Status>) {
+        self.finished = true;
+        let code = match result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.predictor.count(self.method, self.started, code);
+    }
+}
+
+impl Drop for Observed<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.predictor
+                .count(self.method, self.started, Code::Cancelled);
+        }
     }
 }
 
@@ -625,11 +661,11 @@ impl InferenceService for Service {
         &self,
         request: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
-        let started = Instant::now();
+        let call = self.0.observe("Predict");
         let (metadata, _, request) = request.into_parts();
         let work = self.0.predict(std::slice::from_ref(&request), request.view);
         let result = within(self.0.default_deadline, &metadata, work).await;
-        self.0.observe("Predict", started, &result);
+        call.finish(&result);
         let mut predictions = result?;
         Ok(Response::new(PredictResponse {
             prediction: predictions.pop(),
@@ -640,11 +676,11 @@ impl InferenceService for Service {
         &self,
         request: Request<PredictBatchRequest>,
     ) -> Result<Response<PredictBatchResponse>, Status> {
-        let started = Instant::now();
+        let call = self.0.observe("PredictBatch");
         let (metadata, _, request) = request.into_parts();
         let work = self.0.predict(&request.requests, request.view);
         let result = within(self.0.default_deadline, &metadata, work).await;
-        self.0.observe("PredictBatch", started, &result);
+        call.finish(&result);
         Ok(Response::new(PredictBatchResponse {
             predictions: result?,
         }))

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$driftline/dataplane/v1/control.proto\x12\x16\x64riftline.dataplane.v1\"\xfc\x01\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\r\n\x05input\x18\x05 \x01(\t\x12\x13\n\x0binput_dtype\x18\x06 \x01(\t\x12\x14\n\x0cscore_output\x18\x07 \x01(\t\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x0f\n\x07\x63olumns\x18\t \x03(\r\x12\x11\n\tthreshold\x18\n \x01(\x01\x12\x15\n\rintra_threads\x18\x0b \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x16\n\x0e\x63uda_device_id\x18\r \x01(\r\"p\n\x10LoadModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.driftline.dataplane.v1.ModelSpec\x12*\n\x04role\x18\x02 \x01(\x0e\x32\x1c.driftline.dataplane.v1.Role\"C\n\x11LoadModelResponse\x12\x14\n\x0cload_seconds\x18\x01 \x01(\x01\x12\x18\n\x10replaced_version\x18\x02 \x01(\x05\"@\n\x12RemoveModelRequest\x12*\n\x04role\x18\x01 \x01(\x0e\x32\x1c.driftline.dataplane.v1.Role\".\n\x13RemoveModelResponse\x12\x17\n\x0fremoved_version\x18\x01 \x01(\x05*D\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_CHAMPION\x10\x01\x12\x13\n\x0fROLE_CHALLENGER\x10\x02\x32\xdc\x01\n\x10\x44\x61taPlaneControl\x12`\n\tLoadModel\x12(.driftline.dataplane.v1.LoadModelRequest\x1a).driftline.dataplane.v1.LoadModelResponse\x12\x66\n\x0bRemoveModel\x12*.driftline.dataplane.v1.RemoveModelRequest\x1a+.driftline.dataplane.v1.RemoveModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$driftline/dataplane/v1/control.proto\x12\x16\x64riftline.dataplane.v1\"\x90\x02\n\tModelSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\r\n\x05input\x18\x05 \x01(\t\x12\x13\n\x0binput_dtype\x18\x06 \x01(\t\x12\x14\n\x0cscore_output\x18\x07 \x01(\t\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x0f\n\x07\x63olumns\x18\t \x03(\r\x12\x11\n\tthreshold\x18\n \x01(\x01\x12\x15\n\rintra_threads\x18\x0b \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x16\n\x0e\x63uda_device_id\x18\r \x01(\r\x12\x12\n\nio_binding\x18\x0e \x01(\x08\"p\n\x10LoadModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.driftline.dataplane.v1.ModelSpec\x12*\n\x04role\x18\x02 \x01(\x0e\x32\x1c.driftline.dataplane.v1.Role\"i\n\x11LoadModelResponse\x12\x14\n\x0cload_seconds\x18\x01 \x01(\x01\x12\x18\n\x10replaced_version\x18\x02 \x01(\x05\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x12\n\nio_binding\x18\x04 \x01(\x08\"@\n\x12RemoveModelRequest\x12*\n\x04role\x18\x01 \x01(\x0e\x32\x1c.driftline.dataplane.v1.Role\".\n\x13RemoveModelResponse\x12\x17\n\x0fremoved_version\x18\x01 \x01(\x05*D\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_CHAMPION\x10\x01\x12\x13\n\x0fROLE_CHALLENGER\x10\x02\x32\xdc\x01\n\x10\x44\x61taPlaneControl\x12`\n\tLoadModel\x12(.driftline.dataplane.v1.LoadModelRequest\x1a).driftline.dataplane.v1.LoadModelResponse\x12\x66\n\x0bRemoveModel\x12*.driftline.dataplane.v1.RemoveModelRequest\x1a+.driftline.dataplane.v1.RemoveModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftline.dataplane.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=616
-  _globals['_ROLE']._serialized_end=684
+  _globals['_ROLE']._serialized_start=674
+  _globals['_ROLE']._serialized_end=742
   _globals['_MODELSPEC']._serialized_start=65
-  _globals['_MODELSPEC']._serialized_end=317
-  _globals['_LOADMODELREQUEST']._serialized_start=319
-  _globals['_LOADMODELREQUEST']._serialized_end=431
-  _globals['_LOADMODELRESPONSE']._serialized_start=433
-  _globals['_LOADMODELRESPONSE']._serialized_end=500
-  _globals['_REMOVEMODELREQUEST']._serialized_start=502
-  _globals['_REMOVEMODELREQUEST']._serialized_end=566
-  _globals['_REMOVEMODELRESPONSE']._serialized_start=568
-  _globals['_REMOVEMODELRESPONSE']._serialized_end=614
-  _globals['_DATAPLANECONTROL']._serialized_start=687
-  _globals['_DATAPLANECONTROL']._serialized_end=907
+  _globals['_MODELSPEC']._serialized_end=337
+  _globals['_LOADMODELREQUEST']._serialized_start=339
+  _globals['_LOADMODELREQUEST']._serialized_end=451
+  _globals['_LOADMODELRESPONSE']._serialized_start=453
+  _globals['_LOADMODELRESPONSE']._serialized_end=558
+  _globals['_REMOVEMODELREQUEST']._serialized_start=560
+  _globals['_REMOVEMODELREQUEST']._serialized_end=624
+  _globals['_REMOVEMODELRESPONSE']._serialized_start=626
+  _globals['_REMOVEMODELRESPONSE']._serialized_end=672
+  _globals['_DATAPLANECONTROL']._serialized_start=745
+  _globals['_DATAPLANECONTROL']._serialized_end=965
 # @@protoc_insertion_point(module_scope)

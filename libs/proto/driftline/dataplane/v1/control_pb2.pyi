@@ -17,7 +17,7 @@ ROLE_CHAMPION: Role
 ROLE_CHALLENGER: Role
 
 class ModelSpec(_message.Message):
-    __slots__ = ("path", "sha256", "name", "version", "input", "input_dtype", "score_output", "feature_names", "columns", "threshold", "intra_threads", "device", "cuda_device_id")
+    __slots__ = ("path", "sha256", "name", "version", "input", "input_dtype", "score_output", "feature_names", "columns", "threshold", "intra_threads", "device", "cuda_device_id", "io_binding")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ModelSpec(_message.Message):
     INTRA_THREADS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CUDA_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    IO_BINDING_FIELD_NUMBER: _ClassVar[int]
     path: str
     sha256: str
     name: str
@@ -44,7 +45,8 @@ class ModelSpec(_message.Message):
     intra_threads: int
     device: str
     cuda_device_id: int
-    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[str] = ..., input_dtype: _Optional[str] = ..., score_output: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., columns: _Optional[_Iterable[int]] = ..., threshold: _Optional[float] = ..., intra_threads: _Optional[int] = ..., device: _Optional[str] = ..., cuda_device_id: _Optional[int] = ...) -> None: ...
+    io_binding: bool
+    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[str] = ..., input_dtype: _Optional[str] = ..., score_output: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., columns: _Optional[_Iterable[int]] = ..., threshold: _Optional[float] = ..., intra_threads: _Optional[int] = ..., device: _Optional[str] = ..., cuda_device_id: _Optional[int] = ..., io_binding: _Optional[bool] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "role")
@@ -55,12 +57,16 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
-    __slots__ = ("load_seconds", "replaced_version")
+    __slots__ = ("load_seconds", "replaced_version", "provider", "io_binding")
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REPLACED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    IO_BINDING_FIELD_NUMBER: _ClassVar[int]
     load_seconds: float
     replaced_version: int
-    def __init__(self, load_seconds: _Optional[float] = ..., replaced_version: _Optional[int] = ...) -> None: ...
+    provider: str
+    io_binding: bool
+    def __init__(self, load_seconds: _Optional[float] = ..., replaced_version: _Optional[int] = ..., provider: _Optional[str] = ..., io_binding: _Optional[bool] = ...) -> None: ...
 
 class RemoveModelRequest(_message.Message):
     __slots__ = ("role",)

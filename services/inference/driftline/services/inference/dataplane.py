@@ -31,10 +31,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import onnxruntime
 import structlog
 
@@ -369,21 +371,43 @@ class DataPlane:
         return process.returncode
 
 
+class Signature:
+    """What the control plane keeps of a model the data plane serves: the provider it chose and
+    its inputs' and outputs' specs (all ``model_spec`` needs to hand it to a restarted data
+    plane), without its ONNX Runtime session, whose memory (on CUDA, the device's) is freed. The
+    data plane runs every prediction; a run here is a bug, refused loudly."""
+
+    #: A signature never runs, on any thread.
+    computes_on_caller = False
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.provider = runtime.provider
+        self.inputs = list(runtime.inputs)
+        self.outputs = list(runtime.outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        raise RuntimeError("the data plane serves this model: this process holds its signature only")
+
+    def warm_up(self, batch_sizes: Sequence[int], runs: int) -> float:
+        return 0.0  # nothing here to warm: the data plane warmed its own session
+
+
 class DataPlaneMirror:
     """The loader's ``Mirror`` for the data plane this service controls: each model goes to it
     before it is swapped in here, so the process that serves always has it first. A refusal (a
     model it cannot serve, a digest mismatch) or no answer fails the load: the model in the role
     keeps serving. No answer is also counted (``driftline_inference_data_plane_unreachable_total``).
-    The models it last took, by role, are kept to hand to a restarted data plane (``replay``).
+    Once it serves a model, this process keeps only its ``Signature``. The models it last took,
+    by role, are kept to hand to a restarted data plane (``replay``).
     """
 
     def __init__(self, data_plane: DataPlane) -> None:
         self._data_plane = data_plane
-        self._live: dict[Role, tuple[bytes, ModelMeta, Runtime]] = {}
+        self._live: dict[Role, tuple[bytes, ModelMeta, Signature]] = {}
         # Loads, removals and replays one at a time, so a replay never undoes a newer load.
         self._lock = threading.Lock()
 
-    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> None:
+    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> Signature:
         with self._lock:
             try:
                 self._data_plane.load_model(artifact, meta, runtime, role=role)  # spec from this session
@@ -392,7 +416,9 @@ class DataPlaneMirror:
             except Exception as err:
                 self._unreachable(err, model=meta.name, version=meta.version, role=role.value)
                 raise
-            self._live[role] = (artifact, meta, runtime)
+            signature = Signature(runtime)
+            self._live[role] = (artifact, meta, signature)
+            return signature
 
     def remove(self, role: Role) -> None:
         """Best effort: a data plane that does not answer keeps its challenger until it restarts."""

@@ -75,8 +75,10 @@ class Mirror(Protocol):
     """Another place that serves what this service serves (the compiled data plane, through
     ``dataplane.DataPlaneMirror``), kept in step with each role's model."""
 
-    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> None:
-        """Serve ``artifact`` in ``role``; raising fails the load here too."""
+    def load(self, artifact: bytes, meta: ModelMeta, runtime: Runtime, role: Role) -> Runtime:
+        """Serve ``artifact`` in ``role``; raising fails the load here too. Returns what this
+        service keeps in the role's slot: ``runtime``, or a stand-in for it when this process
+        never runs the model itself."""
         ...
 
     def remove(self, role: Role) -> None:
@@ -107,8 +109,9 @@ class ModelLoader:
         mirror: Mirror | None = None,
     ) -> None:
         """``mirror``: given each model's artifact, version, loaded runtime and role before it is
-        swapped in here, and told when the challenger goes; when a load there raises, the load
-        fails and the model in that role keeps serving in both."""
+        swapped in here (the slot then holds what it returns), and told when the challenger
+        goes; when a load there raises, the load fails and the model in that role keeps serving
+        in both."""
         self._source = source
         self._load_runtime = load_runtime
         self._slots = slots
@@ -189,7 +192,7 @@ class ModelLoader:
                     threshold=_threshold(ref.params),
                 )
                 if self._mirror is not None:
-                    self._mirror.load(data, meta, runtime, role)
+                    runtime = self._mirror.load(data, meta, runtime, role)
                 self._swap(self._slots.install(role, meta, runtime))
             except Exception as err:  # noqa: BLE001 - whatever failed, the old model keeps serving
                 reason = err.code if isinstance(err, DriftlineError) else "load_failed"

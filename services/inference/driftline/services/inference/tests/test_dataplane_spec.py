@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
 
 from driftline.featurestore import TRANSACTION_FEATURES
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import build_spec
+from driftline.services.inference.dataplane import DataPlaneMirror, Signature, build_spec
+from driftline.services.inference.models import ModelMeta, Role
+from driftline.services.inference.testing import FakeRuntime
 
 
 def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_path: Path) -> None:
@@ -49,3 +57,39 @@ def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_pat
     assert log["config"]["linger.ms"] == "7"
     assert log["config"]["enable.idempotence"] == "true"
     assert log["config"]["acks"] == "all"
+
+
+class RecordingDataPlane:
+    """The mirror's side of a data plane: what it was told to load."""
+
+    def __init__(self) -> None:
+        self.loads: list[tuple[int, Any, Role]] = []
+
+    def load_model(self, artifact: bytes, meta: ModelMeta, runtime: Any, *, role: Role) -> None:
+        self.loads.append((meta.version, runtime, role))
+
+
+def test_the_mirror_keeps_a_signature_and_lets_the_session_go() -> None:
+    plane = RecordingDataPlane()
+    mirror = DataPlaneMirror(plane)  # type: ignore[arg-type]
+    champion, challenger = FakeRuntime(4), FakeRuntime(4)
+    let_go = weakref.ref(champion)
+    kept = mirror.load(b"v1", ModelMeta("fraud", 1), champion, Role.CHAMPION)
+    mirror.load(b"c2", ModelMeta("fraud", 2), challenger, Role.CHALLENGER)
+    assert plane.loads == [(1, champion, Role.CHAMPION), (2, challenger, Role.CHALLENGER)]
+    assert (kept.provider, kept.inputs, kept.outputs) == (
+        champion.provider,
+        champion.inputs,
+        champion.outputs,
+    )
+    assert kept.warm_up((1, 64), 3) == 0.0
+    with pytest.raises(RuntimeError, match="the data plane serves this model"):
+        kept.run({"input": np.zeros((1, 4), np.float32)})
+    del champion, challenger
+    plane.loads.clear()
+    gc.collect()
+    assert let_go() is None  # nothing here holds the session the data plane was given
+    # A restarted data plane gets every live model again, the champion first, from signatures.
+    assert mirror.replay() == [1, 2]
+    assert [(version, role) for version, _, role in plane.loads] == [(1, Role.CHAMPION), (2, Role.CHALLENGER)]
+    assert all(isinstance(runtime, Signature) for _, runtime, _ in plane.loads)

@@ -179,13 +179,14 @@ async def test_the_mirror_gets_each_model_first_in_its_role_and_its_refusal_keep
             self.loaded: list[tuple[bytes, int, str, Role]] = []
             self.removed: list[Role] = []
 
-        def load(self, data: bytes, meta: ModelMeta, runtime: FakeRuntime, role: Role) -> None:
+        def load(self, data: bytes, meta: ModelMeta, runtime: FakeRuntime, role: Role) -> FakeRuntime:
             # The service's model in the role is still the previous one when the mirror is called.
             current = slots.serving(role)
             assert current is None or current.version != meta.version
             if data == b"v2":
                 raise ModelLoadError("the data plane refused it")
             self.loaded.append((data, meta.version, meta.sha256, role))
+            return FakeRuntime(tag=100 + meta.version)  # what the slot keeps instead
 
         def remove(self, role: Role) -> None:
             assert slots.serving(role) is not None  # before it goes here
@@ -210,6 +211,7 @@ async def test_the_mirror_gets_each_model_first_in_its_role_and_its_refusal_keep
     assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "champion", 3))
     assert await in_thread(loader.apply, ModelChange(ChangeType.ALIAS_SET, "fraud", "challenger", 4))
     assert slots.champion.version == 3
+    assert slots.champion.runtime.tag == 103  # the slot holds what the mirror returned
     # Each model with its role and the digest the service verified.
     assert mirror.loaded == [
         (b"v1", 1, source.digests[1], Role.CHAMPION),
