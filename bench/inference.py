@@ -4,6 +4,7 @@
     .venv/bin/python bench/inference.py --only service --view full   # predictions with features
     .venv/bin/python bench/inference.py --only curve --device cuda --plot /tmp/curve.png
     .venv/bin/python bench/inference.py --only dataplane     # ADR 0011's compiled data plane, ~1 minute
+    .venv/bin/python bench/inference.py --only dataplane-curve --device cuda   # its runs over batch sizes
 
 Service part (needs the local stack: Redis and Kafka). Two servers run, one after the other, each
 in its own process, driven by the same grpc.aio client in this process:
@@ -31,6 +32,11 @@ entities; #6's targets are judged for both services against both echoes.
 
 Curve part: the device, the execution provider, and the latency/throughput of raw session runs
 over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
+
+Data-plane curve (``--only dataplane-curve``): the same model loaded by the compiled data plane
+as its control plane loads it (device, I/O binding, warm-up), each size run through its batcher
+as one call (``driftline-dataplane curve``: no server, store or log, so it needs no stack and
+runs on a GPU machine as is), beside the same sizes run in this process; ratios and a plot.
 """
 
 from __future__ import annotations
@@ -812,16 +818,32 @@ def _device_name(provider: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def _timed(run: Callable[[], object], seconds: float) -> list[float]:
+    """Seconds per call of ``run`` over ``seconds`` (at least 5 calls), after 5 unmeasured."""
+    for _ in range(5):
+        run()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples) < 5:
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _curve_model(model_kind: str, hidden: int) -> tuple[bytes, str]:
+    if model_kind == "mlp":
+        return mlp_model(N_FEATURES, hidden=hidden), f"MLP 12-{hidden}-{hidden}-{hidden}-1"
+    return bench_model(), "logistic regression, 12 features"
+
+
 def run_curve(
     device: str, max_batch: int, plot: Path, seconds_per_point: float, model_kind: str, hidden: int
 ) -> None:
     factory = SessionFactory(RuntimeOptions(device=Device(device), intra_op_threads=os.cpu_count() or 1))
-    data = mlp_model(N_FEATURES, hidden=hidden) if model_kind == "mlp" else bench_model()
+    data, description = _curve_model(model_kind, hidden)
     model = factory.load(data)
     provider = model.provider
-    description = (
-        f"MLP 12-{hidden}-{hidden}-{hidden}-1" if model_kind == "mlp" else "logistic regression, 12 features"
-    )
     console.print(
         f"device: {_device_name(provider)}; provider: {provider}; I/O binding: {model.use_io_binding}; "
         f"model: {description}"
@@ -836,17 +858,7 @@ def run_curve(
     for column in columns:
         table.add_column(column, justify="right")
 
-    def timed(run: Callable[[], object]) -> list[float]:
-        for _ in range(5):
-            run()
-        samples: list[float] = []
-        deadline = time.perf_counter() + seconds_per_point
-        while time.perf_counter() < deadline or len(samples) < 5:
-            started = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - started)
-        return samples
-
+    timed = functools.partial(_timed, seconds=seconds_per_point)
     for batch in sizes:
         x = {"input": rng.normal(size=(batch, N_FEATURES)).astype(np.float32)}
         samples = timed(functools.partial(model.run, x))
@@ -859,28 +871,125 @@ def run_curve(
             row.append(f"{_pct(plain, 0.5) * 1e3:.3f}")
         table.add_row(*row)
     console.print(table)
-    _plot(points, provider, _device_name(provider), plot)
+    title = f"Driftline inference, raw ONNX Runtime session runs: {_device_name(provider)}, {provider}"
+    _plot({"session run": points}, title, plot)
 
 
-def _plot(points: list[tuple[int, float, float]], provider: str, device: str, path: Path) -> None:
+def run_dataplane_curve(
+    device: str, max_batch: int, plot: Path, seconds_per_point: float, model_kind: str, hidden: int
+) -> None:
+    """The compiled data plane's curve: its model loaded as ``LoadModel`` loads it (the device
+    the control plane's session chose, I/O binding on CUDA), each size run through its batcher
+    as a lone call (``driftline-dataplane curve``), against the same session sizes run by ONNX
+    Runtime in this process (the Python runtime, I/O binding on CUDA) in the same run."""
+    from driftline.featurestore import TRANSACTION_FEATURES
+    from driftline.services.inference.config import Settings
+    from driftline.services.inference.dataplane import binary_path, model_spec, ort_library
+    from driftline.services.inference.models import ModelMeta, score_output
+
+    threads = os.cpu_count() or 1
+    factory = SessionFactory(RuntimeOptions(device=Device(device), intra_op_threads=threads))
+    data, description = _curve_model(model_kind, hidden)
+    runtime = factory.load(data)
+    workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-curve")
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        artifact = workdir / "model.onnx"
+        artifact.write_bytes(data)
+        meta = ModelMeta("bench", 1, hashlib.sha256(data).hexdigest(), features())
+        spec = model_spec(
+            Settings(intra_op_threads=threads),
+            feature_set=TRANSACTION_FEATURES,
+            artifact=data,
+            meta=meta,
+            path=artifact,
+            runtime=runtime,
+        )
+        spec_path = workdir / "spec.pb"
+        spec_path.write_bytes(spec.SerializeToString())
+        args = [str(binary_path()), "curve", str(spec_path), str(ort_library()), str(max_batch)]
+        out = subprocess.run([*args, str(seconds_per_point)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"driftline-dataplane curve failed: {out.stderr.strip() or out.stdout.strip()}"
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    head, *lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    provider = head["provider"]
+    console.print(
+        f"device: {_device_name(provider)}; data plane: {provider}, I/O binding {head['io_binding']}; "
+        f"this process: {runtime.provider}, I/O binding {runtime.use_io_binding}; model: {description}"
+    )
+    # The data plane's scores on its device against a CPU session's in this process.
+    cpu = SessionFactory(RuntimeOptions(device=Device.CPU)).load(data)
+    rows = np.asarray(head["check"]["rows"], dtype=np.float32)
+    output = cpu.run({cpu.inputs[0].name: rows})[score_output(cpu.outputs) or 0]
+    expected = (
+        output[:, 1] if output.ndim == 2 and output.shape[1] >= 2 else output.reshape(len(rows), -1)[:, 0]
+    )
+    gap = float(np.max(np.abs(np.asarray(head["check"]["scores"]) - expected)))
+    verdict = "agree" if gap <= 1e-4 else "DISAGREE"
+    console.print(
+        f"scores of 8 rows, data plane on {provider} vs CPU in this process: max gap {gap:.2e} ({verdict})"
+    )
+    rng = np.random.default_rng(0)
+    table = Table(title=f"data plane runs (through its batcher) vs ONNX Runtime in this process, {provider}")
+    for column in (
+        "batch",
+        "data plane p50 ms",
+        "p99 ms",
+        "rows/s",
+        "in-process p50 ms",
+        "rows/s ",
+        "p50 ratio",
+    ):
+        table.add_column(column, justify="right")
+    served, raw = [], []
+    for point in lines:
+        batch = point["batch"]
+        x = {"input": rng.uniform(-1, 1, size=(batch, N_FEATURES)).astype(np.float32)}
+        samples = _timed(functools.partial(runtime.run, x), seconds_per_point)
+        p50, rows_s = _pct(samples, 0.5), batch / statistics.mean(samples)
+        served.append((batch, point["p50_s"], point["rows_per_s"]))
+        raw.append((batch, p50, rows_s))
+        table.add_row(
+            str(batch),
+            f"{point['p50_s'] * 1e3:.3f}",
+            f"{point['p99_s'] * 1e3:.3f}",
+            f"{point['rows_per_s']:.0f}",
+            f"{p50 * 1e3:.3f}",
+            f"{rows_s:.0f}",
+            f"{point['p50_s'] / p50:.2f}",
+        )
+    console.print(table)
+    title = f"Driftline data plane vs in-process ONNX Runtime: {_device_name(provider)}, {provider}"
+    _plot({"data plane (batcher + run)": served, "in-process session run": raw}, title, plot)
+
+
+def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: Path) -> None:
+    """Latency and throughput over batch size, one line per curve: (batch, p50 s, rows/s)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batches = [p[0] for p in points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(batches, [p[1] * 1e3 for p in points], marker="o")
+    for label, points in curves.items():
+        batches = [p[0] for p in points]
+        left.plot(batches, [p[1] * 1e3 for p in points], marker="o", label=label)
+        right.plot(batches, [p[2] for p in points], marker="o", label=label)
     left.set(
         xscale="log", yscale="log", xlabel="batch size (rows)", ylabel="p50 latency (ms)", title="latency"
     )
-    right.plot(batches, [p[2] for p in points], marker="o", color="tab:green")
     right.set(xscale="log", yscale="log", xlabel="batch size (rows)", ylabel="rows / s", title="throughput")
     for ax in (left, right):
         ax.set_xticks(batches)
         ax.set_xticklabels([str(b) for b in batches], rotation=45)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"Driftline inference, raw ONNX Runtime session runs: {device}, {provider}")
+        if len(curves) > 1:
+            ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -890,10 +999,11 @@ def _plot(points: list[tuple[int, float, float]], provider: str, device: str, pa
 @click.command()
 @click.option(
     "--only",
-    type=click.Choice(["all", "service", "curve", "dataplane"]),
+    type=click.Choice(["all", "service", "curve", "dataplane", "dataplane-curve"]),
     default="all",
     show_default=True,
-    help="all: service and curve. dataplane: the compiled data plane against both echoes (not in all).",
+    help="all: service and curve. dataplane: the compiled data plane against both echoes; "
+    "dataplane-curve: its runs over batch sizes against in-process ones (neither in all).",
 )
 @click.option(
     "--device",
@@ -964,6 +1074,8 @@ def main(
         run_dataplane(seconds, concurrency, view)
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
+    if only == "dataplane-curve":
+        run_dataplane_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
 
 
 if __name__ == "__main__":

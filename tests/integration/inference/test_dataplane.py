@@ -39,7 +39,7 @@ from driftline.kit.testing import (
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference import metrics as inference_metrics
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlane, Signature, model_spec
+from driftline.services.inference.dataplane import DataPlane, Signature, binary_path, model_spec, ort_library
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 
@@ -374,6 +374,38 @@ async def test_runs_through_an_io_binding_score_as_plain_runs_at_every_batch_siz
     assert (plain.provider, plain.io_binding, plain.replaced_version) == ("CPUExecutionProvider", False, 4)
 
 
+def test_the_curve_command_loads_as_load_model_does_and_runs_every_batch_size(tmp_path: Path) -> None:
+    """``driftline-dataplane curve`` (the bench's data-plane curve, the one a GPU run uses): no
+    server, store or log; the spec the control plane writes, here with the I/O binding asked for."""
+    artifact = version_bytes(2)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(artifact)
+    spec = model_spec(
+        Settings(), feature_set=TRANSACTION_FEATURES, artifact=artifact, meta=meta(2, artifact), path=path
+    )
+    spec.io_binding = True
+    spec_path = tmp_path / "spec.pb"
+    spec_path.write_bytes(spec.SerializeToString())
+    out = subprocess.run(
+        [str(binary_path()), "curve", str(spec_path), str(ort_library()), "8", "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    head, *points = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (head["provider"], head["io_binding"]) == ("CPUExecutionProvider", True)
+    rows = head["check"]["rows"]
+    assert [len(r) for r in rows] == [len(FEATURES)] * 8
+    assert head["check"]["scores"] == pytest.approx(Plane.scores(rows, 2), abs=1e-6)
+    assert [p["batch"] for p in points] == [1, 2, 4, 8]
+    assert all(0 < p["p50_s"] <= p["p99_s"] and p["rows_per_s"] > 0 for p in points)
+    bad = subprocess.run(
+        [str(binary_path()), "curve", str(spec_path)], capture_output=True, text=True, timeout=30
+    )
+    assert (bad.returncode, bad.stderr.split(":")[0]) == (2, "usage")
+
+
 def test_a_data_plane_whose_control_plane_is_killed_stops(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> None:
@@ -387,7 +419,7 @@ from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.config import Settings
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlane, Signature, model_spec
+from driftline.services.inference.dataplane import DataPlane, Signature, binary_path, model_spec, ort_library
 settings = Settings(
     kafka=KafkaSettings(bootstrap_servers={kafka_settings.bootstrap_servers!r}),
     redis=RedisSettings(url={redis_settings.url!r}),

@@ -2,6 +2,8 @@
 //!
 //!     driftline-dataplane serve SPEC.json                  # Predict/PredictBatch, control, /metrics
 //!     driftline-dataplane echo PORT_FILE [FEATURE ...]     # the benchmark's echo on tonic
+//!     driftline-dataplane curve SPEC.pb ORT_LIBRARY MAX_BATCH SECONDS_PER_POINT
+//!                                                          # the benchmark's curve (`curve`)
 //!
 //! The Python control plane (`driftline.services.inference.dataplane`) writes the spec, starts
 //! the process, and loads models into it over the control socket. Once the public port, the
@@ -16,6 +18,7 @@
 
 mod batch;
 mod control;
+mod curve;
 mod echo;
 mod jsonlog;
 mod kserve;
@@ -281,6 +284,20 @@ fn workers_of(spec_path: &Path) -> usize {
 enum Command {
     Serve(PathBuf),
     Echo(PathBuf, Vec<String>),
+    Curve {
+        spec: PathBuf,
+        ort_library: String,
+        max_batch: usize,
+        seconds_per_point: f64,
+    },
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: driftline-dataplane serve SPEC.json | echo PORT_FILE [FEATURE ...] \
+         | curve SPEC.pb ORT_LIBRARY MAX_BATCH SECONDS_PER_POINT"
+    );
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -290,14 +307,20 @@ fn main() -> ExitCode {
         Some("echo") if args.len() >= 2 => {
             Command::Echo(PathBuf::from(&args[1]), args[2..].to_vec())
         }
-        _ => {
-            eprintln!("usage: driftline-dataplane serve SPEC.json | echo PORT_FILE [FEATURE ...]");
-            return ExitCode::from(2);
-        }
+        Some("curve") if args.len() == 5 => match (args[3].parse(), args[4].parse()) {
+            (Ok(max_batch), Ok(seconds_per_point)) => Command::Curve {
+                spec: PathBuf::from(&args[1]),
+                ort_library: args[2].clone(),
+                max_batch,
+                seconds_per_point,
+            },
+            _ => return usage(),
+        },
+        _ => return usage(),
     };
     let workers = match &command {
         Command::Serve(spec) => workers_of(spec),
-        Command::Echo(..) => 2,
+        Command::Echo(..) | Command::Curve { .. } => 2,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -314,6 +337,20 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(spec) => serve(&spec).await,
             Command::Echo(port_file, features) => echo(&port_file, features).await,
+            Command::Curve {
+                spec,
+                ort_library,
+                max_batch,
+                seconds_per_point,
+            } => {
+                curve::run(curve::Curve {
+                    spec_path: &spec,
+                    ort_library: &ort_library,
+                    max_batch,
+                    seconds_per_point,
+                })
+                .await
+            }
         }
     });
     match outcome {
