@@ -61,7 +61,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from driftline.services.inference.runtime import Device, RuntimeOptions, SessionFactory
+from driftline.services.inference.runtime import Device, OnnxModel, RuntimeOptions, SessionFactory
 from driftline.services.inference.testing import logistic_model, mlp_model
 
 console = Console(width=180)
@@ -399,7 +399,7 @@ async def _redis_read_p50(prefix: str, entities: list[str], rows: int) -> float:
         started = time.perf_counter()
         await store.read_frame(ids)  # the service's read: one round trip, the rows column-wise
         samples.append((time.perf_counter() - started) * 1e6)
-    await client.aclose()  # type: ignore[attr-defined]
+    await client.aclose()
     return _pct(samples[300:], 0.5)
 
 
@@ -875,53 +875,45 @@ def run_curve(
     _plot({"session run": points}, title, plot)
 
 
-def run_dataplane_curve(
-    device: str, max_batch: int, plot: Path, seconds_per_point: float, model_kind: str, hidden: int
-) -> None:
-    """The compiled data plane's curve: its model loaded as ``LoadModel`` loads it (the device
-    the control plane's session chose, I/O binding on CUDA), each size run through its batcher
-    as a lone call (``driftline-dataplane curve``), against the same session sizes run by ONNX
-    Runtime in this process (the Python runtime, I/O binding on CUDA) in the same run."""
+def _dataplane_kit(
+    directory: Path, device: str, model_kind: str, hidden: int
+) -> tuple[Path, bytes, OnnxModel]:
+    """Writes ``model.onnx`` and ``spec.pb`` (the ``ModelSpec`` the control plane would send, its
+    path as ``directory`` names it) for ``driftline-dataplane curve``; returns the spec's path,
+    the model and the session this process loaded it in (on ``device`` where that works here).
+    ``device=cuda`` asks the data plane for CUDA even where this process has none: a kit for a
+    GPU machine."""
     from driftline.featurestore import TRANSACTION_FEATURES
     from driftline.services.inference.config import Settings
-    from driftline.services.inference.dataplane import binary_path, model_spec, ort_library
-    from driftline.services.inference.models import ModelMeta, score_output
+    from driftline.services.inference.dataplane import model_spec
+    from driftline.services.inference.models import ModelMeta
 
     threads = os.cpu_count() or 1
-    factory = SessionFactory(RuntimeOptions(device=Device(device), intra_op_threads=threads))
-    data, description = _curve_model(model_kind, hidden)
-    runtime = factory.load(data)
-    workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-curve")
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        artifact = workdir / "model.onnx"
-        artifact.write_bytes(data)
-        meta = ModelMeta("bench", 1, hashlib.sha256(data).hexdigest(), features())
-        spec = model_spec(
-            Settings(intra_op_threads=threads),
-            feature_set=TRANSACTION_FEATURES,
-            artifact=data,
-            meta=meta,
-            path=artifact,
-            runtime=runtime,
-        )
-        spec_path = workdir / "spec.pb"
-        spec_path.write_bytes(spec.SerializeToString())
-        args = [str(binary_path()), "curve", str(spec_path), str(ort_library()), str(max_batch)]
-        out = subprocess.run([*args, str(seconds_per_point)], capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(
-                f"driftline-dataplane curve failed: {out.stderr.strip() or out.stdout.strip()}"
-            )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    head, *lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    provider = head["provider"]
-    console.print(
-        f"device: {_device_name(provider)}; data plane: {provider}, I/O binding {head['io_binding']}; "
-        f"this process: {runtime.provider}, I/O binding {runtime.use_io_binding}; model: {description}"
+    data, _ = _curve_model(model_kind, hidden)
+    here = Device.CPU if device == "cuda" and shutil.which("nvidia-smi") is None else Device(device)
+    runtime = SessionFactory(RuntimeOptions(device=here, intra_op_threads=threads)).load(data)
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact = directory / "model.onnx"
+    artifact.write_bytes(data)
+    spec = model_spec(
+        Settings(intra_op_threads=threads),
+        feature_set=TRANSACTION_FEATURES,
+        artifact=data,
+        meta=ModelMeta("bench", 1, hashlib.sha256(data).hexdigest(), features()),
+        path=artifact,
+        runtime=runtime,
     )
-    # The data plane's scores on its device against a CPU session's in this process.
+    if device == "cuda":
+        spec.device = "cuda"  # fails the load where CUDA does not work: never a silent CPU curve
+    spec_path = directory / "spec.pb"
+    spec_path.write_bytes(spec.SerializeToString())
+    return spec_path, data, runtime
+
+
+def _score_check(head: dict, data: bytes) -> None:
+    """The data plane's scores of its check rows on its device against a CPU session's here."""
+    from driftline.services.inference.models import score_output
+
     cpu = SessionFactory(RuntimeOptions(device=Device.CPU)).load(data)
     rows = np.asarray(head["check"]["rows"], dtype=np.float32)
     output = cpu.run({cpu.inputs[0].name: rows})[score_output(cpu.outputs) or 0]
@@ -931,40 +923,94 @@ def run_dataplane_curve(
     gap = float(np.max(np.abs(np.asarray(head["check"]["scores"]) - expected)))
     verdict = "agree" if gap <= 1e-4 else "DISAGREE"
     console.print(
-        f"scores of 8 rows, data plane on {provider} vs CPU in this process: max gap {gap:.2e} ({verdict})"
+        f"scores of 8 rows, data plane on {head['provider']} vs CPU in this process: "
+        f"max gap {gap:.2e} ({verdict})"
     )
+
+
+def run_dataplane_curve(
+    device: str,
+    max_batch: int,
+    plot: Path,
+    seconds_per_point: float,
+    model_kind: str,
+    hidden: int,
+    kit: Path | None = None,
+    results: Path | None = None,
+) -> None:
+    """The compiled data plane's curve: its model loaded as ``LoadModel`` loads it (the device
+    the control plane's session chose, I/O binding on CUDA), each size run through its batcher
+    as a lone call (``driftline-dataplane curve``), against the same session sizes run by ONNX
+    Runtime in this process (the Python runtime, I/O binding on CUDA) in the same run.
+
+    ``kit``: only write the spec and model for a run elsewhere (a GPU machine, with the binary
+    and the GPU wheel's ``libonnxruntime.so``); ``results``: show that run's JSON lines (with no
+    in-process baseline, which is that machine's to measure)."""
+    from driftline.services.inference.dataplane import binary_path, ort_library
+
+    _, description = _curve_model(model_kind, hidden)
+    if kit is not None:
+        spec_path, _, _ = _dataplane_kit(kit, device, model_kind, hidden)
+        console.print(
+            f"wrote {spec_path} and {kit / 'model.onnx'} ({description}, device {device}); run there, from "
+            f"this directory:\n  driftline-dataplane curve {spec_path} LIBONNXRUNTIME {max_batch} "
+            f"{seconds_per_point} > curve.jsonl"
+        )
+        return
+    runtime: OnnxModel | None = None
+    if results is not None:
+        data, _ = _curve_model(model_kind, hidden)
+        text = results.read_text()
+    else:
+        workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-curve")
+        try:
+            spec_path, data, runtime = _dataplane_kit(workdir, device, model_kind, hidden)
+            args = [str(binary_path()), "curve", str(spec_path), str(ort_library()), str(max_batch)]
+            out = subprocess.run([*args, str(seconds_per_point)], capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(
+                    f"driftline-dataplane curve failed: {out.stderr.strip() or out.stdout.strip()}"
+                )
+            text = out.stdout
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    head, *lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    provider = head["provider"]
+    where = _device_name(provider) if results is None else f"the machine that wrote {results.name}"
+    console.print(
+        f"device: {where}; data plane: {provider}, I/O binding {head['io_binding']}"
+        + (f"; this process: {runtime.provider}, I/O binding {runtime.use_io_binding}" if runtime else "")
+        + f"; model: {description}"
+    )
+    _score_check(head, data)
     rng = np.random.default_rng(0)
-    table = Table(title=f"data plane runs (through its batcher) vs ONNX Runtime in this process, {provider}")
-    for column in (
-        "batch",
-        "data plane p50 ms",
-        "p99 ms",
-        "rows/s",
-        "in-process p50 ms",
-        "rows/s ",
-        "p50 ratio",
-    ):
+    title = "data plane runs (through its batcher)" + (" vs ONNX Runtime in this process" if runtime else "")
+    table = Table(title=f"{title}, {provider}")
+    columns = ["batch", "data plane p50 ms", "p99 ms", "rows/s"]
+    if runtime is not None:
+        columns += ["in-process p50 ms", "rows/s ", "p50 ratio"]
+    for column in columns:
         table.add_column(column, justify="right")
-    served, raw = [], []
+    curves: dict[str, list[tuple[int, float, float]]] = {"data plane (batcher + run)": []}
     for point in lines:
         batch = point["batch"]
-        x = {"input": rng.uniform(-1, 1, size=(batch, N_FEATURES)).astype(np.float32)}
-        samples = _timed(functools.partial(runtime.run, x), seconds_per_point)
-        p50, rows_s = _pct(samples, 0.5), batch / statistics.mean(samples)
-        served.append((batch, point["p50_s"], point["rows_per_s"]))
-        raw.append((batch, p50, rows_s))
-        table.add_row(
+        curves["data plane (batcher + run)"].append((batch, point["p50_s"], point["rows_per_s"]))
+        row = [
             str(batch),
             f"{point['p50_s'] * 1e3:.3f}",
             f"{point['p99_s'] * 1e3:.3f}",
             f"{point['rows_per_s']:.0f}",
-            f"{p50 * 1e3:.3f}",
-            f"{rows_s:.0f}",
-            f"{point['p50_s'] / p50:.2f}",
-        )
+        ]
+        if runtime is not None:
+            x = {"input": rng.uniform(-1, 1, size=(batch, N_FEATURES)).astype(np.float32)}
+            samples = _timed(functools.partial(runtime.run, x), seconds_per_point)
+            p50, rows_s = _pct(samples, 0.5), batch / statistics.mean(samples)
+            curves.setdefault("in-process session run", []).append((batch, p50, rows_s))
+            row += [f"{p50 * 1e3:.3f}", f"{rows_s:.0f}", f"{point['p50_s'] / p50:.2f}"]
+        table.add_row(*row)
     console.print(table)
-    title = f"Driftline data plane vs in-process ONNX Runtime: {_device_name(provider)}, {provider}"
-    _plot({"data plane (batcher + run)": served, "in-process session run": raw}, title, plot)
+    title = f"Driftline data plane{' vs in-process ONNX Runtime' if runtime else ''}: {where}, {provider}"
+    _plot(curves, title, plot)
 
 
 def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: Path) -> None:
@@ -1042,6 +1088,16 @@ def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: P
     default=Path("/tmp/driftline-bench/inference_curve.png"),
     show_default=True,
 )
+@click.option(
+    "--kit",
+    type=click.Path(path_type=Path),
+    help="dataplane-curve: only write the spec and model for a run of driftline-dataplane curve elsewhere.",
+)
+@click.option(
+    "--results",
+    type=click.Path(exists=True, path_type=Path),
+    help="dataplane-curve: show the JSON lines such a run wrote.",
+)
 @click.option("--serve", type=click.Choice(["echo", "echo-kit", "inference"]), hidden=True)
 @click.option("--port-file", type=click.Path(path_type=Path), hidden=True)
 @click.option("--prefix", default="", hidden=True)
@@ -1056,6 +1112,8 @@ def main(
     hidden: int,
     view: str,
     plot: Path,
+    kit: Path | None,
+    results: Path | None,
     serve: str | None,
     port_file: Path | None,
     prefix: str,
@@ -1075,7 +1133,7 @@ def main(
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
     if only == "dataplane-curve":
-        run_dataplane_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
+        run_dataplane_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden, kit, results)
 
 
 if __name__ == "__main__":

@@ -523,6 +523,7 @@ async def test_the_service_serves_through_its_data_plane_and_hands_it_every_cham
     champion = stack.app.slots.champion
     assert champion is not None
     assert isinstance(champion.runtime, Signature)
+    assert champion.batcher.batches == 0
 
 
 async def test_a_data_plane_that_dies_is_started_again_with_its_models(
