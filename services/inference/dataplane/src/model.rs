@@ -256,7 +256,7 @@ struct SessionRunner {
     dtype: Dtype,
     width: usize,
     outputs: Vec<(String, Kind)>,
-    /// Runs go through this binding (see `bound`); `None`: through `Session::run`.
+    /// Runs go through this binding (see `run_on`); `None`: through `Session::run`.
     binding: Option<IoBinding>,
 }
 
