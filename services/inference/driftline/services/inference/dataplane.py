@@ -227,6 +227,9 @@ class DataPlane:
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
         self._channel: grpc.Channel | None = None
+        # Starts, restarts and stops one at a time: a stop while a restart is starting the
+        # process waits for it, then stops the new process rather than leave it running.
+        self._lifecycle = threading.RLock()
         self.port = 0
         self.metrics_port = 0
 
@@ -242,6 +245,10 @@ class DataPlane:
 
     def start(self, timeout_s: float = 30.0) -> int:
         """Runs the process; returns its public port once it listens."""
+        with self._lifecycle:
+            return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> int:
         binary = binary_path()
         if not binary.exists():
             raise FileNotFoundError(f"{binary} is not built: run make dataplane")
@@ -264,7 +271,7 @@ class DataPlane:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the data plane exited with {self._process.returncode}: {self._tail()}")
             if time.monotonic() > deadline:
-                self.stop()
+                self._stop(5.0)  # this process only: a restart may try again
                 raise TimeoutError(f"the data plane did not listen within {timeout_s} s: {self._tail()}")
             time.sleep(0.02)
         ports = json.loads(port_file.read_text())
@@ -339,6 +346,10 @@ class DataPlane:
 
     def restart(self, timeout_s: float = 30.0) -> int:
         """Start it again after it exited, on the same addresses; it holds no model until loaded."""
+        with self._lifecycle:
+            return self._restart(timeout_s)
+
+    def _restart(self, timeout_s: float) -> int:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -353,7 +364,11 @@ class DataPlane:
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status (None: never started).
         A stopped data plane is not restarted."""
-        self._stopped = True
+        self._stopped = True  # before the lock: a restart waiting for it then gives up
+        with self._lifecycle:
+            return self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> int | None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import signal
+import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from driftline.featurestore import TRANSACTION_FEATURES
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlaneMirror, Signature, build_spec
+from driftline.services.inference.dataplane import DataPlane, DataPlaneMirror, Signature, build_spec
 from driftline.services.inference.models import ModelMeta, Role
 from driftline.services.inference.testing import FakeRuntime
 
@@ -93,3 +96,44 @@ def test_the_mirror_keeps_a_signature_and_lets_the_session_go() -> None:
     assert mirror.replay() == [1, 2]
     assert [(version, role) for version, _, role in plane.loads] == [(1, Role.CHAMPION), (2, Role.CHALLENGER)]
     assert all(isinstance(runtime, Signature) for _, runtime, _ in plane.loads)
+
+
+class FakeProcess:
+    """A ``subprocess.Popen`` as ``DataPlane`` uses it."""
+
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        self.returncode = -sig
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+def test_a_stop_during_a_restart_stops_the_process_the_restart_started(tmp_path: Path) -> None:
+    plane = DataPlane(Settings(), feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=tmp_path)
+    plane._process = FakeProcess(returncode=1)  # type: ignore[assignment]  # it exited on its own
+    restarted = FakeProcess(returncode=None)
+    starting = threading.Event()
+
+    def slow_start(timeout_s: float) -> int:
+        starting.set()
+        time.sleep(0.3)  # the new process is not listening yet when the stop comes
+        plane._process = restarted  # type: ignore[assignment]
+        return 1
+
+    plane._start = slow_start  # type: ignore[method-assign]
+    restart = threading.Thread(target=plane.restart)
+    restart.start()
+    assert starting.wait(5)
+    assert plane.stop() == -signal.SIGTERM  # it waited for the restart, then stopped its process
+    restart.join(5)
+    assert restarted.signals == [signal.SIGTERM]
+    with pytest.raises(RuntimeError, match="was stopped"):
+        plane.restart()
