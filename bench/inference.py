@@ -59,6 +59,7 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from driftline.services.inference.runtime import Device, OnnxModel, RuntimeOptions, SessionFactory
@@ -937,11 +938,13 @@ def run_dataplane_curve(
     hidden: int,
     kit: Path | None = None,
     results: Path | None = None,
+    rounds: int = 3,
 ) -> None:
     """The compiled data plane's curve: its model loaded as ``LoadModel`` loads it (the device
     the control plane's session chose, I/O binding on CUDA), each size run through its batcher
     as a lone call (``driftline-dataplane curve``), against the same session sizes run by ONNX
-    Runtime in this process (the Python runtime, I/O binding on CUDA) in the same run.
+    Runtime in this process (the Python runtime, I/O binding on CUDA) in the same run, in
+    ``rounds`` alternating rounds (medians reported).
 
     ``kit``: only write the spec and model for a run elsewhere (a GPU machine, with the binary
     and the GPU wheel's ``libonnxruntime.so``); ``results``: show that run's JSON lines (with no
@@ -958,23 +961,39 @@ def run_dataplane_curve(
         )
         return
     runtime: OnnxModel | None = None
+    # Per batch size, each round's (p50 s, p99 s, rows/s): the data plane's, then this process's.
+    served: dict[int, list[tuple[float, float, float]]] = {}
+    raw: dict[int, list[tuple[float, float, float]]] = {}
     if results is not None:
         data, _ = _curve_model(model_kind, hidden)
-        text = results.read_text()
+        head, *lines = _curve_lines(results.read_text())
+        for point in lines:
+            served[point["batch"]] = [(point["p50_s"], point["p99_s"], point["rows_per_s"])]
     else:
         workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-curve")
+        rng = np.random.default_rng(0)
         try:
             spec_path, data, runtime = _dataplane_kit(workdir, device, model_kind, hidden)
             args = [str(binary_path()), "curve", str(spec_path), str(ort_library()), str(max_batch)]
-            out = subprocess.run([*args, str(seconds_per_point)], capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise RuntimeError(
-                    f"driftline-dataplane curve failed: {out.stderr.strip() or out.stdout.strip()}"
+            # Rounds alternate between the two, so a change in the machine's speed falls on both.
+            for _ in track(range(rounds), description="rounds", console=console):
+                out = subprocess.run(
+                    [*args, str(seconds_per_point)], capture_output=True, text=True, check=False
                 )
-            text = out.stdout
+                if out.returncode != 0:
+                    raise RuntimeError(
+                        f"driftline-dataplane curve failed: {out.stderr.strip() or out.stdout.strip()}"
+                    )
+                head, *lines = _curve_lines(out.stdout)
+                for point in lines:
+                    batch = point["batch"]
+                    served.setdefault(batch, []).append((point["p50_s"], point["p99_s"], point["rows_per_s"]))
+                    x = {"input": rng.uniform(-1, 1, size=(batch, N_FEATURES)).astype(np.float32)}
+                    samples = _timed(functools.partial(runtime.run, x), seconds_per_point)
+                    p50, p99 = _pct(samples, 0.5), _pct(samples, 0.99)
+                    raw.setdefault(batch, []).append((p50, p99, batch / statistics.mean(samples)))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    head, *lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     provider = head["provider"]
     where = _device_name(provider) if results is None else f"the machine that wrote {results.name}"
     console.print(
@@ -983,34 +1002,47 @@ def run_dataplane_curve(
         + f"; model: {description}"
     )
     _score_check(head, data)
-    rng = np.random.default_rng(0)
     title = "data plane runs (through its batcher)" + (" vs ONNX Runtime in this process" if runtime else "")
-    table = Table(title=f"{title}, {provider}")
+    rounds_seen = len(next(iter(served.values())))
+    table = Table(title=f"{title}, {provider}; medians of {rounds_seen} round(s)")
     columns = ["batch", "data plane p50 ms", "p99 ms", "rows/s"]
     if runtime is not None:
-        columns += ["in-process p50 ms", "rows/s ", "p50 ratio"]
+        columns += ["in-process p50 ms", "p99 ms ", "rows/s ", "p50 ratio", "p50 ratio per round"]
     for column in columns:
         table.add_column(column, justify="right")
     curves: dict[str, list[tuple[int, float, float]]] = {"data plane (batcher + run)": []}
-    for point in lines:
-        batch = point["batch"]
-        curves["data plane (batcher + run)"].append((batch, point["p50_s"], point["rows_per_s"]))
-        row = [
-            str(batch),
-            f"{point['p50_s'] * 1e3:.3f}",
-            f"{point['p99_s'] * 1e3:.3f}",
-            f"{point['rows_per_s']:.0f}",
-        ]
+
+    def medians(points: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+        return (
+            statistics.median(p[0] for p in points),
+            statistics.median(p[1] for p in points),
+            statistics.median(p[2] for p in points),
+        )
+
+    for batch, points in served.items():
+        p50, p99, rows_s = medians(points)
+        curves["data plane (batcher + run)"].append((batch, p50, rows_s))
+        row = [str(batch), f"{p50 * 1e3:.3f}", f"{p99 * 1e3:.3f}", f"{rows_s:.0f}"]
         if runtime is not None:
-            x = {"input": rng.uniform(-1, 1, size=(batch, N_FEATURES)).astype(np.float32)}
-            samples = _timed(functools.partial(runtime.run, x), seconds_per_point)
-            p50, rows_s = _pct(samples, 0.5), batch / statistics.mean(samples)
-            curves.setdefault("in-process session run", []).append((batch, p50, rows_s))
-            row += [f"{p50 * 1e3:.3f}", f"{rows_s:.0f}", f"{point['p50_s'] / p50:.2f}"]
+            base50, base99, base_rows = medians(raw[batch])
+            curves.setdefault("in-process session run", []).append((batch, base50, base_rows))
+            each = " ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(points, raw[batch], strict=True))
+            row += [
+                f"{base50 * 1e3:.3f}",
+                f"{base99 * 1e3:.3f}",
+                f"{base_rows:.0f}",
+                f"{p50 / base50:.2f}",
+                each,
+            ]
         table.add_row(*row)
     console.print(table)
     title = f"Driftline data plane{' vs in-process ONNX Runtime' if runtime else ''}: {where}, {provider}"
     _plot(curves, title, plot)
+
+
+def _curve_lines(text: str) -> list[dict]:
+    """``driftline-dataplane curve``'s JSON lines: its head, then a point per batch size."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: Path) -> None:
@@ -1098,6 +1130,7 @@ def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: P
     type=click.Path(exists=True, path_type=Path),
     help="dataplane-curve: show the JSON lines such a run wrote.",
 )
+@click.option("--rounds", default=3, show_default=True, help="dataplane-curve: alternating rounds.")
 @click.option("--serve", type=click.Choice(["echo", "echo-kit", "inference"]), hidden=True)
 @click.option("--port-file", type=click.Path(path_type=Path), hidden=True)
 @click.option("--prefix", default="", hidden=True)
@@ -1114,6 +1147,7 @@ def main(
     plot: Path,
     kit: Path | None,
     results: Path | None,
+    rounds: int,
     serve: str | None,
     port_file: Path | None,
     prefix: str,
@@ -1133,7 +1167,9 @@ def main(
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
     if only == "dataplane-curve":
-        run_dataplane_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden, kit, results)
+        run_dataplane_curve(
+            device, max_batch, plot, seconds_per_point, model_kind, hidden, kit, results, rounds
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 //! A model version on ONNX Runtime's C API (through `ort`, loading the shared library the Python
 //! package ships): one session, tuned for small models as the Python runtime tunes its own (one
-//! intra-op thread, no inter-op pool, every graph optimisation), on CUDA when the spec asks for
-//! it and it works (with an I/O binding there, as the Python runtime), checked against its
-//! digest and its spec, warmed, then handed to the thread of its batcher (`batch`), which owns
-//! it from then on.
+//! intra-op thread, no inter-op pool, no spinning, every graph optimisation), on CUDA when the
+//! spec asks for it and it works (with an I/O binding there, as the Python runtime), checked
+//! against its digest and its spec, warmed, then handed to the thread of its batcher (`batch`),
+//! which owns it from then on.
 
 use std::time::{Duration, Instant};
 
@@ -202,7 +202,10 @@ fn session(spec: &ModelSpec, bytes: &[u8]) -> Result<(Session, &'static str), Mo
         Session::builder()?
             .with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(spec.intra_threads.max(1) as usize)?
-            .with_inter_threads(1)
+            .with_inter_threads(1)?
+            // As the Python runtime: idle pool threads (more than one intra-op thread) would
+            // spin on the cores the server's workers need.
+            .with_intra_op_spinning(false)
     };
     // As the Python runtime sets it: heuristic convolution search, and no TF32 matmuls (they
     // move scores by ~1e-4; the GPU must give the CPU's answers).
