@@ -418,8 +418,7 @@ from driftline.featurestore import TRANSACTION_FEATURES
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.config import Settings
-from driftline.services.inference.config import Settings
-from driftline.services.inference.dataplane import DataPlane, Signature, binary_path, model_spec, ort_library
+from driftline.services.inference.dataplane import DataPlane
 settings = Settings(
     kafka=KafkaSettings(bootstrap_servers={kafka_settings.bootstrap_servers!r}),
     redis=RedisSettings(url={redis_settings.url!r}),
