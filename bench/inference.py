@@ -891,7 +891,8 @@ def _dataplane_kit(
 
     threads = os.cpu_count() or 1
     data, _ = _curve_model(model_kind, hidden)
-    here = Device.CPU if device == "cuda" and shutil.which("nvidia-smi") is None else Device(device)
+    # For a kit made on a machine without CUDA, this process's session falls back to the CPU.
+    here = Device.AUTO if device == "cuda" else Device(device)
     runtime = SessionFactory(RuntimeOptions(device=here, intra_op_threads=threads)).load(data)
     directory.mkdir(parents=True, exist_ok=True)
     artifact = directory / "model.onnx"
@@ -913,14 +914,11 @@ def _dataplane_kit(
 
 def _score_check(head: dict, data: bytes) -> None:
     """The data plane's scores of its check rows on its device against a CPU session's here."""
-    from driftline.services.inference.models import score_output
+    from driftline.services.inference.models import score_column, score_output
 
     cpu = SessionFactory(RuntimeOptions(device=Device.CPU)).load(data)
     rows = np.asarray(head["check"]["rows"], dtype=np.float32)
-    output = cpu.run({cpu.inputs[0].name: rows})[score_output(cpu.outputs) or 0]
-    expected = (
-        output[:, 1] if output.ndim == 2 and output.shape[1] >= 2 else output.reshape(len(rows), -1)[:, 0]
-    )
+    expected = score_column(cpu.run({cpu.inputs[0].name: rows})[score_output(cpu.outputs) or 0])
     gap = float(np.max(np.abs(np.asarray(head["check"]["scores"]) - expected)))
     verdict = "agree" if gap <= 1e-4 else "DISAGREE"
     console.print(
@@ -1012,12 +1010,8 @@ def run_dataplane_curve(
         table.add_column(column, justify="right")
     curves: dict[str, list[tuple[int, float, float]]] = {"data plane (batcher + run)": []}
 
-    def medians(points: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-        return (
-            statistics.median(p[0] for p in points),
-            statistics.median(p[1] for p in points),
-            statistics.median(p[2] for p in points),
-        )
+    def medians(points: list[tuple[float, float, float]]) -> tuple[float, ...]:
+        return tuple(statistics.median(column) for column in zip(*points, strict=True))
 
     for batch, points in served.items():
         p50, p99, rows_s = medians(points)

@@ -8,9 +8,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::model::Role;
-use tokio::net::TcpListener;
 
 /// The service's metrics (`driftline_inference_*`), named and labelled as the Python service's
 /// `metrics.py` defines them, so one set of dashboards and alerts reads whichever path serves

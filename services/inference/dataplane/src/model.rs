@@ -14,7 +14,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionOutputs};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
-use ort::value::{TensorRef, ValueType};
+use ort::value::{DynValue, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
 use prost::Message;
@@ -289,6 +289,7 @@ impl SessionRunner {
         // once, straight from the caller's buffer, and each output once into host memory ONNX
         // Runtime allocates for it. Outputs are bound again on every run: a bound output keeps
         // the last run's buffer, which a batch of another size cannot reuse.
+        // Made per run (a small allocation): ort's `MemoryInfo` cannot move to the model's thread.
         let host = MemoryInfo::new(
             AllocationDevice::CPU,
             0,
@@ -317,40 +318,34 @@ fn extracted(
     wanted: &[(String, Kind)],
     outputs: &SessionOutputs<'_>,
 ) -> Result<Vec<Tensor>, ort::Error> {
-    let dims = |shape: &ort::tensor::Shape| {
-        shape
+    wanted
+        .iter()
+        .map(|(name, kind)| {
+            let value = &outputs[name.as_str()];
+            match kind {
+                Kind::F32 => copied(value, Data::F32),
+                Kind::F64 => copied(value, Data::F64),
+                Kind::I64 => copied(value, Data::I64),
+                Kind::I32 => copied(value, Data::I32),
+                Kind::Bool => copied(value, Data::Bool),
+            }
+        })
+        .collect()
+}
+
+/// One output of element type `T`, copied out as `wrap` holds it.
+fn copied<T: PrimitiveTensorElementType + Clone + std::fmt::Debug>(
+    value: &DynValue,
+    wrap: fn(Vec<T>) -> Data,
+) -> Result<Tensor, ort::Error> {
+    let (shape, values) = value.try_extract_tensor::<T>()?;
+    Ok(Tensor {
+        shape: shape
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(0))
-            .collect::<Vec<_>>()
-    };
-    let mut tensors = Vec::with_capacity(wanted.len());
-    for (name, kind) in wanted {
-        let value = &outputs[name.as_str()];
-        let (shape, data) = match kind {
-            Kind::F32 => {
-                let (s, d) = value.try_extract_tensor::<f32>()?;
-                (dims(s), Data::F32(d.to_vec()))
-            }
-            Kind::F64 => {
-                let (s, d) = value.try_extract_tensor::<f64>()?;
-                (dims(s), Data::F64(d.to_vec()))
-            }
-            Kind::I64 => {
-                let (s, d) = value.try_extract_tensor::<i64>()?;
-                (dims(s), Data::I64(d.to_vec()))
-            }
-            Kind::I32 => {
-                let (s, d) = value.try_extract_tensor::<i32>()?;
-                (dims(s), Data::I32(d.to_vec()))
-            }
-            Kind::Bool => {
-                let (s, d) = value.try_extract_tensor::<bool>()?;
-                (dims(s), Data::Bool(d.to_vec()))
-            }
-        };
-        tensors.push(Tensor { shape, data });
-    }
-    Ok(tensors)
+            .collect(),
+        data: wrap(values.to_vec()),
+    })
 }
 
 impl Runner for SessionRunner {

@@ -99,6 +99,15 @@ def score_output(outputs: Sequence[TensorSpec]) -> int | None:
     return floats[0] if floats else None
 
 
+def score_column(output: np.ndarray) -> np.ndarray:
+    """One float score per row of a score output: the positive-class column of a probability
+    matrix, or the single score column."""
+    out = np.asarray(output)
+    if out.ndim == 2:
+        out = out[:, 1] if out.shape[1] >= 2 else out[:, 0]
+    return out.reshape(-1).astype(np.float64, copy=False)
+
+
 def feature_input(inputs: Sequence[TensorSpec], names: Sequence[str]) -> TensorSpec | None:
     """The one 2-D float input Predict-by-entity fills with feature columns, if the model has it."""
     if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].dtype.kind != "f":
@@ -163,10 +172,7 @@ class ServingModel:
         single score column."""
         if self._score_output is None:
             raise ModelNotReady(f"model {self.name} v{self.version} has no float output to score with")
-        out = np.asarray(outputs[self._score_output])
-        if out.ndim == 2:
-            out = out[:, 1] if out.shape[1] >= 2 else out[:, 0]
-        return out.reshape(-1).astype(np.float64, copy=False)
+        return score_column(outputs[self._score_output])
 
     async def retire(self, timeout_s: float) -> None:
         """Wait for the requests still using this model (at most ``timeout_s``), then close it."""
