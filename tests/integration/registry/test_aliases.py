@@ -4,13 +4,15 @@ exactly one wins, the rest get ABORTED; every change reaches the real broker onc
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import grpc
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
-from driftline.kit.errors import Aborted, FailedPrecondition
+from driftline.kit.errors import Aborted, FailedPrecondition, PermissionDenied
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.testing import consume
 from driftline.registry.v1 import registry_pb2 as pb
@@ -122,6 +124,44 @@ async def test_history_and_lock_on_the_real_database(start_registry):
             "alias_set",
             "unlocked",
         ]
+
+
+async def test_a_lock_left_by_a_removed_token_is_forced_open_on_the_real_database(
+    start_registry, events_topic, kafka_settings
+):
+    before = {"ops": SecretStr("ops-token"), "admin": SecretStr("admin-token")}
+    _, old_address = await start_registry(tokens=before, lock_breakers=["admin"])
+    async with RegistryClient(old_address, "ops-token") as ops:
+        await ops.register(testing.register_request())
+        await ops.lock("fraud", "freeze", "incident 12")
+    # A replica on the same database whose TOKENS no longer hold the ops token.
+    after = {"admin": SecretStr("admin-token"), "trainer": SecretStr("trainer-token")}
+    _, address = await start_registry(tokens=after, lock_breakers=["admin"], outbox_enabled=False)
+    async with (
+        RegistryClient(address, "admin-token") as admin,
+        RegistryClient(address, "trainer-token") as trainer,
+    ):
+        with pytest.raises(PermissionDenied, match="token of ops"):
+            await trainer.set_alias("fraud", "champion", 1, 0, lock_owner="freeze")
+        with pytest.raises(PermissionDenied, match="token of ops"):
+            await admin.unlock("fraud", "freeze", "without force")
+
+        await admin.unlock("fraud", "freeze", "ops token revoked", force=True)
+
+        await trainer.set_alias("fraud", "champion", 1, 0)
+        forced = [r for r in await admin.list_audit("fraud") if r.action == "unlocked"]
+        assert [(r.actor, r.reason) for r in forced] == [("admin", "ops token revoked")]
+        assert json.loads(forced[0].before_json)["holder"] == "ops"
+        assert (await admin.verify_audit()).ok
+    # Every change reaches the broker through the first replica's relay, the forced one too.
+    messages = await asyncio.to_thread(consume, kafka_settings, events_topic.name, expected=4, timeout_s=30)
+    events = [pb.ModelEvent.FromString(m.value()) for m in messages]
+    assert [(e.type, e.actor) for e in events] == [
+        (pb.MODEL_EVENT_TYPE_VERSION_REGISTERED, "ops"),
+        (pb.MODEL_EVENT_TYPE_LOCKED, "ops"),
+        (pb.MODEL_EVENT_TYPE_UNLOCKED, "admin"),
+        (pb.MODEL_EVENT_TYPE_ALIAS_SET, "trainer"),
+    ]
 
 
 async def test_alias_moves_race_through_raw_grpc_status_codes(start_registry):

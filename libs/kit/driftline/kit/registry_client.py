@@ -163,10 +163,11 @@ class RegistryClient:
             self._stub.LockModel, pb.LockModelRequest(name=name, owner=owner, reason=reason)
         )
 
-    async def unlock(self, name: str, owner: str, reason: str = "") -> pb.ModelLock:
-        return await self._call(
-            self._stub.UnlockModel, pb.UnlockModelRequest(name=name, owner=owner, reason=reason)
-        )
+    async def unlock(self, name: str, owner: str, reason: str = "", *, force: bool = False) -> pb.ModelLock:
+        """Release OWNER's lock; ``force`` breaks one taken with another token (lock breakers
+        only, with a reason)."""
+        request = pb.UnlockModelRequest(name=name, owner=owner, reason=reason, force=force)
+        return await self._call(self._stub.UnlockModel, request)
 
     # --- Audit ----------------------------------------------------------------------------------
 

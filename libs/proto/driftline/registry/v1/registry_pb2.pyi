@@ -311,14 +311,16 @@ class LockModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class UnlockModelRequest(_message.Message):
-    __slots__ = ("name", "owner", "reason")
+    __slots__ = ("name", "owner", "reason", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner: str
     reason: str
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ModelLock(_message.Message):
     __slots__ = ("name", "owner", "locked")

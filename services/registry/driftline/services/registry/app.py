@@ -67,6 +67,7 @@ class RegistryApp:
             AuditLog(audit_key),
             clock=clock,
             on_change=self._notify_relay,
+            lock_breakers=settings.lock_breakers,
         )
         self.servicer = RegistryServicer(
             self.registry,

@@ -308,10 +308,15 @@ def lock(ctx: click.Context, name: str, owner: str, reason: str) -> None:
 @click.argument("name")
 @click.argument("owner")
 @click.option("--reason", default="")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Break a lock taken with another token (lock breakers only; needs --reason).",
+)
 @click.pass_context
-def unlock(ctx: click.Context, name: str, owner: str, reason: str) -> None:
+def unlock(ctx: click.Context, name: str, owner: str, reason: str, force: bool) -> None:
     """Release the deployment lock OWNER holds on NAME."""
-    result = _run(ctx, lambda c: c.unlock(name, owner, reason))
+    result = _run(ctx, lambda c: c.unlock(name, owner, reason, force=force))
     click.echo(f"{result.name} unlocked")
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, validator
+from pydantic import Field, SecretStr, root_validator, validator
 
 from driftline.kit.settings import (
     GrpcServerSettings,
@@ -35,6 +36,13 @@ class Settings(GrpcServerSettings):
     tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Named write tokens, JSON {"actor": "token"}; the audit log records the actor.',
+    )
+    lock_breakers: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Token names, JSON ["actor", ...], that may break a deployment lock held with another '
+            "token (UnlockModel with force, and a reason); empty: nobody can."
+        ),
     )
     require_token_for_reads: bool = Field(
         False, description="Also demand a bearer token on read RPCs (reads are open by default)."
@@ -90,6 +98,13 @@ class Settings(GrpcServerSettings):
         validate_token_names(tokens)
         return tokens
 
+    @root_validator(skip_on_failure=True)
+    def _lock_breakers_hold_tokens(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        unknown = sorted(set(values["lock_breakers"]) - set(_write_tokens(values["token"], values["tokens"])))
+        if unknown:
+            raise ValueError(f"lock_breakers must name configured tokens (TOKEN is 'default'): {unknown}")
+        return values
+
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite under data_dir."""
         if self.database_url:
@@ -101,7 +116,11 @@ class Settings(GrpcServerSettings):
 
     def write_tokens(self) -> dict[str, str]:
         """Actor name -> token, the shared token included as actor 'default'."""
-        found = {actor: secret.get_secret_value() for actor, secret in self.tokens.items()}
-        if self.token is not None and self.token.get_secret_value():
-            found.setdefault("default", self.token.get_secret_value())
-        return found
+        return _write_tokens(self.token, self.tokens)
+
+
+def _write_tokens(token: SecretStr | None, tokens: dict[str, SecretStr]) -> dict[str, str]:
+    found = {actor: secret.get_secret_value() for actor, secret in tokens.items()}
+    if token is not None and token.get_secret_value():
+        found.setdefault("default", token.get_secret_value())
+    return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -72,8 +72,10 @@ class Registry:
         *,
         clock: Callable[[], datetime] = utcnow,
         on_change: Callable[[], None] | None = None,
+        lock_breakers: Iterable[str] = (),
     ) -> None:
         self._db = database
+        self._lock_breakers = frozenset(lock_breakers)
         self._artifacts = artifacts
         self._validator = validator
         self._audit = audit
@@ -338,19 +340,36 @@ class Registry:
 
         return self._write(change)
 
-    def unlock(self, name: str, owner: str, *, reason: str = "", actor: str) -> ModelLock:
-        """Release the lock ``owner`` holds; idempotent when the model is not locked."""
+    def unlock(
+        self, name: str, owner: str, *, reason: str = "", actor: str, force: bool = False
+    ) -> ModelLock:
+        """Release the lock ``owner`` holds; idempotent when the model is not locked.
+
+        ``force`` breaks the lock whichever token took it (one since removed, or none a hand
+        edit left): only a lock breaker may, naming the owner it breaks and saying why, and the
+        ``unlocked`` record keeps both the holder's token and the fact that it was forced.
+        """
         security.validate_name(name)
         security.validate_owner(owner)
         reason = validation.check_reason(reason)
+        if force:
+            self._check_breaker(actor, reason)
 
-        def change(conn: Connection, now: datetime) -> ModelLock:
+        def change(conn: Connection, now: datetime) -> tuple[ModelLock, bool]:
+            """The lock, now released, and whether this call released it."""
             model = self._model(conn, name)
             if not model.locked:
-                return ModelLock(name, "", False)
+                return ModelLock(name, "", False), False
             if model.lock_owner != owner:
                 raise FailedPrecondition(f"model {name} is locked by {model.lock_owner}, not {owner}")
-            self._check_holder(conn, name, owner, actor)
+            before: dict[str, object] = {"locked": True, "owner": owner}
+            after: dict[str, object] = {"locked": False, "owner": ""}
+            if force:
+                holder = self._audit.last_actor(conn, model_name=name, subject=owner, action=Action.LOCKED)
+                before["holder"] = security.principal(holder) if holder is not None else ""
+                after["forced"] = True
+            else:
+                self._check_holder(conn, name, owner, actor)
             if not repo.release_lock(conn, name, owner):
                 raise Aborted(f"the lock on {name} changed concurrently")
             record = self._audit.append(
@@ -361,13 +380,16 @@ class Registry:
                 model_name=name,
                 subject=owner,
                 reason=reason,
-                before={"locked": True, "owner": owner},
-                after={"locked": False, "owner": ""},
+                before=before,
+                after=after,
             )
             self._announce(conn, record)
-            return ModelLock(name, "", False)
+            return ModelLock(name, "", False), True
 
-        return self._write(change)
+        released, changed = self._write(change)
+        if force and changed:
+            log.warning("lock_forced_open", model=name, owner=owner, actor=actor, reason=reason)
+        return released
 
     # --- Audit ----------------------------------------------------------------------------------
 
@@ -488,22 +510,33 @@ class Registry:
             )
         self._check_holder(conn, model.name, model.lock_owner, actor)
 
+    def _check_breaker(self, actor: str, reason: str) -> None:
+        """Breaking another token's lock is for the tokens named in LOCK_BREAKERS, on the
+        record: the reason is what the next reader of the audit log needs."""
+        if security.principal(actor) not in self._lock_breakers:
+            raise PermissionDenied(
+                f"only a lock breaker may force an unlock; {security.principal(actor)} is not one "
+                "(DRIFTLINE_REGISTRY_LOCK_BREAKERS)"
+            )
+        if not reason:
+            raise InvalidArgument("a forced unlock needs a reason")
+
     def _check_holder(self, conn: Connection, name: str, owner: str, actor: str) -> None:
         """A held lock binds its owner's name to the token that took it: the name is no secret
         (the audit log shows it, and so does a refusal), so the name alone would let every
         token through. The holder is the actor of the lock's ``locked`` audit record, written in
         the same transaction as the lock; a lock without one (a database edited by hand) lets no
-        token through."""
+        token through; a lock breaker's forced unlock (``unlock(force=True)``) still can."""
         holder = self._audit.last_actor(conn, model_name=name, subject=owner, action=Action.LOCKED)
         if holder is None:
             raise PermissionDenied(
                 f"model {name} is locked by {owner}, but no audit record says with which token; "
-                "only an edit of the registry's database can release it"
+                "only a lock breaker's forced unlock can release it"
             )
         if security.principal(holder) != security.principal(actor):
             raise PermissionDenied(
                 f"model {name} was locked with the token of {security.principal(holder)}; "
-                "only that token may move its aliases or unlock it"
+                "only that token may move its aliases or unlock it (or a lock breaker force it open)"
             )
 
     @staticmethod

@@ -149,7 +149,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.ModelLock:
         actor = self._actor(context)
         lock = await self._run(
-            self._registry.unlock, request.name, request.owner, reason=request.reason, actor=actor
+            self._registry.unlock,
+            request.name,
+            request.owner,
+            reason=request.reason,
+            actor=actor,
+            force=request.force,
         )
         return convert.lock_to_pb(lock)
 

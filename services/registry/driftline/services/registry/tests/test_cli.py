@@ -37,6 +37,7 @@ def address(tmp_path):
         port=0,
         data_dir=tmp_path,
         token=SecretStr(TOKEN),
+        lock_breakers=["default"],
         metrics=MetricsSettings(enabled=False),
         drain_s=1.0,
     )
@@ -112,6 +113,24 @@ def test_register_list_show_alias_audit_verify(cli, tmp_path):
     verified = cli(models, "verify")
     assert verified.exit_code == 0
     assert "intact: 4 records" in verified.output
+
+
+def test_lock_and_a_forced_unlock_on_the_record(cli, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(testing.tiny_model())
+    assert cli(models, "register", "fraud", str(model)).exit_code == 0
+    assert "fraud locked by freeze" in cli(models, "lock", "fraud", "freeze").output
+
+    unexplained = cli(models, "unlock", "fraud", "freeze", "--force")
+    assert unexplained.exit_code == 1
+    assert "INVALID_ARGUMENT" in unexplained.output
+    forced = cli(models, "unlock", "fraud", "freeze", "--force", "--reason", "holder left")
+    assert forced.exit_code == 0, forced.output
+    assert "fraud unlocked" in forced.output
+
+    audit = cli(models, "audit", "fraud").output
+    assert "forced=True" in audit
+    assert "holder left" in audit
 
 
 def test_register_refuses_a_pickle_with_its_status(cli, tmp_path):

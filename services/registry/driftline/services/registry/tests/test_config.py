@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import SecretStr, ValidationError
+
 from driftline.services.registry.config import Settings
 
 
@@ -37,6 +40,18 @@ def test_environment_overrides(monkeypatch, tmp_path):
     assert settings.max_artifact_bytes == 1000
     assert settings.outbox_poll_interval_s == 0.25
     assert "t1" not in repr(settings)
+
+
+def test_lock_breakers_must_be_configured_tokens(monkeypatch):
+    monkeypatch.delenv("DRIFTLINE_REGISTRY_TOKEN", raising=False)
+    monkeypatch.setenv("DRIFTLINE_REGISTRY_TOKENS", '{"ops": "t1", "admin": "t2"}')
+    monkeypatch.setenv("DRIFTLINE_REGISTRY_LOCK_BREAKERS", '["admin"]')
+    assert Settings().lock_breakers == ["admin"]
+    with pytest.raises(ValidationError, match=r"configured tokens.*\['admn'\]"):
+        Settings(lock_breakers=["admin", "admn"])
+    assert Settings(token=SecretStr("t3"), lock_breakers=["default"]).lock_breakers == ["default"]
+    with pytest.raises(ValidationError, match="default"):
+        Settings(tokens={}, lock_breakers=["default"])
 
 
 def test_every_setting_is_documented():

@@ -20,8 +20,11 @@ from driftline.kit.errors import (
     ResourceExhausted,
 )
 from driftline.services.registry import convert, testing
+from driftline.services.registry.audit import AuditLog
+from driftline.services.registry.core import Registry
 from driftline.services.registry.domain import EventType, Lineage, NewVersion, Run, RunOutcome
 from driftline.services.registry.outbox import Outbox
+from driftline.services.registry.security import OnnxValidator
 from driftline.services.registry.store.schema import aliases, audit, outbox
 
 
@@ -144,10 +147,6 @@ def test_reference_sample_shape_is_checked(registry):
 
 
 def test_oversized_artifact_is_resource_exhausted(database, artifacts, clock):
-    from driftline.services.registry.audit import AuditLog
-    from driftline.services.registry.core import Registry
-    from driftline.services.registry.security import OnnxValidator
-
     small = Registry(database, artifacts, OnnxValidator(100), AuditLog(), clock=clock)
     with pytest.raises(ResourceExhausted):
         small.register(_new(), "alice")
@@ -310,6 +309,76 @@ def test_a_lock_no_audit_record_accounts_for_lets_no_token_through(registry, dat
             registry.set_alias("fraud", "champion", 1, expected_version=0, lock_owner="freeze", actor=actor)
         with pytest.raises(PermissionDenied):
             registry.unlock("fraud", "freeze", actor=actor)
+
+
+@pytest.fixture
+def breakable(database, artifacts, clock) -> Registry:
+    """A registry whose token ``admin`` may break locks."""
+    return Registry(
+        database, artifacts, OnnxValidator(1_000_000), AuditLog(), clock=clock, lock_breakers=["admin"]
+    )
+
+
+def test_a_lock_breaker_forces_open_a_lock_whose_token_is_gone(breakable):
+    breakable.register(_new(), "ops")
+    breakable.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
+    breakable.lock("fraud", "freeze", actor="ops")  # then the ops token is removed from TOKENS
+    with pytest.raises(PermissionDenied, match="token of ops"):
+        breakable.unlock("fraud", "freeze", actor="admin")  # without force, admin is any token
+    breakable.register(_new(), "trainer")
+    with pytest.raises(PermissionDenied):
+        breakable.set_alias("fraud", "champion", 2, expected_version=1, lock_owner="freeze", actor="admin")
+
+    released = breakable.unlock("fraud", "freeze", reason="token revoked", actor="admin:carol", force=True)
+
+    assert not released.locked
+    record = breakable.list_audit("fraud")[-1]
+    assert (record.action, record.actor, record.subject, record.reason) == (
+        "unlocked",
+        "admin:carol",
+        "freeze",
+        "token revoked",
+    )
+    assert json.loads(record.before_json) == {"locked": True, "owner": "freeze", "holder": "ops"}
+    assert json.loads(record.after_json) == {"locked": False, "owner": "", "forced": True}
+    assert breakable.verify_audit().ok
+    breakable.set_alias("fraud", "champion", 2, expected_version=1, actor="trainer")
+    # Forcing a lock that is already open changes nothing and records nothing.
+    records = len(breakable.list_audit("fraud"))
+    assert not breakable.unlock("fraud", "freeze", reason="again", actor="admin", force=True).locked
+    assert len(breakable.list_audit("fraud")) == records
+
+
+def test_forcing_a_lock_open_takes_a_lock_breaker_a_reason_and_the_right_owner(breakable):
+    breakable.register(_new(), "ops")
+    breakable.lock("fraud", "freeze", actor="ops")
+    with pytest.raises(PermissionDenied, match="ops is not one"):
+        breakable.unlock("fraud", "freeze", reason="mine now", actor="ops", force=True)
+    with pytest.raises(PermissionDenied, match="trainer is not one"):
+        breakable.unlock("fraud", "freeze", reason="mine now", actor="trainer:admin", force=True)
+    with pytest.raises(InvalidArgument, match="needs a reason"):
+        breakable.unlock("fraud", "freeze", actor="admin", force=True)
+    with pytest.raises(FailedPrecondition, match="locked by freeze, not release"):
+        breakable.unlock("fraud", "release", reason="wrong lock", actor="admin", force=True)
+    assert breakable.get_version("fraud").version == 1
+    assert [r.action for r in breakable.list_audit("fraud")] == ["version_registered", "locked"]
+
+
+def test_a_lock_breaker_opens_a_lock_no_audit_record_accounts_for(breakable, database):
+    from sqlalchemy import update
+
+    from driftline.services.registry.store.schema import models
+
+    breakable.register(_new(), "ops")
+    with database.write() as conn:  # a database edited by hand: locked, with no `locked` record
+        conn.execute(update(models).where(models.c.name == "fraud").values(locked=True, lock_owner="freeze"))
+    with pytest.raises(PermissionDenied, match="forced unlock"):
+        breakable.unlock("fraud", "freeze", actor="admin")
+
+    breakable.unlock("fraud", "freeze", reason="hand edit", actor="admin", force=True)
+
+    assert json.loads(breakable.list_audit("fraud")[-1].before_json)["holder"] == ""
+    breakable.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
 
 
 def test_lock_of_unknown_model_is_not_found(registry):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -152,6 +153,36 @@ async def test_only_the_token_that_locked_a_model_moves_its_aliases(tmp_path):
                 await trainer.unlock("fraud", "freeze")
             await ops.set_alias("fraud", "champion", 1, 0, lock_owner="freeze")
             assert not (await ops.unlock("fraud", "freeze")).locked
+    finally:
+        await app.stop()
+
+
+async def test_a_lock_breaker_forces_open_another_tokens_lock(tmp_path):
+    tokens = {name: SecretStr(f"{name}-token") for name in ("ops", "trainer", "admin")}
+    settings = _settings(tmp_path, token=None, tokens=tokens, lock_breakers=["admin"])
+    app = RegistryApp(settings, publisher=Publisher())
+    address = f"127.0.0.1:{await app.start()}"
+    try:
+        async with (
+            RegistryClient(address, "ops-token") as ops,
+            RegistryClient(address, "trainer-token") as trainer,
+            RegistryClient(address, "admin-token") as admin,
+        ):
+            await ops.register(testing.register_request())
+            await ops.lock("fraud", "freeze", "incident 12")
+            with pytest.raises(PermissionDenied, match="not one"):
+                await trainer.unlock("fraud", "freeze", "mine", force=True)
+            with pytest.raises(InvalidArgument, match="reason"):
+                await admin.unlock("fraud", "freeze", force=True)
+            with pytest.raises(PermissionDenied, match="token of ops"):
+                await admin.unlock("fraud", "freeze", "no force")
+
+            assert not (await admin.unlock("fraud", "freeze", "ops is away", force=True)).locked
+
+            await trainer.set_alias("fraud", "champion", 1, 0)
+            forced = (await admin.list_audit("fraud"))[-2]
+            assert (forced.action, forced.actor, forced.reason) == ("unlocked", "admin", "ops is away")
+            assert json.loads(forced.after_json)["forced"] is True
     finally:
         await app.stop()
 
