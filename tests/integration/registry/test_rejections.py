@@ -71,23 +71,40 @@ async def test_refused_registration_gets_its_status_and_changes_nothing(start_re
     assert app.outbox.pending_count() == 0
 
 
+READS = {
+    "GetModelVersion",
+    "ListModelVersions",
+    "GetArtifact",
+    "ResolveAliasAt",
+    "ListAudit",
+    "VerifyAudit",
+    "ListRuns",
+    "GetRun",
+}
+
+
 async def test_every_write_rpc_needs_the_token(start_registry):
     _, address = await start_registry()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         await stub.RegisterModelVersion(testing.register_request(), metadata=AUTH)
-        writes = [
-            (stub.SetAlias, pb.SetAliasRequest(name="fraud", alias="champion", version=1)),
-            (stub.DeleteAlias, pb.DeleteAliasRequest(name="fraud", alias="champion", expected_version=1)),
-            (stub.LockModel, pb.LockModelRequest(name="fraud", owner="me")),
-            (stub.UnlockModel, pb.UnlockModelRequest(name="fraud", owner="me")),
-            (stub.RecordRun, pb.RecordRunRequest(run=pb.Run(run_id="r", model_name="fraud"))),
-            (stub.RegisterModelVersion, testing.register_request()),
-        ]
-        for method, request in writes:
+        writes = {
+            "SetAlias": pb.SetAliasRequest(name="fraud", alias="champion", version=1),
+            "DeleteAlias": pb.DeleteAliasRequest(name="fraud", alias="champion", expected_version=1),
+            "ArchiveModelVersion": pb.ArchiveModelVersionRequest(name="fraud", version=1),
+            "LockModel": pb.LockModelRequest(name="fraud", owner="me"),
+            "UnlockModel": pb.UnlockModelRequest(name="fraud", owner="me"),
+            "RecordRun": pb.RecordRunRequest(run=pb.Run(run_id="r", model_name="fraud")),
+            "RegisterModelVersion": testing.register_request(),
+        }
+        # Every RPC is a read or one of these writes: a new RPC must say which it is.
+        every = set(pb.DESCRIPTOR.services_by_name["RegistryService"].methods_by_name)
+        assert every - set(writes) == READS
+        for name, request in writes.items():
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await method(request)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                await getattr(stub, name)(request)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        assert (await stub.GetModelVersion(pb.GetModelVersionRequest(name="fraud"))).version == 1
 
 
 async def test_tampered_artifact_is_refused_with_data_loss(start_registry):

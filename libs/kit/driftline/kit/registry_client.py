@@ -120,6 +120,16 @@ class RegistryClient:
         artifact returns the version registered the first time."""
         return await self._call(self._stub.RegisterModelVersion, request)
 
+    async def archive(
+        self, name: str, version: int, reason: str = "", *, lock_owner: str = ""
+    ) -> pb.ModelVersion:
+        """Retire a version no alias points at: it can no longer be aliased or fetched
+        (FAILED_PRECONDITION while an alias points at it)."""
+        request = pb.ArchiveModelVersionRequest(
+            name=name, version=version, reason=reason, lock_owner=lock_owner
+        )
+        return await self._call(self._stub.ArchiveModelVersion, request)
+
     # --- Aliases and locks ----------------------------------------------------------------------
 
     async def set_alias(

@@ -28,6 +28,7 @@ class ModelEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_EVENT_TYPE_LOCKED: _ClassVar[ModelEventType]
     MODEL_EVENT_TYPE_UNLOCKED: _ClassVar[ModelEventType]
     MODEL_EVENT_TYPE_RUN_RECORDED: _ClassVar[ModelEventType]
+    MODEL_EVENT_TYPE_VERSION_ARCHIVED: _ClassVar[ModelEventType]
 RUN_OUTCOME_UNSPECIFIED: RunOutcome
 RUN_OUTCOME_PROMOTED: RunOutcome
 RUN_OUTCOME_REJECTED: RunOutcome
@@ -41,6 +42,7 @@ MODEL_EVENT_TYPE_ALIAS_DELETED: ModelEventType
 MODEL_EVENT_TYPE_LOCKED: ModelEventType
 MODEL_EVENT_TYPE_UNLOCKED: ModelEventType
 MODEL_EVENT_TYPE_RUN_RECORDED: ModelEventType
+MODEL_EVENT_TYPE_VERSION_ARCHIVED: ModelEventType
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "datatype", "shape")
@@ -95,7 +97,7 @@ class ReferenceSample(_message.Message):
     def __init__(self, feature_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "artifact_sha256", "artifact_size", "signature", "feature_set", "feature_set_version", "metrics", "params", "lineage", "reference", "tags", "created_at", "created_by", "aliases")
+    __slots__ = ("name", "version", "artifact_sha256", "artifact_size", "signature", "feature_set", "feature_set_version", "metrics", "params", "lineage", "reference", "tags", "created_at", "created_by", "aliases", "archived_at")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,7 @@ class ModelVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     artifact_sha256: str
@@ -147,7 +150,8 @@ class ModelVersion(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     created_by: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., artifact_size: _Optional[int] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., feature_set: _Optional[str] = ..., feature_set_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params: _Optional[_Mapping[str, str]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., reference: _Optional[_Union[ReferenceSample, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    archived_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., artifact_size: _Optional[int] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., feature_set: _Optional[str] = ..., feature_set_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params: _Optional[_Mapping[str, str]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., reference: _Optional[_Union[ReferenceSample, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RegisterModelVersionRequest(_message.Message):
     __slots__ = ("name", "artifact", "signature", "feature_set", "feature_set_version", "metrics", "params", "lineage", "reference", "tags", "reason")
@@ -227,6 +231,18 @@ class GetArtifactRequest(_message.Message):
     name: str
     version: int
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ArchiveModelVersionRequest(_message.Message):
+    __slots__ = ("name", "version", "reason", "lock_owner")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    reason: str
+    lock_owner: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., lock_owner: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
     __slots__ = ("name", "version", "sha256", "content")

@@ -56,6 +56,11 @@ class RegistryServiceStub:
                 request_serializer=driftline_dot_registry_dot_v1_dot_registry__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=driftline_dot_registry_dot_v1_dot_registry__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.ArchiveModelVersion = channel.unary_unary(
+                '/driftline.registry.v1.RegistryService/ArchiveModelVersion',
+                request_serializer=driftline_dot_registry_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.SerializeToString,
+                response_deserializer=driftline_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/driftline.registry.v1.RegistryService/SetAlias',
                 request_serializer=driftline_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
@@ -133,6 +138,15 @@ class RegistryServiceServicer:
 
     def GetArtifact(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveModelVersion(self, request, context):
+        """Retire a version no alias points at: it can no longer be aliased or fetched, its reference
+        sample is dropped, and its artifact is collected once no live version shares it. Its
+        metadata, lineage and audit records stay.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -219,6 +233,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetArtifact,
                     request_deserializer=driftline_dot_registry_dot_v1_dot_registry__pb2.GetArtifactRequest.FromString,
                     response_serializer=driftline_dot_registry_dot_v1_dot_registry__pb2.Artifact.SerializeToString,
+            ),
+            'ArchiveModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveModelVersion,
+                    request_deserializer=driftline_dot_registry_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.FromString,
+                    response_serializer=driftline_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
@@ -381,6 +400,33 @@ class RegistryService:
             '/driftline.registry.v1.RegistryService/GetArtifact',
             driftline_dot_registry_dot_v1_dot_registry__pb2.GetArtifactRequest.SerializeToString,
             driftline_dot_registry_dot_v1_dot_registry__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftline.registry.v1.RegistryService/ArchiveModelVersion',
+            driftline_dot_registry_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.SerializeToString,
+            driftline_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,

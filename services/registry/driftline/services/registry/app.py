@@ -76,6 +76,8 @@ class RegistryApp:
         )
         self.server: GrpcServer | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._collector_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.port = 0
 
     def _notify_relay(self) -> None:
@@ -109,6 +111,8 @@ class RegistryApp:
                 clock=self._clock,
             )
             self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+        if self.settings.artifact_gc_interval_s > 0:
+            self._collector_task = asyncio.create_task(self._collect_artifacts(), name="artifact-collector")
         await self.server.set_serving(True)
         log.info(
             "registry_ready",
@@ -119,10 +123,28 @@ class RegistryApp:
         )
         return self.port
 
+    async def _collect_artifacts(self) -> None:
+        """Every ``artifact_gc_interval_s``, remove the artifacts no live version uses."""
+        interval, grace = self.settings.artifact_gc_interval_s, self.settings.artifact_gc_grace_s
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+                return
+            try:
+                removed, freed = await asyncio.to_thread(self.registry.collect_artifacts, grace)
+            except Exception as err:  # noqa: BLE001 - the next round tries again; serving goes on
+                log.warning("artifact_collection_failed", error=f"{type(err).__name__}: {err}")
+                continue
+            if removed:
+                log.info("artifacts_collected", artifacts=removed, bytes=freed)
+
     async def stop(self) -> None:
         """Drain in-flight calls, stop the relay (pending events stay in the outbox), close."""
+        self._stopping.set()
         if self.server is not None:
             await self.server.stop()
+        if self._collector_task is not None:
+            await self._collector_task  # a collection under way finishes: it leaves no file half-moved
         if self.relay is not None and self._relay_task is not None:
             self.relay.stop()
             try:

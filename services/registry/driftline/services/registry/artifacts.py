@@ -7,12 +7,16 @@ digest and verify the same way); ``FilesystemArtifactStore`` is the local one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import stat
 import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -40,7 +44,8 @@ class ArtifactStore(abc.ABC):
 
     @abc.abstractmethod
     def put(self, data: bytes) -> str:
-        """Store ``data`` (idempotent) and return its sha256 hex digest."""
+        """Store ``data`` (idempotent) and return its sha256 hex digest. Storing bytes that are
+        there already renews their time (see ``entries``)."""
 
     @abc.abstractmethod
     def get(self, digest: str) -> bytes:
@@ -51,13 +56,26 @@ class ArtifactStore(abc.ABC):
     def exists(self, digest: str) -> bool:
         """Whether something is stored under ``digest`` (not verified)."""
 
+    @abc.abstractmethod
+    def entries(self) -> Iterator[tuple[str, float]]:
+        """Every stored digest with the time (epoch seconds) it was last put."""
+
+    @abc.abstractmethod
+    def remove(self, digest: str, keep: Callable[[], bool]) -> int:
+        """Delete ``digest``'s bytes unless ``keep()``, asked once they are out of reach (a
+        concurrent ``put`` of the same bytes stores them anew): the bytes freed, 0 when kept
+        or gone already."""
+
 
 class FilesystemArtifactStore(ArtifactStore):
     """Files at ``<root>/sha256/<d[0:2]>/<d[2:4]>/<digest>``, written atomically, read without
     following symlinks, and confined to ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, abandoned_after_s: float = 60.0) -> None:
+        """``abandoned_after_s``: how long bytes a collector took out of reach may stay there
+        before they count as left by a collector that died, and are put back."""
         root.mkdir(parents=True, exist_ok=True)
+        self._abandoned_after_s = abandoned_after_s
         # The root itself may be a symlink an operator chose (/data -> /mnt/disk); nothing under it may.
         self.root = root.resolve(strict=True)
         self._tmp = self.root / "tmp"
@@ -86,7 +104,11 @@ class FilesystemArtifactStore(ArtifactStore):
         if path.exists():
             try:
                 self.get(digest)
+                # A registration of these bytes is under way: the collector leaves them alone.
+                os.utime(path)
                 return digest
+            except (NotFound, FileNotFoundError):
+                pass  # collected meanwhile: stored anew below
             except DataLoss:
                 log.warning("artifact_repaired", sha256=digest)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +149,60 @@ class FilesystemArtifactStore(ArtifactStore):
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
+
+    def entries(self) -> Iterator[tuple[str, float]]:
+        self._recover()
+        for path in (self.root / "sha256").glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+            if not _DIGEST.fullmatch(path.name) or path.is_symlink():
+                continue
+            try:
+                yield path.name, path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # removed meanwhile
+
+    def _recover(self) -> None:
+        """Put back what a collector that died mid-removal left out of reach (a live collector
+        holds a file for one database query): the next collection judges it again."""
+        for held in self._tmp.glob("*.collecting.*"):
+            try:
+                if time.time() - held.stat().st_ctime < self._abandoned_after_s:  # the rename set ctime
+                    continue
+                digest = sha256_hex(held.read_bytes())
+                path = self.path_for(digest)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _restore(held, path)
+            except FileNotFoundError:
+                continue
+            log.warning("artifact_recovered", sha256=digest)
+
+    def remove(self, digest: str, keep: Callable[[], bool]) -> int:
+        path = self.path_for(digest)
+        # Out of reach first, under a name of its own: two collectors never remove the same file,
+        # and a put from now on writes the bytes anew.
+        held = self._tmp / f"{digest[:12]}.collecting.{uuid.uuid4().hex}"
+        try:
+            size = path.stat().st_size
+            os.rename(path, held)
+        except FileNotFoundError:
+            return 0
+        try:
+            kept = keep()
+        except BaseException:
+            _restore(held, path)
+            raise
+        if kept:
+            _restore(held, path)
+            return 0
+        held.unlink()
+        _fsync_dir(path.parent)
+        return size
+
+
+def _restore(held: Path, path: Path) -> None:
+    """Put ``held`` back at ``path``, unless a put stored the same bytes there meanwhile."""
+    with contextlib.suppress(FileExistsError):
+        os.link(held, path)
+    held.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
-from driftline.kit.errors import DriftlineError, NotFound
+from driftline.kit.errors import DriftlineError, FailedPrecondition, NotFound
 from driftline.kit.registry_client import RegistryClient, RegistryClientSettings
 from driftline.registry.v1 import registry_pb2 as pb
 
@@ -100,7 +100,7 @@ def list_models(ctx: click.Context, name: str) -> None:
         table.add_row(
             mv.name,
             str(mv.version),
-            ", ".join(mv.aliases),
+            ", ".join(mv.aliases) or ("archived" if mv.HasField("archived_at") else ""),
             mv.artifact_sha256[:12],
             f"{mv.artifact_size:,}",
             f"{mv.feature_set} v{mv.feature_set_version}" if mv.feature_set else "",
@@ -139,6 +139,7 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
         ("run", lineage.run_id),
         ("reference", f"{mv.reference.rows} rows" if mv.HasField("reference") else "none"),
         ("created", f"{_when(mv.created_at)} by {mv.created_by}"),
+        ("archived", _when(mv.archived_at) if mv.HasField("archived_at") else "no"),
     ]
     for field, value in rows:
         table.add_row(field, value)
@@ -291,6 +292,62 @@ def alias_at(ctx: click.Context, name: str, alias_name: str, when: str) -> None:
         moment = moment.replace(tzinfo=UTC)
     version = _run(ctx, lambda c: c.resolve_alias_at(name, alias_name, moment))
     click.echo(f"{name} {alias_name} at {moment.isoformat()}: {f'v{version}' if version else 'unset'}")
+
+
+@models.command("archive")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--reason", default="")
+@click.option("--lock-owner", default="", help="Owner of the deployment lock, when the model is locked.")
+@click.pass_context
+def archive(ctx: click.Context, name: str, version: int, reason: str, lock_owner: str) -> None:
+    """Retire VERSION of NAME (no alias may point at it): it can no longer be aliased or
+    fetched, and its artifact is removed once no live version shares it."""
+    result = _run(ctx, lambda c: c.archive(name, version, reason, lock_owner=lock_owner))
+    click.echo(f"archived {result.name} v{result.version} at {_when(result.archived_at)}")
+
+
+def prune_candidates(versions: Sequence[pb.ModelVersion], keep: int) -> list[int]:
+    """The versions ``prune`` archives: the live ones no alias points at, but the newest ``keep``."""
+    idle = sorted(v.version for v in versions if not v.aliases and not v.HasField("archived_at"))
+    return idle[: max(len(idle) - keep, 0)]
+
+
+@models.command("prune")
+@click.argument("name")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the newest versions no alias points at stay live.",
+)
+@click.option("--reason", default="pruned", show_default=True)
+@click.option("--lock-owner", default="", help="Owner of the deployment lock, when the model is locked.")
+@click.option("--dry-run", is_flag=True, help="Only say which versions would be archived.")
+@click.pass_context
+def prune(ctx: click.Context, name: str, keep: int, reason: str, lock_owner: str, dry_run: bool) -> None:
+    """Archive NAME's versions no alias points at, but the newest KEEP."""
+
+    async def go(client: RegistryClient) -> tuple[list[int], list[str]]:
+        candidates = prune_candidates(await client.list_versions(name), keep)
+        if dry_run:
+            return candidates, []
+        archived, refused = [], []
+        for version in candidates:
+            try:
+                await client.archive(name, version, reason, lock_owner=lock_owner)
+            except FailedPrecondition as err:  # aliased meanwhile: it stays
+                refused.append(f"kept v{version}: {err}")
+                continue
+            archived.append(version)
+        return archived, refused
+
+    archived, refused = _run(ctx, go)
+    listed = ", ".join(f"v{v}" for v in archived) or "nothing"
+    click.echo(f"{'would archive' if dry_run else 'archived'} {name} {listed}")
+    for line in refused:
+        click.echo(line)
 
 
 @models.command("lock")

@@ -67,6 +67,16 @@ class Settings(GrpcServerSettings):
     max_artifact_bytes: int = Field(
         32 * MIB, description="Largest ONNX artifact accepted; larger uploads get RESOURCE_EXHAUSTED."
     )
+    artifact_gc_interval_s: float = Field(
+        3600.0,
+        description=(
+            "How often the registry removes stored artifacts no live version uses (those of "
+            "archived versions, or left by a failed registration); 0: never."
+        ),
+    )
+    artifact_gc_grace_s: float = Field(
+        3600.0, description="An unused artifact is removed only once it was last stored this long ago."
+    )
     audit_key: SecretStr | None = Field(
         None,
         description=(

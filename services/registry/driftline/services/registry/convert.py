@@ -134,6 +134,7 @@ def version_to_pb(mv: ModelVersion) -> pb.ModelVersion:
     if mv.reference is not None:
         message.reference.CopyFrom(reference_to_pb(mv.reference))
     _set_time(message.created_at, mv.created_at)
+    _set_time(message.archived_at, mv.archived_at)
     return message
 
 

@@ -9,7 +9,9 @@ worker threads.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -57,6 +59,9 @@ _RETRIES = 3
 REGISTERED = Counter("driftline_registry_versions_registered_total", "Model versions registered.")
 ALIAS_MOVES = Counter("driftline_registry_alias_moves_total", "Alias compare-and-swap attempts.", ["result"])
 REJECTED = Counter("driftline_registry_uploads_rejected_total", "Uploads refused.", ["reason"])
+COLLECTED = Counter(
+    "driftline_registry_artifacts_collected_total", "Stored artifacts removed as no live version uses them."
+)
 
 
 class Registry:
@@ -167,7 +172,11 @@ class Registry:
             log.info("version_registered", model=name, version=version, sha256=digest, actor=actor)
             return registered
 
-        return self._write(change)
+        registered = self._write(change)
+        # Stored again now that a live version holds them: a collector that judged these bytes
+        # unused before the commit may have removed them since (``collect_artifacts``).
+        self._artifacts.put(new.artifact)
+        return registered
 
     def get_version(
         self, name: str, *, version: int = 0, alias: str = "", include_reference: bool = True
@@ -205,11 +214,81 @@ class Registry:
         if version <= 0:
             raise InvalidArgument("version must be a positive number")
         found = self.get_version(name, version=version, include_reference=False)
+        if found.archived_at is not None:
+            raise FailedPrecondition(f"{name} v{version} is archived; its artifact is no longer served")
         try:
             content = self._artifacts.get(found.artifact_sha256)
         except NotFound as err:
             raise DataLoss(f"artifact of {name} v{version} is missing from the store") from err
         return found.artifact_sha256, content
+
+    def archive(
+        self, name: str, version: int, *, reason: str = "", lock_owner: str = "", actor: str
+    ) -> ModelVersion:
+        """Retire ``version``: no alias may point at it, now or later, and its artifact is no
+        longer served. Its reference sample is dropped; its artifact's bytes go at the next
+        ``collect_artifacts`` unless a live version shares them. Idempotent."""
+        security.validate_name(name)
+        if version <= 0:
+            raise InvalidArgument("version must be a positive number")
+        reason = validation.check_reason(reason)
+
+        def change(conn: Connection, now: datetime) -> ModelVersion:
+            self._check_lock(conn, self._model(conn, name), lock_owner, actor)
+            found = repo.get_version(conn, name, version, with_reference=False)
+            if found is None:
+                raise NotFound(f"model {name} has no version {version}")
+            if found.archived_at is not None:
+                return found
+            if found.aliases:
+                raise FailedPrecondition(
+                    f"{', '.join(found.aliases)} of {name} point at v{version}; move them first"
+                )
+            repo.archive_version(conn, name, version, repo.to_us(now))
+            record = self._audit.append(
+                conn,
+                now=now,
+                actor=actor,
+                action=Action.VERSION_ARCHIVED,
+                model_name=name,
+                subject=str(version),
+                reason=reason,
+                before={"version": version, "archived": False},
+                after={"version": version, "archived": True, "artifact_sha256": found.artifact_sha256},
+            )
+            self._announce(conn, record, version=version, artifact_sha256=found.artifact_sha256)
+            log.info("version_archived", model=name, version=version, actor=actor)
+            return replace(found, archived_at=now)
+
+        return self._write(change)
+
+    def collect_artifacts(self, grace_s: float) -> tuple[int, int]:
+        """Remove the stored artifacts no live version uses, once they are ``grace_s`` old:
+        those of archived versions, and those a failed registration left. Returns how many
+        artifacts and bytes it freed.
+
+        Safe beside registrations: each artifact is taken out of reach before the database is
+        asked again whether a live version uses it (it is put back if one does), and a
+        registration stores its bytes again once its version is committed.
+        """
+        with self._db.read() as conn:
+            live = repo.live_digests(conn)
+        cutoff = time.time() - grace_s  # the files' times are the wall clock's
+        removed = freed = 0
+        for digest, stored_at in list(self._artifacts.entries()):
+            if digest in live or stored_at > cutoff:
+                continue
+            size = self._artifacts.remove(digest, keep=functools.partial(self._is_live, digest))
+            if size:
+                removed += 1
+                freed += size
+                log.info("artifact_collected", sha256=digest, bytes=size)
+        COLLECTED.inc(removed)
+        return removed, freed
+
+    def _is_live(self, digest: str) -> bool:
+        with self._db.read() as conn:
+            return bool(repo.live_digests(conn, digest))
 
     # --- Aliases --------------------------------------------------------------------------------
 
@@ -241,6 +320,8 @@ class Registry:
             self._check_lock(conn, self._model(conn, name), lock_owner, actor)
             if not repo.version_exists(conn, name, version):
                 raise NotFound(f"model {name} has no version {version}")
+            if repo.is_archived(conn, name, version):
+                raise FailedPrecondition(f"{name} v{version} is archived; no alias may point at it")
             current = repo.alias_version(conn, name, alias)
             if not repo.alias_swap(conn, name, alias, expected_version, version, repo.to_us(now)):
                 raise _lost_race(name, alias, expected_version, current)

@@ -81,6 +81,8 @@ class ModelVersion:
     created_at: datetime
     created_by: str
     aliases: tuple[str, ...] = ()
+    #: When the version was archived; None while it is live.
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class EventType(enum.IntEnum):
     LOCKED = 4
     UNLOCKED = 5
     RUN_RECORDED = 6
+    VERSION_ARCHIVED = 7
 
 
 class Action(enum.StrEnum):
@@ -175,6 +178,7 @@ class Action(enum.StrEnum):
     LOCKED = "locked"
     UNLOCKED = "unlocked"
     RUN_RECORDED = "run_recorded"
+    VERSION_ARCHIVED = "version_archived"
 
     @property
     def event_type(self) -> EventType:

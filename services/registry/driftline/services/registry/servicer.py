@@ -89,6 +89,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return pb.Artifact(name=request.name, version=request.version, sha256=digest, content=content)
 
     @grpc_errors
+    async def ArchiveModelVersion(  # noqa: N802 - gRPC method name
+        self, request: pb.ArchiveModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelVersion:
+        actor = self._actor(context)
+        archived = await self._run(
+            self._registry.archive,
+            request.name,
+            request.version,
+            reason=request.reason,
+            lock_owner=request.lock_owner,
+            actor=actor,
+        )
+        return convert.version_to_pb(archived)
+
+    @grpc_errors
     async def SetAlias(  # noqa: N802 - gRPC method name
         self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext
     ) -> pb.AliasChange:

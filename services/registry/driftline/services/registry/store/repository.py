@@ -20,7 +20,14 @@ from driftline.services.registry.domain import (
     Signature,
     TensorSpec,
 )
-from driftline.services.registry.store.schema import aliases, models, references, runs, versions
+from driftline.services.registry.store.schema import (
+    aliases,
+    archived,
+    models,
+    references,
+    runs,
+    versions,
+)
 
 # --- Encoding -----------------------------------------------------------------------------------
 
@@ -204,14 +211,23 @@ def _version(conn: Connection, row: Row[Any], *, with_reference: bool) -> ModelV
         created_at=from_us(row.created_at_us),
         created_by=row.created_by,
         aliases=tuple(names),
+        archived_at=_opt_dt(row.archived_at_us),
     )
+
+
+def _versions_query() -> Any:
+    """Version rows with their archive time (NULL while live)."""
+    joined = versions.outerjoin(
+        archived, and_(archived.c.name == versions.c.name, archived.c.version == versions.c.version)
+    )
+    return select(versions, archived.c.archived_at_us).select_from(joined)
 
 
 def get_version(
     conn: Connection, name: str, version: int, *, with_reference: bool = True
 ) -> ModelVersion | None:
     row = conn.execute(
-        select(versions).where(and_(versions.c.name == name, versions.c.version == version))
+        _versions_query().where(and_(versions.c.name == name, versions.c.version == version))
     ).first()
     return None if row is None else _version(conn, row, with_reference=with_reference)
 
@@ -241,10 +257,38 @@ def find_version_for_run(conn: Connection, name: str, run_id: str, sha256: str) 
 
 
 def list_versions(conn: Connection, name: str | None) -> list[ModelVersion]:
-    query = select(versions).order_by(versions.c.name, versions.c.version)
+    query = _versions_query().order_by(versions.c.name, versions.c.version)
     if name:
         query = query.where(versions.c.name == name)
     return [_version(conn, row, with_reference=False) for row in conn.execute(query)]
+
+
+def is_archived(conn: Connection, name: str, version: int) -> bool:
+    return (
+        conn.execute(
+            select(archived.c.version).where(and_(archived.c.name == name, archived.c.version == version))
+        ).first()
+        is not None
+    )
+
+
+def archive_version(conn: Connection, name: str, version: int, now_us: int) -> None:
+    """Mark the version archived and drop its reference sample (no detector will read it)."""
+    conn.execute(insert(archived).values(name=name, version=version, archived_at_us=now_us))
+    conn.execute(delete(references).where(and_(references.c.name == name, references.c.version == version)))
+
+
+def live_digests(conn: Connection, digest: str | None = None) -> set[str]:
+    """The artifact digests some live (not archived) version uses; only ``digest``, if given."""
+    is_archived_row = (
+        select(archived.c.version)
+        .where(and_(archived.c.name == versions.c.name, archived.c.version == versions.c.version))
+        .exists()
+    )
+    query = select(versions.c.artifact_sha256).where(~is_archived_row).distinct()
+    if digest is not None:
+        query = query.where(versions.c.artifact_sha256 == digest)
+    return set(conn.execute(query).scalars())
 
 
 def model_exists(conn: Connection, name: str) -> bool:

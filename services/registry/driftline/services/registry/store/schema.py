@@ -74,6 +74,18 @@ references = Table(
     ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
 )
 
+# A row per archived version: a table of its own, so databases made before archiving existed
+# gain it from create_all, with no migration.
+archived = Table(
+    "archived_versions",
+    metadata,
+    Column("name", NAME, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("archived_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", "version"),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+
 # No row means "unset": compare-and-swap from 0 is an INSERT that the primary key lets only one win.
 aliases = Table(
     "aliases",

@@ -97,3 +97,59 @@ def test_the_root_itself_may_be_a_symlink(tmp_path):
 def test_stored_files_are_read_only(artifacts):
     digest = artifacts.put(b"immutable")
     assert artifacts.path_for(digest).stat().st_mode & 0o222 == 0
+
+
+def test_entries_list_every_stored_digest_with_its_time(artifacts):
+    first, second = artifacts.put(b"one"), artifacts.put(b"two")
+    listed = dict(artifacts.entries())
+    assert set(listed) == {first, second}
+    assert listed[first] == artifacts.path_for(first).stat().st_mtime
+
+
+def test_remove_frees_the_bytes_or_puts_them_back_when_kept(artifacts):
+    digest = artifacts.put(b"model bytes")
+    assert artifacts.remove(digest, keep=lambda: True) == 0
+    assert artifacts.get(digest) == b"model bytes"
+    seen_during = []
+    assert artifacts.remove(digest, keep=lambda: seen_during.append(artifacts.exists(digest)) or False) == 11
+    assert seen_during == [False]  # out of reach while the keeper was asked
+    assert not artifacts.exists(digest)
+    assert artifacts.remove(digest, keep=lambda: False) == 0  # gone already
+    assert list((artifacts.root / "tmp").iterdir()) == []
+
+
+def test_a_failing_keeper_leaves_the_bytes_in_place(artifacts):
+    digest = artifacts.put(b"model bytes")
+
+    def keeper():
+        raise ConnectionError("database down")
+
+    with pytest.raises(ConnectionError):
+        artifacts.remove(digest, keep=keeper)
+    assert artifacts.get(digest) == b"model bytes"
+
+
+def test_a_put_during_a_removal_stores_the_bytes_anew(artifacts):
+    digest = artifacts.put(b"model bytes")
+
+    def registered_meanwhile_then_judged_unused():
+        artifacts.put(b"model bytes")
+        return False
+
+    assert artifacts.remove(digest, keep=registered_meanwhile_then_judged_unused) == 11
+    assert artifacts.get(digest) == b"model bytes"
+
+
+def test_bytes_a_dead_collector_left_out_of_reach_are_put_back(tmp_path):
+    live = FilesystemArtifactStore(tmp_path)
+    digest = live.put(b"model bytes")
+    held = live.root / "tmp" / f"{digest[:12]}.collecting.dead"
+    os.rename(live.path_for(digest), held)
+    assert dict(live.entries()) == {}  # maybe a live collector's: left alone for a minute
+    assert held.exists()
+
+    restarted = FilesystemArtifactStore(tmp_path, abandoned_after_s=0)
+
+    assert set(dict(restarted.entries())) == {digest}
+    assert restarted.get(digest) == b"model bytes"
+    assert not held.exists()

@@ -16,7 +16,7 @@ from driftline.kit.settings import MetricsSettings
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.services.registry import testing
 from driftline.services.registry.app import RegistryApp
-from driftline.services.registry.cli import models, runs
+from driftline.services.registry.cli import models, prune_candidates, runs
 from driftline.services.registry.config import Settings
 
 TOKEN = "cli-token"
@@ -131,6 +131,84 @@ def test_lock_and_a_forced_unlock_on_the_record(cli, tmp_path):
     audit = cli(models, "audit", "fraud").output
     assert "forced=True" in audit
     assert "holder left" in audit
+
+
+def _aliases_by_version(cli) -> dict[str, str]:
+    """``models list fraud``'s aliases column ("archived" for an archived version) by version."""
+    lines = cli(models, "list", "fraud").output.splitlines()
+    return {cells[2].strip(): cells[3].strip() for line in lines if len(cells := line.split("│")) == 11}
+
+
+def test_archive_retires_a_version_no_alias_points_at(cli, tmp_path):
+    for number, bias in ((1, 0.1), (2, 0.2)):
+        model = tmp_path / f"model{number}.onnx"
+        model.write_bytes(testing.tiny_model(bias=bias))
+        assert cli(models, "register", "fraud", str(model)).exit_code == 0
+    assert cli(models, "alias", "set", "fraud", "champion", "2").exit_code == 0
+
+    refused = cli(models, "archive", "fraud", "2")
+    assert refused.exit_code == 1
+    assert "FAILED_PRECONDITION" in refused.output
+    archived = cli(models, "archive", "fraud", "1", "--reason", "superseded")
+    assert archived.exit_code == 0, archived.output
+    assert "archived fraud v1 at 20" in archived.output
+
+    rows = _aliases_by_version(cli)
+    assert rows["1"] == "archived"
+    assert rows["2"] == "champion"
+    shown = {
+        cells[1].strip(): cells[2].strip()
+        for line in cli(models, "show", "fraud", "-v", "1").output.splitlines()
+        if len(cells := line.split("│")) == 4
+    }
+    assert shown["archived"].startswith("20")
+    assert shown["reference"] == "none"
+    assert "superseded" in cli(models, "audit", "fraud").output
+
+
+def test_prune_archives_the_oldest_versions_no_alias_points_at(cli, tmp_path):
+    for number in range(1, 7):
+        model = tmp_path / f"model{number}.onnx"
+        model.write_bytes(testing.tiny_model(bias=number / 10))
+        assert cli(models, "register", "fraud", str(model)).exit_code == 0
+    assert cli(models, "alias", "set", "fraud", "champion", "2").exit_code == 0
+    assert cli(models, "archive", "fraud", "3").exit_code == 0
+
+    planned = cli(models, "prune", "fraud", "--keep", "2", "--dry-run")
+    assert "would archive fraud v1, v4\n" in planned.output
+    assert _aliases_by_version(cli) == {"1": "", "2": "champion", "3": "archived", "4": "", "5": "", "6": ""}
+    pruned = cli(models, "prune", "fraud", "--keep", "2")
+    assert pruned.exit_code == 0, pruned.output
+    assert "archived fraud v1, v4\n" in pruned.output
+    assert _aliases_by_version(cli) == {
+        "1": "archived",
+        "2": "champion",
+        "3": "archived",
+        "4": "archived",
+        "5": "",
+        "6": "",
+    }
+    assert "archived fraud nothing\n" in cli(models, "prune", "fraud", "--keep", "2").output
+
+
+def test_prune_candidates_keep_aliased_archived_and_the_newest():
+    def version(number, *aliases, archived=False):
+        found = pb.ModelVersion(version=number, aliases=aliases)
+        if archived:
+            found.archived_at.GetCurrentTime()
+        return found
+
+    versions = [
+        version(5),
+        version(1),
+        version(2, "champion"),
+        version(3, archived=True),
+        version(4),
+        version(6),
+    ]
+    assert prune_candidates(versions, keep=2) == [1, 4]
+    assert prune_candidates(versions, keep=0) == [1, 4, 5, 6]
+    assert prune_candidates(versions, keep=10) == []
 
 
 def test_register_refuses_a_pickle_with_its_status(cli, tmp_path):

@@ -3,7 +3,9 @@ rule that a change, its audit record and its outbox event commit together or not
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from dataclasses import replace
 
@@ -476,3 +478,156 @@ def test_run_without_id_gets_one(registry):
 def test_invalid_runs_are_rejected(registry, run):
     with pytest.raises(InvalidArgument):
         registry.record_run(run, "trainer")
+
+
+# --- Archive and artifact collection ------------------------------------------------------------
+
+
+def _model_bytes(bias: float) -> bytes:
+    return testing.tiny_model(bias=bias)
+
+
+def test_an_archived_version_keeps_its_record_and_loses_its_uses(registry, clock):
+    registry.register(_new(artifact=_model_bytes(0.1)), "ops")
+    registry.register(_new(artifact=_model_bytes(0.2)), "ops")
+    registry.set_alias("fraud", "champion", 2, expected_version=0, actor="ops")
+
+    archived = registry.archive("fraud", 1, reason="lost the gate", actor="ops:carol")
+
+    assert archived.archived_at == clock()
+    found = registry.get_version("fraud", version=1)
+    assert found.archived_at == clock()
+    assert found.reference is None  # dropped: no detector reads an archived version's sample
+    assert (found.metrics, found.lineage) == (archived.metrics, archived.lineage)
+    assert [v.archived_at is not None for v in registry.list_versions("fraud")] == [True, False]
+    with pytest.raises(FailedPrecondition, match="archived; its artifact is no longer served"):
+        registry.get_artifact("fraud", 1)
+    with pytest.raises(FailedPrecondition, match="archived; no alias may point at it"):
+        registry.set_alias("fraud", "champion", 1, expected_version=2, actor="ops")
+    assert registry.get_version("fraud", alias="champion").version == 2
+    record = registry.list_audit("fraud")[-1]
+    assert (record.action, record.subject, record.actor, record.reason) == (
+        "version_archived",
+        "1",
+        "ops:carol",
+        "lost the gate",
+    )
+    # Archiving again changes nothing and records nothing.
+    assert registry.archive("fraud", 1, actor="ops").archived_at == archived.archived_at
+    assert len(registry.list_audit("fraud")) == record.seq
+    assert registry.verify_audit().ok
+
+
+def test_a_version_an_alias_points_at_is_not_archived(registry):
+    registry.register(_new(), "ops")
+    registry.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
+    registry.set_alias("fraud", "shadow", 1, expected_version=0, actor="ops")
+    with pytest.raises(FailedPrecondition, match="champion, shadow of fraud point at v1; move them first"):
+        registry.archive("fraud", 1, actor="ops")
+    with pytest.raises(NotFound):
+        registry.archive("fraud", 2, actor="ops")
+    with pytest.raises(NotFound):
+        registry.archive("ghost", 1, actor="ops")
+    with pytest.raises(InvalidArgument):
+        registry.archive("fraud", 0, actor="ops")
+    assert registry.get_version("fraud", version=1).archived_at is None
+
+
+def test_archiving_a_locked_model_takes_its_lock_owner(registry):
+    registry.register(_new(), "ops")
+    registry.lock("fraud", "freeze", actor="ops")
+    with pytest.raises(FailedPrecondition, match="locked by freeze"):
+        registry.archive("fraud", 1, actor="ops")
+    with pytest.raises(PermissionDenied):
+        registry.archive("fraud", 1, lock_owner="freeze", actor="trainer")
+    assert registry.archive("fraud", 1, lock_owner="freeze", actor="ops").archived_at is not None
+
+
+def test_archiving_announces_the_version_and_its_artifact(registry, database):
+    registered = registry.register(_new(), "ops")
+    registry.archive("fraud", 1, reason="old", actor="ops")
+    event = [p.event for p in Outbox(database).pending(100)][-1]
+    assert (event.type, event.version, event.artifact_sha256, event.reason) == (
+        EventType.VERSION_ARCHIVED,
+        1,
+        registered.artifact_sha256,
+        "old",
+    )
+
+
+def test_collection_removes_only_artifacts_no_live_version_uses(registry, artifacts):
+    one = registry.register(_new(artifact=_model_bytes(0.1)), "ops").artifact_sha256
+    two = registry.register(_new(artifact=_model_bytes(0.2)), "ops").artifact_sha256
+    shared = registry.register(_new("churn", artifact=_model_bytes(0.2)), "ops").artifact_sha256
+    orphan = artifacts.put(b"left by a registration whose transaction failed")
+    assert two == shared
+    registry.archive("fraud", 1, actor="ops")
+    registry.archive("fraud", 2, actor="ops")  # its bytes are churn v1's too
+
+    removed, freed = registry.collect_artifacts(grace_s=0)
+
+    assert removed == 2
+    assert freed == len(_model_bytes(0.1)) + len(b"left by a registration whose transaction failed")
+    assert not artifacts.exists(one)
+    assert not artifacts.exists(orphan)
+    assert registry.get_artifact("churn", 1)[1] == _model_bytes(0.2)
+    assert registry.collect_artifacts(grace_s=0) == (0, 0)
+    # The version's record outlives its bytes.
+    assert registry.get_version("fraud", version=1).artifact_sha256 == one
+
+
+def test_collection_spares_artifacts_stored_within_the_grace_period(registry, artifacts):
+    digest = artifacts.put(b"a registration under way")
+    assert registry.collect_artifacts(grace_s=3600) == (0, 0)
+    assert artifacts.exists(digest)
+    path = artifacts.path_for(digest)
+    two_hours_ago = path.stat().st_mtime - 7200
+    os.utime(path, (two_hours_ago, two_hours_ago))
+    artifacts.put(b"a registration under way")  # stored again: its time is renewed
+    assert registry.collect_artifacts(grace_s=3600) == (0, 0)
+    os.utime(path, (two_hours_ago, two_hours_ago))
+    assert registry.collect_artifacts(grace_s=3600)[0] == 1
+    assert not artifacts.exists(digest)
+
+
+def test_a_registration_committed_during_a_removal_gets_its_artifact_back(registry, artifacts, monkeypatch):
+    """The collector read "unused"; a registration of the same bytes found them stored (before
+    they were taken out of reach) and committed before the collector asked again: they go back."""
+    registry.register(_new(artifact=_model_bytes(0.1)), "ops")
+    registry.register(_new(artifact=_model_bytes(0.2)), "ops")
+    registry.archive("fraud", 1, actor="ops")
+    remove = artifacts.remove
+
+    def remove_while_registering(digest, keep):
+        def register_then_keep():
+            with monkeypatch.context() as stored_before:
+                stored_before.setattr(artifacts, "put", lambda data: hashlib.sha256(data).hexdigest())
+                registry.register(_new("churn", artifact=_model_bytes(0.1)), "ops")
+            return keep()
+
+        return remove(digest, register_then_keep)
+
+    monkeypatch.setattr(artifacts, "remove", remove_while_registering)
+
+    assert registry.collect_artifacts(grace_s=0) == (0, 0)
+    assert registry.get_artifact("churn", 1)[1] == _model_bytes(0.1)
+
+
+def test_a_registration_committed_after_a_removal_stores_its_artifact_again(registry, artifacts, monkeypatch):
+    """A whole collection ran between a registration's store and its commit."""
+    put = artifacts.put
+    calls = []
+
+    def put_then_collect(data):
+        digest = put(data)
+        if not calls:
+            assert registry.collect_artifacts(grace_s=0) == (1, len(data))
+        calls.append(digest)
+        return digest
+
+    monkeypatch.setattr(artifacts, "put", put_then_collect)
+
+    registry.register(_new(artifact=_model_bytes(0.3)), "ops")
+
+    assert len(calls) == 2
+    assert registry.get_artifact("fraud", 1)[1] == _model_bytes(0.3)

@@ -187,6 +187,53 @@ async def test_a_lock_breaker_forces_open_another_tokens_lock(tmp_path):
         await app.stop()
 
 
+def _register_request(bias: float) -> pb.RegisterModelVersionRequest:
+    return testing.register_request(artifact=testing.tiny_model(bias=bias))
+
+
+async def test_archive_through_the_client(client):
+    await client.register(_register_request(0.1))
+    await client.register(_register_request(0.2))
+    await client.set_alias("fraud", "champion", 2, 0)
+    with pytest.raises(FailedPrecondition, match="champion of fraud point at v2"):
+        await client.archive("fraud", 2)
+
+    archived = await client.archive("fraud", 1, "lost the gate")
+
+    assert archived.HasField("archived_at")
+    assert not archived.HasField("reference")
+    listed = await client.list_versions("fraud")
+    assert [v.HasField("archived_at") for v in listed] == [True, False]
+    with pytest.raises(FailedPrecondition, match="archived"):
+        await client.fetch_artifact("fraud", 1)
+    with pytest.raises(FailedPrecondition, match="archived"):
+        await client.set_alias("fraud", "champion", 1, 2)
+    with pytest.raises(NotFound):
+        await client.archive("fraud", 3)
+    assert (await client.list_audit("fraud"))[-1].action == "version_archived"
+
+
+async def test_the_registry_collects_archived_artifacts_on_its_own(tmp_path):
+    settings = _settings(tmp_path, artifact_gc_interval_s=0.05, artifact_gc_grace_s=0)
+    app = RegistryApp(settings, publisher=Publisher())
+    address = f"127.0.0.1:{await app.start()}"
+    try:
+        async with RegistryClient(address, TOKEN) as client:
+            old = await client.register(_register_request(0.1))
+            await client.register(_register_request(0.2))
+            await asyncio.sleep(0.2)
+            assert app.artifacts.exists(old.artifact_sha256)  # live: kept, round after round
+            await client.archive("fraud", 1)
+            for _ in range(100):
+                if not app.artifacts.exists(old.artifact_sha256):
+                    break
+                await asyncio.sleep(0.05)
+            assert not app.artifacts.exists(old.artifact_sha256)
+            assert len(await client.fetch_artifact("fraud", 2)) > 0
+    finally:
+        await app.stop()
+
+
 async def test_runs_round_trip_with_times(client):
     started = datetime(2025, 3, 1, 10, 30, tzinfo=UTC)
     run = pb.Run(
@@ -222,6 +269,7 @@ async def test_every_write_needs_the_token(anonymous, client):
         anonymous.delete_alias("fraud", "champion", 1),
         anonymous.lock("fraud", "me"),
         anonymous.unlock("fraud", "me"),
+        anonymous.archive("fraud", 1),
         anonymous.record_run(pb.Run(run_id="r", model_name="fraud")),
     ]
     for write in writes:
