@@ -793,7 +793,8 @@ DRIFT = Dashboard(
                 Panel(
                     "Registry",
                     "Versions registered and alias compare-and-swap attempts by result, in the time range; "
-                    "change events waiting in the outbox, and failed outbox publications.",
+                    "change events waiting in the outbox, failed outbox publications, and artifacts "
+                    "of archived versions collected.",
                     (
                         Query(
                             "sum(increase(driftline_registry_versions_registered_total[$__range]))",
@@ -807,6 +808,10 @@ DRIFT = Dashboard(
                         Query(
                             "sum(increase(driftline_registry_outbox_publish_failures_total[$__range]))",
                             "outbox publish failures",
+                        ),
+                        Query(
+                            "sum(increase(driftline_registry_artifacts_collected_total[$__range]))",
+                            "artifacts collected",
                         ),
                     ),
                     kind="stat",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, true, update
 
 from driftline.services.registry.domain import (
     Lineage,
@@ -177,7 +177,14 @@ def insert_version(conn: Connection, mv: ModelVersion) -> None:
         )
 
 
-def _version(conn: Connection, row: Row[Any], *, with_reference: bool) -> ModelVersion:
+def _version(
+    conn: Connection,
+    row: Row[Any],
+    *,
+    with_reference: bool,
+    aliases_of: dict[tuple[str, int], list[str]] | None = None,
+) -> ModelVersion:
+    """The version of ``row``; ``aliases_of``: its model's aliases, read once for a listing."""
     reference = None
     if with_reference:
         ref = conn.execute(
@@ -190,11 +197,9 @@ def _version(conn: Connection, row: Row[Any], *, with_reference: bool) -> ModelV
                 values=_unfloats(ref.values),
                 scores=_unfloats(ref.scores),
             )
-    names = conn.execute(
-        select(aliases.c.alias)
-        .where(and_(aliases.c.name == row.name, aliases.c.version == row.version))
-        .order_by(aliases.c.alias)
-    ).scalars()
+    if aliases_of is None:
+        aliases_of = _aliases_of(conn, and_(aliases.c.name == row.name, aliases.c.version == row.version))
+    names = aliases_of.get((row.name, row.version), [])
     return ModelVersion(
         name=row.name,
         version=row.version,
@@ -213,6 +218,15 @@ def _version(conn: Connection, row: Row[Any], *, with_reference: bool) -> ModelV
         aliases=tuple(names),
         archived_at=_opt_dt(row.archived_at_us),
     )
+
+
+def _aliases_of(conn: Connection, where: Any) -> dict[tuple[str, int], list[str]]:
+    """Alias names by (model, version), in name order, for the alias rows ``where`` selects."""
+    found: dict[tuple[str, int], list[str]] = {}
+    query = select(aliases.c.name, aliases.c.version, aliases.c.alias).where(where).order_by(aliases.c.alias)
+    for name, version, alias in conn.execute(query):
+        found.setdefault((name, version), []).append(alias)
+    return found
 
 
 def _versions_query() -> Any:
@@ -257,10 +271,12 @@ def find_version_for_run(conn: Connection, name: str, run_id: str, sha256: str) 
 
 
 def list_versions(conn: Connection, name: str | None) -> list[ModelVersion]:
+    """Every version of ``name`` (of every model when None), in two queries however many."""
     query = _versions_query().order_by(versions.c.name, versions.c.version)
     if name:
         query = query.where(versions.c.name == name)
-    return [_version(conn, row, with_reference=False) for row in conn.execute(query)]
+    aliases_of = _aliases_of(conn, aliases.c.name == name if name else true())
+    return [_version(conn, row, with_reference=False, aliases_of=aliases_of) for row in conn.execute(query)]
 
 
 def is_archived(conn: Connection, name: str, version: int) -> bool:

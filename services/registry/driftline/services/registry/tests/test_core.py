@@ -66,6 +66,28 @@ def test_versions_are_numbered_per_model_and_keep_their_metadata(registry):
     ]
 
 
+def test_listings_carry_each_versions_own_aliases(registry):
+    for name in ("fraud", "fraud", "fraud", "churn"):
+        registry.register(_new(name), "alice")
+    registry.set_alias("fraud", "champion", 2, expected_version=0, actor="alice")
+    registry.set_alias("fraud", "shadow", 2, expected_version=0, actor="alice")
+    registry.set_alias("fraud", "challenger", 3, expected_version=0, actor="alice")
+    registry.set_alias("churn", "champion", 1, expected_version=0, actor="alice")
+    everything = {(v.name, v.version): v.aliases for v in registry.list_versions()}
+    assert everything == {
+        ("churn", 1): ("champion",),
+        ("fraud", 1): (),
+        ("fraud", 2): ("champion", "shadow"),
+        ("fraud", 3): ("challenger",),
+    }
+    assert [v.aliases for v in registry.list_versions("fraud")] == [
+        (),
+        ("champion", "shadow"),
+        ("challenger",),
+    ]
+    assert registry.get_version("fraud", version=2).aliases == ("champion", "shadow")
+
+
 def test_artifact_is_returned_verified(registry):
     v1 = registry.register(_new(), "alice")
     digest, content = registry.get_artifact("fraud", 1)
