@@ -83,3 +83,44 @@ async def test_archived_artifacts_are_collected_and_the_change_announced(
         old.artifact_sha256,
         "superseded",
     )
+
+
+async def test_collection_running_flat_out_never_takes_a_live_versions_artifact(start_registry):
+    """A collector with no grace period loops while versions whose bytes it has just judged
+    unused are registered and others archived: every live version's artifact stays whole."""
+    app, address = await start_registry()
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def collect() -> None:
+        nonlocal rounds
+        while not stop.is_set():
+            await asyncio.to_thread(app.registry.collect_artifacts, 0)
+            rounds += 1
+
+    async with RegistryClient(address, TOKEN) as client:
+        collector = asyncio.create_task(collect())
+        try:
+            for round_ in range(12):
+                # Three byte patterns, each archived and registered again in turn.
+                registered = await client.register(_request("fraud", 0.1 * (round_ % 3)))
+                if round_ >= 2:
+                    await client.archive("fraud", registered.version - 2, "rotate")
+                await asyncio.sleep(0)
+        finally:
+            stop.set()
+            await collector
+        assert rounds > 0
+        for version in await client.list_versions("fraud"):
+            if not version.HasField("archived_at"):
+                assert await client.fetch_artifact(
+                    "fraud", version.version, expected_sha256=version.artifact_sha256
+                )
+    live = {v.artifact_sha256 for v in await _versions(address) if not v.HasField("archived_at")}
+    await asyncio.to_thread(app.registry.collect_artifacts, 0)
+    assert {digest for digest, _ in app.artifacts.entries()} == live
+
+
+async def _versions(address: str) -> list[pb.ModelVersion]:
+    async with RegistryClient(address, TOKEN) as client:
+        return await client.list_versions("fraud")
