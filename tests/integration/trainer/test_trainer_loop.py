@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from driftline.drift.v1 import drift_pb2
 from driftline.kit.codec import to_timestamp, utcnow
+from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import DRIFT_REPORTS, PERFORMANCE_DEGRADATIONS, RETRAIN_REQUESTS
@@ -240,3 +241,30 @@ def test_now_in_process_retrains_and_records_a_manual_run(world) -> None:
     assert run.trigger == "manual"
     assert run.outcome == registry_pb2.RUN_OUTCOME_PROMOTED
     assert world.registry.get_version(model, alias="champion").lineage.trigger == "manual"
+
+
+def test_retention_archives_a_refused_challenger_in_the_real_registry(world) -> None:
+    model = f"keep-{uuid.uuid4().hex[:6]}"
+    strong = TrainerApp(
+        world.settings(model_name=model), trigger_topics=world.triggers, feedback_topic=world.feedback
+    )
+    first = strong.runner.run(TriggerBatch((Trigger(MANUAL, "setup", model, time.time()),)))
+    strong.stop()
+    assert first.promoted, first.reason
+    weak = TrainerApp(
+        world.settings(model_name=model, n_estimators=1, num_leaves=2, margin=0.0, keep_idle_versions=0),
+        trigger_topics=world.triggers,
+        feedback_topic=world.feedback,
+    )
+    result = weak.runner.run(TriggerBatch((Trigger(MANUAL, "weak", model, time.time()),)))
+    weak.stop()
+
+    assert result.outcome == registry_pb2.RUN_OUTCOME_REJECTED
+    assert result.archived == [result.version]
+    refused = world.registry.get_version(model, version=result.version)
+    assert refused.HasField("archived_at")
+    with pytest.raises(FailedPrecondition, match="archived"):
+        world.registry.fetch_artifact(model, result.version)
+    champion = world.registry.get_version(model, alias="champion")
+    assert (champion.version, champion.HasField("archived_at")) == (first.version, False)
+    assert world.registry.fetch_artifact(model, first.version)

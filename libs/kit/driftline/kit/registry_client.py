@@ -15,6 +15,7 @@ Artifacts are verified against their sha256 on the client side too.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -31,6 +32,13 @@ from driftline.registry.v1 import registry_pb2_grpc as pb_grpc
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Metadata key naming the caller; the registry records it after the token's actor name.
 ACTOR_HEADER = "x-driftline-actor"
+
+
+def idle_versions(versions: Iterable[pb.ModelVersion], keep: int) -> list[int]:
+    """The versions a retention that keeps ``keep`` archives, oldest first: the live ones no
+    alias points at, but the newest ``keep`` of them."""
+    idle = sorted(v.version for v in versions if not v.aliases and not v.HasField("archived_at"))
+    return idle[: max(len(idle) - keep, 0)]
 
 
 class RegistryClientSettings(BaseSettings):

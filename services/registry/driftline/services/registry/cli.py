@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftline.kit.errors import DriftlineError, FailedPrecondition, NotFound
-from driftline.kit.registry_client import RegistryClient, RegistryClientSettings
+from driftline.kit.registry_client import RegistryClient, RegistryClientSettings, idle_versions
 from driftline.registry.v1 import registry_pb2 as pb
 
 T = TypeVar("T")
@@ -307,12 +307,6 @@ def archive(ctx: click.Context, name: str, version: int, reason: str, lock_owner
     click.echo(f"archived {result.name} v{result.version} at {_when(result.archived_at)}")
 
 
-def prune_candidates(versions: Sequence[pb.ModelVersion], keep: int) -> list[int]:
-    """The versions ``prune`` archives: the live ones no alias points at, but the newest ``keep``."""
-    idle = sorted(v.version for v in versions if not v.aliases and not v.HasField("archived_at"))
-    return idle[: max(len(idle) - keep, 0)]
-
-
 @models.command("prune")
 @click.argument("name")
 @click.option(
@@ -330,7 +324,7 @@ def prune(ctx: click.Context, name: str, keep: int, reason: str, lock_owner: str
     """Archive NAME's versions no alias points at, but the newest KEEP."""
 
     async def go(client: RegistryClient) -> tuple[list[int], list[str]]:
-        candidates = prune_candidates(await client.list_versions(name), keep)
+        candidates = idle_versions(await client.list_versions(name), keep)
         if dry_run:
             return candidates, []
         archived, refused = [], []

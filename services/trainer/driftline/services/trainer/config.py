@@ -134,6 +134,15 @@ class Settings(BaseSettings):
         ),
         ge=0,
     )
+    keep_idle_versions: int | None = Field(
+        None,
+        description=(
+            "After each retrain that registers a version, archive the model's versions no alias "
+            "points at but the newest this many (the registry then collects their artifacts); "
+            "unset: archive nothing. 2 or more keeps the last champions for a rollback."
+        ),
+        ge=0,
+    )
     seed: int = Field(7, description="Training seed; a version's seed is recorded with it.")
     n_estimators: int = Field(100, description="LightGBM boosting rounds.", ge=1)
     num_leaves: int = Field(15, description="LightGBM leaves per tree.", ge=2)
@@ -200,4 +209,5 @@ class Settings(BaseSettings):
             min_positives=self.min_positives,
             min_holdout_positives=self.min_holdout_positives,
             refused_retries=self.refused_retries,
+            keep_idle_versions=self.keep_idle_versions,
         )

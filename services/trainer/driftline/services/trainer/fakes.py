@@ -2,7 +2,9 @@
 
 ``InMemoryRegistry`` keeps the registry's contract that matters to the trainer: versions
 numbered from 1, aliases moved only by compare-and-swap (``Aborted`` otherwise), ``NotFound``
-for unknown versions and aliases, and an audit list of every alias change with its reason.
+for unknown versions and aliases, archiving refused while an alias points at a version (and an
+archived version never aliased: ``FailedPrecondition``), and an audit list of every alias
+change and archive with its reason.
 ``FrameFeatureSource`` answers point-in-time lookups from a data frame of feature rows.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from driftline.kit.codec import to_timestamp, utcnow
-from driftline.kit.errors import Aborted, NotFound
+from driftline.kit.errors import Aborted, FailedPrecondition, NotFound
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer.dataset import canonical_hash
 
@@ -37,6 +39,7 @@ class InMemoryRegistry:
     aliases: dict[tuple[str, str], int] = field(default_factory=dict)
     runs: list[registry_pb2.Run] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
+    archived: set[tuple[str, int]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, request: registry_pb2.RegisterModelVersionRequest) -> registry_pb2.ModelVersion:
@@ -72,6 +75,8 @@ class InMemoryRegistry:
                 raise Aborted(f"alias {alias} points at v{current}, not v{expected_version}")
             if (name, version) not in self.artifacts:
                 raise NotFound(f"{name} v{version} does not exist")
+            if (name, version) in self.archived:
+                raise FailedPrecondition(f"{name} v{version} is archived")
             self.aliases[(name, alias)] = version
             self.audit.append(AuditEntry("set_alias", alias, version, current, reason))
             return registry_pb2.AliasChange(name=name, alias=alias, previous_version=current, version=version)
@@ -100,6 +105,35 @@ class InMemoryRegistry:
         with self._lock:
             self.runs.append(run)
             return run
+
+    def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
+        """Copies of ``name``'s versions with their aliases and archive times, as the registry lists."""
+        with self._lock:
+            listed = []
+            for mv in self.versions.get(name, []):
+                copy = registry_pb2.ModelVersion()
+                copy.CopyFrom(mv)
+                copy.ClearField("reference")
+                copy.aliases.extend(self._pointing_at(name, mv.version))
+                if (name, mv.version) in self.archived:
+                    copy.archived_at.CopyFrom(to_timestamp(utcnow()))
+                listed.append(copy)
+            return listed
+
+    def archive(self, name: str, version: int, reason: str) -> registry_pb2.ModelVersion:
+        with self._lock:
+            if (name, version) not in self.artifacts:
+                raise NotFound(f"{name} v{version} does not exist")
+            pointing = self._pointing_at(name, version)
+            if pointing:
+                raise FailedPrecondition(f"{', '.join(pointing)} of {name} point at v{version}")
+            if (name, version) not in self.archived:
+                self.archived.add((name, version))
+                self.audit.append(AuditEntry("archive", "", version, 0, reason))
+            return self.versions[name][version - 1]
+
+    def _pointing_at(self, name: str, version: int) -> list[str]:
+        return sorted(alias for (model, alias), v in self.aliases.items() if model == name and v == version)
 
     def champion(self, name: str = "fraud") -> int:
         return self.aliases.get((name, "champion"), 0)

@@ -26,6 +26,11 @@ LAST_PROMOTED = Gauge(
 LAST_RUN_TIMESTAMP = Gauge(
     "driftline_trainer_last_run_timestamp_seconds", "When the last retrain finished.", ["model", "outcome"]
 )
+VERSIONS_ARCHIVED = Counter(
+    "driftline_trainer_versions_archived_total",
+    "Versions no alias points at that the trainer archived past KEEP_IDLE_VERSIONS.",
+    ["model"],
+)
 TRIGGERS = Counter(
     "driftline_trainer_triggers_total",
     "Retrain triggers received, by kind and what the debouncer did with them.",
@@ -51,6 +56,7 @@ def observe_run(model: str, result: RunResult) -> None:
     LAST_RUN_TIMESTAMP.labels(model, result.outcome_name).set_to_current_time()
     if result.promoted:
         LAST_PROMOTED.labels(model).set(result.version)
+    VERSIONS_ARCHIVED.labels(model).inc(len(result.archived))
 
 
 def observe_offer(trigger: Trigger, offer: Offer) -> None:

@@ -33,6 +33,10 @@ class Registry(Protocol):
 
     def record_run(self, run: registry_pb2.Run) -> registry_pb2.Run: ...
 
+    def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]: ...
+
+    def archive(self, name: str, version: int, reason: str) -> registry_pb2.ModelVersion: ...
+
 
 class SyncRegistry:
     """The kit's asyncio ``RegistryClient`` behind blocking calls, for the trainer's worker thread.
@@ -82,6 +86,12 @@ class SyncRegistry:
 
     def record_run(self, run: registry_pb2.Run) -> registry_pb2.Run:
         return self._wait(self._client.record_run(run))
+
+    def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
+        return self._wait(self._client.list_versions(name))
+
+    def archive(self, name: str, version: int, reason: str) -> registry_pb2.ModelVersion:
+        return self._wait(self._client.archive(name, version, reason))
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -29,7 +29,15 @@ import numpy as np
 import structlog
 
 from driftline.kit.codec import to_timestamp, utcnow
-from driftline.kit.errors import Aborted, DataLoss, DriftlineError, InvalidArgument, NotFound
+from driftline.kit.errors import (
+    Aborted,
+    DataLoss,
+    DriftlineError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from driftline.kit.registry_client import idle_versions
 from driftline.registry.v1 import registry_pb2
 from driftline.services.trainer import convert, gate
 from driftline.services.trainer.dataset import DatasetBuilder, TrainingSet
@@ -65,6 +73,9 @@ class RunnerConfig:
     min_holdout_positives: int = 10
     #: Refusals of a degradation batch deferred (tried again later) before one is final.
     refused_retries: int = 6
+    #: After a run that registers, archive the versions no alias points at but the newest this
+    #: many (None: archive nothing).
+    keep_idle_versions: int | None = None
 
 
 @dataclass
@@ -87,6 +98,8 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
     recorded: bool = False
+    #: Versions this run's retention archived (``RunnerConfig.keep_idle_versions``).
+    archived: list[int] = field(default_factory=list)
 
     @property
     def deferred(self) -> bool:
@@ -303,6 +316,8 @@ class RetrainRunner:
         result.duration_s = time.perf_counter() - t0
         result.metrics["duration_seconds"] = result.duration_s
         self._record(result, started_at)
+        if result.version and cfg.keep_idle_versions is not None:
+            result.archived = self._retire_idle_versions(cfg.keep_idle_versions, result.run_id)
         log.info(
             "retrain_finished",
             run_id=result.run_id,
@@ -511,6 +526,26 @@ class RetrainRunner:
             self._registry.set_alias(cfg.model_name, cfg.challenger_alias, version, current, reason)
         except Aborted:
             log.warning("challenger_alias_moved", version=version)
+
+    def _retire_idle_versions(self, keep: int, run_id: str) -> list[int]:
+        """Archive the model's versions no alias points at, but the newest ``keep``: their
+        records stay, their artifacts are collected by the registry. A failure leaves the rest
+        for the next run; the run itself stands."""
+        name = self.config.model_name
+        reason = f"retention: the newest {keep} versions no alias points at stay (run {run_id})"
+        archived: list[int] = []
+        try:
+            for version in idle_versions(self._registry.list_versions(name), keep):
+                try:
+                    self._registry.archive(name, version, reason)
+                except FailedPrecondition:
+                    continue  # an alias moved to it meanwhile: it is in use
+                archived.append(version)
+        except DriftlineError as err:
+            log.warning("retention_incomplete", model=name, archived=archived, error=str(err))
+        if archived:
+            log.info("versions_archived", model=name, versions=archived, keep=keep)
+        return archived
 
     def _record(self, result: RunResult, started_at: datetime) -> None:
         cfg = self.config

@@ -16,7 +16,7 @@ from driftline.kit.settings import MetricsSettings
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.services.registry import testing
 from driftline.services.registry.app import RegistryApp
-from driftline.services.registry.cli import models, prune_candidates, runs
+from driftline.services.registry.cli import models, runs
 from driftline.services.registry.config import Settings
 
 TOKEN = "cli-token"
@@ -189,26 +189,6 @@ def test_prune_archives_the_oldest_versions_no_alias_points_at(cli, tmp_path):
         "6": "",
     }
     assert "archived fraud nothing\n" in cli(models, "prune", "fraud", "--keep", "2").output
-
-
-def test_prune_candidates_keep_aliased_archived_and_the_newest():
-    def version(number, *aliases, archived=False):
-        found = pb.ModelVersion(version=number, aliases=aliases)
-        if archived:
-            found.archived_at.GetCurrentTime()
-        return found
-
-    versions = [
-        version(5),
-        version(1),
-        version(2, "champion"),
-        version(3, archived=True),
-        version(4),
-        version(6),
-    ]
-    assert prune_candidates(versions, keep=2) == [1, 4]
-    assert prune_candidates(versions, keep=0) == [1, 4, 5, 6]
-    assert prune_candidates(versions, keep=10) == []
 
 
 def test_register_refuses_a_pickle_with_its_status(cli, tmp_path):

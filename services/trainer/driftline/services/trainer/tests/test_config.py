@@ -21,3 +21,13 @@ def test_a_negative_margin_is_refused_at_settings_load(monkeypatch: pytest.Monke
         Settings()
     monkeypatch.setenv("DRIFTLINE_TRAINER_MARGIN", "0")
     assert Settings().margin == 0.0
+
+
+def test_retention_is_off_unless_set_and_reaches_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DRIFTLINE_TRAINER_KEEP_IDLE_VERSIONS", raising=False)
+    assert Settings().runner_config("rev").keep_idle_versions is None
+    monkeypatch.setenv("DRIFTLINE_TRAINER_KEEP_IDLE_VERSIONS", "3")
+    assert Settings().runner_config("rev").keep_idle_versions == 3
+    monkeypatch.setenv("DRIFTLINE_TRAINER_KEEP_IDLE_VERSIONS", "-1")
+    with pytest.raises(ValidationError, match="keep_idle_versions"):
+        Settings()

@@ -129,6 +129,62 @@ def test_worse_challenger_is_registered_but_not_promoted_and_the_run_says_why(wo
     assert all(entry.alias != "champion" or entry.version == 1 for entry in registry.audit)
 
 
+def test_retention_archives_idle_versions_past_the_newest_kept(world, registry) -> None:
+    world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
+    assert runner(world, registry).run(batch("initial")).promoted
+    refusing = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+    keeping_one = dataclasses.replace(refusing.config, keep_idle_versions=1)
+    refusing = RetrainRunner(keeping_one, world.builder(horizon_s=1500), registry)
+
+    archived = [refusing.run(batch(f"r{i}")).archived for i in range(4)]
+
+    # v1 stays champion; refused challengers take no alias: the newest one of them stays live.
+    assert [r.version for r in registry.runs] == [1, 2, 3, 4, 5]
+    assert archived == [[], [2], [3], [4]]
+    assert registry.archived == {("fraud", 2), ("fraud", 3), ("fraud", 4)}
+    assert registry.champion() == 1
+    entries = [e for e in registry.audit if e.action == "archive"]
+    assert [e.version for e in entries] == [2, 3, 4]
+    assert entries[0].reason.startswith("retention: the newest 1 versions no alias points at stay")
+
+
+def test_retention_spares_a_version_an_alias_moved_to_meanwhile(world, registry) -> None:
+    world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
+    assert runner(world, registry).run(batch("initial")).promoted
+    refusing = runner(world, registry, params=CRIPPLED, gate=GateConfig(metric="auc", margin=0.0))
+    refusing.run(batch("r0"))
+    refusing.run(batch("r1"))  # v2 and v3: refused, idle
+
+    class Racing(type(registry)):  # type: ignore[misc]
+        def archive(self, name, version, reason):
+            if version == 2:  # someone points "shadow" at v2 between the listing and the archive
+                self.aliases[(name, "shadow")] = 2
+            return super().archive(name, version, reason)
+
+    racing = Racing(**{f.name: getattr(registry, f.name) for f in dataclasses.fields(registry)})
+    config = dataclasses.replace(refusing.config, keep_idle_versions=0)
+    result = RetrainRunner(config, world.builder(horizon_s=1500), racing).run(batch("r2"))
+
+    assert result.archived == [3, 4]
+    assert ("fraud", 2) not in racing.archived
+
+
+def test_retention_that_fails_leaves_the_run_standing(world, registry) -> None:
+    world.add(3000, start_s=0, rule=1, seed=3, ingested_at=T0 + timedelta(hours=1))
+
+    class Unlisting(type(registry)):  # type: ignore[misc]
+        def list_versions(self, name):
+            raise Unavailable("registry restarting")
+
+    unlisting = Unlisting(**{f.name: getattr(registry, f.name) for f in dataclasses.fields(registry)})
+    config = dataclasses.replace(runner(world, registry).config, keep_idle_versions=0)
+    result = RetrainRunner(config, world.builder(horizon_s=1500), unlisting).run(batch("initial"))
+
+    assert result.promoted
+    assert result.archived == []
+    assert registry.runs[-1].outcome == registry_pb2.RUN_OUTCOME_PROMOTED
+
+
 def test_winner_is_left_pending_under_manual_approval(world, registry) -> None:
     drifted_world(world, registry)
     result = runner(world, registry, gate=GateConfig(manual_approval=True)).run(batch("r1"))
