@@ -123,14 +123,20 @@ def _fields(message: drift_pb2.DriftReport) -> dict[str, object]:
     return {field.name: value for field, value in message.ListFields()}
 
 
-def test_worse_challenger_is_not_promoted_and_the_run_and_audit_say_why(world) -> None:
-    model = f"gate-{uuid.uuid4().hex[:6]}"
+def _first_champion(world, model: str) -> RunResult:
+    """Train and promote ``model``'s first version in-process."""
     strong = TrainerApp(
         world.settings(model_name=model), trigger_topics=world.triggers, feedback_topic=world.feedback
     )
     first = strong.runner.run(TriggerBatch((Trigger(MANUAL, "setup", model, time.time()),)))
     strong.stop()
     assert first.promoted, first.reason
+    return first
+
+
+def test_worse_challenger_is_not_promoted_and_the_run_and_audit_say_why(world) -> None:
+    model = f"gate-{uuid.uuid4().hex[:6]}"
+    first = _first_champion(world, model)
 
     # A bad hyper-parameter change: one stump. Requested over Kafka like `driftline train --now`.
     weak = TrainerApp(
@@ -245,12 +251,7 @@ def test_now_in_process_retrains_and_records_a_manual_run(world) -> None:
 
 def test_retention_archives_a_refused_challenger_in_the_real_registry(world) -> None:
     model = f"keep-{uuid.uuid4().hex[:6]}"
-    strong = TrainerApp(
-        world.settings(model_name=model), trigger_topics=world.triggers, feedback_topic=world.feedback
-    )
-    first = strong.runner.run(TriggerBatch((Trigger(MANUAL, "setup", model, time.time()),)))
-    strong.stop()
-    assert first.promoted, first.reason
+    first = _first_champion(world, model)
     weak = TrainerApp(
         world.settings(model_name=model, n_estimators=1, num_leaves=2, margin=0.0, keep_idle_versions=0),
         trigger_topics=world.triggers,
