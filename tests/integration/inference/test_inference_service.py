@@ -57,6 +57,9 @@ def load_failures(reason: str) -> float:
 async def test_health_waits_for_a_warm_champion_then_predictions_flow(stack):
     entities = await stack.put_entities(64)
     assert await stack.health() == NOT_SERVING
+    # Which path serves, for DriftlineTargetDown: the data plane's target is down by design at 0.
+    serving_path = REGISTRY.get_sample_value("driftline_inference_data_plane")
+    assert serving_path == (1.0 if stack.app.data_plane is not None else 0.0)
     code = await rpc_code(stack.inference.Predict(inference_pb2.PredictRequest(entity_id=entities[0])))
     assert code is grpc.StatusCode.UNAVAILABLE
 

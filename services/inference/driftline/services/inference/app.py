@@ -115,6 +115,7 @@ class InferenceApp:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        metrics.DATA_PLANE.set(1 if self.data_plane is not None else 0)
         if self.data_plane is not None:
             await loop.run_in_executor(self._loads, self.data_plane.start)
             self._mirror = DataPlaneMirror(self.data_plane)

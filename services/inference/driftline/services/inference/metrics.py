@@ -84,6 +84,11 @@ EXECUTION_PROVIDER = Gauge(
     ["provider"],
 )
 SERVING = Gauge("driftline_inference_serving", "1 once a champion is loaded and warm.")
+DATA_PLANE = Gauge(
+    "driftline_inference_data_plane",
+    "1 when the compiled data plane serves the APIs, 0 when this process does "
+    "(DRIFTLINE_INFERENCE_DATA_PLANE=false): then the data plane's scrape target is down by design.",
+)
 PREDICTION_LOG_DROPPED = Counter(
     "driftline_inference_prediction_log_dropped_total",
     "Prediction-log records not written: buffer full or delivery failed. Alert on any.",
