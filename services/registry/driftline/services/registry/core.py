@@ -181,7 +181,7 @@ class Registry:
     def get_version(
         self, name: str, *, version: int = 0, alias: str = "", include_reference: bool = True
     ) -> ModelVersion:
-        """A version by number, by alias, or (neither given) the latest one."""
+        """A version by number, by alias, or (neither given) the newest live one."""
         security.validate_name(name)
         with self._db.read() as conn:
             if alias:
@@ -192,8 +192,10 @@ class Registry:
             elif version:
                 number = version
             else:
-                number = repo.latest_version_number(conn, name)
+                number = repo.latest_live_version_number(conn, name)
                 if number == 0:
+                    if repo.model_exists(conn, name):
+                        raise NotFound(f"every version of model {name} is archived")
                     raise NotFound(f"no model {name}")
             found = repo.get_version(conn, name, number, with_reference=include_reference)
         if found is None:

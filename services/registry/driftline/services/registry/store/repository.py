@@ -246,10 +246,19 @@ def get_version(
     return None if row is None else _version(conn, row, with_reference=with_reference)
 
 
-def latest_version_number(conn: Connection, name: str) -> int:
-    return int(
-        conn.execute(select(func.max(versions.c.version)).where(versions.c.name == name)).scalar() or 0
+def _is_archived_row() -> Any:
+    """Correlated test, inside a query over ``versions``: is this row's version archived?"""
+    return (
+        select(archived.c.version)
+        .where(and_(archived.c.name == versions.c.name, archived.c.version == versions.c.version))
+        .exists()
     )
+
+
+def latest_live_version_number(conn: Connection, name: str) -> int:
+    """The newest version of ``name`` that is not archived; 0 when there is none."""
+    query = select(func.max(versions.c.version)).where(and_(versions.c.name == name, ~_is_archived_row()))
+    return int(conn.execute(query).scalar() or 0)
 
 
 def version_exists(conn: Connection, name: str, version: int) -> bool:
@@ -296,12 +305,7 @@ def archive_version(conn: Connection, name: str, version: int, now_us: int) -> N
 
 def live_digests(conn: Connection, digest: str | None = None) -> set[str]:
     """The artifact digests some live (not archived) version uses; only ``digest``, if given."""
-    is_archived_row = (
-        select(archived.c.version)
-        .where(and_(archived.c.name == versions.c.name, archived.c.version == versions.c.version))
-        .exists()
-    )
-    query = select(versions.c.artifact_sha256).where(~is_archived_row).distinct()
+    query = select(versions.c.artifact_sha256).where(~_is_archived_row()).distinct()
     if digest is not None:
         query = query.where(versions.c.artifact_sha256 == digest)
     return set(conn.execute(query).scalars())

@@ -540,6 +540,21 @@ def test_an_archived_version_keeps_its_record_and_loses_its_uses(registry, clock
     assert registry.verify_audit().ok
 
 
+def test_the_latest_version_is_the_newest_live_one(registry):
+    for bias in (0.1, 0.2, 0.3):
+        registry.register(_new(artifact=_model_bytes(bias)), "ops")
+    registry.archive("fraud", 3, actor="ops")
+    assert registry.get_version("fraud").version == 2
+    registry.archive("fraud", 1, actor="ops")
+    assert registry.get_version("fraud").version == 2
+    registry.archive("fraud", 2, actor="ops")
+    with pytest.raises(NotFound, match="every version of model fraud is archived"):
+        registry.get_version("fraud")
+    assert registry.get_version("fraud", version=3).archived_at is not None  # by number: still there
+    with pytest.raises(NotFound, match="no model ghost"):
+        registry.get_version("ghost")
+
+
 def test_a_version_an_alias_points_at_is_not_archived(registry):
     registry.register(_new(), "ops")
     registry.set_alias("fraud", "champion", 1, expected_version=0, actor="ops")
