@@ -30,6 +30,10 @@ proto-check: proto ## Fail when the committed generated code is stale
 	@git diff --exit-code --stat -- libs/proto || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
 	@test -z "$$(git status --porcelain -- libs/proto)" || (git status --porcelain -- libs/proto && echo "untracked generated files: run 'make proto' and commit" && exit 1)
 
+.PHONY: settings-doc
+settings-doc: ## Regenerate docs/settings.md from the services' Settings classes
+	@$(PY) -m driftline.services.cli settings > docs/settings.md
+
 .PHONY: up
 up: ## Start the local stack: Kafka (KRaft), Redis, Prometheus; then create the topics
 	@bash deploy/local/stack.sh up

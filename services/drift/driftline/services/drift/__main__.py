@@ -1,14 +1,12 @@
 """``python -m driftline.services.drift``: run the drift service."""
 
-from driftline.kit.logging import configure_logging
+from driftline.kit import entrypoint
 from driftline.services.drift.app import run
 from driftline.services.drift.config import Settings
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log, service="drift")
-    run(settings)
+    entrypoint.main("drift", Settings, run)
 
 
 if __name__ == "__main__":

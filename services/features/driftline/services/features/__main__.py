@@ -1,16 +1,12 @@
-"""Run the features service: ``python -m driftline.services.features``."""
+"""``python -m driftline.services.features``: run the features service."""
 
-from __future__ import annotations
-
-from driftline.kit.logging import configure_logging
+from driftline.kit import entrypoint
 from driftline.services.features.app import FeaturesApp
 from driftline.services.features.config import Settings
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log, service="features")
-    FeaturesApp(settings).run()
+    entrypoint.main("features", Settings, lambda settings: FeaturesApp(settings).run())
 
 
 if __name__ == "__main__":

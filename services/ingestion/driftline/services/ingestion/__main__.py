@@ -1,9 +1,13 @@
 """``python -m driftline.services.ingestion``: run the ingestion service."""
 
-from driftline.kit.logging import configure_logging
+from driftline.kit import entrypoint
 from driftline.services.ingestion.app import SERVICE, serve
 from driftline.services.ingestion.config import Settings
 
-settings = Settings()
-configure_logging(settings.log, service=SERVICE)
-serve(settings)
+
+def main() -> None:
+    entrypoint.main(SERVICE, Settings, serve)
+
+
+if __name__ == "__main__":
+    main()

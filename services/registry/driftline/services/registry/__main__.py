@@ -2,15 +2,13 @@
 
 import asyncio
 
-from driftline.kit.logging import configure_logging
+from driftline.kit import entrypoint
 from driftline.services.registry.app import RegistryApp
 from driftline.services.registry.config import Settings
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log, service="registry")
-    asyncio.run(RegistryApp(settings).serve())
+    entrypoint.main("registry", Settings, lambda settings: asyncio.run(RegistryApp(settings).serve()))
 
 
 if __name__ == "__main__":
