@@ -7,7 +7,11 @@ Defaults work on a laptop against the stack that ``make up`` starts.
 
 from __future__ import annotations
 
-from pydantic import BaseSettings, Field
+from typing import Literal
+
+from pydantic import BaseSettings, Field, validator
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class KafkaSettings(BaseSettings):
@@ -63,8 +67,17 @@ class RedisSettings(BaseSettings):
 class LogSettings(BaseSettings):
     """Logging output."""
 
-    format: str = Field("json", description='"json" for deployments, "console" for a terminal.')
-    level: str = Field("INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR.")
+    format: Literal["json", "console"] = Field(
+        "json", description='"json" for deployments, "console" for a terminal.'
+    )
+    level: str = Field("INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+
+    @validator("level")
+    def _a_known_level(cls, value: str) -> str:  # noqa: N805 - pydantic validators take the class
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return level
 
     class Config:
         env_prefix = "DRIFTLINE_LOG_"

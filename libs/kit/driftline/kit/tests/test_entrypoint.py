@@ -126,7 +126,6 @@ def test_invalid_settings_name_every_variable_at_fault_and_exit_2(monkeypatch, c
     monkeypatch.setenv("T_ALPHA_COLOUR", "green")
     monkeypatch.setenv("T_ALPHA_SIZES", '[1, "x"]')
     monkeypatch.setenv("T_BROKER_BATCH", "0")
-    monkeypatch.setenv("DRIFTLINE_LOG_LEVEL", "INFO")
     ran = []
     with pytest.raises(SystemExit) as stop:
         entrypoint.main("alpha", Alpha, ran.append, argv=[])

@@ -1,4 +1,7 @@
-from driftline.kit.settings import GrpcServerSettings, KafkaSettings, RedisSettings
+import pytest
+from pydantic import ValidationError
+
+from driftline.kit.settings import GrpcServerSettings, KafkaSettings, LogSettings, RedisSettings
 
 
 def test_settings_read_their_own_env_prefix(monkeypatch):
@@ -13,6 +16,18 @@ def test_servers_bind_loopback_by_default():
 
 
 def test_every_setting_is_documented():
-    for cls in (KafkaSettings, RedisSettings, GrpcServerSettings):
+    for cls in (KafkaSettings, RedisSettings, GrpcServerSettings, LogSettings):
         for name, field in cls.__fields__.items():
             assert field.field_info.description, f"{cls.__name__}.{name} has no description"
+
+
+def test_a_log_level_is_one_python_knows_and_a_format_one_there_is(monkeypatch):
+    monkeypatch.setenv("DRIFTLINE_LOG_LEVEL", "debug")
+    assert LogSettings().level == "DEBUG"
+    monkeypatch.setenv("DRIFTLINE_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValidationError, match="unknown level 'LOUD'"):
+        LogSettings()
+    monkeypatch.delenv("DRIFTLINE_LOG_LEVEL")
+    monkeypatch.setenv("DRIFTLINE_LOG_FORMAT", "xml")
+    with pytest.raises(ValidationError, match="unexpected value; permitted: 'json', 'console'"):
+        LogSettings()
