@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from driftline.kit import kafka
+from driftline.kit.kafka import consumer
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.testing import REDIS_CANNOT_SERVE_REPLIES, FakeMessage, fake_messages
 from driftline.kit.topics import TRANSACTIONS_RAW
@@ -524,7 +525,7 @@ def test_each_dead_letter_is_logged_only_at_debug_level(capsys, monkeypatch):
         structlog.reset_defaults()
         configure_logging(LogSettings(format="json", level=level))
         # A fresh logger: the module's caches the configuration of its first use.
-        monkeypatch.setattr(kafka, "log", structlog.get_logger(kafka.__name__))
+        monkeypatch.setattr(consumer, "log", structlog.get_logger(consumer.__name__))
         try:
             capsys.readouterr()
             _loop(kafka.per_message(_poison), _Producer())._process(_mixed_batch())

@@ -1,72 +1,44 @@
-"""Kafka producer and consumer loop with at-least-once delivery and dead-letter routing.
-
-The producer is idempotent (``acks=all``, ``enable.idempotence``) and never fire-and-forget:
-every send returns a future, and ``flush`` raises when any message was not acknowledged.
-
-The consumer loop handles a batch of messages and sends every output; it commits the batch's
-offsets only once the broker has acknowledged all of them. Batches are pipelined: while one
-batch's outputs are in flight the loop already handles the next (at most
-``max_in_flight_batches``; a handler may prepare the next batch while the current one's outputs
-are produced), and batches are committed strictly in order. A message that cannot
-be processed goes to its topic's dead-letter topic with the reason in headers; the loop goes on.
-A process killed between output and commit reprocesses the uncommitted batches when it restarts:
-effects must therefore be idempotent, which keys and event ids make them.
-"""
+"""The consumer loop: consume, handle, deliver, then commit (at-least-once, dead-lettering)."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import logging
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, cast
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from google.protobuf import json_format
-from google.protobuf.message import Message as ProtoMessage
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from driftline.kit.codec import decode
+from driftline.kit.kafka.librdkafka import LIBRDKAFKA_LOG
+from driftline.kit.kafka.messages import (
+    DLQ_DETAIL,
+    DLQ_REASON,
+    DLQ_SERVICE,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TIMESTAMP,
+    DLQ_SOURCE_TOPIC,
+    BatchHandler,
+    DeadLetter,
+    Headers,
+    Outcome,
+)
+from driftline.kit.kafka.producer import Deliveries, DeliveryError, KafkaProducer
 from driftline.kit.outages import OutagePolicy
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import Topic
 
-if TYPE_CHECKING:
-    from confluent_kafka.admin import AdminClient
-
 log = structlog.get_logger(__name__)
-#: Where every client's librdkafka log lines go (the ``logger`` client setting): through the
-#: standard library, so ``configure_logging`` renders them as JSON like the rest, rather than
-#: librdkafka printing its own ``%3|...|FAIL|`` lines to stderr.
-LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
-
-M = TypeVar("M", bound=ProtoMessage)
-
-Headers = list[tuple[str, bytes]]
-#: Which deliveries a producer reports: every one, or only the failed ones (see KafkaProducer).
-DeliveryReports = Literal["all", "errors"]
 #: Lag is read from the client's cached watermarks at most this often.
 _LAG_REPORT_INTERVAL_S = 1.0
-
-# Header names on dead-letter records (the same names Kafka Connect users look for, namespaced).
-DLQ_REASON = "dlq.reason"
-DLQ_DETAIL = "dlq.detail"
-DLQ_SOURCE_TOPIC = "dlq.source.topic"
-DLQ_SOURCE_PARTITION = "dlq.source.partition"
-DLQ_SOURCE_OFFSET = "dlq.source.offset"
-DLQ_SOURCE_TIMESTAMP = "dlq.source.timestamp"
-DLQ_SERVICE = "dlq.service"
-CONTENT_TYPE = "content-type"
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
 
 CONSUMED = Counter("driftline_kafka_consumed_total", "Messages consumed.", ["group", "topic"])
 DEAD_LETTERED = Counter(
@@ -78,10 +50,6 @@ SKIPPED = Counter(
     "driftline_kafka_skipped_total",
     "Unprocessable messages of topics without a dead-letter topic, left on their topic.",
     ["group", "topic", "reason"],
-)
-PRODUCED = Counter("driftline_kafka_produced_total", "Messages acknowledged by the broker.", ["topic"])
-DELIVERY_FAILURES = Counter(
-    "driftline_kafka_delivery_failures_total", "Messages the broker did not acknowledge.", ["topic"]
 )
 HANDLER_RETRIES = Counter(
     "driftline_kafka_handler_retries_total", "Batches retried after a transient error.", ["group"]
@@ -104,10 +72,6 @@ BATCH_SECONDS = Histogram(
 )
 
 
-class DeliveryError(KafkaException):
-    """The broker did not acknowledge a message."""
-
-
 class _Outage(Exception):
     """A handler failed because a dependency is down (the cause); the batch is not at fault."""
 
@@ -115,263 +79,6 @@ class _Outage(Exception):
 class _Abandoned(Exception):
     """A handler failed (the cause) once the loop was stopping: the batch is not retried, nor
     judged, but left uncommitted for the next run (a transient failure is not the batch's fault)."""
-
-
-class Output(NamedTuple):
-    """One message a handler wants sent (a tuple: handlers build one per event)."""
-
-    topic: str
-    value: bytes
-    key: bytes | str | None = None
-    headers: Sequence[tuple[str, bytes]] = ()
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A handler's verdict that a message is poison: it goes to the dead-letter topic."""
-
-    reason: str
-    detail: str = ""
-
-
-Outcome = Sequence[Output] | DeadLetter
-
-
-class PoisonMessage(Exception):
-    """Raised by a per-message handler for input that will never succeed."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-class BatchHandler(Protocol):
-    """Turns a batch of consumed messages into one outcome per message, in order.
-
-    A handler may also have ``prepare(messages)``: the loop then calls it with the next batch
-    when that batch is already consumed, once the current batch is handled and before its
-    outputs are produced, and calls the handler with that batch afterwards (or drops it
-    unprepared, to consume it again, when the current batch is held back or a failing one is
-    handed back in part). ``prepare`` starts what the handler waits for (requests to
-    another server), so that it runs while the loop produces; it must have no effect a fresh
-    call would not repeat, since the handler may instead be called on the batch, or on a part
-    of it, without it. What it raises is ignored: the handler meets it again.
-    """
-
-    def __call__(self, messages: Sequence[Message]) -> Sequence[Outcome]: ...
-
-
-def per_message(handler: Callable[[Message], Iterable[Output]]) -> BatchHandler:
-    """Adapt a one-message handler; ``PoisonMessage`` becomes a ``DeadLetter`` outcome."""
-
-    def handle(messages: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for message in messages:
-            try:
-                outcomes.append(list(handler(message)))
-            except PoisonMessage as err:
-                outcomes.append(DeadLetter(err.reason, err.detail))
-        return outcomes
-
-    return handle
-
-
-def producer_config(settings: KafkaSettings) -> dict[str, Any]:
-    """The librdkafka properties of every producer of the platform: idempotent, ``acks=all``,
-    lz4. Plain values only, so a producer outside Python (inference's data plane) gets the
-    same ones."""
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "client.id": settings.client_id,
-        "enable.idempotence": True,
-        "acks": "all",
-        "delivery.timeout.ms": settings.delivery_timeout_ms,
-        "linger.ms": 5,
-        "compression.type": "lz4",
-    }
-
-
-class KafkaProducer:
-    """An idempotent producer whose sends are acknowledged or reported, never lost silently.
-
-    ``reports="errors"`` asks the client for the failed deliveries' reports only: no Python
-    callback per acknowledged message, on the poll thread, under the GIL (a sixth of the CPU of
-    producing a small message: ``bench/kafka_reports.py``). Its user learns that everything
-    produced so far is acknowledged, or its failures reported, when ``outstanding()`` falls to
-    zero or ``flush`` returns; ``send`` (a future per message) needs every report and refuses.
-    A consumer loop given such a producer for itself alone completes its batches that way (see
-    ``ConsumerLoop``).
-    """
-
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        *,
-        transactional_id: str | None = None,
-        config: dict[str, Any] | None = None,
-        reports: DeliveryReports = "all",
-    ) -> None:
-        conf: dict[str, Any] = {**producer_config(settings), "logger": LIBRDKAFKA_LOG}
-        if transactional_id:
-            conf["transactional.id"] = transactional_id
-        if reports == "errors":
-            conf["delivery.report.only.error"] = True
-        conf.update(config or {})
-        self.reports: DeliveryReports = reports
-        self._producer = Producer(conf)
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
-        self._poller.start()
-
-    def _poll_forever(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
-
-    def send(
-        self,
-        topic: Topic | str,
-        value: bytes,
-        key: bytes | str | None = None,
-        headers: Headers | None = None,
-    ) -> concurrent.futures.Future[Message]:
-        """Queue one message; the future resolves on acknowledgement or fails with DeliveryError."""
-        if self.reports != "all":
-            raise TypeError("send() needs every delivery report; this producer reports errors only")
-        name = topic if isinstance(topic, str) else topic.name
-        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
-
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                DELIVERY_FAILURES.labels(name).inc()
-                future.set_exception(DeliveryError(err))
-            else:
-                PRODUCED.labels(name).inc()
-                future.set_result(msg)
-
-        self.produce(name, value, key, headers, on_delivery)
-        return future
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | str | None,
-        headers: Sequence[tuple[str, bytes]] | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        """Queue one message with a raw delivery callback (the hot path of the consumer loop).
-
-        A ``str`` key is sent UTF-8 encoded (the client encodes it).
-        """
-        while True:
-            try:
-                self._producer.produce(topic, value, key, headers=headers or None, on_delivery=on_delivery)  # type: ignore[arg-type]
-                return
-            except BufferError:
-                # Local queue full: let deliveries drain, then try again (back-pressure, not loss).
-                self._producer.poll(0.1)
-
-    async def send_async(
-        self,
-        topic: Topic | str,
-        value: bytes,
-        key: bytes | str | None = None,
-        headers: Headers | None = None,
-    ) -> Message:
-        """Send and await the broker's acknowledgement from asyncio code."""
-        return await asyncio.wrap_future(self.send(topic, value, key, headers))
-
-    def outstanding(self) -> int:
-        """Messages produced and not yet acknowledged or reported failed (their reports served)."""
-        return len(self._producer)
-
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until every queued message is acknowledged; raise if any is still pending."""
-        remaining = self._producer.flush(timeout_s if timeout_s is not None else -1)
-        if remaining:
-            raise DeliveryError(KafkaError(KafkaError._TIMED_OUT, f"{remaining} messages not delivered"))
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        try:
-            self.flush(timeout_s)
-        finally:
-            self._stop.set()
-            self._poller.join(timeout=2)
-
-    @property
-    def raw(self) -> Producer:
-        """The confluent-kafka producer, for transactions."""
-        return self._producer
-
-
-def wait_all(futures: Iterable[concurrent.futures.Future[Message]], timeout_s: float) -> None:
-    """Block until every future is acknowledged; raise the first delivery failure."""
-    for future in futures:
-        future.result(timeout=timeout_s)
-
-
-class Deliveries:
-    """A set of produced messages whose acknowledgements are awaited together.
-
-    ``expect`` counts each message as it is produced, with ``on_delivery`` as its callback (it
-    runs on the producer's poll thread); after ``seal`` the last acknowledgement sets ``done``.
-    ``raise_on_failure`` then books the producer metrics and raises the first failure. One
-    callback and a counter, not a future per message (a future costs a lock and a condition).
-    """
-
-    __slots__ = ("_lock", "_sealed", "_settled", "_total", "done", "expected", "failures")
-
-    def __init__(self) -> None:
-        self.expected: dict[str, int] = {}
-        self.failures: list[tuple[str, KafkaError]] = []
-        self.done = threading.Event()
-        self._total = 0
-        self._settled = 0
-        self._sealed = False
-        self._lock = threading.Lock()
-
-    def expect(self, topic: str) -> None:
-        """Count one output about to be produced (the producing thread, before ``seal``)."""
-        self.expected[topic] = self.expected.get(topic, 0) + 1
-        self._total += 1
-
-    def expect_many(self, counts: Mapping[str, int]) -> None:
-        """Count outputs already produced, by topic (the producing thread, before ``seal``;
-        acknowledgements that arrived first are settled already, and ``seal`` compares)."""
-        for topic, n in counts.items():
-            self.expected[topic] = self.expected.get(topic, 0) + n
-            self._total += n
-
-    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        with self._lock:
-            if err is not None:
-                self.failures.append((cast(str, msg.topic()), err))
-            self._settled += 1
-            if self._sealed and self._settled == self._total:
-                self.done.set()
-
-    def seal(self) -> None:
-        """Every output is produced: from now on the last acknowledgement completes the set."""
-        with self._lock:
-            self._sealed = True
-            if self._settled == self._total:
-                self.done.set()
-
-    def raise_on_failure(self) -> None:
-        """Book what was produced and what failed, per topic; raise the first failure."""
-        failed: dict[str, int] = {}
-        for topic, _ in self.failures:
-            failed[topic] = failed.get(topic, 0) + 1
-            DELIVERY_FAILURES.labels(topic).inc()
-        for topic, n in self.expected.items():
-            if n - failed.get(topic, 0):
-                PRODUCED.labels(topic).inc(n - failed.get(topic, 0))
-        if self.failures:
-            _, err = self.failures[0]
-            raise DeliveryError(err)
 
 
 class _InFlight(Deliveries):
@@ -878,132 +585,3 @@ def install_signal_handlers(on_stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def header(message: Message, name: str) -> bytes | None:
-    """The last value of a header, or None."""
-    found = None
-    for key, value in cast(Headers, message.headers() or []):
-        if key == name:
-            found = value
-    return found
-
-
-def decode_value(message_type: type[M], message: Message) -> M:
-    """A message's value as ``message_type``: protobuf, or its JSON form when the message's
-    ``content-type`` header says ``application/json`` (producers outside Driftline often write
-    JSON). Raises ValueError with the reason when it is neither."""
-    payload = message.value() or b""
-    if header(message, CONTENT_TYPE) == JSON.encode():
-        try:
-            return json_format.Parse(payload, message_type())
-        except json_format.ParseError as err:
-            raise ValueError(f"not a valid {message_type.DESCRIPTOR.full_name} in JSON: {err}") from err
-    return decode(message_type, payload)
-
-
-def admin_client(bootstrap_servers: str) -> AdminClient:
-    """An admin client whose librdkafka lines go through ``LIBRDKAFKA_LOG`` like the others'.
-    An admin client hands them over only when polled: call ``poll(0)`` after its requests, or
-    they pile up in it unread."""
-    from confluent_kafka.admin import AdminClient
-
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG}
-    return AdminClient(conf)
-
-
-#: Answers to a group request while the group's coordinator is not ready yet: worth a retry.
-#: (librdkafka raises these without its retriable flag.)
-_COORDINATOR_MOVING = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    }
-)
-
-
-def offsets_reader(bootstrap_servers: str, group: str) -> Consumer:
-    """A consumer of ``group`` that never subscribes, hence never joins the group: what
-    ``committed_offsets`` reads a group's offsets with. Close it when done."""
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "logger": LIBRDKAFKA_LOG,
-        }
-    )
-
-
-def committed_offsets(
-    reader: Consumer, partitions: Sequence[TopicPartition], *, timeout_s: float = 30.0
-) -> list[TopicPartition]:
-    """The committed offsets of ``reader``'s group (``offsets_reader``) on ``partitions``: offset
-    -1001 where it never committed, ``error`` set where the broker answered one with an error.
-    Retried while the group's coordinator is not ready (a new cluster answers NOT_COORDINATOR
-    while it creates its offsets topic), until ``timeout_s``.
-
-    Not the admin client's ``list_consumer_group_offsets``: in confluent-kafka 2.16 that call
-    kills the process (SIGSEGV) when it meets a cluster whose offsets topic does not exist yet,
-    which is every new cluster until its first group commits (confluent-kafka-python #1982).
-    """
-    if not partitions:
-        return []
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return list(reader.committed(list(partitions), timeout=max(0.1, deadline - time.monotonic())))
-        except KafkaException as err:
-            if err.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() + 0.2 >= deadline:
-                raise
-            time.sleep(0.2)
-
-
-def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:
-    """Move a consumer group to the end of every topic it has committed offsets on (all of each
-    topic's partitions), so that it next consumes only what is produced from now on (what
-    ``kafka-consumer-groups --reset-offsets --to-latest`` does). Returns how many partitions moved;
-    a group with no committed offsets is left to its ``auto.offset.reset``.
-
-    The group must have no active member (the broker refuses otherwise: ``KafkaException``).
-    """
-    admin = admin_client(bootstrap_servers)
-    try:
-        return _skip_to_end(admin, bootstrap_servers, group, timeout_s)
-    finally:
-        admin.poll(0)  # hand its log lines over
-
-
-def _skip_to_end(admin: AdminClient, bootstrap_servers: str, group: str, timeout_s: float) -> int:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import OffsetSpec
-
-    metadata = admin.list_topics(timeout=timeout_s).topics
-    everywhere = [
-        TopicPartition(t, p)
-        for t, meta in metadata.items()
-        if not t.startswith("__")
-        for p in meta.partitions
-    ]
-    reader = offsets_reader(bootstrap_servers, group)
-    try:
-        listed = committed_offsets(reader, everywhere, timeout_s=timeout_s)
-    finally:
-        reader.close()
-    topics = sorted({tp.topic for tp in listed if tp.error is None and tp.offset >= 0})
-    if not topics:
-        return 0
-    partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
-    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
-    moved = [
-        TopicPartition(tp.topic, tp.partition, f.result(timeout=timeout_s).offset) for tp, f in ends.items()
-    ]
-    altered = admin.alter_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group, moved)], request_timeout=timeout_s
-    )
-    refused = [tp for tp in altered[group].result(timeout=timeout_s).topic_partitions or [] if tp.error]
-    if refused:  # per partition, e.g. while the group has members
-        raise KafkaException(refused[0].error)
-    log.info("consumer_group_skipped_to_end", group=group, topics=topics, partitions=len(moved))
-    return len(moved)
