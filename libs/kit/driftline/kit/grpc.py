@@ -14,7 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from driftline.kit.settings import GrpcServerSettings
+from driftline.kit.settings import GrpcServerSettings, RegistryTlsSettings
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +28,32 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+
+
+def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials (mutual when a client CA is set); None when it serves plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def client_channel(
+    address: str, options: Sequence[tuple[str, Any]], tls: RegistryTlsSettings | None = None
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to ``address``: over TLS when ``tls`` says so, plaintext otherwise."""
+    if tls is None or not tls.uses_tls:
+        return grpc.aio.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
+        private_key=tls.client_key_file.read_bytes() if tls.client_key_file else None,
+        certificate_chain=tls.client_cert_file.read_bytes() if tls.client_cert_file else None,
+    )
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 class _DefaultDeadline:
@@ -102,12 +128,21 @@ class GrpcServer:
     async def start(self) -> int:
         """Bind and start; every service reports NOT_SERVING until ``set_serving(True)``."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {address}")
         await self.set_serving(False)
         await self.server.start()
-        log.info("grpc_started", address=f"{self.settings.host}:{self.port}", services=self._service_names)
+        log.info(
+            "grpc_started",
+            address=f"{self.settings.host}:{self.port}",
+            services=self._service_names,
+            tls="mutual" if self.settings.tls_client_ca_file else "on" if credentials else "off",
+        )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:

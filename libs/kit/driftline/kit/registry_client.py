@@ -20,12 +20,12 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import grpc
-from pydantic import BaseSettings, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from driftline.kit.codec import to_timestamp
 from driftline.kit.errors import DataLoss, call
-from driftline.kit.grpc import channel_options
+from driftline.kit.grpc import channel_options, client_channel
+from driftline.kit.settings import RegistryTlsSettings
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -41,7 +41,7 @@ def idle_versions(versions: Iterable[pb.ModelVersion], keep: int) -> list[int]:
     return idle[: max(len(idle) - keep, 0)]
 
 
-class RegistryClientSettings(BaseSettings):
+class RegistryClientSettings(RegistryTlsSettings):
     """How to reach the registry (environment prefix ``DRIFTLINE_REGISTRY_``)."""
 
     address: str = Field("127.0.0.1:15051", description="host:port of the registry's gRPC server.")
@@ -66,9 +66,10 @@ class RegistryClient:
         *,
         timeout_s: float = 30.0,
         actor: str | None = None,
+        tls: RegistryTlsSettings | None = None,
     ) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._channel = client_channel(address, channel_options(max_message_bytes), tls)
         self._stub = pb_grpc.RegistryServiceStub(self._channel)
         self._timeout_s = timeout_s
         metadata: list[tuple[str, str]] = []
@@ -86,6 +87,7 @@ class RegistryClient:
             settings.max_message_bytes,
             timeout_s=settings.timeout_s,
             actor=actor,
+            tls=settings,
         )
 
     async def _call(self, method: Any, request: Any) -> Any:

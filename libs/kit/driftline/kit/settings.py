@@ -7,9 +7,9 @@ Defaults work on a laptop against the stack that ``make up`` starts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseSettings, Field, validator
+from pydantic import BaseSettings, Field, FilePath, root_validator, validator
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -106,3 +106,58 @@ class GrpcServerSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         1000, description="Calls beyond this are refused with RESOURCE_EXHAUSTED."
     )
+    tls_cert_file: FilePath | None = Field(
+        None,
+        description=(
+            "PEM certificate chain the server presents. Set with tls_key_file, the port serves TLS "
+            "only; unset, plaintext (fit for 127.0.0.1, not for a network)."
+        ),
+    )
+    tls_key_file: FilePath | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: FilePath | None = Field(
+        None,
+        description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
+    )
+
+    @root_validator(skip_on_failure=True)
+    def _tls_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        prefix = str(cls.__config__.env_prefix).upper()
+        if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
+            raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE go together")
+        if values["tls_client_ca_file"] is not None and values["tls_cert_file"] is None:
+            raise ValueError(
+                f"{prefix}TLS_CLIENT_CA_FILE needs {prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE"
+            )
+        return values
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+class RegistryTlsSettings(BaseSettings):
+    """How a client reaches a registry that serves TLS (environment prefix ``DRIFTLINE_REGISTRY_``)."""
+
+    tls: bool = Field(False, description="Reach the registry over TLS (implied by ca_file).")
+    ca_file: FilePath | None = Field(
+        None, description="PEM CA bundle the registry's certificate must chain to; unset: the system's."
+    )
+    client_cert_file: FilePath | None = Field(
+        None, description="PEM certificate presented to a registry that asks for one (mutual TLS)."
+    )
+    client_key_file: FilePath | None = Field(None, description="PEM private key of client_cert_file.")
+
+    @root_validator(skip_on_failure=True)
+    def _client_pair(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        if (values["client_cert_file"] is None) != (values["client_key_file"] is None):
+            raise ValueError(
+                "DRIFTLINE_REGISTRY_CLIENT_CERT_FILE and DRIFTLINE_REGISTRY_CLIENT_KEY_FILE go together"
+            )
+        return values
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.client_cert_file is not None
+
+    class Config:
+        env_prefix = "DRIFTLINE_REGISTRY_"

@@ -257,7 +257,9 @@ async def serve(settings: Settings) -> None:
         settings.redis, feature_set, key_prefix=settings.online_store_key_prefix
     )
     producer = prediction_log_producer(settings)
-    client = RegistryClient(settings.registry_address, settings.registry_token or None)
+    client = RegistryClient(
+        settings.registry_address, settings.registry_token or None, tls=settings.registry_tls
+    )
     source = RegistryModelSource(client, asyncio.get_running_loop())
     serve_metrics(settings.metrics_port, settings.metrics, service="inference")
     data_plane = None

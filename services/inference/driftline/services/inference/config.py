@@ -12,6 +12,7 @@ from driftline.kit.settings import (
     LogSettings,
     MetricsSettings,
     RedisSettings,
+    RegistryTlsSettings,
 )
 from driftline.services.inference.runtime import Device
 
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
         "driftline-dev-token",
         description="Bearer token for the registry.",
         env=["DRIFTLINE_INFERENCE_REGISTRY_TOKEN", "DRIFTLINE_REGISTRY_TOKEN"],
+    )
+    registry_tls: RegistryTlsSettings = Field(
+        default_factory=RegistryTlsSettings, description="TLS to the registry, when it serves TLS."
     )
     device: Device = Field(Device.AUTO, description='"auto" (CUDA if it works, else CPU), "cpu" or "cuda".')
     intra_op_threads: int = Field(1, description="ONNX Runtime threads per model run (1-2 for small models).")
@@ -138,4 +142,9 @@ class Settings(BaseSettings):
             raise ValueError("shadow and canary_share > 0 are exclusive")
         if not 0 <= values.get("canary_share", 0) <= 1:
             raise ValueError("canary_share must be within [0, 1]")
+        if values["data_plane"] and values["grpc"].tls:
+            raise ValueError(
+                "the compiled data plane serves plaintext only: set DRIFTLINE_INFERENCE_DATA_PLANE=false "
+                "to serve TLS from this process, or terminate TLS in front of the data plane"
+            )
         return values

@@ -34,7 +34,7 @@ def _client(ctx: click.Context) -> RegistryClient:
     address = ctx.obj.get("address") or settings.address
     token = ctx.obj.get("token") or (settings.token.get_secret_value() if settings.token else None)
     return RegistryClient(
-        address, token, settings.max_message_bytes, timeout_s=settings.timeout_s, actor="cli"
+        address, token, settings.max_message_bytes, timeout_s=settings.timeout_s, actor="cli", tls=settings
     )
 
 

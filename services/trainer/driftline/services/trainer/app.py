@@ -60,7 +60,9 @@ class TrainerCore:
     ) -> None:
         self.settings = settings
         self._owns_registry = registry is None
-        self.registry: Registry = registry or SyncRegistry(settings.registry_address, settings.registry_token)
+        self.registry: Registry = registry or SyncRegistry(
+            settings.registry_address, settings.registry_token, tls=settings.registry_tls
+        )
         self.labels = LabelLog(settings.labels_dir)
         self.store = OfflineStore(settings.offline_store_dir, feature_set)
         self.dataset = DatasetBuilder(

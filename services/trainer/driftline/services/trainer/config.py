@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseSettings, Field
 
-from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings
+from driftline.kit.settings import KafkaSettings, LogSettings, MetricsSettings, RegistryTlsSettings
 from driftline.services.trainer.gate import GateConfig
 from driftline.services.trainer.runner import RunnerConfig
 from driftline.services.trainer.train import TrainParams
@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         "driftline-dev-token",
         description="Bearer token for registry writes.",
         env=["DRIFTLINE_TRAINER_REGISTRY_TOKEN", "DRIFTLINE_REGISTRY_TOKEN"],
+    )
+    registry_tls: RegistryTlsSettings = Field(
+        default_factory=RegistryTlsSettings, description="TLS to the registry, when it serves TLS."
     )
     champion_alias: str = Field("champion", description="Alias the gate promotes a winner to.")
     challenger_alias: str = Field(

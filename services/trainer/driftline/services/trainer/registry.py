@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 from driftline.kit.registry_client import RegistryClient
+from driftline.kit.settings import RegistryTlsSettings
 from driftline.registry.v1 import registry_pb2
 
 T = TypeVar("T")
@@ -46,14 +47,20 @@ class SyncRegistry:
     """
 
     def __init__(
-        self, address: str, token: str | None, *, timeout_s: float = 30.0, actor: str = "trainer"
+        self,
+        address: str,
+        token: str | None,
+        *,
+        timeout_s: float = 30.0,
+        actor: str = "trainer",
+        tls: RegistryTlsSettings | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="registry-client", daemon=True)
         self._thread.start()
 
         async def make() -> RegistryClient:
-            return RegistryClient(address, token or None, timeout_s=timeout_s, actor=actor)
+            return RegistryClient(address, token or None, timeout_s=timeout_s, actor=actor, tls=tls)
 
         self._client = self._wait(make())
 
