@@ -320,6 +320,9 @@ class Observer:
                         if not t.new_champion_version:
                             t.new_champion_version = event.version
                             t.new_champion_registered = time.time()
+                            # Inference may swap before this thread reads the event: then the
+                            # version has served already, and that first prediction is the moment.
+                            t.first_served_by_new_champion = t.first_served.get(event.version)
                 self._stats.champion_version = event.version
 
     def _on_feedback(self, label: feedback_pb2.FeedbackLabel) -> None:

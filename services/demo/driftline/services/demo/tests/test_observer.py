@@ -1,4 +1,6 @@
-from driftline.services.demo.observer import Stats
+from driftline.kit.settings import KafkaSettings
+from driftline.registry.v1 import registry_pb2
+from driftline.services.demo.observer import Observer, Stats
 
 CAUGHT, MISSED, CLEAN = (1, 1), (0, 1), (0, 0)
 
@@ -40,3 +42,26 @@ def test_nothing_counts_before_enough_labels_or_without_a_promotion_after_the_dr
     assert not _stats(1, [], {1: [CAUGHT] * 200}).recovered(labels=100, recall=0.0)
     # The champion was rolled back to a version older than the last promotion.
     assert not _stats(1, [4], {1: [CAUGHT] * 200}).recovered(labels=100, recall=0.0)
+
+
+def _champion_event(version: int) -> registry_pb2.ModelEvent:
+    return registry_pb2.ModelEvent(
+        model_name="fraud", type=registry_pb2.MODEL_EVENT_TYPE_ALIAS_SET, alias="champion", version=version
+    )
+
+
+def test_a_new_champion_that_served_before_its_event_was_read_counts_from_its_first_prediction():
+    stats = Stats()
+    stats.champion_version = 1
+    stats.timeline.drift_onset = 100.0
+    stats.timeline.first_served = {1: 10.0, 4: 150.0}  # inference swapped before the watcher read the event
+    observer = Observer(KafkaSettings(), "127.0.0.1:1", "fraud", stats)
+    observer._on_model_event(_champion_event(4))
+    assert stats.timeline.new_champion_version == 4
+    assert stats.timeline.first_served_by_new_champion == 150.0
+
+    later = Stats()
+    later.champion_version = 1
+    later.timeline.drift_onset = 100.0
+    Observer(KafkaSettings(), "127.0.0.1:1", "fraud", later)._on_model_event(_champion_event(4))
+    assert later.timeline.first_served_by_new_champion is None  # the scorer sets it when v4 serves
