@@ -92,11 +92,15 @@ def settings_of(
     redis: RedisSettings,
     prefix: str,
     default_deadline_s: float = 2.0,
+    server_tls: dict[str, Path] | None = None,
     **kwargs: Any,
 ) -> Settings:
     return Settings(
         grpc=InferenceGrpcSettings(
-            port=0, max_message_bytes=MAX_MESSAGE_BYTES, default_deadline_s=default_deadline_s
+            port=0,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            default_deadline_s=default_deadline_s,
+            **(server_tls or {}),
         ),
         kafka=kafka,
         redis=redis,
@@ -111,9 +115,10 @@ def settings_of(
 async def start_plane(
     kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Plane]]:
-    """``start_plane(policy=..., redis=..., load=3, **settings)``: a data plane on a namespaced
-    topic and key prefix serving version ``load`` (None: no model), with ``settings`` (batching,
-    ``default_deadline_s``) over the tests' own, stopped and cleaned up after the test."""
+    """``start_plane(policy=..., redis=..., load=3, credentials=None, **settings)``: a data plane
+    on a namespaced topic and key prefix serving version ``load`` (None: no model), with
+    ``settings`` (batching, ``default_deadline_s``, ``server_tls``) over the tests' own, reached
+    over TLS with ``credentials`` when given, stopped and cleaned up after the test."""
     prefix = unique_prefix()
     predictions = PREDICTIONS.namespaced(prefix)
     create_test_topics(kafka_settings, [predictions])
@@ -124,6 +129,7 @@ async def start_plane(
         policy: StalenessPolicy = StalenessPolicy.SERVE,
         redis: RedisSettings | None = None,
         load: int | None = 3,
+        credentials: grpc.ChannelCredentials | None = None,
         **overrides: Any,
     ) -> Plane:
         settings = settings_of(
@@ -138,7 +144,11 @@ async def start_plane(
         port = process.start()
         own = aioredis.Redis.from_url(redis.url) if redis else None
         store = AsyncOnlineStore(own or redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            channel = grpc.aio.secure_channel(address, credentials)
         stub, health = inference_pb2_grpc.InferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
         kserve = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
         plane = Plane(prefix, store, stub, kserve, health, process, predictions, kafka_settings)

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
+from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
     consume,
@@ -43,6 +45,7 @@ from driftline.services.inference.dataplane import DataPlane, Signature, binary_
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 
+from ..certs import Authority
 from .conftest import Stack, running_stack
 from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, meta, row, settings_of, version_bytes
 
@@ -197,6 +200,48 @@ async def test_bad_requests_get_the_python_services_codes(
     assert refused.value.details() == details
     # The process stays up and serves the next call.
     assert (await plane.stub.Predict(ipb.PredictRequest(entity_id=known))).prediction.entity_id == known
+
+
+async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    platform, stranger = Authority(tmp_path, "platform"), Authority(tmp_path, "stranger")
+    server, client, impostor = platform.issue("inference"), platform.issue("client"), stranger.issue("client")
+    ca = platform.ca_file.read_bytes()
+
+    def credentials(pair: Any) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(ca, pair.key.read_bytes(), pair.cert.read_bytes())
+
+    plane = start_plane(
+        server_tls={
+            "tls_cert_file": server.cert,
+            "tls_key_file": server.key,
+            "tls_client_ca_file": platform.ca_file,
+        },
+        credentials=credentials(client),
+    )
+    known = await plane.put(row(1))
+    reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+    assert (reply.prediction.entity_id, reply.prediction.model_version) == (known, 3)
+
+    port = plane.process.port
+    refused = {
+        "plaintext": grpc.aio.insecure_channel(f"127.0.0.1:{port}"),
+        "no client certificate": grpc.aio.secure_channel(
+            f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca)
+        ),
+        "another CA's client": grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials(impostor)),
+    }
+    for why, channel in refused.items():
+        async with channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, why
+    # The process serves on: the refused handshakes cost it nothing.
+    assert (
+        await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+    ).prediction.model_version == 3
 
 
 async def test_health_says_not_serving_until_a_model_is_loaded(start_plane: Callable[..., Plane]) -> None:
@@ -414,6 +459,7 @@ def test_a_data_plane_whose_control_plane_is_killed_stops(
     script = f"""
 import sys
 from pathlib import Path
+from typing import Any
 from driftline.featurestore import TRANSACTION_FEATURES
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.topics import PREDICTIONS

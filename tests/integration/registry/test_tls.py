@@ -17,7 +17,7 @@ from driftline.registry.v1 import registry_pb2 as pb
 from driftline.registry.v1 import registry_pb2_grpc
 from driftline.services.registry import testing
 
-from .certs import Authority
+from ..certs import Authority
 from .conftest import TOKEN
 
 pytestmark = pytest.mark.integration

@@ -44,7 +44,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Mutex};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
@@ -85,6 +85,28 @@ async fn listen(address: &str) -> Result<(TcpIncoming, u16), Failure> {
     let listener = TcpListener::bind(address).await?;
     let port = listener.local_addr()?.port();
     Ok((TcpIncoming::from_listener(listener, true, None)?, port))
+}
+
+/// The public port's TLS: the certificate and key, and the CA that client certificates must chain
+/// to under mutual TLS.
+fn server_tls(tls: &spec::TlsSpec) -> Result<ServerTlsConfig, Failure> {
+    let identity = Identity::from_pem(
+        std::fs::read(&tls.cert_file)?,
+        std::fs::read(&tls.key_file)?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+    }
+    Ok(config)
+}
+
+fn tls_mode(tls: Option<&spec::TlsSpec>) -> &'static str {
+    match tls {
+        None => "off",
+        Some(tls) if tls.client_ca_file.is_some() => "mutual",
+        Some(_) => "on",
+    }
 }
 
 /// Written whole, then renamed: a reader never sees half of it.
@@ -168,7 +190,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             .await;
     }
 
-    let (public, port) = listen(&spec.listen).await?;
+    let (incoming, port) = listen(&spec.listen).await?;
     let metrics_listener = TcpListener::bind(&spec.metrics_listen).await?;
     let metrics_port = metrics_listener.local_addr()?.port();
     let _ = std::fs::remove_file(&spec.control_socket);
@@ -190,7 +212,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     });
     write_ports(
         &spec.port_file,
-        &json!({"port": port, "metrics_port": metrics_port}),
+        &json!({"port": port, "metrics_port": metrics_port, "tls": tls_mode(spec.tls.as_ref())}),
     )?;
 
     let stop = stop_on_signals()?;
@@ -221,7 +243,11 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     };
     let (reflection_v1, reflection_v1alpha) =
         (reflection().build_v1()?, reflection().build_v1alpha()?);
-    let public_server = Server::builder()
+    let mut public = Server::builder();
+    if let Some(tls) = &spec.tls {
+        public = public.tls_config(server_tls(tls)?)?;
+    }
+    let public_server = public
         .layer(MapResponseLayer::new(
             service::oversized_is_resource_exhausted::<tonic::body::BoxBody>,
         ))
@@ -236,7 +262,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             GrpcInferenceServiceServer::new(kserve::KServe(predictor.clone()))
                 .max_decoding_message_size(spec.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(public, stopped(stop));
+        .serve_with_incoming_shutdown(incoming, stopped(stop));
     let served = tokio::try_join!(public_server, control_server);
     scrapes.abort();
     sampler.abort();

@@ -43,6 +43,22 @@ pub struct Spec {
     pub ort_library: String,
     pub store: StoreSpec,
     pub log: LogSpec,
+    /// TLS of the public port (the control socket is a local Unix socket); absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// PEM files of the public port's TLS, as the service's `TLS_*` settings name them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// The certificate chain the server presents.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// Set: clients must present a certificate this CA bundle signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

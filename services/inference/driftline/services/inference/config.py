@@ -142,9 +142,4 @@ class Settings(BaseSettings):
             raise ValueError("shadow and canary_share > 0 are exclusive")
         if not 0 <= values.get("canary_share", 0) <= 1:
             raise ValueError("canary_share must be within [0, 1]")
-        if values["data_plane"] and values["grpc"].tls:
-            raise ValueError(
-                "the compiled data plane serves plaintext only: set DRIFTLINE_INFERENCE_DATA_PLANE=false "
-                "to serve TLS from this process, or terminate TLS in front of the data plane"
-            )
         return values

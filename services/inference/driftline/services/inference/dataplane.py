@@ -89,6 +89,12 @@ def build_spec(
     workers: int = 2,
 ) -> dict[str, Any]:
     """The data plane's spec: how it runs on ``feature_set``, before any model is loaded."""
+    server = settings.grpc
+    tls = None
+    if server.tls_cert_file is not None and server.tls_key_file is not None:
+        tls = {"cert_file": str(server.tls_cert_file), "key_file": str(server.tls_key_file)}
+        if server.tls_client_ca_file is not None:
+            tls["client_ca_file"] = str(server.tls_client_ca_file)
     return {
         "listen": listen,
         "metrics_listen": metrics_listen,
@@ -130,6 +136,7 @@ def build_spec(
                 }.items()
             },
         },
+        "tls": tls,
     }
 
 

@@ -60,6 +60,31 @@ def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_pat
     assert log["config"]["linger.ms"] == "7"
     assert log["config"]["enable.idempotence"] == "true"
     assert log["config"]["acks"] == "all"
+    assert spec["tls"] is None
+
+
+def test_the_spec_carries_the_public_port_s_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("PEM")
+    monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_KEY_FILE", str(tmp_path / "key.pem"))
+
+    def tls_of(settings: Settings) -> Any:
+        spec = build_spec(
+            settings,
+            feature_set=TRANSACTION_FEATURES,
+            predictions=PREDICTIONS,
+            port_file=tmp_path / "ports.json",
+            control_socket=tmp_path / "control.sock",
+        )
+        return spec["tls"]
+
+    assert tls_of(Settings()) == {
+        "cert_file": str(tmp_path / "cert.pem"),
+        "key_file": str(tmp_path / "key.pem"),
+    }
+    monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_CLIENT_CA_FILE", str(tmp_path / "ca.pem"))
+    assert tls_of(Settings())["client_ca_file"] == str(tmp_path / "ca.pem")
 
 
 class RecordingDataPlane:
