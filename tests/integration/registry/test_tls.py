@@ -4,6 +4,9 @@ cannot verify the server) gets no answer at all."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,13 @@ from ..certs import Authority
 from .conftest import TOKEN
 
 pytestmark = pytest.mark.integration
+
+HEALTHCHECK = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "healthcheck.py"
+
+
+async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` off the event loop, which serves the registry under test meanwhile."""
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -77,6 +87,13 @@ async def test_a_mutual_tls_registry_wants_a_client_certificate_its_ca_signed(st
         await _registers(address, _client_tls(platform.ca_file))  # no client certificate
     with pytest.raises(Unavailable):
         await _registers(address, _client_tls(platform.ca_file, impostor.cert, impostor.key))
+
+    # The container health check (docker-compose.yml) probes it with the same files.
+    probe = [sys.executable, str(HEALTHCHECK), "grpc", address, "--ca", str(platform.ca_file)]
+    assert (await _run(probe)).returncode == 1  # no client certificate: no answer
+    assert (await _run([*probe, "--cert", str(trainer.cert), "--key", str(trainer.key)])).returncode == 0
+    misused = [sys.executable, str(HEALTHCHECK), "grpc", address, "--cert", str(trainer.cert)]
+    assert (await _run(misused)).returncode == 2  # a certificate needs its key and a CA
 
     # A plain grpc client with the same credentials: nothing Driftline-specific about the TLS.
     credentials = grpc.ssl_channel_credentials(
