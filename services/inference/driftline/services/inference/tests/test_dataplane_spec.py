@@ -22,6 +22,16 @@ from driftline.services.inference.models import ModelMeta, Role
 from driftline.services.inference.testing import FakeRuntime
 
 
+def _spec(settings: Settings, workdir: Path) -> dict[str, Any]:
+    return build_spec(
+        settings,
+        feature_set=TRANSACTION_FEATURES,
+        predictions=PREDICTIONS,
+        port_file=workdir / "ports.json",
+        control_socket=workdir / "control.sock",
+    )
+
+
 def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_path: Path) -> None:
     settings = Settings(
         max_batch_size=32,
@@ -32,13 +42,7 @@ def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_pat
         prediction_log_linger_ms=7,
         online_store_key_prefix="t",
     )
-    spec = build_spec(
-        settings,
-        feature_set=TRANSACTION_FEATURES,
-        predictions=PREDICTIONS,
-        port_file=tmp_path / "ports.json",
-        control_socket=tmp_path / "control.sock",
-    )
+    spec = _spec(settings, tmp_path)
     store = spec["store"]
     assert store["names"] == list(TRANSACTION_FEATURES.feature_names)
     assert store["ttls_s"] == [f.ttl_s for f in TRANSACTION_FEATURES.features]
@@ -69,22 +73,12 @@ def test_the_spec_carries_the_public_port_s_tls(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
     monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_KEY_FILE", str(tmp_path / "key.pem"))
 
-    def tls_of(settings: Settings) -> Any:
-        spec = build_spec(
-            settings,
-            feature_set=TRANSACTION_FEATURES,
-            predictions=PREDICTIONS,
-            port_file=tmp_path / "ports.json",
-            control_socket=tmp_path / "control.sock",
-        )
-        return spec["tls"]
-
-    assert tls_of(Settings()) == {
+    assert _spec(Settings(), tmp_path)["tls"] == {
         "cert_file": str(tmp_path / "cert.pem"),
         "key_file": str(tmp_path / "key.pem"),
     }
     monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_CLIENT_CA_FILE", str(tmp_path / "ca.pem"))
-    assert tls_of(Settings())["client_ca_file"] == str(tmp_path / "ca.pem")
+    assert _spec(Settings(), tmp_path)["tls"]["client_ca_file"] == str(tmp_path / "ca.pem")
 
 
 class RecordingDataPlane:
