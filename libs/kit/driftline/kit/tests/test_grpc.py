@@ -1,5 +1,5 @@
-"""The default deadline the kit's gRPC server gives unary calls whose client set none, and the
-server reflection standard clients (grpcurl) rely on.
+"""The default deadline the kit's gRPC server gives unary calls whose client set none, the
+server reflection standard clients (grpcurl) rely on, and the watch on a TLS certificate's end.
 
 The whole server is exercised against real clients in tests/integration/inference.
 """
@@ -7,11 +7,19 @@ The whole server is exercised against real clients in tests/integration/inferenc
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import grpc
 import pytest
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from driftline.kit.grpc import _DefaultDeadline
+from driftline.kit import grpc as kit_grpc
+from driftline.kit.grpc import CERTIFICATE_EXPIRY, _DefaultDeadline, record_certificate_expiry
+from driftline.kit.settings import GrpcServerSettings
 
 
 class _Aborted(Exception):
@@ -125,3 +133,42 @@ async def test_the_server_lists_its_services_health_and_reflection_to_reflection
         assert described.file_descriptor_response.file_descriptor_proto  # the .proto, for grpcurl describe
     finally:
         await server.stop()
+
+
+def test_a_tls_server_exports_when_its_certificate_ends_and_warns_when_that_is_near(tmp_path, monkeypatch):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry")])
+    not_after = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    settings = GrpcServerSettings(tls_cert_file=cert_file, tls_key_file=key_file)
+
+    def logged(now: float) -> list[str]:
+        with structlog.testing.capture_logs() as logs:
+            # A fresh logger: the module's caches the configuration of its first use.
+            monkeypatch.setattr(kit_grpc, "log", structlog.get_logger(kit_grpc.__name__))
+            record_certificate_expiry(settings, now=now)
+        return [entry["event"] for entry in logs]
+
+    assert record_certificate_expiry(GrpcServerSettings()) is None  # plaintext: nothing to watch
+    months_before = not_after.timestamp() - 90 * 86_400
+    assert record_certificate_expiry(settings, now=months_before) == not_after.timestamp()
+    assert CERTIFICATE_EXPIRY._value.get() == not_after.timestamp()
+    assert logged(months_before) == []
+    assert logged(not_after.timestamp() - 3 * 86_400) == ["tls_certificate_expiring"]
+    assert logged(not_after.timestamp() + 60) == ["tls_certificate_expired"]
