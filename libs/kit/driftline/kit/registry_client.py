@@ -98,7 +98,8 @@ class RegistryClient:
     async def get_version(
         self, name: str, *, version: int | None = None, alias: str | None = None, omit_reference: bool = True
     ) -> pb.ModelVersion:
-        """A version by number or alias; neither: the latest. The reference sample only on request."""
+        """A version by number or alias; neither: the newest not archived. The reference sample only
+        on request."""
         if version is not None and alias is not None:
             raise ValueError("give a version or an alias, not both")
         request = pb.GetModelVersionRequest(name=name, omit_reference=omit_reference)

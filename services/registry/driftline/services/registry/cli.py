@@ -113,7 +113,9 @@ def list_models(ctx: click.Context, name: str) -> None:
 
 @models.command("show")
 @click.argument("name")
-@click.option("--version", "-v", type=int, default=None, help="Version number (default: latest).")
+@click.option(
+    "--version", "-v", type=int, default=None, help="Version number (default: the newest not archived)."
+)
 @click.option("--alias", "-a", default=None, help="Alias instead of a version number.")
 @click.pass_context
 def show(ctx: click.Context, name: str, version: int | None, alias: str | None) -> None:
