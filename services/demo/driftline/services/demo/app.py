@@ -227,6 +227,7 @@ class Demo:
                 final_champion_labelled=final.labelled,
                 final_champion_accuracy=final.accuracy,
                 final_champion_recall=final.recall,
+                final_champion_precision=final.precision,
                 predictions=self.stats.predictions,
                 prediction_errors=self.stats.prediction_errors,
                 false_alarms_before_drift=self.stats.false_alarms,

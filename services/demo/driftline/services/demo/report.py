@@ -61,6 +61,8 @@ class Summary:
     final_champion_labelled: int
     final_champion_accuracy: float | None
     final_champion_recall: float | None
+    #: Of its fraud verdicts, the share that were fraud (recall alone hides false positives).
+    final_champion_precision: float | None
     predictions: int
     prediction_errors: int
     false_alarms_before_drift: int
