@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from cryptography import x509
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
@@ -32,6 +33,7 @@ from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
 from driftline.inference.v1 import inference_pb2_grpc
+from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
     consume,
@@ -220,6 +222,8 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
         },
         credentials=credentials(client),
     )
+    served = x509.load_pem_x509_certificate(server.cert.read_bytes())
+    assert CERTIFICATE_EXPIRY._value.get() == served.not_valid_after_utc.timestamp()  # for the alert
     known = await plane.put(row(1))
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
     assert (reply.prediction.entity_id, reply.prediction.model_version) == (known, 3)

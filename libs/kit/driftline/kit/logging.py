@@ -51,9 +51,7 @@ class _ServiceName:
 def configure_logging(settings: LogSettings | None = None, *, service: str = "") -> None:
     """Route structlog and the standard library's logging through one JSON/console renderer."""
     settings = settings or LogSettings()
-    level = logging.getLevelName(settings.level.upper())
-    if not isinstance(level, int):
-        level = logging.INFO
+    level = logging.getLevelName(settings.level)  # a known name: LogSettings checks it
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

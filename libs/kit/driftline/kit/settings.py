@@ -14,6 +14,15 @@ from pydantic import BaseSettings, Field, FilePath, root_validator, validator
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def known_log_level(value: str) -> str:
+    """``value`` as a level name the standard library knows (any case); ValueError otherwise.
+    The validator of every setting that names a log level."""
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka broker."""
 
@@ -72,12 +81,7 @@ class LogSettings(BaseSettings):
     )
     level: str = Field("INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR, CRITICAL.")
 
-    @validator("level")
-    def _a_known_level(cls, value: str) -> str:  # noqa: N805 - pydantic validators take the class
-        level = value.upper()
-        if level not in LOG_LEVELS:
-            raise ValueError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
-        return level
+    _a_known_level = validator("level", allow_reuse=True)(known_log_level)
 
     class Config:
         env_prefix = "DRIFTLINE_LOG_"

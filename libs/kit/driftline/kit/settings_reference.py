@@ -89,19 +89,14 @@ def _default(field: ModelField) -> str | None:
 
 def render(value: Any) -> str:
     """``value`` as one would write it in the environment variable."""
-    if value is None:
+    plain = _plain(value)
+    if plain is None:
         return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, Path):
-        return _from_here(value)
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(_plain(value), separators=(",", ":"))
-    return str(value)
+    if isinstance(plain, bool):
+        return "true" if plain else "false"
+    if isinstance(plain, (list, dict)):
+        return json.dumps(plain, separators=(",", ":"))
+    return str(plain)
 
 
 def _from_here(path: Path) -> str:
@@ -113,6 +108,8 @@ def _from_here(path: Path) -> str:
 
 
 def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: secrets revealed (``masked`` hides them), enums as their
+    values, paths as text."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -121,6 +118,8 @@ def _plain(value: Any) -> Any:
         return value.get_secret_value()
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, Path):
+        return _from_here(value)
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 

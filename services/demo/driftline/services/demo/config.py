@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseSettings, Field
+from pydantic import BaseSettings, Field, validator
 
-from driftline.kit.settings import KafkaSettings, RedisSettings
+from driftline.kit.settings import KafkaSettings, RedisSettings, known_log_level
 
 
 class Settings(BaseSettings):
@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "WARNING", description="The demo's own log level (its console belongs to the live view)."
     )
+    _a_known_level = validator("log_level", allow_reuse=True)(known_log_level)
 
     class Config:
         env_prefix = "DRIFTLINE_DEMO_"

@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from driftline.inference.v1 import inference_pb2_grpc
-from driftline.kit.grpc import GrpcServer, record_certificate_expiry, wait_for_signal
+from driftline.kit.grpc import GrpcServer, wait_for_signal
 from driftline.kit.kafka import KafkaProducer
 from driftline.kit.outages import OutagePolicy
 from driftline.kit.redis_clients import REDIS_OUTAGE
@@ -135,7 +135,6 @@ class InferenceApp:
             self.prediction_log.start()
         else:
             self.port = self.data_plane.port  # its health: NOT_SERVING until a champion is warm
-            record_certificate_expiry(self.settings.grpc)  # the data plane serves with the same files
         self.listener = ModelEventsListener(
             self.settings.kafka,
             self._model_events_topic,

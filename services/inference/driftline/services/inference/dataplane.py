@@ -44,6 +44,7 @@ from driftline.dataplane.v1 import control_pb2, control_pb2_grpc
 from driftline.featurestore import FeatureSet
 from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
+from driftline.kit.grpc import record_certificate_expiry
 from driftline.kit.kafka import producer_config
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
@@ -267,6 +268,8 @@ class DataPlane:
         descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as spec_file:
             json.dump(self.spec, spec_file, indent=2)
+        # The process reads the certificate as it starts: a restart serves a renewed one.
+        record_certificate_expiry(self._settings.grpc)
         args = [str(binary), "serve", str(spec_path)]
         if self._log_file:
             with self.log_path.open("ab") as log:
