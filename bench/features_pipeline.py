@@ -120,7 +120,7 @@ def read_vectors(
     """(broker timestamp s, vector event time s) of the first ``expected`` vectors."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.connection(),
             "group.id": f"bench-reader-{unique_prefix()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

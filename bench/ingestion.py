@@ -94,7 +94,7 @@ class Run(NamedTuple):
 def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> Run:
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.connection(),
             "group.id": f"bench-bare-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -103,7 +103,7 @@ def bare_loop(kafka: KafkaSettings, source: Topic, sink: str, expected: int) -> 
     )
     producer = Producer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.connection(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,

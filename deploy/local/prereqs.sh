@@ -14,6 +14,9 @@ command -v kcat >/dev/null || need+=(kcat)
 command -v curl >/dev/null || need+=(curl)
 command -v ps >/dev/null || need+=(procps)
 command -v unzip >/dev/null || need+=(unzip)
+# The data plane's librdkafka is built with OpenSSL (Kafka over TLS, SCRAM logins).
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 if ((${#need[@]})); then
     echo "== installing system packages: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -24,6 +24,14 @@
 # KAFKA_HEAP_OPTS, KAFKA_JVM_OPTS, DRIFTLINE_PYTHON (an interpreter with confluent-kafka),
 # POSTGRES_BIN_DIR, POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB.
 #
+# Kafka over TLS and SASL, beside its plaintext port (unset by default): KAFKA_SSL_PORT (a mutual
+# TLS listener) and KAFKA_SASL_SSL_PORT (SCRAM logins over TLS) need KAFKA_TLS_CERT_FILE,
+# KAFKA_TLS_KEY_FILE (the broker's PEM certificate and unencrypted PKCS#8 key) and
+# KAFKA_TLS_CA_FILE (the CA that clients' certificates must chain to); KAFKA_SASL_SSL_PORT also
+# needs KAFKA_SCRAM_USER and KAFKA_SCRAM_PASSWORD, whose SCRAM-SHA-512 and SCRAM-SHA-256
+# credentials are added when the broker's storage is formatted (the first `up`, or after
+# `down --purge kafka`).
+#
 # Installs nothing: tools that are missing are named, and .ci/run installs them in CI.
 
 set -euo pipefail
@@ -115,12 +123,31 @@ configure() {
     POSTGRES_USER=${POSTGRES_USER:-driftline}
     POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-driftline-dev}
     POSTGRES_DB=${POSTGRES_DB:-driftline}
+    kafka_listeners
     # Prometheus scrapes the services where they run: here, on loopback.
     for name in INGESTION FEATURES REGISTRY INFERENCE DRIFT TRAINER; do
         local host_var="${name}_HOST"
         [[ -n ${!host_var:-} ]] || export "$host_var=127.0.0.1"
     done
 }
+
+# The broker's listeners (rendered into server.properties.template): PLAINTEXT and CONTROLLER, and
+# SSL and SASL_SSL when their ports are set; KAFKA_SECURE tells start_kafka to add their settings.
+kafka_listeners() {
+    local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    KAFKA_SECURE=0
+    if [[ -n ${KAFKA_SSL_PORT:-} ]]; then
+        listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT" map+=",SSL:SSL" KAFKA_SECURE=1
+    fi
+    if [[ -n ${KAFKA_SASL_SSL_PORT:-} ]]; then
+        listeners+=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" map+=",SASL_SSL:SASL_SSL" KAFKA_SECURE=1
+    fi
+    export KAFKA_ADVERTISED_LISTENERS=$listeners KAFKA_PROTOCOL_MAP=$map
+    export KAFKA_LISTENERS="$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
+}
+
+# A PEM file as one properties value: its lines joined with \n, which Kafka reads as line breaks.
+pem_property() { awk 'NF { printf "%s\\n", $0 }' "$1"; }
 
 # Marks a directory as a run directory of this script, so that `down --purge` never deletes a
 # directory that DRIFTLINE_RUN_DIR points at by mistake.
@@ -284,7 +311,7 @@ stop() {
 # Every port a component binds (component_port is the one clients use).
 component_ports() {
     case $1 in
-    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT ${KAFKA_SSL_PORT:-} ${KAFKA_SASL_SSL_PORT:-}" ;;
     *) component_port "$1" ;;
     esac
 }
@@ -362,6 +389,26 @@ start_kafka() {
     kafka_java_command
     local props="$CONF_DIR/kafka/server.properties"
     render "$DEPLOY_DIR/kafka/server.properties.template" "$props"
+    local scram=() name
+    if ((KAFKA_SECURE)); then
+        for name in KAFKA_TLS_CERT_FILE KAFKA_TLS_KEY_FILE KAFKA_TLS_CA_FILE; do
+            [[ -n ${!name:-} && -r ${!name} ]] ||
+                die "KAFKA_SSL_PORT and KAFKA_SASL_SSL_PORT need $name, a readable PEM file"
+        done
+        [[ -z ${KAFKA_SASL_SSL_PORT:-} || (-n ${KAFKA_SCRAM_USER:-} && -n ${KAFKA_SCRAM_PASSWORD:-}) ]] ||
+            die "KAFKA_SASL_SSL_PORT needs KAFKA_SCRAM_USER and KAFKA_SCRAM_PASSWORD"
+        KAFKA_TLS_CERT_PEM=$(pem_property "$KAFKA_TLS_CERT_FILE") \
+            KAFKA_TLS_KEY_PEM=$(pem_property "$KAFKA_TLS_KEY_FILE") \
+            awk -f "$DEPLOY_DIR/render.awk" "$DEPLOY_DIR/kafka/security.properties.template" >>"$props" ||
+            die "cannot render security.properties.template"
+        chmod 600 "$props" # it holds the broker's private key now
+        if [[ -n ${KAFKA_SASL_SSL_PORT:-} ]]; then
+            local mechanism
+            for mechanism in SCRAM-SHA-512 SCRAM-SHA-256; do
+                scram+=(--add-scram "$mechanism=[name=$KAFKA_SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
+            done
+        fi
+    fi
     mkdir -p "$KAFKA_DATA_DIR"
     if [[ ! -f $KAFKA_DATA_DIR/meta.properties ]]; then
         local id_file="$RUN_DIR/kafka/cluster.id" format_log
@@ -376,7 +423,7 @@ start_kafka() {
         log "formatting Kafka storage (cluster id $(<"$id_file"))"
         # --standalone: a one-voter dynamic KRaft quorum (controller.quorum.bootstrap.servers).
         "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --standalone \
-            --cluster-id "$(<"$id_file")" --config "$props" >>"$format_log" 2>&1 ||
+            --cluster-id "$(<"$id_file")" --config "$props" "${scram[@]}" >>"$format_log" 2>&1 ||
             die "StorageTool format failed; see $format_log"
     fi
     log "starting kafka $KAFKA_VERSION"

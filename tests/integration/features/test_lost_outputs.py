@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def _committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> list[int]:
-    reader = offsets_reader(settings.bootstrap_servers, group)
+    reader = offsets_reader(settings, group)
     try:
         asked = [TopicPartition(topic, p) for p in range(partitions)]
         return [tp.offset for tp in committed_offsets(reader, asked, timeout_s=10)]

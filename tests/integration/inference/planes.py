@@ -4,6 +4,7 @@ stubs for both of its gRPC APIs, and the models and rows the tests score."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import urllib.request
@@ -119,6 +120,15 @@ async def start_plane(
     on a namespaced topic and key prefix serving version ``load`` (None: no model), with
     ``settings`` (batching, ``default_deadline_s``, ``server_tls``) over the tests' own, reached
     over TLS with ``credentials`` when given, stopped and cleaned up after the test."""
+    async with planes(kafka_settings, redis_settings, tmp_path) as start:
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def planes(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> AsyncIterator[Callable[..., Plane]]:
+    """``start_plane``'s factory on any broker (a secured one, say)."""
     prefix = unique_prefix()
     predictions = PREDICTIONS.namespaced(prefix)
     create_test_topics(kafka_settings, [predictions])

@@ -49,7 +49,17 @@ from driftline.services.inference.models import ModelMeta
 
 from ..certs import Authority
 from .conftest import Stack, running_stack
-from .planes import FEATURES, MAX_ENTITIES, MAX_MESSAGE_BYTES, Plane, meta, row, settings_of, version_bytes
+from .planes import (
+    FEATURES,
+    MAX_ENTITIES,
+    MAX_MESSAGE_BYTES,
+    Plane,
+    meta,
+    planes,
+    row,
+    settings_of,
+    version_bytes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +256,27 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
     assert (
         await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
     ).prediction.model_version == 3
+
+
+@pytest.mark.parametrize("listener", ["mutual_tls", "scram"])
+async def test_the_prediction_log_reaches_a_broker_that_demands_tls_or_a_login(
+    secure_kafka: Any, redis_settings: RedisSettings, tmp_path: Path, listener: str
+) -> None:
+    kafka: KafkaSettings = getattr(secure_kafka, listener)
+    async with planes(kafka, redis_settings, tmp_path) as start:
+        plane = start()
+        entities = [await plane.put(row(i)) for i in range(3)]
+        reply = await plane.stub.PredictBatch(
+            ipb.PredictBatchRequest(requests=[ipb.PredictRequest(entity_id=e) for e in entities])
+        )
+        assert plane.process.stop() == 0  # flushes the log: every record acknowledged, or the test fails
+        records = consume(kafka, plane.predictions.name, expected=3)
+    logged = {ipb.PredictionLog.FromString(m.value()).prediction_id for m in records}
+    assert logged == {p.prediction_id for p in reply.predictions}
+    stopped = next(
+        e for e in map(json.loads, plane.process.log_path.read_text().splitlines()) if e["event"] == "stopped"
+    )
+    assert (stopped["log_flushed"], stopped["log_acknowledged"]) == (True, 3)
 
 
 async def test_health_says_not_serving_until_a_model_is_loaded(start_plane: Callable[..., Plane]) -> None:

@@ -64,7 +64,7 @@ def test_a_group_skipped_to_the_end_reads_only_what_comes_after(kafka_settings, 
     _produce(kafka_settings, topic.name, [b"old-3"], partition=0)
     _produce(kafka_settings, topic.name, [b"old-4", b"old-5"], partition=1)
 
-    assert kafka.skip_to_end(kafka_settings.bootstrap_servers, group) == 3  # every partition of the topic
+    assert kafka.skip_to_end(kafka_settings, group) == 3  # every partition of the topic
 
     _produce(kafka_settings, topic.name, [b"new-0"], partition=0)
     _produce(kafka_settings, topic.name, [b"new-1"], partition=1)
@@ -79,7 +79,7 @@ def test_a_group_skipped_to_the_end_reads_only_what_comes_after(kafka_settings, 
 
 
 def test_a_group_with_no_committed_offsets_is_left_alone(kafka_settings, topic):
-    assert kafka.skip_to_end(kafka_settings.bootstrap_servers, f"{unique_prefix()}never-used") == 0
+    assert kafka.skip_to_end(kafka_settings, f"{unique_prefix()}never-used") == 0
 
 
 def test_a_group_with_an_active_member_cannot_be_moved(kafka_settings, topic):
@@ -90,6 +90,6 @@ def test_a_group_with_an_active_member_cannot_be_moved(kafka_settings, topic):
         assert _read(consumer, 1) == [b"m"]
         consumer.commit(asynchronous=False)
         with pytest.raises(KafkaException):
-            kafka.skip_to_end(kafka_settings.bootstrap_servers, group)
+            kafka.skip_to_end(kafka_settings, group)
     finally:
         consumer.close()

@@ -10,7 +10,6 @@ failed assertion, not a dead test run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.kit.testing import free_port
+from ..brokers import private_broker
 
 pytestmark = pytest.mark.integration
 
@@ -39,38 +38,16 @@ producer = Producer({"bootstrap.servers": servers})
 for i in range(5):
     producer.produce("t", b"m", partition=0)
 assert producer.flush(30) == 0
-print("skipped", skip_to_end(servers, "demo-group"))
+print("skipped", skip_to_end(KafkaSettings(bootstrap_servers=servers), "demo-group"))
 print("lag", sorted(GroupLag(KafkaSettings(bootstrap_servers=servers), "demo-group", ["t"]).read().items()))
 """
 
 
 @pytest.fixture
-def new_cluster(tmp_path: Path, stack) -> Iterator[str]:
+def new_cluster(tmp_path: Path) -> Iterator[str]:
     """A single-node KRaft broker formatted for this test alone; stopped and deleted after it."""
-    port, controller = free_port(), free_port()
-    replaced = {"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}
-    env_file = tmp_path / "env"
-    lines = (ROOT / ".env").read_text().splitlines()
-    env_file.write_text("".join(f"{_replace(line, replaced)}\n" for line in lines))
-    env = {
-        "DRIFTLINE_ENV_FILE": str(env_file),
-        "DRIFTLINE_RUN_DIR": str(tmp_path / "run"),
-        "DRIFTLINE_CACHE_DIR": os.environ.get("DRIFTLINE_CACHE_DIR", str(ROOT / ".cache")),
-        "KAFKA_HEAP_OPTS": "-Xms128m -Xmx256m",
-        # The tests' environment holds the shared stack's ports, which win over the file's.
-        **replaced,
-    }
-    try:  # `down` also when `up` times out: the broker runs detached from it
-        started = stack("up", "kafka", env=env)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"127.0.0.1:{port}"
-    finally:
-        stack("down", "kafka", env=env, timeout_s=120)
-
-
-def _replace(line: str, values: dict[str, str]) -> str:
-    name = line.split("=", 1)[0]
-    return f"{name}={values[name]}" if name in values else line
+    with private_broker(tmp_path) as address:
+        yield address
 
 
 def test_group_offsets_are_read_and_moved_on_a_cluster_that_never_had_a_group(new_cluster):

@@ -23,9 +23,9 @@ def test_topics_are_created_once_with_their_declared_partitions(kafka_settings):
     topic = FEATURE_VECTORS.namespaced(unique_prefix())
     bootstrap = kafka_settings.bootstrap_servers
     try:
-        assert ensure_topics(bootstrap, [topic]) == [topic.name]
+        assert ensure_topics(kafka_settings, [topic]) == [topic.name]
         assert _partitions(bootstrap, topic.name) == topic.partitions
-        assert ensure_topics(bootstrap, [topic]) == []  # a repeat creates nothing and raises nothing
+        assert ensure_topics(kafka_settings, [topic]) == []  # a repeat creates nothing and raises nothing
     finally:
         delete_topics(kafka_settings, [topic])
 
@@ -35,12 +35,12 @@ def test_an_existing_topic_with_other_partitions_is_refused_by_name(kafka_settin
     bootstrap = kafka_settings.bootstrap_servers
     other = dataclasses.replace(declared, partitions=declared.partitions + 1)
     try:
-        ensure_topics(bootstrap, [other])
+        ensure_topics(kafka_settings, [other])
         with pytest.raises(
             TopicMismatch,
             match=rf"{declared.name} has {other.partitions} partitions, declared {declared.partitions}",
         ):
-            ensure_topics(bootstrap, [declared])
+            ensure_topics(kafka_settings, [declared])
         assert _partitions(bootstrap, declared.name) == other.partitions  # left as it was
     finally:
         delete_topics(kafka_settings, [declared])

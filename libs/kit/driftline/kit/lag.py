@@ -32,8 +32,8 @@ class GroupLag:
         self.group = group
         self.topics = list(topics)
         self._timeout_s = timeout_s
-        self._admin = admin_client(settings.bootstrap_servers)
-        self._reader = offsets_reader(settings.bootstrap_servers, group)
+        self._admin = admin_client(settings)
+        self._reader = offsets_reader(settings, group)
 
     def read(self) -> dict[tuple[str, int], int]:
         """Messages past the group's committed offset, by (topic, partition). A partition the group

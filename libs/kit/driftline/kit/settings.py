@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseSettings, Field, FilePath, root_validator, validator
+from pydantic import BaseSettings, Field, FilePath, SecretStr, root_validator, validator
+
+#: How a Kafka client talks to the brokers (librdkafka's ``security.protocol``).
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"]
+#: The SASL mechanisms the platform's clients support; all need no library beyond the clients'.
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -50,6 +55,70 @@ class KafkaSettings(BaseSettings):
         ),
         ge=1,
     )
+    security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT",
+        description=(
+            "How clients talk to the brokers: PLAINTEXT (fit for 127.0.0.1, not for a network), SSL "
+            "(TLS; mutual TLS with ssl_cert_file), SASL_SSL (a SASL login over TLS) or SASL_PLAINTEXT."
+        ),
+    )
+    ssl_ca_file: FilePath | None = Field(
+        None, description="PEM CA bundle the brokers' certificates must chain to; unset: the system's."
+    )
+    ssl_cert_file: FilePath | None = Field(
+        None, description="PEM certificate presented to brokers that ask for one (mutual TLS)."
+    )
+    ssl_key_file: FilePath | None = Field(None, description="PEM private key of ssl_cert_file.")
+    sasl_mechanism: KafkaSaslMechanism = Field(
+        "SCRAM-SHA-512", description="SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password of sasl_username.")
+
+    @root_validator(skip_on_failure=True)
+    def _security_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        protocol = values["security_protocol"]
+        p = "DRIFTLINE_KAFKA_"
+        if (values["ssl_cert_file"] is None) != (values["ssl_key_file"] is None):
+            raise ValueError(f"{p}SSL_CERT_FILE and {p}SSL_KEY_FILE go together")
+        if "SSL" not in protocol:
+            named = [n for n in ("ssl_ca_file", "ssl_cert_file") if values[n] is not None]
+            if named:
+                raise ValueError(f"{p}{named[0].upper()} needs {p}SECURITY_PROTOCOL SSL or SASL_SSL")
+        sasl = protocol.startswith("SASL_")
+        if sasl and (not values["sasl_username"] or values["sasl_password"] is None):
+            raise ValueError(f"{p}SECURITY_PROTOCOL {protocol} needs {p}SASL_USERNAME and {p}SASL_PASSWORD")
+        if not sasl and (values["sasl_username"] or values["sasl_password"] is not None):
+            raise ValueError(
+                f"{p}SASL_USERNAME and {p}SASL_PASSWORD need {p}SECURITY_PROTOCOL SASL_SSL or SASL_PLAINTEXT"
+            )
+        return values
+
+    @property
+    def uses_ssl(self) -> bool:
+        return "SSL" in self.security_protocol
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    def connection(self) -> dict[str, str]:
+        """The librdkafka properties that say where the brokers are and how to reach them
+        (address, TLS, SASL): what every client of the platform starts from. Plain text only, so a
+        client outside Python (inference's data plane) gets the same ones."""
+        config = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.uses_ssl:
+            files = {
+                "ssl.ca.location": self.ssl_ca_file,
+                "ssl.certificate.location": self.ssl_cert_file,
+                "ssl.key.location": self.ssl_key_file,
+            }
+            config.update({name: str(path) for name, path in files.items() if path is not None})
+        if self.uses_sasl and self.sasl_password is not None:
+            config["sasl.mechanisms"] = self.sasl_mechanism
+            config["sasl.username"] = str(self.sasl_username)
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
 
     class Config:
         env_prefix = "DRIFTLINE_KAFKA_"

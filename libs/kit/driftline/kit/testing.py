@@ -3,6 +3,7 @@ the real broker (they never replace it)."""
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import socket
 import subprocess
@@ -120,13 +121,46 @@ REDIS_CANNOT_SERVE_REPLIES = (
 )
 
 
+def self_signed_certificate(
+    folder: Path, name: str, *, not_after: datetime.datetime | None = None
+) -> tuple[Path, Path]:
+    """A self-signed CA certificate for ``name`` and its key, as ``{name}.pem`` and ``{name}.key``
+    (unencrypted PKCS#8) in ``folder``; valid until ``not_after`` (a day from now by default)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(not_after or datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
 def unique_prefix() -> str:
     """A topic/group/key prefix that no other test run shares."""
     return f"t{uuid.uuid4().hex[:10]}."
 
 
 def create_test_topics(settings: KafkaSettings, topics: Sequence[Topic]) -> None:
-    ensure_topics(settings.bootstrap_servers, [t for topic in topics for t in topic.with_dead_letter()])
+    ensure_topics(settings, [t for topic in topics for t in topic.with_dead_letter()])
 
 
 def delete_topics(settings: KafkaSettings, topics: Sequence[Topic], *, wait_s: float = 30.0) -> None:
@@ -134,7 +168,7 @@ def delete_topics(settings: KafkaSettings, topics: Sequence[Topic], *, wait_s: f
     broker's metadata no longer lists them: a deletion the controller accepted can still show
     for a moment, and a test that checks or recreates a topic right after must not see it."""
     names = {t.name for topic in topics for t in topic.with_dead_letter()}
-    admin = admin_client(settings.bootstrap_servers)
+    admin = admin_client(settings)
     try:
         for future in admin.delete_topics(sorted(names), operation_timeout=30).values():
             try:
@@ -151,7 +185,7 @@ def delete_topics(settings: KafkaSettings, topics: Sequence[Topic], *, wait_s: f
 def written(settings: KafkaSettings, topic: Topic) -> int:
     """Messages written to ``topic`` so far, over all its partitions (the sum of its end offsets):
     what a reader that stops at an expected count cannot see, surplus copies included."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": unique_prefix()})
+    consumer = Consumer({**settings.connection(), "group.id": unique_prefix()})
     try:
         ends = (
             consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=10)
@@ -166,7 +200,7 @@ def consume(settings: KafkaSettings, topic: str, *, expected: int, timeout_s: fl
     """Read a topic from the beginning until ``expected`` messages arrived or the time is up."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.connection(),
             "group.id": f"reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

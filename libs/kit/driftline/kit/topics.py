@@ -23,6 +23,8 @@ from driftline.trainer.v1 import trainer_pb2
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
+    from driftline.kit.settings import KafkaSettings
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -197,7 +199,7 @@ class TopicMismatch(RuntimeError):
     """A declared topic exists on the broker with another partition count."""
 
 
-def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) -> list[str]:
+def ensure_topics(settings: KafkaSettings, topics: Iterable[Topic] = ALL_TOPICS) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Safe to repeat.
 
     A declared topic that exists with another partition count raises ``TopicMismatch``: keys
@@ -208,7 +210,7 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS) 
     from driftline.kit.kafka import admin_client  # kafka imports this module
 
     topics = list(topics)
-    admin = admin_client(bootstrap_servers)
+    admin = admin_client(settings)
     try:
         return _ensure_topics(admin, topics)
     finally:

@@ -10,6 +10,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from driftline.kit.kafka.librdkafka import LIBRDKAFKA_LOG
+from driftline.kit.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -17,13 +18,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def admin_client(bootstrap_servers: str) -> AdminClient:
+def admin_client(settings: KafkaSettings) -> AdminClient:
     """An admin client whose librdkafka lines go through ``LIBRDKAFKA_LOG`` like the others'.
     An admin client hands them over only when polled: call ``poll(0)`` after its requests, or
     they pile up in it unread."""
     from confluent_kafka.admin import AdminClient
 
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG}
+    conf: dict[str, Any] = {**settings.connection(), "logger": LIBRDKAFKA_LOG}
     return AdminClient(conf)
 
 
@@ -38,12 +39,12 @@ _COORDINATOR_MOVING = frozenset(
 )
 
 
-def offsets_reader(bootstrap_servers: str, group: str) -> Consumer:
+def offsets_reader(settings: KafkaSettings, group: str) -> Consumer:
     """A consumer of ``group`` that never subscribes, hence never joins the group: what
     ``committed_offsets`` reads a group's offsets with. Close it when done."""
     return Consumer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **settings.connection(),
             "group.id": group,
             "enable.auto.commit": False,
             "logger": LIBRDKAFKA_LOG,
@@ -75,7 +76,7 @@ def committed_offsets(
             time.sleep(0.2)
 
 
-def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) -> int:
+def skip_to_end(settings: KafkaSettings, group: str, *, timeout_s: float = 30.0) -> int:
     """Move a consumer group to the end of every topic it has committed offsets on (all of each
     topic's partitions), so that it next consumes only what is produced from now on (what
     ``kafka-consumer-groups --reset-offsets --to-latest`` does). Returns how many partitions moved;
@@ -83,14 +84,14 @@ def skip_to_end(bootstrap_servers: str, group: str, *, timeout_s: float = 30.0) 
 
     The group must have no active member (the broker refuses otherwise: ``KafkaException``).
     """
-    admin = admin_client(bootstrap_servers)
+    admin = admin_client(settings)
     try:
-        return _skip_to_end(admin, bootstrap_servers, group, timeout_s)
+        return _skip_to_end(admin, settings, group, timeout_s)
     finally:
         admin.poll(0)  # hand its log lines over
 
 
-def _skip_to_end(admin: AdminClient, bootstrap_servers: str, group: str, timeout_s: float) -> int:
+def _skip_to_end(admin: AdminClient, settings: KafkaSettings, group: str, timeout_s: float) -> int:
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import OffsetSpec
 
@@ -101,7 +102,7 @@ def _skip_to_end(admin: AdminClient, bootstrap_servers: str, group: str, timeout
         if not t.startswith("__")
         for p in meta.partitions
     ]
-    reader = offsets_reader(bootstrap_servers, group)
+    reader = offsets_reader(settings, group)
     try:
         listed = committed_offsets(reader, everywhere, timeout_s=timeout_s)
     finally:

@@ -154,7 +154,7 @@ class ConsumerLoop:
         outages: OutagePolicy | None = None,
     ) -> None:
         conf: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.connection(),
             "client.id": settings.client_id,
             "logger": LIBRDKAFKA_LOG,
             "group.id": group_id,

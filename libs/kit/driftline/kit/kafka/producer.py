@@ -30,11 +30,11 @@ class DeliveryError(KafkaException):
 
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
-    """The librdkafka properties of every producer of the platform: idempotent, ``acks=all``,
-    lz4. Plain values only, so a producer outside Python (inference's data plane) gets the
-    same ones."""
+    """The librdkafka properties of every producer of the platform: the connection's
+    (``KafkaSettings.connection``), idempotent, ``acks=all``, lz4. Plain values only, so a
+    producer outside Python (inference's data plane) gets the same ones."""
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.connection(),
         "client.id": settings.client_id,
         "enable.idempotence": True,
         "acks": "all",

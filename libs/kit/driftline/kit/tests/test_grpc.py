@@ -12,14 +12,11 @@ import datetime
 import grpc
 import pytest
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from driftline.kit import grpc as kit_grpc
 from driftline.kit.grpc import CERTIFICATE_EXPIRY, _DefaultDeadline, record_certificate_expiry
 from driftline.kit.settings import GrpcServerSettings
+from driftline.kit.testing import self_signed_certificate
 
 
 class _Aborted(Exception):
@@ -136,26 +133,8 @@ async def test_the_server_lists_its_services_health_and_reflection_to_reflection
 
 
 def test_a_tls_server_exports_when_its_certificate_ends_and_warns_when_that_is_near(tmp_path, monkeypatch):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry")])
     not_after = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file, key_file = self_signed_certificate(tmp_path, "registry", not_after=not_after)
     settings = GrpcServerSettings(tls_cert_file=cert_file, tls_key_file=key_file)
 
     def logged(now: float) -> list[str]:

@@ -72,3 +72,80 @@ def test_a_registry_client_uses_tls_when_told_or_given_a_ca(tmp_path, monkeypatc
         ValidationError, match="CLIENT_CERT_FILE and DRIFTLINE_REGISTRY_CLIENT_KEY_FILE go together"
     ):
         RegistryTlsSettings()
+
+
+def test_kafka_connection_is_plaintext_by_default_and_names_only_the_brokers():
+    settings = KafkaSettings(bootstrap_servers="a:1,b:2")
+    assert settings.connection() == {"bootstrap.servers": "a:1,b:2", "security.protocol": "PLAINTEXT"}
+    assert (settings.uses_ssl, settings.uses_sasl) == (False, False)
+
+
+def test_kafka_connection_carries_tls_files_and_the_sasl_login(tmp_path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("pem")
+    mutual = KafkaSettings(security_protocol="SSL", ssl_ca_file=ca, ssl_cert_file=cert, ssl_key_file=key)
+    assert mutual.connection() == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(ca),
+        "ssl.certificate.location": str(cert),
+        "ssl.key.location": str(key),
+    }
+    login = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="u",
+        sasl_password="pw-9f3e",
+    )
+    assert login.connection() == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-256",
+        "sasl.username": "u",
+        "sasl.password": "pw-9f3e",
+    }
+    assert (login.uses_ssl, login.uses_sasl) == (True, True)
+    assert "pw-9f3e" not in repr(login)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"security_protocol": "SSL", "ssl_cert_file": "CERT"},
+            "SSL_CERT_FILE and DRIFTLINE_KAFKA_SSL_KEY_FILE go",
+        ),
+        (
+            {"ssl_ca_file": "CA"},
+            "DRIFTLINE_KAFKA_SSL_CA_FILE needs DRIFTLINE_KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL",
+        ),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "ssl_cert_file": "CERT", "ssl_key_file": "CERT"},
+            "DRIFTLINE_KAFKA_SSL_CERT_FILE needs",
+        ),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_username": "u"},
+            "SASL_SSL needs DRIFTLINE_KAFKA_SASL_USERNAME",
+        ),
+        (
+            {"security_protocol": "SSL", "sasl_password": "p"},
+            "SASL_PASSWORD need DRIFTLINE_KAFKA_SECURITY_PROTOCOL",
+        ),
+        ({"security_protocol": "TLS"}, "unexpected value; permitted: 'PLAINTEXT', 'SSL'"),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_username": "u",
+                "sasl_password": "p",
+                "sasl_mechanism": "GSSAPI",
+            },
+            "permitted: 'SCRAM-SHA-512', 'SCRAM-SHA-256', 'PLAIN'",
+        ),
+    ],
+)
+def test_kafka_security_settings_that_do_not_fit_together_are_refused_by_name(tmp_path, values, message):
+    (tmp_path / "pem").write_text("pem")
+    files = {"CA": tmp_path / "pem", "CERT": tmp_path / "pem"}
+    with pytest.raises(ValidationError, match=message):
+        KafkaSettings(**{name: files.get(value, value) for name, value in values.items()})

@@ -20,7 +20,7 @@ def create() -> None:
     """Create every declared topic that does not exist yet (safe to repeat)."""
     settings = KafkaSettings()
     try:
-        created = ensure_topics(settings.bootstrap_servers)
+        created = ensure_topics(settings)
     except TopicMismatch as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"topics: {len(created)} created, {len(ALL_TOPICS) - len(created)} already present")

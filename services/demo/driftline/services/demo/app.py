@@ -103,7 +103,7 @@ class Demo:
 
     def start_services(self) -> None:
         """Registry, the first champion, and the streaming half (ingestion, features)."""
-        ensure_topics(self.settings.kafka.bootstrap_servers)
+        ensure_topics(self.settings.kafka)
         self._start(REGISTRY)
         self.console.print(
             "[bold]training and registering the first champion[/bold] (driftline train --initial)"
@@ -118,7 +118,7 @@ class Demo:
         for group in spec.consumer_groups():
             # What an earlier run left in the topics is not this run's traffic.
             try:
-                skip_to_end(self.settings.kafka.bootstrap_servers, group)
+                skip_to_end(self.settings.kafka, group)
             except KafkaException as err:  # a member still runs: it resumes where it was
                 log.warning("consumer_group_not_skipped", group=group, error=str(err))
         self.supervisor.start(spec)

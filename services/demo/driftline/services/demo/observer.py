@@ -201,7 +201,7 @@ class Observer:
     def _consumer(self, suffix: str, topics: list[Topic], offset_reset: str) -> Consumer:
         consumer = Consumer(
             {
-                "bootstrap.servers": self._kafka.bootstrap_servers,
+                **self._kafka.connection(),
                 "group.id": f"{self._group_prefix}-{suffix}-{int(time.time())}",
                 "auto.offset.reset": offset_reset,
                 "enable.auto.commit": False,

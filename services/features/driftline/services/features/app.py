@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 from typing import Any
 
 import faust
+import faust.auth
 import mode.loop
 import structlog
 
@@ -25,6 +27,7 @@ from driftline.kit.lag import GroupLag, LagReporter
 from driftline.kit.metrics import serve_metrics
 from driftline.kit.redis_clients import async_redis_client
 from driftline.kit.runtime import tune_gc
+from driftline.kit.settings import KafkaSettings
 from driftline.kit.topics import FEATURE_VECTORS, Topic
 from driftline.services.features.agents import KafkaPublisher, TransactionsAgent, VectorsSinkAgent
 from driftline.services.features.config import Settings
@@ -41,6 +44,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings.kafka),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
@@ -60,6 +64,28 @@ def faust_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
+
+
+def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
+    """The connection's TLS and SASL settings in faust's (aiokafka's) terms: the same brokers,
+    CA, client certificate and login as the service's librdkafka clients."""
+    context = _ssl_context(kafka) if kafka.uses_ssl else None
+    if kafka.uses_sasl and kafka.sasl_password is not None:
+        return faust.auth.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    return faust.auth.SSLCredentials(context) if context is not None else None
+
+
+def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    """Verifies the brokers' certificates and host names, as librdkafka does by default."""
+    context = ssl.create_default_context(cafile=str(kafka.ssl_ca_file) if kafka.ssl_ca_file else None)
+    if kafka.ssl_cert_file is not None and kafka.ssl_key_file is not None:
+        context.load_cert_chain(str(kafka.ssl_cert_file), str(kafka.ssl_key_file))
+    return context
 
 
 def faust_topic(app: faust.App, topic: Topic) -> Any:

@@ -60,7 +60,7 @@ class ModelEventsListener:
         self._apply = apply
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **settings.connection(),
                 "client.id": settings.client_id,
                 "logger": LIBRDKAFKA_LOG,
                 "group.id": self.group_id,

@@ -81,6 +81,23 @@ def test_the_spec_carries_the_public_port_s_tls(tmp_path: Path, monkeypatch: pyt
     assert _spec(Settings(), tmp_path)["tls"]["client_ca_file"] == str(tmp_path / "ca.pem")
 
 
+def test_the_prediction_log_reaches_the_brokers_as_every_other_client_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ca.pem").write_text("PEM")
+    for name, value in {
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SSL_CA_FILE": str(tmp_path / "ca.pem"),
+        "SASL_USERNAME": "inference",
+        "SASL_PASSWORD": "pw-71aa",
+    }.items():
+        monkeypatch.setenv(f"DRIFTLINE_KAFKA_{name}", value)
+    settings = Settings()
+    config = _spec(settings, tmp_path)["log"]["config"]
+    assert settings.kafka.connection().items() <= config.items()
+    assert (config["security.protocol"], config["sasl.password"]) == ("SASL_SSL", "pw-71aa")
+
+
 class RecordingDataPlane:
     """The mirror's side of a data plane: what it was told to load."""
 
