@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2_grpc
+from driftline.kit.redis_clients import async_redis_client
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.testing import create_test_topics, delete_topics, unique_prefix
 from driftline.kit.topics import PREDICTIONS, Topic
@@ -152,7 +153,7 @@ async def planes(
             workdir=tmp_path / f"plane-{len(started)}",
         )
         port = process.start()
-        own = aioredis.Redis.from_url(redis.url) if redis else None
+        own = async_redis_client(redis) if redis else None
         store = AsyncOnlineStore(own or redis_client, TRANSACTION_FEATURES, key_prefix=f"{prefix}fs")
         address = f"127.0.0.1:{port}"
         if credentials is None:

@@ -36,6 +36,7 @@ from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
+    ServerTls,
     consume,
     free_port,
     redis_server,
@@ -568,6 +569,47 @@ async def test_a_redis_restart_is_ridden_out(start_plane: Callable[..., Plane], 
                 await asyncio.sleep(0.2)
         assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}  # while reconnecting: retryable
         assert reply.prediction.score == pytest.approx(plane.scores([row(6)])[0], abs=1e-6)
+
+
+async def test_the_data_plane_reads_an_online_store_that_serves_mutual_tls(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    authority = Authority(tmp_path, "redis")
+    server, client = authority.issue("server"), authority.issue("client")
+    port = free_port()
+    own = RedisSettings(
+        url=f"rediss://127.0.0.1:{port}/0",
+        tls_ca_file=authority.ca_file,
+        tls_cert_file=client.cert,
+        tls_key_file=client.key,
+    )
+    with redis_server(port, tmp_path, tls=ServerTls(server.cert, server.key, authority.ca_file)):
+        plane = start_plane(redis=own)  # the Python writer and the data plane both over TLS
+        entity = await plane.put(row(2))
+        reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
+        assert reply.prediction.score == pytest.approx(plane.scores([row(2)])[0], abs=1e-6)
+
+
+def test_a_data_plane_that_does_not_trust_the_online_store_stops_the_start_with_the_reason(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    platform, stranger = Authority(tmp_path, "redis"), Authority(tmp_path, "stranger")
+    server, client = platform.issue("server"), platform.issue("client")
+    port = free_port()
+    distrustful = RedisSettings(
+        url=f"rediss://127.0.0.1:{port}/0",
+        tls_ca_file=stranger.ca_file,
+        tls_cert_file=client.cert,
+        tls_key_file=client.key,
+    )
+    settings = settings_of(kafka_settings, distrustful, "x")
+    process = DataPlane(settings, feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=tmp_path)
+    with (
+        redis_server(port, tmp_path, tls=ServerTls(server.cert, server.key, platform.ca_file)),
+        pytest.raises(RuntimeError, match="online store") as refused,
+    ):
+        process.start()
+    assert "UnknownIssuer" in str(refused.value)  # rustls's reason, in the start's error
 
 
 def test_an_online_store_that_cannot_be_reached_stops_the_start_with_the_reason(

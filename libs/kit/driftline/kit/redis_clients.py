@@ -59,6 +59,7 @@ def redis_client(settings: RedisSettings, **options: Any) -> redis.Redis:
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
         retry=Retry(_backoff(settings), settings.retries),
+        **settings.tls_options(),
         **options,
     )
 
@@ -70,6 +71,7 @@ def async_redis_client(settings: RedisSettings, **options: Any) -> aioredis.Redi
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
         retry=AsyncRetry(_backoff(settings), settings.retries),
+        **settings.tls_options(),
         **options,
     )
 

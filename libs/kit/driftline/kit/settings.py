@@ -129,7 +129,7 @@ class RedisSettings(BaseSettings):
 
     url: str = Field(
         "redis://driftline:driftline-dev@127.0.0.1:16379/0",
-        description="redis:// URL with the ACL user and password.",
+        description="redis:// URL with the ACL user and password; rediss:// for TLS.",
     )
     socket_timeout_s: float = Field(2.0, description="Per-command socket timeout.")
     retries: int = Field(
@@ -137,6 +137,40 @@ class RedisSettings(BaseSettings):
     )
     retry_backoff_base_s: float = Field(0.01, description="First wait before a retry; doubles per retry.")
     retry_backoff_cap_s: float = Field(0.5, description="Longest wait before a retry.")
+    tls_ca_file: FilePath | None = Field(
+        None,
+        description=(
+            "PEM CA bundle the server's certificate must chain to (a rediss:// URL); unset: the system's."
+        ),
+    )
+    tls_cert_file: FilePath | None = Field(
+        None, description="PEM client certificate, for a server that demands one (tls-auth-clients)."
+    )
+    tls_key_file: FilePath | None = Field(None, description="PEM private key of tls_cert_file.")
+
+    @root_validator(skip_on_failure=True)
+    def _tls_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        p = "DRIFTLINE_REDIS_"
+        if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
+            raise ValueError(f"{p}TLS_CERT_FILE and {p}TLS_KEY_FILE go together")
+        named = [n for n in ("tls_ca_file", "tls_cert_file") if values[n] is not None]
+        if named and not str(values["url"]).startswith("rediss://"):
+            raise ValueError(f"{p}{named[0].upper()} needs a rediss:// {p}URL")
+        return values
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    def tls_options(self) -> dict[str, str]:
+        """redis-py's TLS options of these settings (none for a redis:// URL): the CA and client
+        certificate files. The server's certificate and host name are always verified."""
+        files = {
+            "ssl_ca_certs": self.tls_ca_file,
+            "ssl_certfile": self.tls_cert_file,
+            "ssl_keyfile": self.tls_key_file,
+        }
+        return {name: str(path) for name, path in files.items() if path is not None}
 
     class Config:
         env_prefix = "DRIFTLINE_REDIS_"

@@ -80,17 +80,43 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files of a test server that serves TLS only, demanding client certificates its CA signed."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 @contextmanager
-def redis_server(port: int, data_dir: Path, *, timeout_s: float = 20.0) -> Iterator[redis.Redis]:
+def redis_server(
+    port: int, data_dir: Path, *, timeout_s: float = 20.0, tls: ServerTls | None = None
+) -> Iterator[redis.Redis]:
     """A redis-server of the test's own on ``port`` (no password, no persistence), yielding a
     client of it: for tests that take Redis away from a service and give it back, while the
-    stack's Redis serves every other test."""
+    stack's Redis serves every other test. With ``tls`` the port serves TLS only (mutual TLS),
+    and the client presents the server's own certificate."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make setup installs it)")
-    args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen([*args, "--dir", str(data_dir)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
+    args = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data_dir)]
+    if tls is None:
+        args += ["--port", str(port)]
+        client = redis.Redis(port=port)
+    else:
+        args += ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "yes"]
+        args += ["--tls-cert-file", str(tls.cert_file), "--tls-key-file", str(tls.key_file)]
+        args += ["--tls-ca-cert-file", str(tls.ca_file)]
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            ssl=True,
+            ssl_ca_certs=str(tls.ca_file),
+            ssl_certfile=str(tls.cert_file),
+            ssl_keyfile=str(tls.key_file),
+        )
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s
         while True:

@@ -85,6 +85,23 @@ pub struct StoreSpec {
     pub policy: Policy,
     /// Most time one read may take.
     pub timeout_s: f64,
+    /// TLS files of a `rediss://` URL; None: the system's CAs and no client certificate.
+    #[serde(default)]
+    pub tls: Option<StoreTls>,
+}
+
+/// PEM files for a Redis that serves TLS (`DRIFTLINE_REDIS_TLS_*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTls {
+    /// CA bundle the server's certificate must chain to.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate and key, for a server that demands one.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
 }
 
 /// Dynamic batching of each model's runs (`batch`).

@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ClientTlsConfig, TlsCertificates};
 
-use crate::spec::{Policy, StoreSpec};
+use crate::spec::{Policy, StoreSpec, StoreTls};
 
 /// One entity's vector as read.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +146,30 @@ fn text_values(text: &[u8], count: usize) -> Option<Vec<f64>> {
     (values.len() == count).then_some(values)
 }
 
+/// The PEM files of a `rediss://` store, read once at connect (a renewed certificate takes a
+/// restart, as in the Python services).
+fn certificates(tls: &StoreTls) -> Result<TlsCertificates, ReadError> {
+    let read = |path: &String| {
+        std::fs::read(path).map_err(|e| ReadError::Unreachable(format!("cannot read {path}: {e}")))
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ReadError::Unreachable(
+                "a client certificate and its key go together".into(),
+            ))
+        }
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert: tls.ca_file.as_ref().map(read).transpose()?,
+    })
+}
+
 /// The online store on one multiplexed connection: concurrent calls' reads share it, each
 /// call's entities pipelined in one round trip. A connection that breaks (Redis restarted) is
 /// re-established in the background; calls meanwhile fail as unreachable.
@@ -158,8 +183,11 @@ type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl Store {
     pub async fn connect(spec: &StoreSpec) -> Result<Self, ReadError> {
-        let client = redis::Client::open(spec.url.as_str())
-            .map_err(|e| ReadError::Unreachable(e.to_string()))?;
+        let client = match &spec.tls {
+            Some(tls) => redis::Client::build_with_tls(spec.url.as_str(), certificates(tls)?),
+            None => redis::Client::open(spec.url.as_str()),
+        }
+        .map_err(|e| ReadError::Unreachable(e.to_string()))?;
         let timeout = Duration::from_secs_f64(spec.timeout_s);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
@@ -222,6 +250,7 @@ mod tests {
             defaults: vec![-1.0, -2.0, -3.0],
             policy,
             timeout_s: 1.0,
+            tls: None,
         })
     }
 

@@ -149,3 +149,36 @@ def test_kafka_security_settings_that_do_not_fit_together_are_refused_by_name(tm
     files = {"CA": tmp_path / "pem", "CERT": tmp_path / "pem"}
     with pytest.raises(ValidationError, match=message):
         KafkaSettings(**{name: files.get(value, value) for name, value in values.items()})
+
+
+def test_redis_tls_files_reach_redis_py_for_a_rediss_url(tmp_path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("pem")
+    assert RedisSettings().tls_options() == {}
+    assert not RedisSettings().uses_tls
+    settings = RedisSettings(url="rediss://h:1/0", tls_ca_file=ca, tls_cert_file=cert, tls_key_file=key)
+    assert settings.uses_tls
+    assert settings.tls_options() == {
+        "ssl_ca_certs": str(ca),
+        "ssl_certfile": str(cert),
+        "ssl_keyfile": str(key),
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"url": "rediss://h:1/0", "tls_cert_file": "PEM"},
+            "TLS_CERT_FILE and DRIFTLINE_REDIS_TLS_KEY_FILE go together",
+        ),
+        ({"tls_ca_file": "PEM"}, "DRIFTLINE_REDIS_TLS_CA_FILE needs a rediss:// DRIFTLINE_REDIS_URL"),
+    ],
+)
+def test_redis_tls_settings_that_do_not_fit_together_are_refused_by_name(tmp_path, values, message):
+    (tmp_path / "pem").write_text("pem")
+    with pytest.raises(ValidationError, match=message):
+        RedisSettings(
+            **{name: tmp_path / "pem" if value == "PEM" else value for name, value in values.items()}
+        )

@@ -46,6 +46,7 @@ from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.grpc import record_certificate_expiry
 from driftline.kit.kafka import producer_config
+from driftline.kit.settings import RedisSettings
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
 from driftline.services.inference.batcher import BatchingOptions
@@ -124,6 +125,7 @@ def build_spec(
             "defaults": list(feature_set.defaults),
             "policy": settings.staleness_policy.value,
             "timeout_s": settings.redis.socket_timeout_s,
+            "tls": _store_tls(settings.redis),
         },
         "log": {
             "topic": predictions.name,
@@ -139,6 +141,14 @@ def build_spec(
         },
         "tls": tls,
     }
+
+
+def _store_tls(redis: RedisSettings) -> dict[str, str] | None:
+    """The TLS files of a ``rediss://`` online store, as the data plane's spec names them."""
+    if not redis.uses_tls:
+        return None
+    files = {"ca_file": redis.tls_ca_file, "cert_file": redis.tls_cert_file, "key_file": redis.tls_key_file}
+    return {name: str(path) for name, path in files.items() if path is not None}
 
 
 def _text(value: object) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from driftline.featurestore import TRANSACTION_FEATURES
+from driftline.kit.settings import RedisSettings
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference.batcher import BatchingOptions
 from driftline.services.inference.config import Settings
@@ -96,6 +97,13 @@ def test_the_prediction_log_reaches_the_brokers_as_every_other_client_does(
     config = _spec(settings, tmp_path)["log"]["config"]
     assert settings.kafka.connection().items() <= config.items()
     assert (config["security.protocol"], config["sasl.password"]) == ("SASL_SSL", "pw-71aa")
+
+
+def test_the_store_spec_carries_the_online_store_s_tls_files(tmp_path: Path) -> None:
+    assert _spec(Settings(), tmp_path)["store"]["tls"] is None  # redis://
+    (tmp_path / "ca.pem").write_text("PEM")
+    redis = RedisSettings(url="rediss://127.0.0.1:6380/0", tls_ca_file=tmp_path / "ca.pem")
+    assert _spec(Settings(redis=redis), tmp_path)["store"]["tls"] == {"ca_file": str(tmp_path / "ca.pem")}
 
 
 class RecordingDataPlane:
