@@ -5,6 +5,7 @@
     .venv/bin/python bench/inference.py --only curve --device cuda --plot /tmp/curve.png
     .venv/bin/python bench/inference.py --only dataplane     # ADR 0011's compiled data plane, ~1 minute
     .venv/bin/python bench/inference.py --only dataplane-curve --device cuda   # its runs over batch sizes
+    .venv/bin/python bench/inference.py --only tls --rounds 3   # the cost of TLS and mutual TLS
 
 Service part (needs the local stack: Redis and Kafka). Two servers run, one after the other, each
 in its own process, driven by the same grpc.aio client in this process:
@@ -30,6 +31,11 @@ other, the Python echo above, the same echo on tonic (``driftline-dataplane echo
 inference service and the compiled data plane (``services/inference/dataplane``), on the same
 entities; #6's targets are judged for both services against both echoes.
 
+TLS part (``--only tls``): the compiled data plane serving plaintext, TLS and mutual TLS
+(certificates made for the run), started again for each mode on the same entities and model,
+the modes alternating over ``--rounds``; each mode's median p50, p99 and throughput against
+plaintext's in the same run.
+
 Curve part: the device, the execution provider, and the latency/throughput of raw session runs
 over batch sizes 1..4096 (CUDA with I/O binding when the device is CUDA), plotted to a PNG.
 
@@ -42,6 +48,7 @@ runs on a GPU machine as is), beside the same sizes run in this process; ratios 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import hashlib
 import json
@@ -55,6 +62,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -346,12 +354,16 @@ async def _drive(
     concurrency: int,
     view: int,
     stages: Stages | None = None,
+    credentials: Any = None,
 ) -> list[Result]:
     import grpc
 
     from driftline.inference.v1 import inference_pb2, inference_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    channel = (
+        grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
+    )
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     singles = [inference_pb2.PredictRequest(entity_id=e, view=view) for e in entities]
     batches = [
@@ -798,6 +810,121 @@ def _report_dataplane(
         console.print(line)
 
 
+# --- the cost of TLS on the serving port -------------------------------------------------------
+
+
+def run_tls(seconds: float, concurrency: int, view_name: str, rounds: int) -> None:
+    """The compiled data plane serving plaintext, TLS and mutual TLS, started again for each mode
+    on the same entities and model, the modes alternating over ``rounds``; each mode's medians
+    against plaintext's in the same run."""
+    import grpc
+
+    from driftline.featurestore import TRANSACTION_FEATURES
+    from driftline.inference.v1 import inference_pb2
+    from driftline.kit.settings import MetricsSettings
+    from driftline.kit.testing import Authority, unique_prefix
+    from driftline.kit.topics import PREDICTIONS
+    from driftline.services.inference.config import InferenceGrpcSettings, Settings
+    from driftline.services.inference.dataplane import DataPlane
+    from driftline.services.inference.models import ModelMeta
+
+    view = inference_pb2.PredictionView.Value(f"PREDICTION_VIEW_{view_name.upper()}")
+    prefix = unique_prefix()
+    entities = _setup(prefix)
+    workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-tls")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Valid for a month: a certificate about to end makes the server warn at each start.
+    month = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    authority = Authority(workdir, "bench", not_after=month)
+    server, client = authority.issue("inference"), authority.issue("client")
+    ca = authority.ca_file.read_bytes()
+    modes: dict[str, tuple[dict[str, Path], grpc.ChannelCredentials | None]] = {
+        "plaintext": ({}, None),
+        "TLS": (
+            {"tls_cert_file": server.cert, "tls_key_file": server.key},
+            grpc.ssl_channel_credentials(ca),
+        ),
+        "mutual TLS": (
+            {
+                "tls_cert_file": server.cert,
+                "tls_key_file": server.key,
+                "tls_client_ca_file": authority.ca_file,
+            },
+            grpc.ssl_channel_credentials(ca, client.key.read_bytes(), client.cert.read_bytes()),
+        ),
+    }
+    runs: dict[str, list[list[Result]]] = {mode: [] for mode in modes}
+    artifact = bench_model()
+    meta = ModelMeta("fraud", 1, hashlib.sha256(artifact).hexdigest(), features())
+    try:
+        for round_ in range(rounds):
+            for mode, (server_tls, credentials) in modes.items():
+                settings = Settings(
+                    grpc=InferenceGrpcSettings(port=0, **server_tls),
+                    metrics=MetricsSettings(enabled=False),
+                    online_store_key_prefix=f"{prefix}fs",
+                )
+                plane = DataPlane(
+                    settings,
+                    feature_set=TRANSACTION_FEATURES,
+                    predictions=PREDICTIONS.namespaced(prefix),
+                    workdir=workdir / f"{round_}-{len(runs[mode])}-{mode.replace(' ', '-')}",
+                )
+                port = plane.start()
+                try:
+                    plane.load_model(artifact, meta)
+                    runs[mode].append(
+                        asyncio.run(
+                            _drive(
+                                port,
+                                plane.pid,
+                                entities,
+                                mode,
+                                seconds,
+                                concurrency,
+                                view,
+                                credentials=credentials,
+                            )
+                        )
+                    )
+                finally:
+                    plane.stop()
+    finally:
+        _teardown(prefix, entities)
+        shutil.rmtree(workdir, ignore_errors=True)
+    _report_tls(runs, concurrency, view_name)
+
+
+def _report_tls(runs: dict[str, list[list[Result]]], concurrency: int, view: str) -> None:
+    rounds = len(runs["plaintext"])
+    table = Table(
+        title=f"data plane: the cost of TLS ({concurrency} in flight, {view} view, median of {rounds} rounds)"
+    )
+    for column in ("call", "p50 µs", "p99 µs", "max req/s", "p50 / plaintext", "req/s / plaintext"):
+        table.add_column(column, justify="left" if column == "call" else "right")
+    for k in range(2):
+        plain = _medians([r[k] for r in runs["plaintext"]])
+        for results in runs.values():
+            p50, p99, rps = _medians([r[k] for r in results])
+            table.add_row(
+                results[0][k].name,
+                f"{p50:.0f}",
+                f"{p99:.0f}",
+                f"{rps:.0f}",
+                f"{p50 / plain[0]:.2f}",
+                f"{rps / plain[2]:.2f}",
+            )
+    console.print(table)
+
+
+def _medians(results: list[Result]) -> tuple[float, float, float]:
+    return (
+        statistics.median(r.p50_us for r in results),
+        statistics.median(r.p99_us for r in results),
+        statistics.median(r.rps for r in results),
+    )
+
+
 # --- curve over batch sizes -------------------------------------------------------------------
 
 
@@ -1071,11 +1198,12 @@ def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: P
 @click.command()
 @click.option(
     "--only",
-    type=click.Choice(["all", "service", "curve", "dataplane", "dataplane-curve"]),
+    type=click.Choice(["all", "service", "curve", "dataplane", "dataplane-curve", "tls"]),
     default="all",
     show_default=True,
     help="all: service and curve. dataplane: the compiled data plane against both echoes; "
-    "dataplane-curve: its runs over batch sizes against in-process ones (neither in all).",
+    "dataplane-curve: its runs over batch sizes against in-process ones; tls: the data plane "
+    "serving plaintext, TLS and mutual TLS (none of these three in all).",
 )
 @click.option(
     "--device",
@@ -1124,7 +1252,7 @@ def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: P
     type=click.Path(exists=True, path_type=Path),
     help="dataplane-curve: show the JSON lines such a run wrote.",
 )
-@click.option("--rounds", default=3, show_default=True, help="dataplane-curve: alternating rounds.")
+@click.option("--rounds", default=3, show_default=True, help="dataplane-curve and tls: alternating rounds.")
 @click.option("--serve", type=click.Choice(["echo", "echo-kit", "inference"]), hidden=True)
 @click.option("--port-file", type=click.Path(path_type=Path), hidden=True)
 @click.option("--prefix", default="", hidden=True)
@@ -1158,6 +1286,8 @@ def main(
         run_service(seconds, concurrency, device, view)
     if only == "dataplane":
         run_dataplane(seconds, concurrency, view)
+    if only == "tls":
+        run_tls(seconds, concurrency, view, rounds)
     if only in ("all", "curve"):
         run_curve(device, max_batch, plot, seconds_per_point, model_kind, hidden)
     if only == "dataplane-curve":

@@ -397,11 +397,11 @@ start_kafka() {
         done
         [[ -z ${KAFKA_SASL_SSL_PORT:-} || (-n ${KAFKA_SCRAM_USER:-} && -n ${KAFKA_SCRAM_PASSWORD:-}) ]] ||
             die "KAFKA_SASL_SSL_PORT needs KAFKA_SCRAM_USER and KAFKA_SCRAM_PASSWORD"
+        chmod 600 "$props" # before it holds the broker's private key
         KAFKA_TLS_CERT_PEM=$(pem_property "$KAFKA_TLS_CERT_FILE") \
             KAFKA_TLS_KEY_PEM=$(pem_property "$KAFKA_TLS_KEY_FILE") \
             awk -f "$DEPLOY_DIR/render.awk" "$DEPLOY_DIR/kafka/security.properties.template" >>"$props" ||
             die "cannot render security.properties.template"
-        chmod 600 "$props" # it holds the broker's private key now
         if [[ -n ${KAFKA_SASL_SSL_PORT:-} ]]; then
             local mechanism
             for mechanism in SCRAM-SHA-512 SCRAM-SHA-256; do

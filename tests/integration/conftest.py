@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import free_port
+from driftline.kit.testing import Authority, free_port
 
 from .brokers import private_broker
-from .certs import Authority
 
 SCRAM_USER = "driftline-test"
 SCRAM_PASSWORD = "scram-secret-4c1d"

@@ -36,6 +36,7 @@ from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
+    Authority,
     ServerTls,
     consume,
     free_port,
@@ -48,7 +49,6 @@ from driftline.services.inference.dataplane import DataPlane, Signature, binary_
 from driftline.services.inference.errors import DigestMismatch, ModelLoadError
 from driftline.services.inference.models import ModelMeta
 
-from ..certs import Authority
 from .conftest import Stack, running_stack
 from .planes import (
     FEATURES,

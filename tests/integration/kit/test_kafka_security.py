@@ -19,7 +19,14 @@ from pydantic import SecretStr
 from driftline.kit import kafka
 from driftline.kit.lag import GroupLag
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix, wait_for
+from driftline.kit.testing import (
+    Authority,
+    consume,
+    create_test_topics,
+    delete_topics,
+    unique_prefix,
+    wait_for,
+)
 from driftline.kit.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -78,8 +85,6 @@ def test_a_client_without_a_certificate_is_refused_by_the_mutual_tls_listener(se
 
 
 def test_a_broker_whose_certificate_the_client_does_not_trust_is_refused(secure_kafka, caplog, tmp_path):
-    from ..certs import Authority
-
     stranger = Authority(tmp_path, "stranger")
     trusting_another = secure_kafka.scram.copy(update={"ssl_ca_file": stranger.ca_file})
     assert "certificate verify failed" in _refusal(trusting_another, caplog)

@@ -11,9 +11,7 @@ import redis
 
 from driftline.kit.redis_clients import async_redis_client, redis_client
 from driftline.kit.settings import RedisSettings
-from driftline.kit.testing import ServerTls, free_port, redis_server
-
-from ..certs import Authority
+from driftline.kit.testing import Authority, ServerTls, free_port, redis_server
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from driftline.kit.errors import Unavailable
 from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.settings import RegistryTlsSettings
+from driftline.kit.testing import Authority
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.registry.v1 import registry_pb2_grpc
 from driftline.services.registry import testing
 
-from ..certs import Authority
 from .conftest import TOKEN
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ the real broker (they never replace it)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,10 @@ from pathlib import Path
 
 import redis
 from confluent_kafka import Consumer, Message, TopicPartition
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from driftline.kit.kafka import Headers, admin_client
 from driftline.kit.settings import KafkaSettings
@@ -147,37 +152,62 @@ REDIS_CANNOT_SERVE_REPLIES = (
 )
 
 
-def self_signed_certificate(
-    folder: Path, name: str, *, not_after: datetime.datetime | None = None
-) -> tuple[Path, Path]:
-    """A self-signed CA certificate for ``name`` and its key, as ``{name}.pem`` and ``{name}.key``
-    (unencrypted PKCS#8) in ``folder``; valid until ``not_after`` (a day from now by default)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+@dataclass(frozen=True)
+class CertificatePair:
+    cert: Path
+    key: Path
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-        .not_valid_after(not_after or datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / f"{name}.pem", folder / f"{name}.key"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+
+class Authority:
+    """A throw-away certificate authority, for tests and benchmarks of TLS: its certificate and
+    those it issues are PEM files in ``folder`` (keys unencrypted PKCS#8), valid until
+    ``not_after`` (an hour from now by default)."""
+
+    def __init__(self, folder: Path, name: str, *, not_after: datetime.datetime | None = None) -> None:
+        self.folder = folder
+        self.name = name
+        self.not_after = not_after or datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        certificate = (
+            self._builder(self._subject, self._key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self._key, hashes.SHA256())
         )
-    )
-    return cert_file, key_file
+        self.ca_file = folder / f"{name}-ca.pem"
+        self.ca_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(self.not_after)
+        )
+
+    def issue(self, common_name: str) -> CertificatePair:
+        """A certificate for ``common_name`` that also names 127.0.0.1 and localhost."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        certificate = (
+            self._builder(subject, key.public_key())
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        pair = CertificatePair(
+            self.folder / f"{self.name}-{common_name}.pem", self.folder / f"{self.name}-{common_name}.key"
+        )
+        pair.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        pair.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return pair
 
 
 def unique_prefix() -> str:

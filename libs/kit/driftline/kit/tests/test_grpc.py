@@ -16,7 +16,7 @@ import structlog
 from driftline.kit import grpc as kit_grpc
 from driftline.kit.grpc import CERTIFICATE_EXPIRY, _DefaultDeadline, record_certificate_expiry
 from driftline.kit.settings import GrpcServerSettings
-from driftline.kit.testing import self_signed_certificate
+from driftline.kit.testing import Authority
 
 
 class _Aborted(Exception):
@@ -134,7 +134,8 @@ async def test_the_server_lists_its_services_health_and_reflection_to_reflection
 
 def test_a_tls_server_exports_when_its_certificate_ends_and_warns_when_that_is_near(tmp_path, monkeypatch):
     not_after = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    cert_file, key_file = self_signed_certificate(tmp_path, "registry", not_after=not_after)
+    issued = Authority(tmp_path, "platform", not_after=not_after).issue("registry")
+    cert_file, key_file = issued.cert, issued.key
     settings = GrpcServerSettings(tls_cert_file=cert_file, tls_key_file=key_file)
 
     def logged(now: float) -> list[str]:

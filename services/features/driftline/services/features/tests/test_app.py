@@ -9,7 +9,7 @@ import faust.auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from driftline.kit.settings import KafkaSettings
-from driftline.kit.testing import self_signed_certificate
+from driftline.kit.testing import Authority
 from driftline.services.features.app import broker_credentials
 
 
@@ -18,7 +18,7 @@ def test_plaintext_needs_no_credentials():
 
 
 def test_a_scram_login_over_tls_verifies_the_brokers(tmp_path: Path):
-    ca, _ = self_signed_certificate(tmp_path, "test-ca")
+    ca = Authority(tmp_path, "test").ca_file
     settings = KafkaSettings(
         security_protocol="SASL_SSL",
         ssl_ca_file=ca,
