@@ -83,6 +83,7 @@ def test_loop_closes_on_the_real_stack(kafka_settings, redis_settings, isolated_
         # CI asserts that the loop closes: the first champion after the drift ends the run.
         # Waiting for one that also catches the new fraud (make demo's default) takes minutes more.
         recovered_recall=0.0,
+        recovered_precision=0.0,
         max_duration_s=300.0,
         live=False,
         run_dir=isolated_state / "run",

@@ -7,6 +7,7 @@ Defaults work on a laptop against the stack that ``make up`` starts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseSettings, Field, FilePath, SecretStr, root_validator, validator
@@ -17,6 +18,11 @@ KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"
 KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def given_paths(files: dict[str, Path | None]) -> dict[str, str]:
+    """The files that are set, as text under their option names: how a client library takes them."""
+    return {name: str(path) for name, path in files.items() if path is not None}
 
 
 def known_log_level(value: str) -> str:
@@ -113,7 +119,7 @@ class KafkaSettings(BaseSettings):
                 "ssl.certificate.location": self.ssl_cert_file,
                 "ssl.key.location": self.ssl_key_file,
             }
-            config.update({name: str(path) for name, path in files.items() if path is not None})
+            config.update(given_paths(files))
         if self.uses_sasl and self.sasl_password is not None:
             config["sasl.mechanisms"] = self.sasl_mechanism
             config["sasl.username"] = str(self.sasl_username)
@@ -170,7 +176,7 @@ class RedisSettings(BaseSettings):
             "ssl_certfile": self.tls_cert_file,
             "ssl_keyfile": self.tls_key_file,
         }
-        return {name: str(path) for name, path in files.items() if path is not None}
+        return given_paths(files)
 
     class Config:
         env_prefix = "DRIFTLINE_REDIS_"

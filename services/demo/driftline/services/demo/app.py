@@ -178,7 +178,9 @@ class Demo:
 
     def _recovered(self) -> bool:
         s = self.settings
-        return self.stats.recovered(labels=s.after_promotion_labels, recall=s.recovered_recall)
+        return self.stats.recovered(
+            labels=s.after_promotion_labels, recall=s.recovered_recall, precision=s.recovered_precision
+        )
 
     def _wait_for_warm_features(self) -> None:
         assert self._observer is not None

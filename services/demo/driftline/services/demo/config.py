@@ -36,8 +36,17 @@ class Settings(BaseSettings):
             "over its last after_promotion_labels labelled predictions (or at max_duration_s). A "
             "first retrain after a change may promote a model that has seen too little of the new "
             "pattern; the platform then retrains again on its own (the drift service raises a "
-            "degradation for any champion version whose live AUC stays low). 0: end at the first "
-            "new champion."
+            "degradation for any champion version whose live AUC stays low). 0, with "
+            "recovered_precision 0: end at the first new champion."
+        ),
+    )
+    recovered_precision: float = Field(
+        0.5,
+        description=(
+            "And this live precision over the same predictions: a champion that catches the frauds by "
+            "flagging many legitimate transactions has not recovered (the drift service degrades a "
+            "champion whose precision falls below DRIFTLINE_DRIFT_DEGRADATION_PRECISION_FLOOR, and "
+            "the platform retrains). 0: recall alone."
         ),
     )
     max_duration_s: float = Field(420.0, description="The demo ends after this long, loop closed or not.")

@@ -128,17 +128,18 @@ class Stats:
             promoted = self.timeline.promoted_after_onset
             return self.champion_version if promoted and self.champion_version == promoted[-1] else 0
 
-    def recovered(self, *, labels: int, recall: float) -> bool:
+    def recovered(self, *, labels: int, recall: float, precision: float = 0.0) -> bool:
         """Whether the final champion (``final_champion``) has served ``labels`` labelled
-        predictions and caught at least ``recall`` of the frauds among the last ``labels`` of
-        them (any recall when ``recall`` is 0)."""
+        predictions and, among the last ``labels`` of them, caught at least ``recall`` of the
+        frauds with at least ``precision`` of its fraud verdicts right (either not asked when 0)."""
         version = self.final_champion()
         if not version:
             return False
         scores = self.version_scores(version, last=labels)
         if scores.labelled < labels:
             return False
-        return recall <= 0 or (scores.recall or 0.0) >= recall
+        caught = recall <= 0 or (scores.recall or 0.0) >= recall
+        return caught and (precision <= 0 or (scores.precision or 0.0) >= precision)
 
     def version_scores(self, version: int, last: int) -> PhaseScores:
         """Scores of a version's ``last`` labelled predictions (fewer when it has fewer)."""

@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         ),
     )
     degradation_threshold: float = Field(0.85, description="The metric below this value is a degradation.")
+    degradation_precision_floor: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "The champion's precision below this is a degradation too (0: not watched). A model can "
+            "rank well, its AUC high, and still flag many legitimate events at its decision threshold."
+        ),
+    )
     degradation_cooldown_s: float = Field(
         300.0, description="Least time between two degradations of a version."
     )
@@ -172,4 +181,7 @@ class Settings(BaseSettings):
             metric=self.degradation_metric,
             threshold=self.degradation_threshold,
             cooldown_s=self.degradation_cooldown_s,
+            also=(("precision", self.degradation_precision_floor),)
+            if self.degradation_precision_floor
+            else (),
         )

@@ -6,9 +6,10 @@ them, plus the mean label lag. A metric that cannot be computed is NaN: precisio
 predicted positive, recall without a positive label, AUC with one class only.
 
 A degradation is due when the configured metric over the window (at least ``min_labels`` labels)
-is below ``threshold`` for a version serving as champion (role "champion", or no role), and
-``cooldown_s`` has passed since the last one for that version: while performance stays bad, one
-degradation per cooldown. Time is passed in.
+is below ``threshold``, or one of the ``also`` metrics below its floor, for a version serving as
+champion (role "champion", or no role), and ``cooldown_s`` has passed since the last one for that
+version: while performance stays bad, one degradation per cooldown, naming the first metric
+found low. Time is passed in.
 """
 
 from __future__ import annotations
@@ -98,12 +99,21 @@ class PerformancePolicy:
     cooldown_s: float = 300.0
     #: Versions kept at most (the oldest touched is forgotten first).
     max_versions: int = 20
+    #: Further (metric, floor) pairs watched beside ``metric``: a ranking metric such as AUC can
+    #: stay high while the model's decision threshold flags too much, which precision shows.
+    also: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, not {self.metric!r}")
+        for metric, _ in self.floors:
+            if metric not in METRICS:
+                raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if self.window < 1 or not 1 <= self.min_labels <= self.window:
             raise ValueError("need 1 <= min_labels <= window")
+
+    @property
+    def floors(self) -> tuple[tuple[str, float], ...]:
+        """Every (metric, floor) watched, the configured metric first."""
+        return ((self.metric, self.threshold), *self.also)
 
 
 class PerformanceTracker:
@@ -176,9 +186,14 @@ class PerformanceTracker:
         policy = self.policy
         if key[2] not in CHAMPION_ROLES or performance.labelled < policy.min_labels:
             return None
-        value = performance.metric(policy.metric)
-        if not math.isfinite(value) or value >= policy.threshold:
+        low = [
+            (metric, value, floor)
+            for metric, floor in policy.floors
+            if math.isfinite(value := performance.metric(metric)) and value < floor
+        ]
+        if not low:
             return None
+        metric, value, floor = low[0]
         window = self._windows[key]
         if window.last_degradation is not None and now - window.last_degradation < policy.cooldown_s:
             return None
@@ -187,9 +202,9 @@ class PerformanceTracker:
             event_id=str(uuid.uuid4()),
             model_name=key[0],
             model_version=key[1],
-            metric=policy.metric,
+            metric=metric,
             value=value,
-            threshold=policy.threshold,
+            threshold=floor,
             labelled_count=performance.labelled,
             detected_at=now,
         )

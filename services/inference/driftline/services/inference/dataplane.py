@@ -46,7 +46,7 @@ from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.grpc import record_certificate_expiry
 from driftline.kit.kafka import producer_config
-from driftline.kit.settings import RedisSettings
+from driftline.kit.settings import RedisSettings, given_paths
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
 from driftline.services.inference.batcher import BatchingOptions
@@ -92,11 +92,12 @@ def build_spec(
 ) -> dict[str, Any]:
     """The data plane's spec: how it runs on ``feature_set``, before any model is loaded."""
     server = settings.grpc
-    tls = None
-    if server.tls_cert_file is not None and server.tls_key_file is not None:
-        tls = {"cert_file": str(server.tls_cert_file), "key_file": str(server.tls_key_file)}
-        if server.tls_client_ca_file is not None:
-            tls["client_ca_file"] = str(server.tls_client_ca_file)
+    files = {
+        "cert_file": server.tls_cert_file,
+        "key_file": server.tls_key_file,
+        "client_ca_file": server.tls_client_ca_file,
+    }
+    tls = given_paths(files) if server.tls else None
     return {
         "listen": listen,
         "metrics_listen": metrics_listen,
@@ -147,8 +148,9 @@ def _store_tls(redis: RedisSettings) -> dict[str, str] | None:
     """The TLS files of a ``rediss://`` online store, as the data plane's spec names them."""
     if not redis.uses_tls:
         return None
-    files = {"ca_file": redis.tls_ca_file, "cert_file": redis.tls_cert_file, "key_file": redis.tls_key_file}
-    return {name: str(path) for name, path in files.items() if path is not None}
+    return given_paths(
+        {"ca_file": redis.tls_ca_file, "cert_file": redis.tls_cert_file, "key_file": redis.tls_key_file}
+    )
 
 
 def _text(value: object) -> str:

@@ -30,6 +30,19 @@ def test_a_champion_that_misses_them_waits_for_the_next_retrain():
     assert stats.recovered(labels=100, recall=0.6)
 
 
+def test_a_champion_that_catches_them_by_flagging_too_much_has_not_recovered():
+    flagged = (1, 0)  # a legitimate transaction called fraud
+    stats = _stats(4, [4], {4: [CAUGHT] * 9 + [MISSED] + [flagged] * 20 + [CLEAN] * 70})
+    assert stats.version_scores(4, last=100).precision == 9 / 29
+    assert not stats.recovered(labels=100, recall=0.6, precision=0.5)
+    assert stats.recovered(labels=100, recall=0.6)  # precision not asked
+
+    stats.timeline.promoted_after_onset.append(5)
+    stats.champion_version = 5
+    stats.version_pairs[5] = [CAUGHT] * 9 + [MISSED] + [flagged] * 3 + [CLEAN] * 87
+    assert stats.recovered(labels=100, recall=0.6, precision=0.5)
+
+
 def test_only_the_last_labels_of_a_version_count():
     # Early misses (labels of the transition) age out of the window.
     stats = _stats(4, [4], {4: [MISSED] * 50 + [CAUGHT] * 10 + [CLEAN] * 90})

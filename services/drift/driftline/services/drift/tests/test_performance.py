@@ -109,3 +109,39 @@ def test_only_the_champion_raises_degradations_but_every_version_is_measured() -
 def test_an_unknown_metric_is_refused() -> None:
     with pytest.raises(ValueError):
         PerformancePolicy(metric="vibes")
+
+
+def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision() -> None:
+    policy = PerformancePolicy(
+        window=20, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),)
+    )
+    tracker = PerformanceTracker(policy, clock=Clock())
+
+    def joined(label: int, decision: int, score: float) -> JoinedLabel:
+        prediction = PredictionRecord("p", "e", "ev", "fraud", 3, score, decision, 0.0, "champion")
+        return JoinedLabel(prediction, label, "f", 1.0)
+
+    # Every fraud scored above every legitimate event (AUC 1), but the threshold flags 6 of 8.
+    frauds = [joined(1, 1, 0.9)] * 2
+    flagged = [joined(0, 1, 0.6)] * 4
+    cleared = [joined(0, 0, 0.1)] * 4
+    tracker.add([*frauds, *flagged, *cleared])
+    [performance], [degradation] = tracker.evaluate()
+    assert performance.auc == 1.0
+    assert (degradation.metric, degradation.threshold) == ("precision", 0.5)
+    assert degradation.value == pytest.approx(2 / 6)
+
+
+def test_the_configured_metric_is_named_first_when_several_are_low() -> None:
+    policy = PerformancePolicy(
+        window=10, min_labels=5, metric="accuracy", threshold=0.8, cooldown_s=60, also=(("precision", 0.9),)
+    )
+    tracker = PerformanceTracker(policy, clock=Clock())
+    tracker.add([_joined(0, 1)] * 6)  # accuracy 0, precision 0
+    [degradation] = tracker.evaluate()[1]
+    assert degradation.metric == "accuracy"
+
+
+def test_an_unknown_metric_among_the_floors_is_refused() -> None:
+    with pytest.raises(ValueError, match="vibes"):
+        PerformancePolicy(metric="auc", also=(("vibes", 0.5),))
