@@ -102,6 +102,16 @@ class Settings(BaseSettings):
             "decision threshold must beat the degraded champion's, on the same holdout rows."
         ),
     )
+    max_recall_drop_when_degraded: float = Field(
+        0.25,
+        description=(
+            "Gate: against a degraded champion, how far a challenger whose F1 at its threshold is "
+            "better may fall below the champion's recall (a champion degraded on precision catches "
+            "frauds by flagging legitimate events; fewer false alarms are worth some recall)."
+        ),
+        ge=0,
+        le=1,
+    )
     manual_approval: bool = Field(
         False, description="Leave winners pending (alias 'challenger') instead of promoting them."
     )
@@ -207,6 +217,7 @@ class Settings(BaseSettings):
                 manual_approval=self.manual_approval,
                 max_recall_drop=self.max_recall_drop,
                 better_f1_when_degraded=self.better_f1_when_degraded,
+                max_recall_drop_when_degraded=self.max_recall_drop_when_degraded,
             ),
             code_revision=code_revision,
             min_positives=self.min_positives,

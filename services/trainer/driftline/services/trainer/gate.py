@@ -11,7 +11,10 @@ The challenger is promoted only when both hold:
 * when live feedback measured the champion's fall (a degradation triggered the retrain), the
   challenger's F1 at its threshold also beats the champion's at the champion's: a retrain soon
   after a change trains on pre-change rows (the newest quarter is the holdout), and can beat a
-  degraded champion's AUC by the margin while catching exactly the frauds it catches.
+  degraded champion's AUC by the margin while catching exactly the frauds it catches. Such a
+  challenger may give up to ``max_recall_drop_when_degraded`` of the champion's recall: a
+  champion degraded on precision catches frauds by flagging many legitimate events, and trading
+  some recall for far fewer false alarms is the fix, not a loss.
 
 A champion that exists but cannot be scored on the holdout (an unloadable artifact, a feature it
 needs that is gone) is never beaten: the challenger is refused (registered, not promoted) and the
@@ -125,6 +128,9 @@ class GateConfig:
     max_recall_drop: float = 0.10
     #: Against a champion whose live performance degraded, require a better F1 at the threshold.
     better_f1_when_degraded: bool = True
+    #: The recall fall allowed instead, against a degraded champion, to a challenger whose F1 at
+    #: its threshold is better (with ``better_f1_when_degraded``).
+    max_recall_drop_when_degraded: float = 0.25
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -133,6 +139,8 @@ class GateConfig:
             raise InvalidArgument("gate margin must be finite")
         if not 0.0 <= self.max_recall_drop <= 1.0:
             raise InvalidArgument("max_recall_drop must lie in [0, 1]")
+        if not 0.0 <= self.max_recall_drop_when_degraded <= 1.0:
+            raise InvalidArgument("max_recall_drop_when_degraded must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -233,15 +241,22 @@ def _check_operating_point(
     )
     if theirs is None:
         return "", comparison
-    floor = theirs.recall - config.max_recall_drop
+    judged_by_f1 = champion_degraded and config.better_f1_when_degraded
+    better_f1 = mine.f1 > theirs.f1 + _RECALL_EPSILON
+    drop, why = config.max_recall_drop, ""
+    below_usual_floor = mine.recall < theirs.recall - drop - _RECALL_EPSILON
+    if judged_by_f1 and better_f1 and below_usual_floor and config.max_recall_drop_when_degraded > drop:
+        drop = config.max_recall_drop_when_degraded
+        why = f", against a degraded champion with a better F1 ({mine.f1:.2f} vs {theirs.f1:.2f})"
+    floor = theirs.recall - drop
     if mine.recall < floor - _RECALL_EPSILON:
-        return f"{comparison} (max recall drop {config.max_recall_drop:g}, needs >= {floor:.2f})", ""
-    if champion_degraded and config.better_f1_when_degraded and mine.f1 <= theirs.f1 + _RECALL_EPSILON:
+        return f"{comparison} (max recall drop {drop:g}{why}, needs >= {floor:.2f})", ""
+    if judged_by_f1 and not better_f1:
         return (
             f"{comparison}; the champion's live performance degraded and the challenger is no better at "
             f"its threshold (F1 {mine.f1:.2f} vs {theirs.f1:.2f})"
         ), ""
-    return "", comparison
+    return "", comparison + (f" (recall drop allowed {drop:g}{why})" if why else "")
 
 
 def _winner(config: GateConfig, reason: str, mine: float, theirs: float | None) -> GateVerdict:

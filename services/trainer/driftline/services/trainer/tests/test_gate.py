@@ -205,6 +205,7 @@ def test_against_a_degraded_champion_a_better_operating_point_wins() -> None:
         champion_degraded=True,
     )
     assert verdict.decision is Decision.PROMOTE
+    assert "recall drop allowed" not in verdict.reason  # it gave up no recall
 
 
 def test_the_degraded_champion_rule_can_be_turned_off() -> None:
@@ -236,3 +237,44 @@ def test_a_champion_that_cannot_be_scored_is_not_beaten() -> None:
         "data_loss: the artifact is not a model; challenger auc=0.9900"
     )
     assert verdict.champion is None
+
+
+def test_against_a_champion_degraded_on_precision_a_better_f1_may_give_up_some_recall() -> None:
+    # This session's second demo run: v4 caught the new frauds by flagging many legitimate
+    # transactions (live precision 0.29); the retrain its degradation asked for was refused on
+    # recall alone (0.80 against 0.92, floor 0.82) although its F1 was far better.
+    args = (GateConfig(), metrics(0.9980), metrics(0.9910))
+    points = {
+        "champion_version": 4,
+        "challenger_point": point(0.80, precision=0.74),
+        "champion_point": point(0.92, precision=0.38),
+    }
+    refused = decide(*args, **points)  # a drift report: the champion's operating point holds
+    assert refused.decision is Decision.REJECT
+    assert "(max recall drop 0.1, needs >= 0.82)" in refused.reason
+    verdict = decide(*args, **points, champion_degraded=True)
+    assert verdict.decision is Decision.PROMOTE
+    assert (
+        "recall drop allowed 0.25, against a degraded champion with a better F1 (0.77 vs 0.54)"
+        in verdict.reason
+    )
+
+
+def test_against_a_degraded_champion_the_wider_recall_drop_still_has_a_floor() -> None:
+    verdict = decide(
+        GateConfig(),
+        metrics(0.99),
+        metrics(0.98),
+        champion_version=4,
+        challenger_point=point(0.60, precision=1.0),  # F1 0.75 beats 0.54, recall 0.32 below
+        champion_point=point(0.92, precision=0.38),
+        champion_degraded=True,
+    )
+    assert verdict.decision is Decision.REJECT
+    assert "max recall drop 0.25, against a degraded champion with a better F1" in verdict.reason
+    assert "needs >= 0.67" in verdict.reason
+
+
+def test_max_recall_drop_when_degraded_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="max_recall_drop_when_degraded"):
+        GateConfig(max_recall_drop_when_degraded=-0.1)
