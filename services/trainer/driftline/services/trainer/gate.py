@@ -2,7 +2,8 @@
 
 The challenger is promoted only when both hold:
 
-* its score on the configured metric beats the champion's by at least the margin;
+* its score on the configured metric beats the champion's by at least the margin (against a
+  degraded champion whose F1 it beats, see below: is no worse than the champion's by the margin);
 * its operating point holds: at the decision threshold it would serve with, it catches some of
   the frauds, and its recall is at most ``max_recall_drop`` below the champion's recall at the
   champion's own threshold, on the same rows. A ranking metric such as AUC says nothing about
@@ -14,7 +15,9 @@ The challenger is promoted only when both hold:
   degraded champion's AUC by the margin while catching exactly the frauds it catches. Such a
   challenger may give up to ``max_recall_drop_when_degraded`` of the champion's recall: a
   champion degraded on precision catches frauds by flagging many legitimate events, and trading
-  some recall for far fewer false alarms is the fix, not a loss.
+  some recall for far fewer false alarms is the fix, not a loss. For the same reason it need only
+  rank no worse than such a champion: a model degraded on precision can rank as well as any
+  retrain, and what it lacks is its operating point.
 
 A champion that exists but cannot be scored on the holdout (an unloadable artifact, a feature it
 needs that is gone) is never beaten: the challenger is refused (registered, not promoted) and the
@@ -185,10 +188,12 @@ def decide(
         comparison = f"no champion yet; challenger {metric}={mine:.4f}"
         metric_wins, won = True, comparison
     else:
-        needed = theirs + config.margin
+        needed, why = theirs + config.margin, ""
+        if _better_f1_than_degraded(config, challenger_point, champion_point, champion_degraded):
+            needed, why = theirs - config.margin, ": no worse, against a degraded champion with a better F1"
         comparison = (
             f"challenger {metric}={mine:.4f} vs champion v{champion_version} {metric}={theirs:.4f} "
-            f"(margin {config.margin:g}, needs >= {needed:.4f})"
+            f"(margin {config.margin:g}, needs >= {needed:.4f}{why})"
         )
         metric_wins, won = mine >= needed, f"wins: {comparison}"
     point_problem, point_summary = _check_operating_point(
@@ -209,6 +214,17 @@ def decide(
     else:
         reason = f"refused: {point_problem}; on {metric} alone it would win: {comparison}"
     return GateVerdict(Decision.REJECT, reason, mine, theirs)
+
+
+def _better_f1_than_degraded(
+    config: GateConfig, mine: OperatingPoint | None, theirs: OperatingPoint | None, champion_degraded: bool
+) -> bool:
+    """Whether the champion degraded live and the challenger's F1 at its threshold beats its own:
+    then the challenger need only rank no worse (a champion degraded on precision can rank as
+    well as any retrain; what it lacks is its operating point)."""
+    if not (champion_degraded and config.better_f1_when_degraded) or mine is None or theirs is None:
+        return False
+    return mine.positives > 0 and mine.recall > 0 and mine.f1 > theirs.f1 + _RECALL_EPSILON
 
 
 def _check_operating_point(

@@ -278,3 +278,32 @@ def test_against_a_degraded_champion_the_wider_recall_drop_still_has_a_floor() -
 def test_max_recall_drop_when_degraded_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="max_recall_drop_when_degraded"):
         GateConfig(max_recall_drop_when_degraded=-0.1)
+
+
+def test_against_a_degraded_champion_a_better_f1_need_only_rank_no_worse() -> None:
+    # This session's fourth demo run: v5 was degraded on precision; the retrain ranked a little
+    # better (0.9973 against 0.9931) but not by the margin, at a far better operating point.
+    args = (GateConfig(), metrics(0.9973), metrics(0.9931))
+    points = {
+        "champion_version": 5,
+        "challenger_point": point(0.81, precision=0.75),
+        "champion_point": point(0.88, precision=0.45),
+    }
+    assert decide(*args, **points).decision is Decision.REJECT  # a drift report: the margin holds
+    verdict = decide(*args, **points, champion_degraded=True)
+    assert verdict.decision is Decision.PROMOTE
+    assert "needs >= 0.9881: no worse, against a degraded champion with a better F1" in verdict.reason
+
+
+def test_against_a_degraded_champion_ranking_worse_than_the_margin_still_loses() -> None:
+    verdict = decide(
+        GateConfig(),
+        metrics(0.90),
+        metrics(0.95),
+        champion_version=5,
+        challenger_point=point(0.81, precision=0.75),
+        champion_point=point(0.88, precision=0.45),
+        champion_degraded=True,
+    )
+    assert verdict.decision is Decision.REJECT
+    assert "needs >= 0.9450: no worse" in verdict.reason
