@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -63,13 +64,18 @@ def namespace_factory(
     yield make
     client = redis.Redis.from_url(redis_settings.url)
     for ns in made:
-        for proc in ns.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        delete_topics(kafka_settings, [ns.source, ns.vectors])
-        delete_keys(client, f"{ns.key_prefix}:")
+        clean_up(ns, kafka_settings, client)
     client.close()
+
+
+def clean_up(ns: Any, kafka_settings: KafkaSettings, client: redis.Redis) -> None:
+    """Kill what a test left running of ``ns``'s processes, delete its topics and its Redis keys."""
+    for proc in ns.processes:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    delete_topics(kafka_settings, [ns.source, ns.vectors])
+    delete_keys(client, f"{ns.key_prefix}:")
 
 
 def start_service(
@@ -159,6 +165,7 @@ class Harness:
     transactions = staticmethod(transactions)
     produce = staticmethod(produce)
     wait_for = staticmethod(wait_for)
+    clean_up = staticmethod(clean_up)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 import redis
 
 from driftline.features.v1 import features_pb2
-from driftline.kit.redis_clients import delete_keys
-from driftline.kit.testing import consume, create_test_topics, delete_topics, unique_prefix
+from driftline.kit.testing import consume, create_test_topics, unique_prefix
 from driftline.kit.topics import FEATURE_VECTORS, TRANSACTIONS_CLEAN
 
 from ..brokers import kafka_environment
@@ -50,10 +49,5 @@ def test_the_service_consumes_and_publishes_through_a_scram_listener(
         stored = {key.decode().rsplit(":", 1)[-1] for key in client.scan_iter(match=f"{ns.key_prefix}:*")}
         assert cards <= stored  # and the online store has every card
     finally:
-        for proc in ns.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        delete_topics(settings, [ns.source, ns.vectors])
-        delete_keys(client, f"{ns.key_prefix}:")
+        harness.clean_up(ns, settings, client)
         client.close()

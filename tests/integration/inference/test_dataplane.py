@@ -37,10 +37,10 @@ from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.testing import (
     Authority,
-    ServerTls,
     consume,
     free_port,
     redis_server,
+    tls_redis_server,
 )
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference import metrics as inference_metrics
@@ -574,16 +574,7 @@ async def test_a_redis_restart_is_ridden_out(start_plane: Callable[..., Plane], 
 async def test_the_data_plane_reads_an_online_store_that_serves_mutual_tls(
     start_plane: Callable[..., Plane], tmp_path: Path
 ) -> None:
-    authority = Authority(tmp_path, "redis")
-    server, client = authority.issue("server"), authority.issue("client")
-    port = free_port()
-    own = RedisSettings(
-        url=f"rediss://127.0.0.1:{port}/0",
-        tls_ca_file=authority.ca_file,
-        tls_cert_file=client.cert,
-        tls_key_file=client.key,
-    )
-    with redis_server(port, tmp_path, tls=ServerTls(server.cert, server.key, authority.ca_file)):
+    with tls_redis_server(tmp_path) as own:
         plane = start_plane(redis=own)  # the Python writer and the data plane both over TLS
         entity = await plane.put(row(2))
         reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=entity))
@@ -593,22 +584,15 @@ async def test_the_data_plane_reads_an_online_store_that_serves_mutual_tls(
 def test_a_data_plane_that_does_not_trust_the_online_store_stops_the_start_with_the_reason(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
-    platform, stranger = Authority(tmp_path, "redis"), Authority(tmp_path, "stranger")
-    server, client = platform.issue("server"), platform.issue("client")
-    port = free_port()
-    distrustful = RedisSettings(
-        url=f"rediss://127.0.0.1:{port}/0",
-        tls_ca_file=stranger.ca_file,
-        tls_cert_file=client.cert,
-        tls_key_file=client.key,
-    )
-    settings = settings_of(kafka_settings, distrustful, "x")
-    process = DataPlane(settings, feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=tmp_path)
-    with (
-        redis_server(port, tmp_path, tls=ServerTls(server.cert, server.key, platform.ca_file)),
-        pytest.raises(RuntimeError, match="online store") as refused,
-    ):
-        process.start()
+    stranger = Authority(tmp_path, "stranger")
+    with tls_redis_server(tmp_path) as trusted:
+        distrustful = trusted.copy(update={"tls_ca_file": stranger.ca_file})
+        settings = settings_of(kafka_settings, distrustful, "x")
+        process = DataPlane(
+            settings, feature_set=TRANSACTION_FEATURES, predictions=PREDICTIONS, workdir=tmp_path
+        )
+        with pytest.raises(RuntimeError, match="online store") as refused:
+            process.start()
     assert "UnknownIssuer" in str(refused.value)  # rustls's reason, in the start's error
 
 

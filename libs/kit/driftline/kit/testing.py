@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from driftline.kit.kafka import Headers, admin_client
-from driftline.kit.settings import KafkaSettings
+from driftline.kit.settings import KafkaSettings, RedisSettings
 from driftline.kit.topics import Topic, ensure_topics
 
 
@@ -137,6 +137,23 @@ def redis_server(
         client.close()
         server.terminate()
         server.wait(timeout=timeout_s)
+
+
+@contextmanager
+def tls_redis_server(folder: Path) -> Iterator[RedisSettings]:
+    """A redis-server of the test's own serving mutual TLS only (``redis_server`` with ``tls``),
+    and the settings of a client with a certificate its authority signed."""
+    authority = Authority(folder, "redis")
+    server, client = authority.issue("server"), authority.issue("client")
+    port = free_port()
+    with redis_server(port, folder, tls=ServerTls(server.cert, server.key, authority.ca_file)):
+        yield RedisSettings(
+            url=f"rediss://127.0.0.1:{port}/0",
+            tls_ca_file=authority.ca_file,
+            tls_cert_file=client.cert,
+            tls_key_file=client.key,
+            socket_timeout_s=1.0,
+        )
 
 
 #: Error replies of a Redis that cannot serve right now (none is a message's fault): what
