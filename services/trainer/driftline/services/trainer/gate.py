@@ -189,7 +189,9 @@ def decide(
         metric_wins, won = True, comparison
     else:
         needed, why = theirs + config.margin, ""
-        if _better_f1_than_degraded(config, challenger_point, champion_point, champion_degraded):
+        if mine < needed and _better_f1_than_degraded(
+            config, challenger_point, champion_point, champion_degraded
+        ):
             needed, why = theirs - config.margin, ": no worse, against a degraded champion with a better F1"
         comparison = (
             f"challenger {metric}={mine:.4f} vs champion v{champion_version} {metric}={theirs:.4f} "

@@ -206,6 +206,7 @@ def test_against_a_degraded_champion_a_better_operating_point_wins() -> None:
     )
     assert verdict.decision is Decision.PROMOTE
     assert "recall drop allowed" not in verdict.reason  # it gave up no recall
+    assert "no worse" not in verdict.reason  # and beat the margin
 
 
 def test_the_degraded_champion_rule_can_be_turned_off() -> None:
