@@ -25,6 +25,13 @@ def given_paths(files: dict[str, Path | None]) -> dict[str, str]:
     return {name: str(path) for name, path in files.items() if path is not None}
 
 
+def require_pair(values: dict[str, Any], prefix: str, cert: str, key: str) -> None:
+    """A certificate setting and its key's are set together or not at all (ValueError naming
+    both variables): the check of every settings class that takes a certificate."""
+    if (values[cert] is None) != (values[key] is None):
+        raise ValueError(f"{prefix}{cert.upper()} and {prefix}{key.upper()} go together")
+
+
 def known_log_level(value: str) -> str:
     """``value`` as a level name the standard library knows (any case); ValueError otherwise.
     The validator of every setting that names a log level."""
@@ -85,8 +92,7 @@ class KafkaSettings(BaseSettings):
     def _security_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
         protocol = values["security_protocol"]
         p = "DRIFTLINE_KAFKA_"
-        if (values["ssl_cert_file"] is None) != (values["ssl_key_file"] is None):
-            raise ValueError(f"{p}SSL_CERT_FILE and {p}SSL_KEY_FILE go together")
+        require_pair(values, p, "ssl_cert_file", "ssl_key_file")
         if "SSL" not in protocol:
             named = [n for n in ("ssl_ca_file", "ssl_cert_file") if values[n] is not None]
             if named:
@@ -157,8 +163,7 @@ class RedisSettings(BaseSettings):
     @root_validator(skip_on_failure=True)
     def _tls_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
         p = "DRIFTLINE_REDIS_"
-        if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
-            raise ValueError(f"{p}TLS_CERT_FILE and {p}TLS_KEY_FILE go together")
+        require_pair(values, p, "tls_cert_file", "tls_key_file")
         named = [n for n in ("tls_ca_file", "tls_cert_file") if values[n] is not None]
         if named and not str(values["url"]).startswith("rediss://"):
             raise ValueError(f"{p}{named[0].upper()} needs a rediss:// {p}URL")
@@ -235,8 +240,7 @@ class GrpcServerSettings(BaseSettings):
     @root_validator(skip_on_failure=True)
     def _tls_is_whole(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
         prefix = str(cls.__config__.env_prefix).upper()
-        if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
-            raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE go together")
+        require_pair(values, prefix, "tls_cert_file", "tls_key_file")
         if values["tls_client_ca_file"] is not None and values["tls_cert_file"] is None:
             raise ValueError(
                 f"{prefix}TLS_CLIENT_CA_FILE needs {prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE"
@@ -262,10 +266,7 @@ class RegistryTlsSettings(BaseSettings):
 
     @root_validator(skip_on_failure=True)
     def _client_pair(cls, values: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
-        if (values["client_cert_file"] is None) != (values["client_key_file"] is None):
-            raise ValueError(
-                "DRIFTLINE_REGISTRY_CLIENT_CERT_FILE and DRIFTLINE_REGISTRY_CLIENT_KEY_FILE go together"
-            )
+        require_pair(values, "DRIFTLINE_REGISTRY_", "client_cert_file", "client_key_file")
         return values
 
     @property

@@ -259,17 +259,16 @@ def _check_operating_point(
     )
     if theirs is None:
         return "", comparison
-    judged_by_f1 = champion_degraded and config.better_f1_when_degraded
-    better_f1 = mine.f1 > theirs.f1 + _RECALL_EPSILON
+    better_than_degraded = _better_f1_than_degraded(config, mine, theirs, champion_degraded)
     drop, why = config.max_recall_drop, ""
     below_usual_floor = mine.recall < theirs.recall - drop - _RECALL_EPSILON
-    if judged_by_f1 and better_f1 and below_usual_floor and config.max_recall_drop_when_degraded > drop:
+    if better_than_degraded and below_usual_floor and config.max_recall_drop_when_degraded > drop:
         drop = config.max_recall_drop_when_degraded
         why = f", against a degraded champion with a better F1 ({mine.f1:.2f} vs {theirs.f1:.2f})"
     floor = theirs.recall - drop
     if mine.recall < floor - _RECALL_EPSILON:
         return f"{comparison} (max recall drop {drop:g}{why}, needs >= {floor:.2f})", ""
-    if judged_by_f1 and not better_f1:
+    if champion_degraded and config.better_f1_when_degraded and not better_than_degraded:
         return (
             f"{comparison}; the champion's live performance degraded and the challenger is no better at "
             f"its threshold (F1 {mine.f1:.2f} vs {theirs.f1:.2f})"
