@@ -97,16 +97,17 @@ class Supervisor:
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self._procs.items()}
 
-    def stop_all(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every service (they drain), then SIGKILL whatever is left."""
-        for proc in self._procs.values():
+    def stop_all(self, timeout_s: float = 30.0) -> None:
+        """Stop the services in the reverse of their start order, one at a time: each drains
+        (a trainer finishes its retrain and registers it) while what it depends on still runs.
+        SIGTERM, then SIGKILL after ``timeout_s``."""
+        for name, proc in reversed(list(self._procs.items())):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for name, proc in self._procs.items():
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
+                log.warning("service_killed", service=name, after_s=timeout_s)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             (self._run_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
