@@ -129,6 +129,14 @@ class Settings(BaseSettings):
             "rank well, its AUC high, and still flag many legitimate events at its decision threshold."
         ),
     )
+    degradation_min_flagged: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Fraud verdicts (positive decisions) in the window needed before the precision floor is "
+            "judged: precision over a handful of verdicts is mostly noise."
+        ),
+    )
     degradation_cooldown_s: float = Field(
         300.0, description="Least time between two degradations of a version."
     )
@@ -181,6 +189,7 @@ class Settings(BaseSettings):
             metric=self.degradation_metric,
             threshold=self.degradation_threshold,
             cooldown_s=self.degradation_cooldown_s,
+            min_flagged=self.degradation_min_flagged,
             also=(("precision", self.degradation_precision_floor),)
             if self.degradation_precision_floor
             else (),

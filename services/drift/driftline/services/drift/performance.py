@@ -9,7 +9,9 @@ A degradation is due when the configured metric over the window (at least ``min_
 is below ``threshold``, or one of the ``also`` metrics below its floor, for a version serving as
 champion (role "champion", or no role), and ``cooldown_s`` has passed since the last one for that
 version: while performance stays bad, one degradation per cooldown, naming the first metric
-found low. Time is passed in.
+found low. Precision rests on the model's positive decisions only, a few dozen in a window when
+positives are rare (2 of 7 is 0.29, with a 95% interval reaching 0.71), so it is judged only over
+at least ``min_flagged`` of them. Time is passed in.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Performance:
     model_version: int
     role: str
     labelled: int
+    #: Positive decisions in the window: what precision rests on.
+    flagged: int
     accuracy: float
     precision: float
     recall: float
@@ -102,6 +106,8 @@ class PerformancePolicy:
     #: Further (metric, floor) pairs watched beside ``metric``: a ranking metric such as AUC can
     #: stay high while the model's decision threshold flags too much, which precision shows.
     also: tuple[tuple[str, float], ...] = ()
+    #: Positive decisions needed before a precision floor is judged.
+    min_flagged: int = 10
 
     def __post_init__(self) -> None:
         for metric, _ in self.floors:
@@ -109,6 +115,8 @@ class PerformancePolicy:
                 raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if self.window < 1 or not 1 <= self.min_labels <= self.window:
             raise ValueError("need 1 <= min_labels <= window")
+        if not 1 <= self.min_flagged <= self.window:
+            raise ValueError("need 1 <= min_flagged <= window")
 
     @property
     def floors(self) -> tuple[tuple[str, float], ...]:
@@ -163,6 +171,7 @@ class PerformanceTracker:
             model_version=key[1],
             role=key[2],
             labelled=len(labels),
+            flagged=int(decisions.sum()),
             label_lag_s=float(finite_lags.mean()) if finite_lags.size else math.nan,
             **values,
         )
@@ -189,7 +198,9 @@ class PerformanceTracker:
         low = [
             (metric, value, floor)
             for metric, floor in policy.floors
-            if math.isfinite(value := performance.metric(metric)) and value < floor
+            if math.isfinite(value := performance.metric(metric))
+            and value < floor
+            and (metric != "precision" or performance.flagged >= policy.min_flagged)
         ]
         if not low:
             return None

@@ -113,7 +113,7 @@ def test_an_unknown_metric_is_refused() -> None:
 
 def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision() -> None:
     policy = PerformancePolicy(
-        window=20, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),)
+        window=20, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),), min_flagged=6
     )
     tracker = PerformanceTracker(policy, clock=Clock())
 
@@ -130,6 +130,32 @@ def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision(
     assert performance.auc == 1.0
     assert (degradation.metric, degradation.threshold) == ("precision", 0.5)
     assert degradation.value == pytest.approx(2 / 6)
+
+
+def test_precision_over_too_few_fraud_verdicts_is_not_judged_until_there_are_enough() -> None:
+    policy = PerformancePolicy(
+        window=40, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),), min_flagged=6
+    )
+    tracker = PerformanceTracker(policy, clock=Clock())
+
+    def joined(label: int, decision: int, score: float) -> JoinedLabel:
+        prediction = PredictionRecord("p", "e", "ev", "fraud", 3, score, decision, 0.0, "champion")
+        return JoinedLabel(prediction, label, "f", 1.0)
+
+    # 1 of 4 fraud verdicts right: precision 0.25, but over 4 verdicts, below min_flagged.
+    tracker.add([joined(1, 1, 0.9), *[joined(0, 1, 0.6)] * 3, *[joined(0, 0, 0.1)] * 12])
+    [performance], degradations = tracker.evaluate()
+    assert (performance.flagged, performance.precision) == (4, 0.25)
+    assert degradations == []
+    tracker.add([joined(0, 1, 0.6)] * 2)  # 6 verdicts now, 1 right
+    [performance], [degradation] = tracker.evaluate()
+    assert performance.flagged == 6
+    assert (degradation.metric, degradation.value) == ("precision", pytest.approx(1 / 6))
+
+
+def test_the_fraud_verdicts_needed_fit_the_window() -> None:
+    with pytest.raises(ValueError, match="min_flagged"):
+        PerformancePolicy(window=10, min_labels=5, min_flagged=11)
 
 
 def test_the_configured_metric_is_named_first_when_several_are_low() -> None:
