@@ -95,6 +95,7 @@ def settings_of(
     prefix: str,
     default_deadline_s: float = 2.0,
     server_tls: dict[str, Path] | None = None,
+    metrics: MetricsSettings | None = None,
     **kwargs: Any,
 ) -> Settings:
     return Settings(
@@ -106,7 +107,7 @@ def settings_of(
         ),
         kafka=kafka,
         redis=redis,
-        metrics=MetricsSettings(enabled=False),
+        metrics=metrics or MetricsSettings(enabled=False),  # enabled: the Python side's own
         max_entities_per_call=MAX_ENTITIES,
         online_store_key_prefix=f"{prefix}fs",
         **kwargs,
@@ -119,7 +120,7 @@ async def start_plane(
 ) -> AsyncIterator[Callable[..., Plane]]:
     """``start_plane(policy=..., redis=..., load=3, credentials=None, **settings)``: a data plane
     on a namespaced topic and key prefix serving version ``load`` (None: no model), with
-    ``settings`` (batching, ``default_deadline_s``, ``server_tls``) over the tests' own, reached
+    ``settings`` (batching, ``default_deadline_s``, ``server_tls``, ``metrics``) over the tests' own, reached
     over TLS with ``credentials`` when given, stopped and cleaned up after the test."""
     async with planes(kafka_settings, redis_settings, tmp_path) as start:
         yield start

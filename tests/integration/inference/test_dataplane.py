@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +37,7 @@ from driftline.dataplane.v1 import control_pb2
 from driftline.featurestore import TRANSACTION_FEATURES, AsyncOnlineStore, StalenessPolicy
 from driftline.inference.v1 import inference_pb2 as ipb
 from driftline.inference.v1 import inference_pb2_grpc
-from driftline.kit.grpc import CERTIFICATE_EXPIRY
-from driftline.kit.settings import KafkaSettings, RedisSettings
+from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.testing import (
     Authority,
     consume,
@@ -42,6 +45,7 @@ from driftline.kit.testing import (
     redis_server,
     tls_redis_server,
 )
+from driftline.kit.tls import CERTIFICATE_EXPIRY
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference import metrics as inference_metrics
 from driftline.services.inference.config import Settings
@@ -234,7 +238,8 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
         credentials=credentials(client),
     )
     served = x509.load_pem_x509_certificate(server.cert.read_bytes())
-    assert CERTIFICATE_EXPIRY._value.get() == served.not_valid_after_utc.timestamp()  # for the alert
+    expiry = CERTIFICATE_EXPIRY.labels(port="grpc")._value.get()
+    assert expiry == served.not_valid_after_utc.timestamp()  # for the alert
     known = await plane.put(row(1))
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
     assert (reply.prediction.entity_id, reply.prediction.model_version) == (known, 3)
@@ -257,6 +262,42 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
     assert (
         await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
     ).prediction.model_version == 3
+
+
+async def test_the_data_plane_serves_its_metrics_under_mutual_tls_only_to_a_scraper_its_ca_signed(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    platform = Authority(tmp_path, "platform")
+    served, scraper = platform.issue("inference"), platform.issue("prometheus")
+    metrics = MetricsSettings(
+        enabled=False, tls_cert_file=served.cert, tls_key_file=served.key, tls_client_ca_file=platform.ca_file
+    )
+    plane = start_plane(metrics=metrics)
+    known = await plane.put(row(1))
+    await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+    url = f"https://127.0.0.1:{plane.process.metrics_port}/metrics"
+
+    def scrape(context: ssl.SSLContext | None) -> str:
+        with urllib.request.urlopen(
+            url.replace("https", "http") if context is None else url, timeout=5, context=context
+        ) as response:
+            return response.read().decode()
+
+    known_scraper = ssl.create_default_context(cafile=str(platform.ca_file))
+    known_scraper.load_cert_chain(scraper.cert, scraper.key)
+    assert "driftline_inference_requests_total" in scrape(known_scraper)
+    refused = {
+        "plaintext": None,
+        "no client certificate": ssl.create_default_context(cafile=str(platform.ca_file)),
+    }
+    for context in refused.values():
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError, http.client.HTTPException)):
+            scrape(context)
+    # The refused scrapes cost it nothing: it scrapes and serves on.
+    assert "driftline_inference_requests_total" in scrape(known_scraper)
+    assert (
+        await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+    ).prediction.entity_id == known
 
 
 @pytest.mark.parametrize("listener", ["mutual_tls", "scram"])

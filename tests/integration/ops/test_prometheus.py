@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -15,6 +17,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from cryptography import x509
+
+from driftline.kit.metrics import serve_metrics
+from driftline.kit.settings import MetricsSettings
+from driftline.kit.testing import Authority
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +186,73 @@ def test_strict_panel_check_spares_only_the_queries_named_incident_only(promethe
         promql.panels_without_data(
             prometheus, tmp_path, strict=True, incident_only={("ops-test", 9, "A"): "gone"}
         )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape_job(name: str, port: int, tls_config: dict[str, str]) -> dict[str, Any]:
+    return {
+        "job_name": name,
+        "scheme": "https",
+        "tls_config": tls_config,
+        "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+    }
+
+
+def test_a_real_prometheus_scrapes_metrics_served_under_mutual_tls_with_the_documented_config(
+    tmp_path: Path,
+):
+    # The scrape config docs/operations.md gives: scheme https, the CA, a client certificate.
+    platform = Authority(tmp_path, "platform")
+    served, scraper = platform.issue("registry"), platform.issue("prometheus")
+    settings = MetricsSettings(
+        tls_cert_file=served.cert, tls_key_file=served.key, tls_client_ca_file=platform.ca_file
+    )
+    target = serve_metrics(0, settings, service="registry")
+    ca = {"ca_file": str(platform.ca_file)}
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            _scrape_job(
+                "with_certificate",
+                target,
+                {**ca, "cert_file": str(scraper.cert), "key_file": str(scraper.key)},
+            ),
+            _scrape_job("without_certificate", target, ca),
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # YAML reads JSON
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        up: dict[str, str] = {}
+        while len(up) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                up = {s["metric"]["job"]: s["value"][1] for s in promql.query(url, "up")}
+            except promql.PrometheusError:
+                continue  # not ready yet
+        assert up == {"with_certificate": "1", "without_certificate": "0"}, (
+            tmp_path / "prometheus.log"
+        ).read_text()
+        expiry = promql.query(url, 'driftline_tls_certificate_expiry_timestamp_seconds{port="metrics"}')
+        certificate = x509.load_pem_x509_certificate(served.cert.read_bytes())
+        assert [float(s["value"][1]) for s in expiry] == [certificate.not_valid_after_utc.timestamp()]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -15,10 +15,10 @@ import pytest
 from cryptography import x509
 
 from driftline.kit.errors import Unavailable
-from driftline.kit.grpc import CERTIFICATE_EXPIRY
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.settings import RegistryTlsSettings
 from driftline.kit.testing import Authority
+from driftline.kit.tls import CERTIFICATE_EXPIRY
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.registry.v1 import registry_pb2_grpc
 from driftline.services.registry import testing
@@ -64,7 +64,8 @@ async def test_a_tls_registry_serves_clients_that_trust_its_ca_and_no_one_else(s
     server = platform.issue("registry")
     _, address = await start_registry(tls_cert_file=server.cert, tls_key_file=server.key)
     served = x509.load_pem_x509_certificate(server.cert.read_bytes())
-    assert CERTIFICATE_EXPIRY._value.get() == served.not_valid_after_utc.timestamp()  # for the alert
+    expiry = CERTIFICATE_EXPIRY.labels(port="grpc")._value.get()
+    assert expiry == served.not_valid_after_utc.timestamp()  # for the alert
 
     assert await _registers(address, _client_tls(platform.ca_file)) == 1
 

@@ -6,29 +6,20 @@ import asyncio
 import functools
 import inspect
 import signal
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import structlog
-from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Gauge
 
 from driftline.kit.settings import GrpcServerSettings, RegistryTlsSettings
+from driftline.kit.tls import record_certificate_expiry
 
 log = structlog.get_logger(__name__)
 
 OVERALL = ""  # the health service's name for the server as a whole
-#: A certificate closer than this to its end is logged at start; the alert uses the same horizon.
-CERTIFICATE_WARNING_S = 14 * 86_400
-
-CERTIFICATE_EXPIRY = Gauge(
-    "driftline_tls_certificate_expiry_timestamp_seconds",
-    "When the TLS certificate the gRPC port serves with stops being valid (Unix time).",
-)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -50,26 +41,6 @@ def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials |
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
-
-
-def record_certificate_expiry(settings: GrpcServerSettings, *, now: float | None = None) -> float | None:
-    """Export when the server's certificate (the first of its chain) stops being valid, and warn
-    at start when that is near or past; None when the server serves plaintext. Certificates are
-    read at start: a renewed one takes a restart."""
-    if settings.tls_cert_file is None:
-        return None
-    certificate = x509.load_pem_x509_certificate(settings.tls_cert_file.read_bytes())
-    expires = certificate.not_valid_after_utc.timestamp()
-    CERTIFICATE_EXPIRY.set(expires)
-    left_s = expires - (time.time() if now is None else now)
-    if left_s < CERTIFICATE_WARNING_S:
-        log.warning(
-            "tls_certificate_expiring" if left_s > 0 else "tls_certificate_expired",
-            file=str(settings.tls_cert_file),
-            not_after=certificate.not_valid_after_utc.isoformat(),
-            days_left=round(left_s / 86_400, 1),
-        )
-    return expires
 
 
 def client_channel(
@@ -159,7 +130,7 @@ class GrpcServer:
         """Bind and start; every service reports NOT_SERVING until ``set_serving(True)``."""
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
-        record_certificate_expiry(self.settings)
+        record_certificate_expiry(self.settings, port="grpc")
         if credentials is None:
             self.port = self.server.add_insecure_port(address)
         else:
@@ -172,7 +143,7 @@ class GrpcServer:
             "grpc_started",
             address=f"{self.settings.host}:{self.port}",
             services=self._service_names,
-            tls="mutual" if self.settings.tls_client_ca_file else "on" if credentials else "off",
+            tls=self.settings.tls_mode,
         )
         return self.port
 

@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import Histogram, Info, start_http_server
 
 from driftline.kit.settings import MetricsSettings
+from driftline.kit.tls import record_certificate_expiry
 
 log = structlog.get_logger(__name__)
 
@@ -18,14 +19,25 @@ BUILD = Info("driftline_build", "Service name and version of this process.")
 
 
 def serve_metrics(port: int, settings: MetricsSettings | None = None, *, service: str = "") -> int:
-    """Serve /metrics on host:port in a daemon thread; port 0 picks a free one. Returns the port."""
+    """Serve /metrics on host:port in a daemon thread; port 0 picks a free one. Returns the port.
+    With ``tls_cert_file`` set it serves HTTPS only, and with ``tls_client_ca_file`` it asks every
+    scraper for a certificate that CA signed."""
     settings = settings or MetricsSettings()
     BUILD.info({"service": service, "version": "0.1.0"})
     if not settings.enabled:
         return 0
-    server, _thread = start_http_server(port, addr=settings.host)
+    tls = settings.tls_files() or {}
+    server, _thread = start_http_server(
+        port,
+        addr=settings.host,
+        certfile=tls.get("cert_file"),
+        keyfile=tls.get("key_file"),
+        client_cafile=tls.get("client_ca_file"),
+        client_auth_required="client_ca_file" in tls,
+    )
+    record_certificate_expiry(settings, port="metrics")
     bound = int(server.server_address[1])
-    log.info("metrics_started", address=f"{settings.host}:{bound}")
+    log.info("metrics_started", address=f"{settings.host}:{bound}", tls=settings.tls_mode)
     return bound
 
 

@@ -201,29 +201,10 @@ class LogSettings(BaseSettings):
         env_prefix = "DRIFTLINE_LOG_"
 
 
-class MetricsSettings(BaseSettings):
-    """The Prometheus /metrics endpoint of a service."""
+class ServerTlsSettings(BaseSettings):
+    """The TLS of a port a service serves: its certificate and key, and the CA that clients'
+    certificates must chain to under mutual TLS. Subclasses set the environment prefix."""
 
-    host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds.")
-    enabled: bool = Field(True, description="Serve /metrics at all.")
-
-    class Config:
-        env_prefix = "DRIFTLINE_METRICS_"
-
-
-class GrpcServerSettings(BaseSettings):
-    """A gRPC server's transport limits. Services subclass it to set their prefix and port."""
-
-    host: str = Field("127.0.0.1", description="Address the server binds; 127.0.0.1 by default.")
-    port: int = Field(50050, description="Port the server binds.")
-    max_message_bytes: int = Field(
-        4 * 1024 * 1024, description="Largest request or response message accepted."
-    )
-    default_deadline_s: float = Field(5.0, description="Deadline applied to calls whose client sets none.")
-    drain_s: float = Field(10.0, description="How long SIGTERM waits for in-flight calls.")
-    max_concurrent_rpcs: int = Field(
-        1000, description="Calls beyond this are refused with RESOURCE_EXHAUSTED."
-    )
     tls_cert_file: FilePath | None = Field(
         None,
         description=(
@@ -250,6 +231,48 @@ class GrpcServerSettings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    @property
+    def tls_mode(self) -> str:
+        """ "off", "on", or "mutual": what start-up logs say of the port."""
+        return "mutual" if self.tls_client_ca_file else "on" if self.tls else "off"
+
+    def tls_files(self) -> dict[str, str] | None:
+        """The set files as ``cert_file``, ``key_file``, ``client_ca_file``; None without TLS."""
+        if not self.tls:
+            return None
+        return given_paths(
+            {
+                "cert_file": self.tls_cert_file,
+                "key_file": self.tls_key_file,
+                "client_ca_file": self.tls_client_ca_file,
+            }
+        )
+
+
+class MetricsSettings(ServerTlsSettings):
+    """The Prometheus /metrics endpoint of a service (and of inference's data plane)."""
+
+    host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds.")
+    enabled: bool = Field(True, description="Serve /metrics at all.")
+
+    class Config:
+        env_prefix = "DRIFTLINE_METRICS_"
+
+
+class GrpcServerSettings(ServerTlsSettings):
+    """A gRPC server's transport limits. Services subclass it to set their prefix and port."""
+
+    host: str = Field("127.0.0.1", description="Address the server binds; 127.0.0.1 by default.")
+    port: int = Field(50050, description="Port the server binds.")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, description="Largest request or response message accepted."
+    )
+    default_deadline_s: float = Field(5.0, description="Deadline applied to calls whose client sets none.")
+    drain_s: float = Field(10.0, description="How long SIGTERM waits for in-flight calls.")
+    max_concurrent_rpcs: int = Field(
+        1000, description="Calls beyond this are refused with RESOURCE_EXHAUSTED."
+    )
 
 
 class RegistryTlsSettings(BaseSettings):

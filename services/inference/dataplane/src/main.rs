@@ -198,7 +198,16 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let _socket = SocketFile(spec.control_socket.clone());
     // Only this user may load models.
     std::fs::set_permissions(&spec.control_socket, std::fs::Permissions::from_mode(0o600))?;
-    let scrapes = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    let metrics_tls = spec
+        .metrics_tls
+        .as_ref()
+        .map(metrics::acceptor)
+        .transpose()?;
+    let scrapes = tokio::spawn(metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        metrics_tls,
+    ));
     let sampler = tokio::spawn({
         let predictor = predictor.clone();
         async move {
@@ -212,7 +221,12 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     });
     write_ports(
         &spec.port_file,
-        &json!({"port": port, "metrics_port": metrics_port, "tls": tls_mode(spec.tls.as_ref())}),
+        &json!({
+            "port": port,
+            "metrics_port": metrics_port,
+            "tls": tls_mode(spec.tls.as_ref()),
+            "metrics_tls": tls_mode(spec.metrics_tls.as_ref()),
+        }),
     )?;
 
     let stop = stop_on_signals()?;

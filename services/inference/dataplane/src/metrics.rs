@@ -1,16 +1,28 @@
 //! Prometheus metrics of the data plane, served as text on `/metrics` by a minimal HTTP/1.1
-//! listener (one scrape per connection).
+//! listener (one scrape per connection), over TLS when the service's `METRICS_TLS_*` say so.
 
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
 
 use crate::model::Role;
+use crate::spec::TlsSpec;
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// The service's metrics (`driftline_inference_*`), named and labelled as the Python service's
 /// `metrics.py` defines them, so one set of dashboards and alerts reads whichever path serves
@@ -239,45 +251,94 @@ impl Metrics {
     }
 }
 
-/// Answers `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+/// The TLS of `/metrics`: the certificate chain and key it presents and, under mutual TLS, the
+/// CA that a scraper's certificate must chain to.
+pub fn acceptor(tls: &TlsSpec) -> Result<TlsAcceptor, Failure> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots.add(certificate)?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let key = rustls_pemfile::private_key(&mut BufReader::new(File::open(&tls.key_file)?))?
+        .ok_or_else(|| format!("no private key in {}", tls.key_file.display()))?;
+    let config = builder.with_single_cert(certificates(&tls.cert_file)?, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    let found = rustls_pemfile::certs(&mut BufReader::new(File::open(path)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    if found.is_empty() {
+        return Err(format!("no certificate in {}", path.display()).into());
+    }
+    Ok(found)
+}
+
+/// Answers `GET /metrics` on `listener` until the task is dropped; with `tls`, over TLS only (a
+/// handshake that fails or takes over 5 s closes the connection).
+pub async fn serve(listener: TcpListener, metrics: Metrics, tls: Option<TlsAcceptor>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, say: wait rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let mut buffer = [0u8; 1024];
-            // The request head, at most 8 KiB, within 5 s.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    let n = stream.read(&mut buffer).await?;
-                    if n == 0 {
-                        break;
+            match tls {
+                None => answer(stream, &metrics).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        answer(stream, &metrics).await;
                     }
-                    head.extend_from_slice(&buffer[..n]);
                 }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
             }
-            let (status, body) =
-                if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", b"not found\n".to_vec())
-                };
-            let header = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(header.as_bytes()).await;
-            let _ = stream.write_all(&body).await;
         });
     }
+}
+
+/// One scrape: the request head, at most 8 KiB within 5 s, then the metrics or a 404.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, metrics: &Metrics) {
+    let mut head = Vec::with_capacity(512);
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?")
+    {
+        ("200 OK", metrics.render())
+    } else {
+        ("404 Not Found", b"not found\n".to_vec())
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(header.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await; // under TLS: the close_notify
 }

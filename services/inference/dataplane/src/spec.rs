@@ -46,9 +46,12 @@ pub struct Spec {
     /// TLS of the public port (the control socket is a local Unix socket); absent: plaintext.
     #[serde(default)]
     pub tls: Option<TlsSpec>,
+    /// TLS of the metrics port (the service's `METRICS_TLS_*`); absent: plaintext.
+    #[serde(default)]
+    pub metrics_tls: Option<TlsSpec>,
 }
 
-/// PEM files of the public port's TLS, as the service's `TLS_*` settings name them.
+/// PEM files of a port's TLS, as the service's `TLS_*` (or `METRICS_TLS_*`) settings name them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {

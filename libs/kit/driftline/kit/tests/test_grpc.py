@@ -7,16 +7,12 @@ The whole server is exercised against real clients in tests/integration/inferenc
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import grpc
 import pytest
-import structlog
 
-from driftline.kit import grpc as kit_grpc
-from driftline.kit.grpc import CERTIFICATE_EXPIRY, _DefaultDeadline, record_certificate_expiry
+from driftline.kit.grpc import _DefaultDeadline
 from driftline.kit.settings import GrpcServerSettings
-from driftline.kit.testing import Authority
 
 
 class _Aborted(Exception):
@@ -112,7 +108,6 @@ async def test_the_server_lists_its_services_health_and_reflection_to_reflection
 
     from driftline.inference.v1 import inference_pb2
     from driftline.kit.grpc import GrpcServer
-    from driftline.kit.settings import GrpcServerSettings
 
     name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server = GrpcServer(GrpcServerSettings(port=0), service_names=[name])
@@ -130,25 +125,3 @@ async def test_the_server_lists_its_services_health_and_reflection_to_reflection
         assert described.file_descriptor_response.file_descriptor_proto  # the .proto, for grpcurl describe
     finally:
         await server.stop()
-
-
-def test_a_tls_server_exports_when_its_certificate_ends_and_warns_when_that_is_near(tmp_path, monkeypatch):
-    not_after = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    issued = Authority(tmp_path, "platform", not_after=not_after).issue("registry")
-    cert_file, key_file = issued.cert, issued.key
-    settings = GrpcServerSettings(tls_cert_file=cert_file, tls_key_file=key_file)
-
-    def logged(now: float) -> list[str]:
-        with structlog.testing.capture_logs() as logs:
-            # A fresh logger: the module's caches the configuration of its first use.
-            monkeypatch.setattr(kit_grpc, "log", structlog.get_logger(kit_grpc.__name__))
-            record_certificate_expiry(settings, now=now)
-        return [entry["event"] for entry in logs]
-
-    assert record_certificate_expiry(GrpcServerSettings()) is None  # plaintext: nothing to watch
-    months_before = not_after.timestamp() - 90 * 86_400
-    assert record_certificate_expiry(settings, now=months_before) == not_after.timestamp()
-    assert CERTIFICATE_EXPIRY._value.get() == not_after.timestamp()
-    assert logged(months_before) == []
-    assert logged(not_after.timestamp() - 3 * 86_400) == ["tls_certificate_expiring"]
-    assert logged(not_after.timestamp() + 60) == ["tls_certificate_expired"]

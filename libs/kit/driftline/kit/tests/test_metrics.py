@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import http.client
 import math
 import random
+import ssl
+import urllib.error
+import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from driftline.kit.metrics import observe_many
+from driftline.kit.metrics import observe_many, serve_metrics
+from driftline.kit.settings import MetricsSettings
+from driftline.kit.testing import Authority
 
 BUCKETS = (0.01, 0.5, 1, 2.5, 60, 3600)
 
@@ -75,3 +81,37 @@ def test_a_histogram_without_the_expected_internals_is_observed_one_by_one():
     plain = Plain()
     observe_many(plain, [1.0, 2.0])  # type: ignore[arg-type]
     assert plain.seen == [1.0, 2.0]
+
+
+def _scrape(url: str, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return response.read().decode()
+
+
+def test_metrics_are_served_over_https_only_when_a_certificate_is_set(tmp_path):
+    authority = Authority(tmp_path, "platform")
+    served = authority.issue("svc")
+    port = serve_metrics(0, MetricsSettings(tls_cert_file=served.cert, tls_key_file=served.key))
+    trusting = ssl.create_default_context(cafile=str(authority.ca_file))
+    body = _scrape(f"https://127.0.0.1:{port}/metrics", trusting)
+    assert 'driftline_tls_certificate_expiry_timestamp_seconds{port="metrics"}' in body
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        _scrape(f"http://127.0.0.1:{port}/metrics")  # plaintext is not answered
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _scrape(f"https://127.0.0.1:{port}/metrics", ssl.create_default_context())  # untrusted CA
+
+
+def test_metrics_under_mutual_tls_answer_only_a_scraper_with_a_certificate(tmp_path):
+    authority = Authority(tmp_path, "platform")
+    served = authority.issue("svc")
+    settings = MetricsSettings(
+        tls_cert_file=served.cert, tls_key_file=served.key, tls_client_ca_file=authority.ca_file
+    )
+    port = serve_metrics(0, settings)
+    anonymous = ssl.create_default_context(cafile=str(authority.ca_file))
+    with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError, http.client.HTTPException)):
+        _scrape(f"https://127.0.0.1:{port}/metrics", anonymous)
+    scraper = authority.issue("prometheus")
+    known = ssl.create_default_context(cafile=str(authority.ca_file))
+    known.load_cert_chain(scraper.cert, scraper.key)
+    assert "driftline_build_info" in _scrape(f"https://127.0.0.1:{port}/metrics", known)

@@ -44,9 +44,9 @@ from driftline.dataplane.v1 import control_pb2, control_pb2_grpc
 from driftline.featurestore import FeatureSet
 from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
-from driftline.kit.grpc import record_certificate_expiry
 from driftline.kit.kafka import producer_config
 from driftline.kit.settings import RedisSettings, given_paths
+from driftline.kit.tls import record_certificate_expiry
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
 from driftline.services.inference.batcher import BatchingOptions
@@ -91,13 +91,6 @@ def build_spec(
     workers: int = 2,
 ) -> dict[str, Any]:
     """The data plane's spec: how it runs on ``feature_set``, before any model is loaded."""
-    server = settings.grpc
-    files = {
-        "cert_file": server.tls_cert_file,
-        "key_file": server.tls_key_file,
-        "client_ca_file": server.tls_client_ca_file,
-    }
-    tls = given_paths(files) if server.tls else None
     return {
         "listen": listen,
         "metrics_listen": metrics_listen,
@@ -140,7 +133,8 @@ def build_spec(
                 }.items()
             },
         },
-        "tls": tls,
+        "tls": settings.grpc.tls_files(),
+        "metrics_tls": settings.metrics.tls_files(),
     }
 
 
@@ -281,7 +275,7 @@ class DataPlane:
         with os.fdopen(descriptor, "w") as spec_file:
             json.dump(self.spec, spec_file, indent=2)
         # The process reads the certificate as it starts: a restart serves a renewed one.
-        record_certificate_expiry(self._settings.grpc)
+        record_certificate_expiry(self._settings.grpc, port="grpc")
         args = [str(binary), "serve", str(spec_path)]
         if self._log_file:
             with self.log_path.open("ab") as log:

@@ -66,6 +66,7 @@ def test_the_spec_carries_the_feature_set_the_settings_and_the_log_bound(tmp_pat
     assert log["config"]["enable.idempotence"] == "true"
     assert log["config"]["acks"] == "all"
     assert spec["tls"] is None
+    assert spec["metrics_tls"] is None
 
 
 def test_the_spec_carries_the_public_port_s_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +81,22 @@ def test_the_spec_carries_the_public_port_s_tls(tmp_path: Path, monkeypatch: pyt
     }
     monkeypatch.setenv("DRIFTLINE_INFERENCE_TLS_CLIENT_CA_FILE", str(tmp_path / "ca.pem"))
     assert _spec(Settings(), tmp_path)["tls"]["client_ca_file"] == str(tmp_path / "ca.pem")
+    assert _spec(Settings(), tmp_path)["metrics_tls"] is None  # the metrics port's are its own
+
+
+def test_the_spec_carries_the_metrics_port_s_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("PEM")
+    monkeypatch.setenv("DRIFTLINE_METRICS_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("DRIFTLINE_METRICS_TLS_KEY_FILE", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("DRIFTLINE_METRICS_TLS_CLIENT_CA_FILE", str(tmp_path / "ca.pem"))
+    spec = _spec(Settings(), tmp_path)
+    assert spec["metrics_tls"] == {
+        "cert_file": str(tmp_path / "cert.pem"),
+        "key_file": str(tmp_path / "key.pem"),
+        "client_ca_file": str(tmp_path / "ca.pem"),
+    }
+    assert spec["tls"] is None
 
 
 def test_the_prediction_log_reaches_the_brokers_as_every_other_client_does(
