@@ -31,8 +31,10 @@ other, the Python echo above, the same echo on tonic (``driftline-dataplane echo
 inference service and the compiled data plane (``services/inference/dataplane``), on the same
 entities; #6's targets are judged for both services against both echoes.
 
-TLS part (``--only tls``): the compiled data plane serving plaintext, TLS and mutual TLS
-(certificates made for the run), started again for each mode on the same entities and model,
+TLS part (``--only tls``): the compiled data plane serving plaintext, TLS and mutual TLS, and
+reading its online store over mutual TLS (certificates made for the run; a redis-server of the
+bench's own serves the same keys in plaintext and over TLS), started again for each mode on the
+same entities and model,
 the modes alternating over ``--rounds``; each mode's median p50, p99 and throughput against
 plaintext's in the same run.
 
@@ -479,7 +481,8 @@ def _ort_p50(rows: int) -> tuple[float, float]:
     return p50, 1e6 / statistics.mean(samples)
 
 
-def _setup(prefix: str) -> list[str]:
+def _setup(prefix: str, redis_url: str | None = None) -> list[str]:
+    """The bench's topics, and its entities' features in the stack's Redis (or ``redis_url``'s)."""
     import redis
 
     from driftline.featurestore import TRANSACTION_FEATURES, OnlineStore
@@ -489,7 +492,7 @@ def _setup(prefix: str) -> list[str]:
 
     create_test_topics(KafkaSettings(), [PREDICTIONS.namespaced(prefix), MODEL_EVENTS.namespaced(prefix)])
     store = OnlineStore(
-        redis.Redis.from_url(RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
+        redis.Redis.from_url(redis_url or RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
     )
     entities = [f"card-{i}" for i in range(N_ENTITIES)]
     rng = np.random.default_rng(1)
@@ -499,7 +502,7 @@ def _setup(prefix: str) -> list[str]:
     return entities
 
 
-def _teardown(prefix: str, entities: list[str]) -> None:
+def _teardown(prefix: str, entities: list[str], redis_url: str | None = None) -> None:
     import redis
 
     from driftline.featurestore import TRANSACTION_FEATURES, OnlineStore
@@ -508,7 +511,7 @@ def _teardown(prefix: str, entities: list[str]) -> None:
     from driftline.kit.topics import MODEL_EVENTS, PREDICTIONS
 
     store = OnlineStore(
-        redis.Redis.from_url(RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
+        redis.Redis.from_url(redis_url or RedisSettings().url), TRANSACTION_FEATURES, key_prefix=f"{prefix}fs"
     )
     store.delete(entities)
     store.close()
@@ -814,15 +817,17 @@ def _report_dataplane(
 
 
 def run_tls(seconds: float, concurrency: int, view_name: str, rounds: int) -> None:
-    """The compiled data plane serving plaintext, TLS and mutual TLS, started again for each mode
-    on the same entities and model, the modes alternating over ``rounds``; each mode's medians
-    against plaintext's in the same run."""
+    """The compiled data plane serving plaintext, TLS and mutual TLS, and reading the online store
+    over mutual TLS, started again for each mode on the same entities and model, the modes
+    alternating over ``rounds``; each mode's medians against plaintext's in the same run. The
+    store is a redis-server of the bench's own that serves the same keys on a plaintext port and
+    on a mutual-TLS one."""
     import grpc
 
     from driftline.featurestore import TRANSACTION_FEATURES
     from driftline.inference.v1 import inference_pb2
-    from driftline.kit.settings import MetricsSettings
-    from driftline.kit.testing import Authority, unique_prefix
+    from driftline.kit.settings import MetricsSettings, RedisSettings
+    from driftline.kit.testing import Authority, ServerTls, free_port, redis_server, unique_prefix
     from driftline.kit.topics import PREDICTIONS
     from driftline.services.inference.config import InferenceGrpcSettings, Settings
     from driftline.services.inference.dataplane import DataPlane
@@ -830,7 +835,6 @@ def run_tls(seconds: float, concurrency: int, view_name: str, rounds: int) -> No
 
     view = inference_pb2.PredictionView.Value(f"PREDICTION_VIEW_{view_name.upper()}")
     prefix = unique_prefix()
-    entities = _setup(prefix)
     workdir = Path(f"/tmp/driftline-bench-{os.getpid()}-tls")
     workdir.mkdir(parents=True, exist_ok=True)
     # Valid for a month: a certificate about to end makes the server warn at each start.
@@ -838,60 +842,70 @@ def run_tls(seconds: float, concurrency: int, view_name: str, rounds: int) -> No
     authority = Authority(workdir, "bench", not_after=month)
     server, client = authority.issue("inference"), authority.issue("client")
     ca = authority.ca_file.read_bytes()
-    modes: dict[str, tuple[dict[str, Path], grpc.ChannelCredentials | None]] = {
-        "plaintext": ({}, None),
-        "TLS": (
-            {"tls_cert_file": server.cert, "tls_key_file": server.key},
-            grpc.ssl_channel_credentials(ca),
-        ),
+    tls_port, plain_port = free_port(), free_port()
+    plain_store = RedisSettings(url=f"redis://127.0.0.1:{plain_port}/0")
+    tls_store = RedisSettings(
+        url=f"rediss://127.0.0.1:{tls_port}/0",
+        tls_ca_file=authority.ca_file,
+        tls_cert_file=client.cert,
+        tls_key_file=client.key,
+    )
+    server_tls = {"tls_cert_file": server.cert, "tls_key_file": server.key}
+    mutual_tls = {**server_tls, "tls_client_ca_file": authority.ca_file}
+    # mode: (the public port's TLS, the client's credentials, the online store)
+    modes: dict[str, tuple[dict[str, Path], grpc.ChannelCredentials | None, RedisSettings]] = {
+        "plaintext": ({}, None, plain_store),
+        "TLS": (server_tls, grpc.ssl_channel_credentials(ca), plain_store),
         "mutual TLS": (
-            {
-                "tls_cert_file": server.cert,
-                "tls_key_file": server.key,
-                "tls_client_ca_file": authority.ca_file,
-            },
+            mutual_tls,
             grpc.ssl_channel_credentials(ca, client.key.read_bytes(), client.cert.read_bytes()),
+            plain_store,
         ),
+        "store over mutual TLS": ({}, None, tls_store),
     }
     runs: dict[str, list[list[Result]]] = {mode: [] for mode in modes}
     artifact = bench_model()
     meta = ModelMeta("fraud", 1, hashlib.sha256(artifact).hexdigest(), features())
-    try:
-        for round_ in range(rounds):
-            for mode, (server_tls, credentials) in modes.items():
-                settings = Settings(
-                    grpc=InferenceGrpcSettings(port=0, **server_tls),
-                    metrics=MetricsSettings(enabled=False),
-                    online_store_key_prefix=f"{prefix}fs",
-                )
-                plane = DataPlane(
-                    settings,
-                    feature_set=TRANSACTION_FEATURES,
-                    predictions=PREDICTIONS.namespaced(prefix),
-                    workdir=workdir / f"{round_}-{len(runs[mode])}-{mode.replace(' ', '-')}",
-                )
-                port = plane.start()
-                try:
-                    plane.load_model(artifact, meta)
-                    runs[mode].append(
-                        asyncio.run(
-                            _drive(
-                                port,
-                                plane.pid,
-                                entities,
-                                mode,
-                                seconds,
-                                concurrency,
-                                view,
-                                credentials=credentials,
+    store_server = ServerTls(server.cert, server.key, authority.ca_file)
+    with redis_server(tls_port, workdir, tls=store_server, plaintext_port=plain_port):
+        entities = _setup(prefix, plain_store.url)
+        try:
+            for round_ in range(rounds):
+                for mode, (grpc_tls, credentials, store) in modes.items():
+                    settings = Settings(
+                        grpc=InferenceGrpcSettings(port=0, **grpc_tls),
+                        metrics=MetricsSettings(enabled=False),
+                        redis=store,
+                        online_store_key_prefix=f"{prefix}fs",
+                    )
+                    plane = DataPlane(
+                        settings,
+                        feature_set=TRANSACTION_FEATURES,
+                        predictions=PREDICTIONS.namespaced(prefix),
+                        workdir=workdir / f"{round_}-{len(runs[mode])}-{mode.replace(' ', '-')}",
+                    )
+                    port = plane.start()
+                    try:
+                        plane.load_model(artifact, meta)
+                        runs[mode].append(
+                            asyncio.run(
+                                _drive(
+                                    port,
+                                    plane.pid,
+                                    entities,
+                                    mode,
+                                    seconds,
+                                    concurrency,
+                                    view,
+                                    credentials=credentials,
+                                )
                             )
                         )
-                    )
-                finally:
-                    plane.stop()
-    finally:
-        _teardown(prefix, entities)
-        shutil.rmtree(workdir, ignore_errors=True)
+                    finally:
+                        plane.stop()
+        finally:
+            _teardown(prefix, entities, plain_store.url)
+            shutil.rmtree(workdir, ignore_errors=True)
     _report_tls(runs, concurrency, view_name)
 
 
@@ -1203,7 +1217,8 @@ def _plot(curves: dict[str, list[tuple[int, float, float]]], title: str, path: P
     show_default=True,
     help="all: service and curve. dataplane: the compiled data plane against both echoes; "
     "dataplane-curve: its runs over batch sizes against in-process ones; tls: the data plane "
-    "serving plaintext, TLS and mutual TLS (none of these three in all).",
+    "serving plaintext, TLS and mutual TLS, and reading its store over mutual TLS (none of these three "
+    "in all).",
 )
 @click.option(
     "--device",

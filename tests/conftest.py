@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -59,29 +56,3 @@ def redis_settings() -> RedisSettings:
     if not _reachable(hostport):
         pytest.fail(f"Redis is not reachable at {hostport}: run `make up` first", pytrace=False)
     return settings
-
-
-#: ``stack(*args, env=None, timeout_s=180)``: see the ``stack`` fixture.
-Stack = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-@pytest.fixture(scope="session")
-def stack() -> Stack:
-    """Runs the local stack's own script, ``deploy/local/stack.sh``, with ``args`` (``"down",
-    "kafka"``, ``"restart-kafka"``, ...) and returns the finished process, output captured.
-    ``env`` replaces the environment's values it names (a private stack: its own env file, run
-    directory and ports)."""
-
-    def run(
-        *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(ROOT / "deploy/local/stack.sh"), *args],
-            env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    return run

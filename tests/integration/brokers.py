@@ -1,5 +1,6 @@
-"""Private Kafka brokers for the tests that cannot use the shared one: started with the stack's
-own script, on free ports and in their own run directory, and stopped and deleted after."""
+"""The local stack's own script, ``deploy/local/stack.sh``, as the tests run it; and private
+Kafka brokers for the tests that cannot use the shared one: started with that script, on free
+ports and in their own run directory, and stopped and deleted after."""
 
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ def private_broker(folder: Path, env: Mapping[str, str] | None = None) -> Iterat
     env_file = folder / "env"
     lines = (ROOT / ".env").read_text().splitlines()
     env_file.write_text("".join(f"{_replace(line, replaced)}\n" for line in lines))
-    full_env = {
-        **os.environ,
+    overrides = {
         "DRIFTLINE_ENV_FILE": str(env_file),
         "DRIFTLINE_RUN_DIR": str(folder / "run"),
         "DRIFTLINE_CACHE_DIR": os.environ.get("DRIFTLINE_CACHE_DIR", str(ROOT / ".cache")),
@@ -37,17 +37,22 @@ def private_broker(folder: Path, env: Mapping[str, str] | None = None) -> Iterat
         **(env or {}),
     }
     try:  # `down` also when `up` times out: the broker runs detached from it
-        started = _stack("up", "kafka", env=full_env, timeout_s=180)
+        started = run_stack("up", "kafka", env=overrides, timeout_s=180)
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
     finally:
-        _stack("down", "kafka", env=full_env, timeout_s=120)
+        run_stack("down", "kafka", env=overrides, timeout_s=120)
 
 
-def _stack(*args: str, env: Mapping[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+def run_stack(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``stack.sh`` with ``args`` (``"down", "kafka"``, ``"restart-kafka"``, ...), finished, its
+    output captured. ``env`` replaces the environment's values it names (a private stack: its
+    own env file, run directory and ports)."""
     return subprocess.run(
         ["bash", str(ROOT / "deploy/local/stack.sh"), *args],
-        env=dict(env),
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,17 @@ import pytest
 from driftline.kit.settings import KafkaSettings
 from driftline.kit.testing import Authority, free_port
 
-from .brokers import private_broker
+from .brokers import private_broker, run_stack
+
+#: ``stack(*args, env=None, timeout_s=180)``: see the ``stack`` fixture.
+Stack = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """Runs the local stack's own script: ``brokers.run_stack``."""
+    return run_stack
+
 
 SCRAM_USER = "driftline-test"
 SCRAM_PASSWORD = "scram-secret-4c1d"

@@ -10,7 +10,7 @@ import redis
 
 from driftline.kit.redis_clients import async_redis_client, redis_client
 from driftline.kit.settings import RedisSettings
-from driftline.kit.testing import Authority, tls_redis_server
+from driftline.kit.testing import Authority, ServerTls, free_port, redis_server, tls_redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +62,18 @@ def test_a_server_whose_certificate_the_client_does_not_trust_is_refused(
 def test_plaintext_to_the_tls_port_gets_nothing(tls_redis: RedisSettings) -> None:
     plain = tls_redis.url.replace("rediss://", "redis://")
     _refused(RedisSettings(url=plain, socket_timeout_s=1.0, retries=0))
+
+
+def test_a_tls_test_server_can_serve_the_same_data_in_plaintext_beside(tmp_path: Path) -> None:
+    # What bench/inference.py --only tls compares: one redis-server, one data set, two ports.
+    authority = Authority(tmp_path, "redis")
+    served = authority.issue("server")
+    tls_port, plain_port = free_port(), free_port()
+    tls = ServerTls(served.cert, served.key, authority.ca_file)
+    with redis_server(tls_port, tmp_path, tls=tls, plaintext_port=plain_port) as over_tls:
+        over_tls.set("k", b"written over TLS")
+        plain = redis.Redis(port=plain_port)
+        try:
+            assert plain.get("k") == b"written over TLS"
+        finally:
+            plain.close()

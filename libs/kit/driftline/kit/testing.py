@@ -96,12 +96,18 @@ class ServerTls:
 
 @contextmanager
 def redis_server(
-    port: int, data_dir: Path, *, timeout_s: float = 20.0, tls: ServerTls | None = None
+    port: int,
+    data_dir: Path,
+    *,
+    timeout_s: float = 20.0,
+    tls: ServerTls | None = None,
+    plaintext_port: int | None = None,
 ) -> Iterator[redis.Redis]:
     """A redis-server of the test's own on ``port`` (no password, no persistence), yielding a
     client of it: for tests that take Redis away from a service and give it back, while the
     stack's Redis serves every other test. With ``tls`` the port serves TLS only (mutual TLS),
-    and the client presents the server's own certificate."""
+    and the client presents the server's own certificate; ``plaintext_port`` then serves the same
+    data in plaintext beside it (what a benchmark of TLS compares with)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make setup installs it)")
@@ -110,7 +116,7 @@ def redis_server(
         args += ["--port", str(port)]
         client = redis.Redis(port=port)
     else:
-        args += ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "yes"]
+        args += ["--port", str(plaintext_port or 0), "--tls-port", str(port), "--tls-auth-clients", "yes"]
         args += ["--tls-cert-file", str(tls.cert_file), "--tls-key-file", str(tls.key_file)]
         args += ["--tls-ca-cert-file", str(tls.ca_file)]
         client = redis.Redis(
