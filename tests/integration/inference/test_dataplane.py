@@ -8,6 +8,7 @@ the records back from Kafka, and its hot swap under load."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import http.client
 import json
@@ -45,7 +46,6 @@ from driftline.kit.testing import (
     redis_server,
     tls_redis_server,
 )
-from driftline.kit.tls import CERTIFICATE_EXPIRY
 from driftline.kit.topics import PREDICTIONS
 from driftline.services.inference import metrics as inference_metrics
 from driftline.services.inference.config import Settings
@@ -65,6 +65,9 @@ from .planes import (
     settings_of,
     version_bytes,
 )
+
+#: What a scrape of the process reads: the port watches its files and exports through a function.
+CERTIFICATE_EXPIRY = "driftline_tls_certificate_expiry_timestamp_seconds"
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +241,7 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
         credentials=credentials(client),
     )
     served = x509.load_pem_x509_certificate(server.cert.read_bytes())
-    expiry = CERTIFICATE_EXPIRY.labels(port="grpc")._value.get()
+    expiry = REGISTRY.get_sample_value(CERTIFICATE_EXPIRY, {"port": "grpc"})
     assert expiry == served.not_valid_after_utc.timestamp()  # for the alert
     known = await plane.put(row(1))
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
@@ -262,6 +265,54 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
     assert (
         await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
     ).prediction.model_version == 3
+
+
+async def test_the_data_plane_serves_a_certificate_renewed_in_place_without_a_restart(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    old_ca = Authority(tmp_path, "old", not_after=datetime.datetime(2031, 1, 1, tzinfo=datetime.UTC))
+    new_ca = Authority(tmp_path, "new", not_after=datetime.datetime(2032, 1, 1, tzinfo=datetime.UTC))
+    served = old_ca.issue("inference")
+    plane = start_plane(
+        server_tls={"tls_cert_file": served.cert, "tls_key_file": served.key},
+        credentials=grpc.ssl_channel_credentials(old_ca.ca_file.read_bytes()),
+    )
+    known = await plane.put(row(1))
+    pid = plane.process.pid
+    address = f"127.0.0.1:{plane.process.port}"
+
+    async def predict(ca: Authority) -> int:
+        credentials = grpc.ssl_channel_credentials(ca.ca_file.read_bytes())
+        async with grpc.aio.secure_channel(address, credentials) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            reply = await stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+        return reply.prediction.model_version
+
+    assert await predict(old_ca) == 3
+    await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)  # a connection
+    renewed = new_ca.issue("inference")
+    served.cert.write_bytes(renewed.cert.read_bytes())  # half renewed: the key is not there yet
+    assert await predict(old_ca) == 3  # the last good pair serves on
+    served.key.write_bytes(renewed.key.read_bytes())
+    assert await predict(new_ca) == 3  # the next connection gets the renewed certificate
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await predict(old_ca)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The channel opened before the renewal keeps its connection; the process never restarted.
+    reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
+    assert reply.prediction.entity_id == known
+    assert plane.process.pid == pid
+    # The control plane's gauge follows the files the data plane now serves with.
+    assert REGISTRY.get_sample_value(CERTIFICATE_EXPIRY, {"port": "grpc"}) == new_ca.not_after.timestamp()
+    logged = [
+        json.loads(line)["event"]
+        for line in (tmp_path / "plane-0" / "dataplane.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert [e for e in logged if e.startswith("tls_certificate_")] == [
+        "tls_certificate_not_reloaded",
+        "tls_certificate_reloaded",
+    ]
 
 
 async def test_the_data_plane_serves_its_metrics_under_mutual_tls_only_to_a_scraper_its_ca_signed(

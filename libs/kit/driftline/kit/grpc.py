@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from driftline.kit.settings import GrpcServerSettings, RegistryTlsSettings
-from driftline.kit.tls import record_certificate_expiry
+from driftline.kit.tls import Certificate, CertificateFiles
 
 log = structlog.get_logger(__name__)
 
@@ -32,14 +32,27 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
-    """The server's TLS credentials (mutual when a client CA is set); None when it serves plaintext."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    """The server's TLS credentials (mutual when a client CA is set); None when it serves
+    plaintext. The files are watched (``CertificateFiles``): renewed in place, they serve from
+    the next connection on."""
+    if not settings.tls:
         return None
-    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
+    files = CertificateFiles(settings, port="grpc")
+    files.export_expiry()
+
+    def configuration(certificate: Certificate) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(certificate.key, certificate.cert)], root_certificates=certificate.client_ca
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:  # grpc: before each handshake
+        renewed = files.reloaded()
+        return None if renewed is None else configuration(renewed)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(files.current),
+        fetch,
+        require_client_authentication=settings.tls_client_ca_file is not None,
     )
 
 
@@ -130,7 +143,6 @@ class GrpcServer:
         """Bind and start; every service reports NOT_SERVING until ``set_serving(True)``."""
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
-        record_certificate_expiry(self.settings, port="grpc")
         if credentials is None:
             self.port = self.server.add_insecure_port(address)
         else:

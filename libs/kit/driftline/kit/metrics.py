@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -11,7 +12,7 @@ import structlog
 from prometheus_client import Histogram, Info, start_http_server
 
 from driftline.kit.settings import MetricsSettings
-from driftline.kit.tls import record_certificate_expiry
+from driftline.kit.tls import CertificateFiles
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +36,35 @@ def serve_metrics(port: int, settings: MetricsSettings | None = None, *, service
         client_cafile=tls.get("client_ca_file"),
         client_auth_required="client_ca_file" in tls,
     )
-    record_certificate_expiry(settings, port="metrics")
+    if settings.tls:
+        if not isinstance(server.socket, ssl.SSLSocket):  # start_http_server wraps it for TLS
+            raise RuntimeError("prometheus_client served /metrics without the TLS it was given")
+        _serve_renewed_certificates(server.socket.context, settings)
     bound = int(server.server_address[1])
     log.info("metrics_started", address=f"{settings.host}:{bound}", tls=settings.tls_mode)
     return bound
+
+
+def _serve_renewed_certificates(listening: ssl.SSLContext, settings: MetricsSettings) -> None:
+    """Certificate files renewed in place serve from the next handshake on, as on the gRPC
+    ports (``CertificateFiles``): each handshake is moved to a context of the files in use."""
+    files = CertificateFiles(settings, port="metrics")
+    files.export_expiry()
+    serving = {"certificate": files.current, "context": listening}
+
+    def on_client_hello(connection: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
+        files.reloaded()
+        if files.current is not serving["certificate"]:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            if settings.tls_client_ca_file is not None:
+                context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
+                context.verify_mode = ssl.CERT_REQUIRED
+            context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+            serving.update(certificate=files.current, context=context)
+        if serving["context"] is not listening:
+            connection.context = serving["context"]
+
+    listening.sni_callback = on_client_hello
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

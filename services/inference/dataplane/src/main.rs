@@ -30,6 +30,7 @@ mod routing;
 mod service;
 mod spec;
 mod store;
+mod tls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,12 +40,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Mutex};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
@@ -79,26 +81,25 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Listens on `address`. Accepted connections send small messages at once (TCP_NODELAY):
-/// without it a response waits for the client's delayed ACK, 40 ms here.
-async fn listen(address: &str) -> Result<(TcpIncoming, u16), Failure> {
-    let listener = TcpListener::bind(address).await?;
-    let port = listener.local_addr()?.port();
-    Ok((TcpIncoming::from_listener(listener, true, None)?, port))
+/// The public port's connections: plain TCP, or after their TLS handshake (`tls::incoming`).
+/// Either sends small messages at once (TCP_NODELAY): without it a response waits for the
+/// client's delayed ACK, 40 ms here.
+enum Incoming {
+    Plain(TcpIncoming),
+    Tls(ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>),
 }
 
-/// The public port's TLS: the certificate and key, and the CA that client certificates must chain
-/// to under mutual TLS.
-fn server_tls(tls: &spec::TlsSpec) -> Result<ServerTlsConfig, Failure> {
-    let identity = Identity::from_pem(
-        std::fs::read(&tls.cert_file)?,
-        std::fs::read(&tls.key_file)?,
-    );
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_file {
-        config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
-    }
-    Ok(config)
+async fn listen(address: &str, tls: Option<&spec::TlsSpec>) -> Result<(Incoming, u16), Failure> {
+    let listener = TcpListener::bind(address).await?;
+    let port = listener.local_addr()?.port();
+    let incoming = match tls {
+        None => Incoming::Plain(TcpIncoming::from_listener(listener, true, None)?),
+        Some(tls) => Incoming::Tls(tls::incoming(
+            listener,
+            tls::server_config(tls, "grpc", tls::GRPC)?,
+        )),
+    };
+    Ok((incoming, port))
 }
 
 fn tls_mode(tls: Option<&spec::TlsSpec>) -> &'static str {
@@ -190,7 +191,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
             .await;
     }
 
-    let (incoming, port) = listen(&spec.listen).await?;
+    let (incoming, port) = listen(&spec.listen, spec.tls.as_ref()).await?;
     let metrics_listener = TcpListener::bind(&spec.metrics_listen).await?;
     let metrics_port = metrics_listener.local_addr()?.port();
     let _ = std::fs::remove_file(&spec.control_socket);
@@ -198,11 +199,14 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     let _socket = SocketFile(spec.control_socket.clone());
     // Only this user may load models.
     std::fs::set_permissions(&spec.control_socket, std::fs::Permissions::from_mode(0o600))?;
-    let metrics_tls = spec
-        .metrics_tls
-        .as_ref()
-        .map(metrics::acceptor)
-        .transpose()?;
+    let metrics_tls = match &spec.metrics_tls {
+        Some(tls) => Some(TlsAcceptor::from(tls::server_config(
+            tls,
+            "metrics",
+            tls::HTTP1,
+        )?)),
+        None => None,
+    };
     let scrapes = tokio::spawn(metrics::serve(
         metrics_listener,
         metrics.clone(),
@@ -257,11 +261,7 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
     };
     let (reflection_v1, reflection_v1alpha) =
         (reflection().build_v1()?, reflection().build_v1alpha()?);
-    let mut public = Server::builder();
-    if let Some(tls) = &spec.tls {
-        public = public.tls_config(server_tls(tls)?)?;
-    }
-    let public_server = public
+    let public = Server::builder()
         .layer(MapResponseLayer::new(
             service::oversized_is_resource_exhausted::<tonic::body::BoxBody>,
         ))
@@ -275,8 +275,21 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
         .add_service(
             GrpcInferenceServiceServer::new(kserve::KServe(predictor.clone()))
                 .max_decoding_message_size(spec.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(incoming, stopped(stop));
+        );
+    let public_server = async move {
+        match incoming {
+            Incoming::Plain(incoming) => {
+                public
+                    .serve_with_incoming_shutdown(incoming, stopped(stop))
+                    .await
+            }
+            Incoming::Tls(incoming) => {
+                public
+                    .serve_with_incoming_shutdown(incoming, stopped(stop))
+                    .await
+            }
+        }
+    };
     let served = tokio::try_join!(public_server, control_server);
     scrapes.abort();
     sampler.abort();
@@ -304,7 +317,9 @@ async fn serve(spec_path: &Path) -> Result<(), Failure> {
 }
 
 async fn echo(port_file: &Path, features: Vec<String>) -> Result<(), Failure> {
-    let (incoming, port) = listen("127.0.0.1:0").await?;
+    let (Incoming::Plain(incoming), port) = listen("127.0.0.1:0", None).await? else {
+        unreachable!("no TLS asked for");
+    };
     write_ports(port_file, &json!({"port": port}))?;
     Server::builder()
         .add_service(InferenceServiceServer::new(echo::Echo { features }))

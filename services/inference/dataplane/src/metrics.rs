@@ -1,10 +1,6 @@
 //! Prometheus metrics of the data plane, served as text on `/metrics` by a minimal HTTP/1.1
 //! listener (one scrape per connection), over TLS when the service's `METRICS_TLS_*` say so.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -13,16 +9,9 @@ use prometheus::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::crypto::ring;
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::model::Role;
-use crate::spec::TlsSpec;
-
-type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// The service's metrics (`driftline_inference_*`), named and labelled as the Python service's
 /// `metrics.py` defines them, so one set of dashboards and alerts reads whichever path serves
@@ -249,39 +238,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
-}
-
-/// The TLS of `/metrics`: the certificate chain and key it presents and, under mutual TLS, the
-/// CA that a scraper's certificate must chain to.
-pub fn acceptor(tls: &TlsSpec) -> Result<TlsAcceptor, Failure> {
-    let provider = Arc::new(ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match &tls.client_ca_file {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates(ca)? {
-                roots.add(certificate)?;
-            }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let key = rustls_pemfile::private_key(&mut BufReader::new(File::open(&tls.key_file)?))?
-        .ok_or_else(|| format!("no private key in {}", tls.key_file.display()))?;
-    let config = builder.with_single_cert(certificates(&tls.cert_file)?, key)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
-    let found = rustls_pemfile::certs(&mut BufReader::new(File::open(path)?))
-        .collect::<Result<Vec<_>, _>>()?;
-    if found.is_empty() {
-        return Err(format!("no certificate in {}", path.display()).into());
-    }
-    Ok(found)
 }
 
 /// Answers `GET /metrics` on `listener` until the task is dropped; with `tls`, over TLS only (a

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import http.client
 import math
 import random
@@ -8,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from driftline.kit.metrics import observe_many, serve_metrics
 from driftline.kit.settings import MetricsSettings
@@ -115,3 +116,24 @@ def test_metrics_under_mutual_tls_answer_only_a_scraper_with_a_certificate(tmp_p
     known = ssl.create_default_context(cafile=str(authority.ca_file))
     known.load_cert_chain(scraper.cert, scraper.key)
     assert "driftline_build_info" in _scrape(f"https://127.0.0.1:{port}/metrics", known)
+
+
+def test_a_metrics_certificate_renewed_in_place_serves_from_the_next_scrape(tmp_path):
+    old_ca = Authority(tmp_path, "old", not_after=datetime.datetime(2031, 1, 1, tzinfo=datetime.UTC))
+    new_ca = Authority(tmp_path, "new", not_after=datetime.datetime(2032, 1, 1, tzinfo=datetime.UTC))
+    served = old_ca.issue("svc")
+    port = serve_metrics(0, MetricsSettings(tls_cert_file=served.cert, tls_key_file=served.key))
+    url = f"https://127.0.0.1:{port}/metrics"  # an address: the scraper sends no server name
+    trusting_old = ssl.create_default_context(cafile=str(old_ca.ca_file))
+    trusting_new = ssl.create_default_context(cafile=str(new_ca.ca_file))
+    assert "driftline_build_info" in _scrape(url, trusting_old)
+    renewed = new_ca.issue("svc")
+    served.cert.write_bytes(renewed.cert.read_bytes())
+    served.key.write_bytes(renewed.key.read_bytes())
+    assert "driftline_build_info" in _scrape(url, trusting_new)  # the next scrape, the new one
+    expiry = REGISTRY.get_sample_value(
+        "driftline_tls_certificate_expiry_timestamp_seconds", {"port": "metrics"}
+    )
+    assert expiry == new_ca.not_after.timestamp()
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _scrape(url, trusting_old)

@@ -46,7 +46,7 @@ from driftline.featurestore.online import key_prefix_of
 from driftline.kit.errors import FailedPrecondition
 from driftline.kit.kafka import producer_config
 from driftline.kit.settings import RedisSettings, given_paths
-from driftline.kit.tls import record_certificate_expiry
+from driftline.kit.tls import CertificateFiles
 from driftline.kit.topics import Topic
 from driftline.services.inference import metrics
 from driftline.services.inference.batcher import BatchingOptions
@@ -274,8 +274,9 @@ class DataPlane:
         descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as spec_file:
             json.dump(self.spec, spec_file, indent=2)
-        # The process reads the certificate as it starts: a restart serves a renewed one.
-        record_certificate_expiry(self._settings.grpc, port="grpc")
+        # The process reloads renewed certificate files itself; the gauge follows the files.
+        if self._settings.grpc.tls:
+            CertificateFiles(self._settings.grpc, port="grpc").export_expiry()
         args = [str(binary), "serve", str(spec_path)]
         if self._log_file:
             with self.log_path.open("ab") as log:
