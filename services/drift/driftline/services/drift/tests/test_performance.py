@@ -111,20 +111,25 @@ def test_an_unknown_metric_is_refused() -> None:
         PerformancePolicy(metric="vibes")
 
 
-def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision() -> None:
-    policy = PerformancePolicy(
-        window=20, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),), min_flagged=6
-    )
-    tracker = PerformanceTracker(policy, clock=Clock())
+def _scored(label: int, decision: int, score: float) -> JoinedLabel:
+    """A champion's labelled prediction with its score."""
+    prediction = PredictionRecord("p", "e", "ev", "fraud", 3, score, decision, 0.0, "champion")
+    return JoinedLabel(prediction, label, "f", 1.0)
 
-    def joined(label: int, decision: int, score: float) -> JoinedLabel:
-        prediction = PredictionRecord("p", "e", "ev", "fraud", 3, score, decision, 0.0, "champion")
-        return JoinedLabel(prediction, label, "f", 1.0)
+
+def _precision_policy(window: int) -> PerformancePolicy:
+    return PerformancePolicy(
+        window=window, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),), min_flagged=6
+    )
+
+
+def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision() -> None:
+    tracker = PerformanceTracker(_precision_policy(20), clock=Clock())
 
     # Every fraud scored above every legitimate event (AUC 1), but the threshold flags 6 of 8.
-    frauds = [joined(1, 1, 0.9)] * 2
-    flagged = [joined(0, 1, 0.6)] * 4
-    cleared = [joined(0, 0, 0.1)] * 4
+    frauds = [_scored(1, 1, 0.9)] * 2
+    flagged = [_scored(0, 1, 0.6)] * 4
+    cleared = [_scored(0, 0, 0.1)] * 4
     tracker.add([*frauds, *flagged, *cleared])
     [performance], [degradation] = tracker.evaluate()
     assert performance.auc == 1.0
@@ -133,21 +138,14 @@ def test_a_champion_that_ranks_well_but_flags_too_much_is_degraded_on_precision(
 
 
 def test_precision_over_too_few_fraud_verdicts_is_not_judged_until_there_are_enough() -> None:
-    policy = PerformancePolicy(
-        window=40, min_labels=10, metric="auc", threshold=0.85, also=(("precision", 0.5),), min_flagged=6
-    )
-    tracker = PerformanceTracker(policy, clock=Clock())
-
-    def joined(label: int, decision: int, score: float) -> JoinedLabel:
-        prediction = PredictionRecord("p", "e", "ev", "fraud", 3, score, decision, 0.0, "champion")
-        return JoinedLabel(prediction, label, "f", 1.0)
+    tracker = PerformanceTracker(_precision_policy(40), clock=Clock())
 
     # 1 of 4 fraud verdicts right: precision 0.25, but over 4 verdicts, below min_flagged.
-    tracker.add([joined(1, 1, 0.9), *[joined(0, 1, 0.6)] * 3, *[joined(0, 0, 0.1)] * 12])
+    tracker.add([_scored(1, 1, 0.9), *[_scored(0, 1, 0.6)] * 3, *[_scored(0, 0, 0.1)] * 12])
     [performance], degradations = tracker.evaluate()
     assert (performance.flagged, performance.precision) == (4, 0.25)
     assert degradations == []
-    tracker.add([joined(0, 1, 0.6)] * 2)  # 6 verdicts now, 1 right
+    tracker.add([_scored(0, 1, 0.6)] * 2)  # 6 verdicts now, 1 right
     [performance], [degradation] = tracker.evaluate()
     assert performance.flagged == 6
     assert (degradation.metric, degradation.value) == ("precision", pytest.approx(1 / 6))
