@@ -29,7 +29,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from cryptography import x509
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +41,7 @@ from driftline.inference.v1 import inference_pb2_grpc
 from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.testing import (
     Authority,
+    CertificatePair,
     consume,
     free_port,
     redis_server,
@@ -313,6 +314,38 @@ async def test_the_data_plane_serves_a_certificate_renewed_in_place_without_a_re
         "tls_certificate_not_reloaded",
         "tls_certificate_reloaded",
     ]
+
+
+async def test_a_client_ca_bundle_renewed_in_place_decides_from_the_next_handshake(
+    start_plane: Callable[..., Plane], tmp_path: Path
+) -> None:
+    platform, successor = Authority(tmp_path, "platform"), Authority(tmp_path, "successor")
+    served = platform.issue("inference")
+    client_ca = tmp_path / "clients-ca.pem"
+    client_ca.write_bytes(platform.ca_file.read_bytes())
+    plane = start_plane(
+        server_tls={
+            "tls_cert_file": served.cert,
+            "tls_key_file": served.key,
+            "tls_client_ca_file": client_ca,
+        },
+        load=None,
+    )
+    address = f"127.0.0.1:{plane.process.port}"
+
+    async def health_with(pair: CertificatePair) -> None:
+        ca = platform.ca_file.read_bytes()
+        credentials = grpc.ssl_channel_credentials(ca, pair.key.read_bytes(), pair.cert.read_bytes())
+        async with grpc.aio.secure_channel(address, credentials) as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    old_client, new_client = platform.issue("client"), successor.issue("client")
+    await health_with(old_client)
+    client_ca.write_bytes(successor.ca_file.read_bytes())  # the clients' CA is replaced in place
+    await health_with(new_client)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await health_with(old_client)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_the_data_plane_serves_its_metrics_under_mutual_tls_only_to_a_scraper_its_ca_signed(

@@ -3,7 +3,7 @@
 //! disk, so a certificate renewed in place serves from the next handshake without a restart. A
 //! pair that does not agree (the certificate rewritten, its key not yet) is not taken: the last
 //! good one serves on, and `tls_certificate_not_reloaded` is logged once per change. The client
-//! CA of mutual TLS is read at start.
+//! CA bundle of mutual TLS is watched the same way.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -14,11 +14,15 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
-use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,17 +48,20 @@ pub fn server_config(
     let builder = match &tls.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates(ca)? {
-                roots.add(certificate)?;
-            }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()?;
-            builder.with_client_cert_verifier(verifier)
+            let verifier_provider = provider.clone();
+            let verifier = Reloading::new(
+                vec![ca.clone()],
+                port,
+                Box::new(move |files| client_verifier(files, &verifier_provider)),
+            )?;
+            builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };
-    let resolver = Reloading::new(&tls.cert_file, &tls.key_file, provider, port)?;
+    let resolver = Reloading::new(
+        vec![tls.cert_file.clone(), tls.key_file.clone()],
+        port,
+        Box::new(move |files| certified_key(files, &provider)),
+    )?;
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
@@ -99,70 +106,65 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure
     Ok(found)
 }
 
-/// When each file last changed, and its size.
-type Stamp = [(SystemTime, u64); 2];
+/// When each watched file last changed, and its size.
+type Stamp = Vec<(SystemTime, u64)>;
 
-#[derive(Debug)]
-struct Reloading {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    provider: Arc<CryptoProvider>,
+type Load<T> = Box<dyn Fn(&[PathBuf]) -> Result<T, Failure> + Send + Sync>;
+
+/// What `load` makes of `files`, made again when one of them changes and the result loads.
+struct Reloading<T> {
+    files: Vec<PathBuf>,
     port: &'static str,
-    state: Mutex<State>,
+    load: Load<T>,
+    state: Mutex<State<T>>,
 }
 
-#[derive(Debug)]
-struct State {
-    current: Arc<CertifiedKey>,
+struct State<T> {
+    current: T,
     stamp: Stamp,
     /// The files' stamp when they last failed to load: not tried again until they change.
     refused: Option<Stamp>,
 }
 
-impl Reloading {
-    fn new(
-        cert_file: &Path,
-        key_file: &Path,
-        provider: Arc<CryptoProvider>,
-        port: &'static str,
-    ) -> Result<Self, Failure> {
+impl<T: Clone> Reloading<T> {
+    fn new(files: Vec<PathBuf>, port: &'static str, load: Load<T>) -> Result<Self, Failure> {
         let state = State {
-            stamp: stamp(cert_file, key_file)?,
-            current: Arc::new(load(cert_file, key_file, &provider)?),
+            stamp: stamp(&files)?,
+            current: load(&files)?,
             refused: None,
         };
         Ok(Self {
-            cert_file: cert_file.to_path_buf(),
-            key_file: key_file.to_path_buf(),
-            provider,
+            files,
             port,
+            load,
             state: Mutex::new(state),
         })
     }
 
-    /// The pair to serve with: the files again when they changed and agree, else the last one.
-    fn current(&self) -> Arc<CertifiedKey> {
+    /// The files again when they changed and load, else what was loaded last.
+    fn current(&self) -> T {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Ok(now) = stamp(&self.cert_file, &self.key_file) else {
+        let Ok(now) = stamp(&self.files) else {
             return state.current.clone(); // a file replaced by rename: here again next time
         };
-        if now == state.stamp || Some(now) == state.refused {
+        if now == state.stamp || Some(&now) == state.refused.as_ref() {
             return state.current.clone();
         }
-        match load(&self.cert_file, &self.key_file, &self.provider) {
+        let file = self.files[0].display().to_string();
+        match (self.load)(&self.files) {
             Ok(loaded) => {
                 *state = State {
-                    current: Arc::new(loaded),
+                    current: loaded,
                     stamp: now,
                     refused: None,
                 };
                 jsonlog::emit(
                     "info",
                     "tls_certificate_reloaded",
-                    json!({"port": self.port, "file": self.cert_file.display().to_string()}),
+                    json!({"port": self.port, "file": file}),
                 );
             }
             Err(err) => {
@@ -170,7 +172,7 @@ impl Reloading {
                 jsonlog::emit(
                     "warning",
                     "tls_certificate_not_reloaded",
-                    json!({"port": self.port, "error": err.to_string()}),
+                    json!({"port": self.port, "file": file, "error": err.to_string()}),
                 );
             }
         }
@@ -178,28 +180,92 @@ impl Reloading {
     }
 }
 
-fn stamp(cert_file: &Path, key_file: &Path) -> std::io::Result<Stamp> {
-    let of = |path: &Path| -> std::io::Result<(SystemTime, u64)> {
-        let meta = std::fs::metadata(path)?;
-        Ok((meta.modified()?, meta.len()))
-    };
-    Ok([of(cert_file)?, of(key_file)?])
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloading")
+            .field("files", &self.files)
+            .field("port", &self.port)
+            .finish()
+    }
 }
 
-/// The chain and key, checked to agree (`CertifiedKey::from_der`).
-fn load(
-    cert_file: &Path,
-    key_file: &Path,
+fn stamp(files: &[PathBuf]) -> std::io::Result<Stamp> {
+    files
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path)?;
+            Ok((meta.modified()?, meta.len()))
+        })
+        .collect()
+}
+
+/// The server's chain and key (`[cert_file, key_file]`), checked to agree
+/// (`CertifiedKey::from_der`).
+fn certified_key(
+    files: &[PathBuf],
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, Failure> {
-    let chain = certificates(cert_file)?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(File::open(key_file)?))?
-        .ok_or_else(|| format!("no private key in {}", key_file.display()))?;
-    Ok(CertifiedKey::from_der(chain, key, provider)?)
+) -> Result<Arc<CertifiedKey>, Failure> {
+    let chain = certificates(&files[0])?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(File::open(&files[1])?))?
+        .ok_or_else(|| format!("no private key in {}", files[1].display()))?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, provider)?))
 }
 
-impl ResolvesServerCert for Reloading {
+/// A verifier of client certificates against the CA bundle in `files[0]`.
+fn client_verifier(
+    files: &[PathBuf],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, Failure> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(&files[0])? {
+        roots.add(certificate)?;
+    }
+    Ok(WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?)
+}
+
+impl ResolvesServerCert for Reloading<Arc<CertifiedKey>> {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// Mutual TLS against a client CA bundle that may be renewed in place too. It sends clients no
+/// hint of the CAs it accepts (the list would change under a borrowed answer); they present
+/// their certificate regardless.
+impl ClientCertVerifier for Reloading<Arc<dyn ClientCertVerifier>> {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, tokio_rustls::rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
     }
 }

@@ -144,3 +144,35 @@ def test_certificate_files_that_disagree_at_start_are_refused(tmp_path):
     one, other = authority.issue("a"), authority.issue("b")
     with pytest.raises(ValueError, match="does not match the key"):
         CertificateFiles(GrpcServerSettings(tls_cert_file=one.cert, tls_key_file=other.key), port="grpc")
+
+
+async def test_a_client_ca_renewed_in_place_decides_from_the_next_connection(tmp_path):
+    platform, successor = Authority(tmp_path, "platform"), Authority(tmp_path, "successor")
+    served = platform.issue("registry")
+    client_ca = tmp_path / "clients-ca.pem"
+    client_ca.write_bytes(platform.ca_file.read_bytes())
+    settings = GrpcServerSettings(
+        port=0, tls_cert_file=served.cert, tls_key_file=served.key, tls_client_ca_file=client_ca
+    )
+    server = GrpcServer(settings, service_names=[])
+    port = await server.start()
+
+    async def health_with(pair: CertificatePair) -> str:
+        ca = platform.ca_file.read_bytes()
+        credentials = grpc.ssl_channel_credentials(ca, pair.key.read_bytes(), pair.cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    try:
+        old_client, new_client = platform.issue("client"), successor.issue("client")
+        assert await health_with(old_client) == "NOT_SERVING"
+        client_ca.write_bytes(successor.ca_file.read_bytes())
+        assert await health_with(new_client) == "NOT_SERVING"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health_with(old_client)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop()
