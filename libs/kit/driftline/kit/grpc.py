@@ -45,12 +45,17 @@ def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials |
             [(certificate.key, certificate.cert)], root_certificates=certificate.client_ca
         )
 
+    served = [files.current]
+
     def fetch() -> grpc.ServerCertificateConfiguration | None:  # grpc: before each handshake
-        renewed = files.reloaded()
-        return None if renewed is None else configuration(renewed)
+        latest = files.latest()
+        if latest is served[0]:
+            return None
+        served[0] = latest
+        return configuration(latest)
 
     return grpc.dynamic_ssl_server_credentials(
-        configuration(files.current),
+        configuration(served[0]),
         fetch,
         require_client_authentication=settings.tls_client_ca_file is not None,
     )

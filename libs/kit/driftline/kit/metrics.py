@@ -53,14 +53,14 @@ def _serve_renewed_certificates(listening: ssl.SSLContext, settings: MetricsSett
     serving = {"certificate": files.current, "context": listening}
 
     def on_client_hello(connection: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
-        files.reloaded()
-        if files.current is not serving["certificate"]:
+        latest = files.latest()
+        if latest is not serving["certificate"]:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             if settings.tls_client_ca_file is not None:
                 context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
                 context.verify_mode = ssl.CERT_REQUIRED
             context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
-            serving.update(certificate=files.current, context=context)
+            serving.update(certificate=latest, context=context)
         if serving["context"] is not listening:
             connection.context = serving["context"]
 

@@ -96,22 +96,24 @@ class CertificateFiles:
         not_after = _not_after(cert, port=self.port, file=self._cert_file)
         return Certificate(cert, key, client_ca, not_after)
 
-    def reloaded(self) -> Certificate | None:
-        """The files read again when they changed since the last call and agree; None when
-        nothing changed (a stat of each file: cheap enough for every new connection)."""
+    def latest(self) -> Certificate:
+        """The files in use: read again when they changed and agree, else the last good read (a
+        stat of each file: cheap enough for every new connection). Several users share one
+        instance (a server's handshakes and its scrapes), so each compares what it gets with
+        what it last used rather than rely on being the one that saw the change."""
         with self._lock:
             try:
                 stamp = self._stamp_now()
             except OSError:  # a file replaced by rename: here again on the next call
-                return None
+                return self.current
             if stamp == self._stamp or stamp == self._refused:
-                return None
+                return self.current
             try:
                 loaded = self._read()
             except (OSError, ValueError, TypeError) as err:  # TypeError: an encrypted key
                 self._refused = stamp
                 log.warning("tls_certificate_not_reloaded", port=self.port, error=str(err))
-                return None
+                return self.current
             self._stamp, self.current = stamp, loaded
             log.info("tls_certificate_reloaded", port=self.port, file=str(self._cert_file))
             return loaded
@@ -122,7 +124,6 @@ class CertificateFiles:
         alike (inference's data plane)."""
 
         def not_after() -> float:
-            self.reloaded()
-            return self.current.not_after
+            return self.latest().not_after
 
         CERTIFICATE_EXPIRY.labels(port=self.port).set_function(not_after)

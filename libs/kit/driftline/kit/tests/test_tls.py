@@ -100,7 +100,9 @@ async def test_a_certificate_renewed_in_place_serves_from_the_next_connection_wi
         assert await _health(port, old_ca.ca_file) == "NOT_SERVING"
         assert _expiry("grpc") == old_ca.not_after.timestamp()
         _renew(served, new_ca.issue("registry"))
-        # The next connection gets the new certificate: only the new CA's clients trust it now.
+        # A scrape sees the renewal first (the gauge checks the files too); still the next
+        # connection gets the new certificate: only the new CA's clients trust it now.
+        assert _expiry("grpc") == new_ca.not_after.timestamp()
         assert await _health(port, new_ca.ca_file) == "NOT_SERVING"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _health(port, old_ca.ca_file)
