@@ -42,6 +42,7 @@ from driftline.kit.settings import KafkaSettings, MetricsSettings, RedisSettings
 from driftline.kit.testing import (
     Authority,
     CertificatePair,
+    certificate_expiry,
     consume,
     free_port,
     redis_server,
@@ -66,9 +67,6 @@ from .planes import (
     settings_of,
     version_bytes,
 )
-
-#: What a scrape of the process reads: the port watches its files and exports through a function.
-CERTIFICATE_EXPIRY = "driftline_tls_certificate_expiry_timestamp_seconds"
 
 pytestmark = pytest.mark.integration
 
@@ -242,7 +240,7 @@ async def test_the_data_plane_serves_mutual_tls_only_to_clients_its_ca_signed(
         credentials=credentials(client),
     )
     served = x509.load_pem_x509_certificate(server.cert.read_bytes())
-    expiry = REGISTRY.get_sample_value(CERTIFICATE_EXPIRY, {"port": "grpc"})
+    expiry = certificate_expiry("grpc")
     assert expiry == served.not_valid_after_utc.timestamp()  # for the alert
     known = await plane.put(row(1))
     reply = await plane.stub.Predict(ipb.PredictRequest(entity_id=known), timeout=5)
@@ -304,7 +302,7 @@ async def test_the_data_plane_serves_a_certificate_renewed_in_place_without_a_re
     assert reply.prediction.entity_id == known
     assert plane.process.pid == pid
     # The control plane's gauge follows the files the data plane now serves with.
-    assert REGISTRY.get_sample_value(CERTIFICATE_EXPIRY, {"port": "grpc"}) == new_ca.not_after.timestamp()
+    assert certificate_expiry("grpc") == new_ca.not_after.timestamp()
     logged = [
         json.loads(line)["event"]
         for line in (tmp_path / "plane-0" / "dataplane.log").read_text().splitlines()

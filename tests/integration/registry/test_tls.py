@@ -13,20 +13,16 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from prometheus_client import REGISTRY
 
 from driftline.kit.errors import Unavailable
 from driftline.kit.registry_client import RegistryClient
 from driftline.kit.settings import RegistryTlsSettings
-from driftline.kit.testing import Authority
+from driftline.kit.testing import Authority, certificate_expiry
 from driftline.registry.v1 import registry_pb2 as pb
 from driftline.registry.v1 import registry_pb2_grpc
 from driftline.services.registry import testing
 
 from .conftest import TOKEN
-
-#: What a scrape of the process reads: the port watches its files and exports through a function.
-CERTIFICATE_EXPIRY = "driftline_tls_certificate_expiry_timestamp_seconds"
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +63,7 @@ async def test_a_tls_registry_serves_clients_that_trust_its_ca_and_no_one_else(s
     server = platform.issue("registry")
     _, address = await start_registry(tls_cert_file=server.cert, tls_key_file=server.key)
     served = x509.load_pem_x509_certificate(server.cert.read_bytes())
-    expiry = REGISTRY.get_sample_value(CERTIFICATE_EXPIRY, {"port": "grpc"})
+    expiry = certificate_expiry("grpc")
     assert expiry == served.not_valid_after_utc.timestamp()  # for the alert
 
     assert await _registers(address, _client_tls(platform.ca_file)) == 1

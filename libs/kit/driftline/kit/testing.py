@@ -21,9 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
 
 from driftline.kit.kafka import Headers, admin_client
 from driftline.kit.settings import KafkaSettings, RedisSettings
+from driftline.kit.tls import CERTIFICATE_EXPIRY
 from driftline.kit.topics import Topic, ensure_topics
 
 
@@ -231,6 +233,12 @@ class Authority:
             )
         )
         return pair
+
+
+def certificate_expiry(port: str) -> float | None:
+    """``driftline_tls_certificate_expiry_timestamp_seconds{port}`` as a scrape of this process
+    reads it (a port that watches its files exports it through a function, not a set value)."""
+    return REGISTRY.get_sample_value(CERTIFICATE_EXPIRY._name, {"port": port})
 
 
 def unique_prefix() -> str:

@@ -9,11 +9,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 
 from driftline.kit.metrics import observe_many, serve_metrics
 from driftline.kit.settings import MetricsSettings
-from driftline.kit.testing import Authority
+from driftline.kit.testing import Authority, certificate_expiry
 
 BUCKETS = (0.01, 0.5, 1, 2.5, 60, 3600)
 
@@ -131,9 +131,7 @@ def test_a_metrics_certificate_renewed_in_place_serves_from_the_next_scrape(tmp_
     served.cert.write_bytes(renewed.cert.read_bytes())
     served.key.write_bytes(renewed.key.read_bytes())
     assert "driftline_build_info" in _scrape(url, trusting_new)  # the next scrape, the new one
-    expiry = REGISTRY.get_sample_value(
-        "driftline_tls_certificate_expiry_timestamp_seconds", {"port": "metrics"}
-    )
+    expiry = certificate_expiry("metrics")
     assert expiry == new_ca.not_after.timestamp()
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         _scrape(url, trusting_old)

@@ -7,18 +7,12 @@ import grpc
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
 
 from driftline.kit import tls as kit_tls
 from driftline.kit.grpc import GrpcServer
 from driftline.kit.settings import GrpcServerSettings, MetricsSettings
-from driftline.kit.testing import Authority, CertificatePair
+from driftline.kit.testing import Authority, CertificatePair, certificate_expiry
 from driftline.kit.tls import CertificateFiles
-
-
-def _expiry(port: str) -> float | None:
-    """What a scrape reads (a port that watches its files exports through a function)."""
-    return REGISTRY.get_sample_value("driftline_tls_certificate_expiry_timestamp_seconds", {"port": port})
 
 
 @pytest.mark.parametrize(
@@ -39,7 +33,7 @@ def test_a_tls_port_exports_when_its_certificate_ends_and_warns_when_that_is_nea
     assert [(e["event"], e["port"]) for e in logs] == [(event, f"in-{days_left}") for event in logged]
     files.export_expiry()
     # X.509 keeps whole seconds.
-    assert _expiry(f"in-{days_left}") == int(not_after.timestamp())
+    assert certificate_expiry(f"in-{days_left}") == int(not_after.timestamp())
 
 
 def test_each_port_exports_its_own_certificate(tmp_path):
@@ -51,8 +45,8 @@ def test_each_port_exports_its_own_certificate(tmp_path):
     CertificateFiles(settings, port="one").export_expiry()
     settings = MetricsSettings(tls_cert_file=metrics_pair.cert, tls_key_file=metrics_pair.key)
     CertificateFiles(settings, port="other").export_expiry()
-    assert _expiry("one") == early.timestamp()
-    assert _expiry("other") == late.timestamp()
+    assert certificate_expiry("one") == early.timestamp()
+    assert certificate_expiry("other") == late.timestamp()
 
 
 @pytest.mark.parametrize("cls", [GrpcServerSettings, MetricsSettings])
@@ -98,16 +92,16 @@ async def test_a_certificate_renewed_in_place_serves_from_the_next_connection_wi
     port = await server.start()
     try:
         assert await _health(port, old_ca.ca_file) == "NOT_SERVING"
-        assert _expiry("grpc") == old_ca.not_after.timestamp()
+        assert certificate_expiry("grpc") == old_ca.not_after.timestamp()
         _renew(served, new_ca.issue("registry"))
         # A scrape sees the renewal first (the gauge checks the files too); still the next
         # connection gets the new certificate: only the new CA's clients trust it now.
-        assert _expiry("grpc") == new_ca.not_after.timestamp()
+        assert certificate_expiry("grpc") == new_ca.not_after.timestamp()
         assert await _health(port, new_ca.ca_file) == "NOT_SERVING"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _health(port, old_ca.ca_file)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert _expiry("grpc") == new_ca.not_after.timestamp()
+        assert certificate_expiry("grpc") == new_ca.not_after.timestamp()
     finally:
         await server.stop()
 
